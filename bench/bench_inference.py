@@ -1,0 +1,139 @@
+"""Inference benchmark per model plugin; prints JSON.
+
+    python bench/bench_inference.py [--images 512] [--models compact_cnn,baseline_cnn]
+
+For each model plugin: preprocessing images/s (decode + steps + resize + scale, in memory,
+1 thread and the classifier's 2-thread pool), batch-64 predict images/s, the whole in-process
+pipeline (bytes -> probabilities) images/s, single-image latency p50/p99, model file size.
+A plugin with a trained model under models/ (metadata "plugin") is measured with it; the
+others with freshly built weights, which cost the same to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+
+from bloodcell_core.artifacts import MODEL_FILE, ModelArtifact, load_artifact, read_metadata  # noqa: E402
+from bloodcell_core.dataset import list_class_files, read_image_file  # noqa: E402
+from bloodcell_core.inference import Classifier  # noqa: E402
+from bloodcell_core.plugin_manager import model_specs  # noqa: E402
+from bloodcell_core.preprocessing import PreprocessingConfig, Preprocessor  # noqa: E402
+
+PROJECT = Path(__file__).resolve().parent.parent
+DATA = PROJECT.parent / "shared" / "data" / "kaggle5"
+TARGETS = {"pipeline_images_per_s": 300.0, "single_image_p50_ms": 10.0}
+
+
+def load_images(count: int) -> list[tuple[str, bytes]]:
+    files = list_class_files(DATA)
+    chosen = [files[i] for i in np.random.default_rng(0).choice(len(files), size=min(count, len(files)), replace=False)]
+    return [(str(path), read_image_file(path)) for _, path in chosen]
+
+
+def trained_models() -> dict[str, Path]:
+    found = {}
+    for metadata_file in sorted((PROJECT / "models").glob("*/metadata.json")):
+        found.setdefault(read_metadata(metadata_file.parent)["plugin"], metadata_file.parent)
+    return found
+
+
+def artifact_for(name: str, trained: dict[str, Path], workdir: Path) -> tuple[ModelArtifact, str]:
+    if name in trained:
+        return load_artifact(trained[name]), str(trained[name].relative_to(PROJECT))
+    spec = model_specs()[name]
+    model = spec.build((*spec.input_size, 3), 5)
+    model.save(workdir / f"{name}.keras")
+    config = PreprocessingConfig(input_size=spec.input_size, steps=spec.defaults.preprocessing_steps)
+    metadata = {"classes": [f"class{k}" for k in range(5)], "preprocessing": config.to_json()}
+    return ModelArtifact(directory=workdir, metadata=metadata, model=model), "untrained weights"
+
+
+def rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1)
+
+
+def bench_model(name: str, images: list[tuple[str, bytes]], trained: dict[str, Path], workdir: Path) -> dict:
+    artifact, weights = artifact_for(name, trained, workdir)
+    model_file = artifact.directory / (MODEL_FILE if weights != "untrained weights" else f"{name}.keras")
+    classifier = Classifier(artifact)
+    preprocessor = Preprocessor(artifact.preprocessing)
+    blobs = [data for _, data in images]
+
+    start = time.perf_counter()
+    prepared = [preprocessor(data) for data in blobs]
+    preprocess_1 = rate(len(blobs), time.perf_counter() - start)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        start = time.perf_counter()
+        list(pool.map(preprocessor, blobs))
+        preprocess_2 = rate(len(blobs), time.perf_counter() - start)
+
+    batch = np.stack(prepared)
+    classifier.predict_arrays(batch[:64])  # trace and warm up
+    start = time.perf_counter()
+    classifier.predict_arrays(batch)
+    predict_64 = rate(len(batch), time.perf_counter() - start)
+
+    classifier.classify(images[:64])
+    start = time.perf_counter()
+    results = classifier.classify(images)
+    pipeline = rate(len(images), time.perf_counter() - start)
+    assert all(r.error is None for r in results)
+
+    for data in blobs[:10]:
+        classifier.classify_one(data)
+    latencies = []
+    for data in blobs[:200]:
+        start = time.perf_counter()
+        classifier.classify_one(data)
+        latencies.append((time.perf_counter() - start) * 1000)
+    return {
+        "model": name,
+        "weights": weights,
+        "parameters": int(artifact.model.count_params()),
+        "model_file_bytes": model_file.stat().st_size,
+        "images": len(images),
+        "preprocess_images_per_s_1_thread": preprocess_1,
+        "preprocess_images_per_s_2_threads": preprocess_2,
+        "predict_batch64_images_per_s": predict_64,
+        "pipeline_images_per_s": pipeline,
+        "single_image_latency_ms_p50": round(float(np.percentile(latencies, 50)), 2),
+        "single_image_latency_ms_p99": round(float(np.percentile(latencies, 99)), 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=512, help="real kaggle5 images to push through (default 512)")
+    parser.add_argument("--models", help="comma-separated model plugins (default: all installed)")
+    args = parser.parse_args()
+    names = args.models.split(",") if args.models else sorted(model_specs())
+    images = load_images(args.images)
+    trained = trained_models()
+    with tempfile.TemporaryDirectory() as workdir:
+        results = [bench_model(name, images, trained, Path(workdir)) for name in names]
+    default = next((r for r in results if r["weights"] == "models/default"), None)
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "targets_for_default_model": TARGETS,
+        "default_model_meets_targets": None if default is None else (
+            default["pipeline_images_per_s"] >= TARGETS["pipeline_images_per_s"]
+            and default["single_image_latency_ms_p50"] <= TARGETS["single_image_p50_ms"]
+        ),
+        "results": results,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Evaluate a model directory on any folder-per-class dataset, through the serving path."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bloodcell_core.dataset import index_dataset, list_class_files, read_image_file
+from bloodcell_core.inference import Classifier
+from bloodcell_core.metrics import classification_metrics
+
+
+def evaluate(classifier: Classifier, data_dir: Path | str, include_seen: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Metrics on the classes the model knows; the report says what was left out and why.
+
+    Images the model trained or early-stopped on (same bytes as its train or validation split)
+    are excluded unless ``include_seen``: a dataset that overlaps the training data (the PBC
+    images shared by kaggle5 and pbc8) would otherwise flatter the model. Duplicates count once,
+    and images filed under two classes are excluded.
+    """
+    data_dir = Path(data_dir)
+    classes = classifier.classes
+    folders = sorted({label for label, _ in list_class_files(data_dir)})
+    known = [label for label in folders if label in classes]
+    if not known:
+        raise ValueError(f"{data_dir} has no class folder the model knows (model: {classes}; folders: {folders})")
+    index = index_dataset(data_dir, classes=known, progress=progress)
+    seen = set() if include_seen else classifier.artifact.split().hashes("train", "val")
+
+    labels_by_hash: dict[str, set[str]] = defaultdict(set)
+    first_path: dict[str, str] = {}
+    for entry in index.valid:
+        labels_by_hash[entry.sha256].add(entry.label)
+        first_path.setdefault(entry.sha256, entry.path)
+    conflicting = sorted(sha for sha, labels in labels_by_hash.items() if len(labels) > 1)
+    usable = sorted(sha for sha, labels in labels_by_hash.items() if len(labels) == 1 and sha not in seen)
+
+    images = [(first_path[sha], read_image_file(index.root / first_path[sha])) for sha in usable]
+    predictions = classifier.classify(images)
+    good = [(sha, p) for sha, p in zip(usable, predictions) if p.error is None]
+    y_true = np.array([classes.index(next(iter(labels_by_hash[sha]))) for sha, _ in good], dtype=np.int64)
+    probabilities = np.array([[p.probabilities[c] for c in classes] for _, p in good]).reshape(-1, len(classes))
+    metrics = classification_metrics(y_true, probabilities, classes)
+    metrics["excluded"] = {
+        "unknown_class_folders": [label for label in folders if label not in classes],
+        "unreadable": [{"path": e.path, "error": e.error} for e in index.unreadable],
+        "seen_in_training": sum(1 for sha in labels_by_hash if sha in seen),
+        "duplicate_files": len(index.valid) - len(labels_by_hash),
+        "conflicting_labels": [first_path[sha] for sha in conflicting],
+    }
+    metrics["data_dir"] = str(data_dir)
+    metrics["model"] = str(classifier.artifact.directory)
+    return metrics

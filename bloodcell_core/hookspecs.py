@@ -1,0 +1,35 @@
+"""The hooks a bloodcell plugin may implement.
+
+A plugin is a module (or object) with functions decorated by ``bloodcell_core.hookimpl``.
+Each hook receives a ``register`` callable; call it once per thing the plugin provides.
+Installed packages are discovered through the ``bloodcell`` entry-point group.
+Result exporters (FHIR, HL7) will be a third hook of the same shape.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import pluggy
+
+if TYPE_CHECKING:
+    from bloodcell_core.plugin_types import ModelSpec, PreprocessingStep
+
+hookspec = pluggy.HookspecMarker("bloodcell")
+hookimpl = pluggy.HookimplMarker("bloodcell")
+
+
+@hookspec
+def register_models(register: Callable[["ModelSpec"], None]) -> None:
+    """Register model architectures: ``register(ModelSpec(...))``."""
+
+
+@hookspec
+def register_preprocessing_steps(register: Callable[["PreprocessingStep"], None]) -> None:
+    """Register image preprocessing steps: ``register(PreprocessingStep(...))``.
+
+    A step maps an RGB uint8 image (H, W, 3) to an RGB uint8 image, before the resize to
+    the model's input size. A model names the steps it was trained with in its metadata,
+    and serving applies the same steps.
+    """
+

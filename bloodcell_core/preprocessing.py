@@ -1,0 +1,124 @@
+"""The one preprocessing path, shared by training, evaluation, the CLI and the workers.
+
+bytes -> OpenCV decode -> RGB uint8 -> plugin steps -> resize to the model input -> float32 in [0, 1].
+Training additionally applies ``augment`` to the resized uint8 image, never in serving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from bloodcell_core.plugin_manager import get_preprocessing_step
+from bloodcell_core.plugin_types import Augmentation
+
+PREPROCESSING_VERSION = 1
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image OpenCV can decode (empty, truncated, or another file type)."""
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode image bytes to an RGB uint8 array (H, W, 3).
+
+    ``cv2.imdecode`` returns None instead of raising on bad input; that is turned into an
+    ImageDecodeError here. Grayscale is expanded to RGB, alpha is dropped, 16-bit and float
+    images are brought to 8 bits, and OpenCV's BGR order is converted to RGB.
+    """
+    if len(data) == 0:
+        raise ImageDecodeError("empty file (0 bytes)")
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageDecodeError(f"not a decodable image ({len(data)} bytes, starts with {bytes(data[:8])!r})")
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = np.clip(image.astype(np.float32) * (255.0 if image.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    channels = image.shape[2]
+    if channels == 2:  # grayscale + alpha
+        return cv2.cvtColor(image[:, :, 0], cv2.COLOR_GRAY2RGB)
+    if channels == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    if channels == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    raise ImageDecodeError(f"unsupported image with {channels} channels")
+
+
+@dataclass(frozen=True)
+class PreprocessingConfig:
+    """Everything serving needs to reproduce a model's input; stored in its metadata."""
+
+    input_size: tuple[int, int]  # (height, width)
+    steps: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": PREPROCESSING_VERSION,
+            "decode": "opencv IMREAD_UNCHANGED; 16-bit >> 8; gray -> RGB; alpha dropped; BGR -> RGB",
+            "steps": list(self.steps),
+            "input_size": list(self.input_size),
+            "resize": "cv2.INTER_AREA when shrinking, cv2.INTER_LINEAR when enlarging",
+            "scale": "uint8 / 255 -> float32 in [0, 1]",
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PreprocessingConfig":
+        if data.get("version") != PREPROCESSING_VERSION:
+            raise ValueError(f"model needs preprocessing version {data.get('version')}, this bloodcell has {PREPROCESSING_VERSION}")
+        return cls(input_size=tuple(data["input_size"]), steps=tuple(data["steps"]))
+
+
+class Preprocessor:
+    """Applies one PreprocessingConfig; the steps are resolved through the plugin manager once."""
+
+    def __init__(self, config: PreprocessingConfig) -> None:
+        self.config = config
+        self._steps = [get_preprocessing_step(name).apply for name in config.steps]
+
+    def to_uint8(self, data: bytes) -> np.ndarray:
+        """Decode, apply the steps and resize: (height, width, 3) uint8, ready to augment or scale."""
+        image = decode_image(data)
+        for step in self._steps:
+            image = step(image)
+        height, width = self.config.input_size
+        shrinking = image.shape[0] * image.shape[1] > height * width
+        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+        return cv2.resize(image, (width, height), interpolation=interpolation)
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        """The model input for one image: (height, width, 3) float32 in [0, 1]."""
+        return scale(self.to_uint8(data))
+
+
+def scale(images: np.ndarray) -> np.ndarray:
+    """uint8 images -> float32 in [0, 1] (any leading shape)."""
+    return images.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def random_affine(augmentation: Augmentation, size: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """A random 2x3 affine matrix about the image centre: flip, rotation, shear, zoom, shift."""
+    height, width = size
+    angle = np.deg2rad(rng.uniform(-augmentation.rotation_degrees, augmentation.rotation_degrees))
+    shear = rng.uniform(-augmentation.shear, augmentation.shear)
+    zoom_x, zoom_y = rng.uniform(1 - augmentation.zoom, 1 + augmentation.zoom, size=2)
+    flip_x = -1.0 if augmentation.horizontal_flip and rng.random() < 0.5 else 1.0
+    flip_y = -1.0 if augmentation.vertical_flip and rng.random() < 0.5 else 1.0
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    linear = rotation @ np.array([[1.0, shear], [0.0, 1.0]]) @ np.diag([zoom_x * flip_x, zoom_y * flip_y])
+    centre = np.array([width / 2.0, height / 2.0])
+    shift = rng.uniform(-augmentation.shift, augmentation.shift, size=2) * np.array([width, height])
+    offset = centre + shift - linear @ centre
+    return np.hstack([linear, offset[:, None]])
+
+
+def augment(image: np.ndarray, augmentation: Augmentation, rng: np.random.Generator) -> np.ndarray:
+    """Training-only random affine augmentation of one uint8 image; borders are reflected."""
+    height, width = image.shape[:2]
+    matrix = random_affine(augmentation, (height, width), rng)
+    return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)

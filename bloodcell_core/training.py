@@ -1,0 +1,254 @@
+"""Train a model plugin on a folder-per-class dataset and write a complete model directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import keras
+import numpy as np
+from tqdm import tqdm
+
+from bloodcell_core import plots
+from bloodcell_core.artifacts import REPORT_DIR, save_artifact
+from bloodcell_core.dataset import DatasetIndex, audit, index_dataset, read_image_file
+from bloodcell_core.metrics import classification_metrics, format_classification_report
+from bloodcell_core.plugin_manager import get_model_spec
+from bloodcell_core.preprocessing import PreprocessingConfig, Preprocessor, augment, scale
+from bloodcell_core.shortcuts import colour_only_baseline
+from bloodcell_core.splits import Split, SplitItem, make_split
+
+
+def load_split_images(
+    index: DatasetIndex, items: list[SplitItem], preprocessor: Preprocessor, desc: str, progress: bool
+) -> np.ndarray:
+    """Preprocessed uint8 images (n, h, w, 3) for split items, decoded in a thread pool."""
+
+    def load(item: SplitItem) -> np.ndarray:
+        return preprocessor.to_uint8(read_image_file(index.root / item.paths[0]))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        images = list(tqdm(pool.map(load, items), total=len(items), desc=desc, unit="img", disable=not progress))
+    height, width = preprocessor.config.input_size
+    return np.stack(images) if images else np.zeros((0, height, width, 3), np.uint8)
+
+
+class AugmentedBatches(keras.utils.PyDataset):
+    """Shuffled, augmented training batches, freshly drawn every epoch from a seeded generator."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, batch_size: int, augmentation, seed: int) -> None:
+        super().__init__()
+        self.images, self.targets, self.batch_size, self.augmentation = images, targets, batch_size, augmentation
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(images))
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        chosen = self.order[batch * self.batch_size : (batch + 1) * self.batch_size]
+        augmented = np.stack([augment(self.images[i], self.augmentation, self.rng) for i in chosen])
+        return scale(augmented), self.targets[chosen]
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.images))
+
+
+def balanced_class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """n / (classes * count): 1.0 everywhere when classes are balanced."""
+    counts = np.bincount(labels, minlength=n_classes)
+    return {k: float(len(labels) / (n_classes * counts[k])) for k in range(n_classes) if counts[k]}
+
+
+def limit_per_class(index: DatasetIndex, limit: int) -> DatasetIndex:
+    """A smaller index: the first ``limit`` files per class in content-hash order (for quick runs)."""
+    kept, seen = [], {label: 0 for label in index.classes}
+    for entry in sorted(index.entries, key=lambda e: e.sha256):
+        if seen[entry.label] < limit:
+            kept.append(entry)
+            seen[entry.label] += 1
+    return DatasetIndex(root=index.root, entries=kept, classes=index.classes)
+
+
+def train(
+    model_name: str,
+    data_dir: Path | str,
+    out_dir: Path | str,
+    *,
+    epochs: int | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    learning_rate: float | None = None,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    max_per_class: int | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train ``model_name`` on DATA_DIR, evaluate on the held-out test split, write OUT_DIR.
+
+    Returns the metadata written to OUT_DIR/metadata.json.
+    """
+    spec = get_model_spec(model_name)
+    defaults = spec.defaults
+    epochs = epochs or defaults.epochs
+    batch_size = batch_size or defaults.batch_size
+    learning_rate = learning_rate or defaults.learning_rate
+    out_dir = Path(out_dir)
+    started = time.time()
+    keras.utils.set_random_seed(seed)
+
+    index = index_dataset(data_dir, progress=progress)
+    if max_per_class:
+        index = limit_per_class(index, max_per_class)
+    data_audit = audit(index)
+    for item in data_audit["unreadable"]:
+        log(f"skipping unreadable file {item['path']}: {item['error']}")
+    split = make_split(index, seed=seed, fractions=fractions)
+    for item in split.excluded:
+        log(f"excluding {' = '.join(item['paths'])}: {item['reason']} {item['labels']}")
+    classes = sorted({item.label for items in split.parts.values() for item in items})
+    if len(classes) < 2:
+        raise ValueError(f"need at least two classes with images in {data_dir}, found {classes}")
+    if not split.parts["val"] or not split.parts["test"]:
+        raise ValueError("the validation or test split is empty: add images or change the fractions")
+
+    config = PreprocessingConfig(input_size=spec.input_size, steps=defaults.preprocessing_steps)
+    preprocessor = Preprocessor(config)
+    arrays = {name: load_split_images(index, items, preprocessor, f"preprocessing {name}", progress)
+              for name, items in split.parts.items()}
+    labels = {name: np.array([classes.index(i.label) for i in items]) for name, items in split.parts.items()}
+    onehot = {name: keras.utils.to_categorical(y, len(classes)) for name, y in labels.items()}
+    class_weight = balanced_class_weights(labels["train"], len(classes))
+
+    model = spec.build((*spec.input_size, 3), len(classes))
+    train_batches = AugmentedBatches(arrays["train"], onehot["train"], batch_size, defaults.augmentation, seed)
+    # Cosine decay to zero: the last epochs take small steps, so weights and batch-norm
+    # statistics settle instead of ending on a noisy, high-learning-rate epoch.
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * len(train_batches))
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=schedule),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    patience = defaults.early_stopping_patience
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)]
+    log(f"training {model_name} on {len(arrays['train'])} images, validating on {len(arrays['val'])}, "
+        f"up to {epochs} epochs")
+    history = model.fit(
+        train_batches,
+        validation_data=(scale(arrays["val"]), onehot["val"]),
+        epochs=epochs,
+        class_weight=class_weight,
+        callbacks=callbacks,
+        verbose=(1 if sys.stdout.isatty() else 2) if progress else 0,
+    )
+    history_lists = {key: [float(v) for v in values] for key, values in history.history.items()}
+
+    def evaluate_split(name: str) -> dict[str, Any]:
+        probabilities = np.concatenate(
+            [model.predict_on_batch(scale(arrays[name][s : s + 64])) for s in range(0, len(arrays[name]), 64)]
+        )
+        return classification_metrics(labels[name], probabilities, classes)
+
+    test_metrics, val_metrics = evaluate_split("test"), evaluate_split("val")
+    baseline = colour_only_baseline(arrays["train"], labels["train"], arrays["test"], labels["test"], classes)
+    metadata = {
+        "name": out_dir.name,
+        "plugin": model_name,
+        "classes": classes,
+        "input_shape": [*spec.input_size, 3],
+        "preprocessing": config.to_json(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "training": {
+            "epochs_requested": epochs,
+            "epochs_run": len(history_lists["loss"]),
+            "best_epoch": int(np.argmin(history_lists["val_loss"])) + 1,
+            "batch_size": batch_size,
+            "optimizer": "adam",
+            "learning_rate": learning_rate,
+            "learning_rate_schedule": "cosine decay to 0 over the requested epochs",
+            "loss": "categorical_crossentropy",
+            "seed": seed,
+            "class_weight": {classes[k]: w for k, w in class_weight.items()},
+            "early_stopping": {"monitor": "val_loss", "patience": patience, "restore_best_weights": True},
+            "augmentation": defaults.augmentation.to_json(),
+            "seconds": round(time.time() - started, 1),
+            "parameters": int(model.count_params()),
+        },
+        "dataset": {
+            "root": str(data_dir),
+            "fingerprint": data_audit["fingerprint"],
+            "files": data_audit["files"],
+            "unique_images": data_audit["unique_images"],
+            "unreadable": data_audit["unreadable"],
+            "duplicate_groups": len(data_audit["duplicate_groups"]),
+            "max_per_class": max_per_class,
+            "shortcut_warnings": data_audit["shortcuts"]["warnings"],
+        },
+        "split": {key: value for key, value in split.to_json().items() if key in ("seed", "fractions", "unit", "counts", "excluded")},
+        "metrics": {
+            "test": _summary(test_metrics),
+            "val": _summary(val_metrics),
+            "colour_only_baseline_test": baseline,
+        },
+    }
+    serving = spec.build((*spec.input_size, 3), len(classes))  # uncompiled: carries no optimiser state
+    serving.set_weights(model.get_weights())
+    save_artifact(serving, metadata, split, out_dir)
+    write_report(out_dir, metadata, test_metrics, val_metrics, history_lists, arrays["train"], labels["train"], classes,
+                 defaults.augmentation, seed)
+    log(f"test accuracy {test_metrics['accuracy']:.4f}, macro-F1 {test_metrics['macro_f1']:.4f}, "
+        f"ECE {test_metrics['ece']:.4f} (n={test_metrics['n']}); colour-only baseline accuracy "
+        f"{baseline['accuracy']:.4f}; model written to {out_dir}")
+    return json.loads((out_dir / "metadata.json").read_text())
+
+
+def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {key: metrics[key] for key in ("n", "accuracy", "macro_f1", "ece")} | {
+        "per_class_f1": {label: round(row["f1"], 4) for label, row in metrics["per_class"].items()}
+    }
+
+
+def write_report(
+    out_dir: Path,
+    metadata: dict[str, Any],
+    test_metrics: dict[str, Any],
+    val_metrics: dict[str, Any],
+    history: dict[str, list[float]],
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    classes: list[str],
+    augmentation,
+    seed: int,
+) -> None:
+    report = out_dir / REPORT_DIR
+    report.mkdir(exist_ok=True)
+    (report / "metrics.json").write_text(
+        json.dumps({"test": test_metrics, "val": val_metrics, "history": history,
+                    "colour_only_baseline_test": metadata["metrics"]["colour_only_baseline_test"]}, indent=1) + "\n"
+    )
+    (report / "classification_report.txt").write_text(
+        f"{metadata['plugin']} on {metadata['dataset']['root']} (held-out test split, seed {seed})\n\n"
+        + format_classification_report(test_metrics) + "\n"
+    )
+    title = f"{metadata['plugin']}: held-out test split"
+    plots.confusion_matrix_png(test_metrics, report / "confusion_matrix.png", title)
+    plots.training_curves_png(history, report / "training_curves.png")
+    plots.reliability_png(test_metrics, report / "reliability.png", title)
+    rng = np.random.default_rng(seed)
+    rows, row_labels = [], []
+    for k, label in enumerate(classes):
+        members = np.flatnonzero(train_labels == k)
+        if len(members):
+            original = train_images[members[0]]
+            rows.append([original] + [augment(original, augmentation, rng) for _ in range(5)])
+            row_labels.append(f"{label}: original, then augmented")
+    plots.image_grid_png(rows, row_labels, report / "augmentation_preview.png", "training augmentation:\n" +
+                         ", ".join(f"{k}={v}" for k, v in asdict(augmentation).items()))

@@ -1,0 +1,52 @@
+"""Shared fixtures: the real datasets beside the project, generated odd inputs, a tiny trained model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+PROJECT = Path(__file__).resolve().parent.parent
+DATA = PROJECT.parent / "shared" / "data"
+KAGGLE5 = DATA / "kaggle5"
+PBC8 = DATA / "pbc8"
+DEFAULT_MODEL = PROJECT / "models" / "default"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not (KAGGLE5.is_dir() and PBC8.is_dir()):
+        raise pytest.UsageError(f"the real datasets are expected at {DATA} (../shared/data beside the project)")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the installed `bloodcell` command in a fresh process, as a user would."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "bloodcell"), *args],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=PROJECT,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"bloodcell {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def encode(image: np.ndarray, extension: str = ".png") -> bytes:
+    ok, buffer = cv2.imencode(extension, image)
+    assert ok
+    return buffer.tobytes()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A compact_cnn trained for one epoch on 12 real images per class: fast, and real end to end."""
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    from bloodcell_core.training import train
+
+    train("compact_cnn", KAGGLE5, out, epochs=1, max_per_class=12, progress=False, log=lambda _: None)
+    return out

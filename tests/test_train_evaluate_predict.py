@@ -1,0 +1,103 @@
+"""Training writes a complete model directory; evaluate and predict go through the serving path."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import KAGGLE5, PBC8, run_cli
+
+from bloodcell_core.artifacts import ArtifactError, load_artifact
+from bloodcell_core.evaluation import evaluate
+from bloodcell_core.inference import Classifier
+
+
+def test_model_directory_is_complete(tiny_model: Path):
+    metadata = json.loads((tiny_model / "metadata.json").read_text())
+    assert metadata["classes"] == ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]
+    assert metadata["preprocessing"]["steps"] == ["center_crop"] and metadata["input_shape"] == [128, 128, 3]
+    assert len(metadata["dataset"]["fingerprint"]) == 64
+    assert set(metadata["split"]["counts"]) == {"train", "val", "test"}
+    assert {"test", "val", "colour_only_baseline_test"} <= set(metadata["metrics"])
+    assert {"keras", "tensorflow", "opencv", "numpy", "bloodcell"} <= set(metadata["versions"])
+    for name in ("metrics.json", "classification_report.txt", "confusion_matrix.png", "training_curves.png",
+                 "augmentation_preview.png", "reliability.png"):
+        assert (tiny_model / "report" / name).stat().st_size > 0, name
+    split = json.loads((tiny_model / "split.json").read_text())
+    assert sum(len(split[name]) for name in ("train", "val", "test")) == 60
+
+
+def test_saved_model_has_no_optimizer_state(tiny_model: Path):
+    import zipfile
+
+    with zipfile.ZipFile(tiny_model / "model.keras") as archive:
+        config = json.loads(archive.read("config.json"))
+    assert config.get("compile_config") is None
+    assert getattr(load_artifact(tiny_model).model, "optimizer", None) is None
+
+
+def test_tampered_model_file_is_refused(tiny_model: Path, tmp_path: Path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model, copy)
+    with open(copy / "model.keras", "ab") as handle:
+        handle.write(b"x")
+    with pytest.raises(ArtifactError, match="does not match the sha256"):
+        load_artifact(copy)
+
+
+def test_predict_reports_a_bad_image_alone(tiny_model: Path, tmp_path: Path):
+    good = next((KAGGLE5 / "basophil").iterdir())
+    text_file = tmp_path / "notes.jpg"
+    text_file.write_text("not an image")
+    result = run_cli("predict", str(tiny_model), str(good), str(text_file), str(tmp_path / "missing.png"), "--json",
+                     check=False)
+    assert result.returncode == 1
+    entries = json.loads(result.stdout)
+    assert entries[0]["label"] in json.loads((tiny_model / "metadata.json").read_text())["classes"]
+    assert len(entries[0]["top3"]) == 3 and 0 < entries[0]["confidence"] <= 1
+    assert "not a decodable image" in entries[1]["error"]
+    assert "cannot read file" in entries[2]["error"]
+    text = run_cli("predict", str(tiny_model), str(good), check=False).stdout
+    assert "top 3:" in text
+
+
+def test_classify_keeps_order_and_isolates_errors(tiny_model: Path):
+    classifier = Classifier.from_dir(tiny_model)
+    files = sorted((KAGGLE5 / "monocyte").iterdir())[:70]
+    items = [(f.name, f.read_bytes()) for f in files]
+    items.insert(65, ("empty.jpg", b""))
+    results = classifier.classify(items)
+    assert [r.name for r in results] == [name for name, _ in items]
+    assert results[65].error == "empty file (0 bytes)"
+    assert all(r.error is None for i, r in enumerate(results) if i != 65)
+    single = classifier.classify_one(items[0][1])
+    assert single.probabilities == pytest.approx(results[0].probabilities, abs=1e-5)
+
+
+def test_evaluate_leaves_out_training_images_and_unknown_classes(tiny_model: Path):
+    classifier = Classifier.from_dir(tiny_model)
+    metrics = evaluate(classifier, PBC8, progress=False)
+    excluded = metrics["excluded"]
+    assert excluded["unknown_class_folders"] == ["eosinophil", "ig", "lymphocyte", "neutrophil", "platelet"]
+    # the pbc8 basophil/erythroblast/monocyte files are the kaggle5 ones: the tiny model trained on some
+    assert excluded["seen_in_training"] > 0
+    assert metrics["n"] == 3 * 850 - excluded["seen_in_training"] - excluded["duplicate_files"]
+    assert set(metrics["per_class"]) == set(classifier.classes)
+
+
+def test_evaluate_cli_json_keys(tiny_model: Path, tmp_path: Path):
+    subset = tmp_path / "subset"
+    for label in ("myeloblast", "seg_neutrophil"):
+        (subset / label).mkdir(parents=True)
+        for f in sorted((KAGGLE5 / label).iterdir())[-15:]:
+            (subset / label / f.name).symlink_to(f)
+    report = json.loads(run_cli("evaluate", str(tiny_model), str(subset), "--json", "--include-seen").stdout)
+    assert {"accuracy", "macro_f1", "ece", "n", "per_class", "confusion_matrix"} <= set(report)
+    assert report["n"] == 30
+    assert "macro F1" in run_cli("evaluate", str(tiny_model), str(subset)).stdout
+
+
+def test_train_refuses_to_overwrite_a_model(tiny_model: Path):
+    result = run_cli("train", "--model", "compact_cnn", "--data", str(KAGGLE5), "--out", str(tiny_model), check=False)
+    assert result.returncode == 1 and "already holds a model" in result.stderr
