@@ -180,3 +180,218 @@ def predict_command(model_dir: Path, images: tuple[Path, ...], as_json: bool) ->
                 click.echo(f"{r.name}\t{r.label}\t{r.confidence:.3f}\t(top 3: {top3})")
     if any(r.error for r in results):
         sys.exit(1)
+
+
+# --- the queued service ------------------------------------------------------------------------
+
+
+def _settings():
+    from bloodcell_core.config import Settings
+
+    settings = Settings.from_env()
+    try:
+        settings.validate()
+    except ValueError as exc:
+        _fail(str(exc))
+    return settings
+
+
+def _actor() -> str:
+    return f"cli:{os.environ.get('USER', 'unknown')}"
+
+
+def _client():
+    from bloodcell_core.client import Client
+    from bloodcell_core.db import DatabaseNotMigrated
+
+    try:
+        return Client(_settings())
+    except DatabaseNotMigrated as exc:
+        _fail(str(exc))
+
+
+@cli.group()
+def db() -> None:
+    """Database schema (Alembic migrations in migrations/)."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Migrate BLOODCELL_DATABASE_URL to the latest schema (safe to run again)."""
+    from bloodcell_core.db import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    click.echo(f"database migrated: {settings.database_url}")
+
+
+@cli.command()
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes to start.")
+@click.option("--no-flower", is_flag=True, help="Do not start Flower.")
+def up(workers: int, no_flower: bool) -> None:
+    """Start the local stack in the background on embedded defaults: redis-server, SQLite
+    (migrated), the shipped model as production, Celery worker(s) and Flower."""
+    from bloodcell_core.stack import StackError
+    from bloodcell_core.stack import up as start
+
+    try:
+        info = start(_settings(), workers=workers, flower=not no_flower)
+    except StackError as exc:
+        _fail(str(exc))
+    for key, value in info.items():
+        click.echo(f"{key:>9}: {value}")
+
+
+@cli.command()
+def down() -> None:
+    """Stop the local stack started by `bloodcell up`."""
+    from bloodcell_core.stack import down as stop
+
+    stopped = stop(_settings())
+    click.echo(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
+
+
+@cli.command()
+@click.option("--concurrency", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes (each loads the model once).")
+@click.option("--name", default="worker", show_default=True, help="Worker name (unique per machine).")
+def worker(concurrency: int, name: str) -> None:
+    """Run a Celery worker in the foreground (for more machines: same BLOODCELL_* settings).
+
+    BLOODCELL_WORKER_DEVICE=gpu makes it take the classify.gpu queue too.
+    """
+    from bloodcell_core.stack import worker_command
+
+    command = worker_command(_settings(), concurrency=concurrency, name=name)
+    os.execv(command[0], command)
+
+
+@cli.command()
+@click.option("--sample-id", required=True, help="The LIMS accession id of the sample.")
+@click.option("--wait", is_flag=True, help="Wait for the report.")
+@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait with --wait.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+def submit(sample_id: str, wait: bool, timeout: float, as_json: bool, paths: tuple[Path, ...]) -> None:
+    """Submit images (files or folders of images) as one sample to the classification queue.
+
+    Submitting the same sample id and images again is harmless: nothing is duplicated.
+    """
+    from tqdm import tqdm
+
+    from bloodcell_core.client import collect_images
+    from bloodcell_core.service import ServiceError
+
+    files = collect_images(list(paths))
+    if not files:
+        _fail("no image files found in the given paths")
+    client = _client()
+    images = [(str(f), f.read_bytes()) for f in tqdm(files, desc="reading", unit="img",
+                                                     disable=as_json or not sys.stderr.isatty())]
+    try:
+        submission = client.submit(sample_id, images, actor=_actor())
+    except ServiceError as exc:
+        _fail(str(exc))
+    if not wait:
+        message = {"sample_id": sample_id, "status": submission.status, "new_cells": submission.new_cells}
+        click.echo(json.dumps(message) if as_json else
+                   f"sample {sample_id}: {submission.new_cells} new cell image(s), status {submission.status}")
+        return
+    try:
+        report = client.wait(sample_id, timeout=timeout)
+    except TimeoutError as exc:
+        _fail(str(exc))
+    _print_report(report, as_json)
+
+
+def _print_report(report: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    click.echo(f"sample {report['sample_id']}: {report['status']} (model {report['model_version']})")
+    if report.get("error"):
+        click.echo(f"  error: {report['error']}")
+    for label, count in report["counts"].items():
+        click.echo(f"  {label:<16}{count:>6}{report['percent'][label]:>8.1f} %")
+    if report["counts"]:
+        flag = "BLAST FLAG" if report["blast_flag"] else "no blast flag"
+        click.echo(f"  {flag}: {report['blast_count']} blasts, {report['blast_percent']:.1f} %")
+        click.echo(f"  {len(report['needs_review'])} cell(s) below confidence {report['review_threshold']} for review")
+    for item in report.get("failed", []):
+        click.echo(f"  FAILED {item['name']}: {item['error']}")
+
+
+@cli.command()
+@click.argument("sample_id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def report(sample_id: str, as_json: bool) -> None:
+    """Show a sample's status and report."""
+    from bloodcell_core.service import ServiceError, get_report
+
+    try:
+        _print_report(get_report(_settings(), sample_id), as_json)
+    except ServiceError as exc:
+        _fail(str(exc))
+
+
+@cli.command()
+@click.option("--model", "model_name", required=True, help="Model plugin to train.")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder-per-class training data, readable by the workers.")
+@click.option("--epochs", type=click.IntRange(min=1))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--max-per-class", type=click.IntRange(min=3))
+@click.option("--wait", is_flag=True, help="Wait for the candidate version.")
+def retrain(model_name: str, data_dir: Path, epochs, seed: int, max_per_class, wait: bool) -> None:
+    """Queue a retraining run; the result is registered as a candidate model version."""
+    parameters = {"seed": seed} | ({"epochs": epochs} if epochs else {}) | (
+        {"max_per_class": max_per_class} if max_per_class else {})
+    client = _client()
+    run_id = client.retrain(model_name, str(data_dir.resolve()), parameters)
+    click.echo(f"training run {run_id} queued")
+    if wait:
+        result = client.wait_training(run_id)
+        click.echo(json.dumps(result))
+        if result["status"] != "done":
+            sys.exit(1)
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def models(ctx: click.Context) -> None:
+    """Model versions: list (default), promote, evaluate."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(models_list)
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def models_list(as_json: bool = False) -> None:
+    """List registered model versions with their status and test metrics."""
+    rows = _client().models()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        accuracy = "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.4f}"
+        click.echo(f"{row['version']:<32}{row['status']:<12}test accuracy {accuracy}  {row['created_at']}")
+
+
+@models.command("promote")
+@click.argument("version")
+def models_promote(version: str) -> None:
+    """Make VERSION the production model; workers pick it up on their next sample."""
+    from bloodcell_core.service import ServiceError
+
+    try:
+        click.echo(f"production model: {_client().promote(version, actor=_actor())}")
+    except ServiceError as exc:
+        _fail(str(exc))
+
+
+@models.command("evaluate")
+@click.argument("version")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def models_evaluate(version: str, data_dir: Path) -> None:
+    """Evaluate VERSION on DATA_DIR through the training queue; the result is kept with the version."""
+    click.echo(json.dumps(_client().evaluate(version, str(data_dir.resolve()))))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ class Prediction:
     top3: list[tuple[str, float]] = field(default_factory=list)
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    preprocess_ms: float = 0.0  # this image's decode + preprocessing time
+    predict_ms: float = 0.0  # its share of the batch's model time
 
     def to_json(self) -> dict:
         if self.error is not None:
@@ -64,11 +67,13 @@ class Classifier:
         ]
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
 
-    def _preprocess(self, data: bytes) -> np.ndarray | str:
+    def _preprocess(self, data: bytes) -> tuple[np.ndarray | str, float]:
+        start = time.perf_counter()
         try:
-            return self.preprocessor(data)
+            result: np.ndarray | str = self.preprocessor(data)
         except ImageDecodeError as exc:
-            return str(exc)
+            result = str(exc)
+        return result, (time.perf_counter() - start) * 1000
 
     def _result(self, name: str, probabilities: np.ndarray) -> Prediction:
         order = np.argsort(probabilities)[::-1]
@@ -90,21 +95,29 @@ class Classifier:
         results: list[Prediction] = []
         pending = self._pool.map(self._preprocess, [data for _, data in chunks[0]]) if chunks else None
         for k, chunk in enumerate(chunks):
-            prepared = list(pending)
+            prepared, preprocess_ms = zip(*pending)
             if k + 1 < len(chunks):
                 pending = self._pool.map(self._preprocess, [data for _, data in chunks[k + 1]])
             good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
+            start = time.perf_counter()
             probabilities = self.predict_arrays(np.stack([prepared[i] for i in good])) if good else []
+            predict_ms = (time.perf_counter() - start) * 1000 / max(len(good), 1)
             by_position = dict(zip(good, probabilities))
             for i, (name, _) in enumerate(chunk):
                 if i in by_position:
-                    results.append(self._result(name, by_position[i]))
+                    result = self._result(name, by_position[i])
+                    result.predict_ms = predict_ms
                 else:
-                    results.append(Prediction(name=name, error=prepared[i]))
+                    result = Prediction(name=name, error=prepared[i])
+                result.preprocess_ms = preprocess_ms[i]
+                results.append(result)
         return results
 
     def classify_one(self, data: bytes, name: str = "image") -> Prediction:
-        prepared = self._preprocess(data)
+        prepared, preprocess_ms = self._preprocess(data)
         if isinstance(prepared, str):
-            return Prediction(name=name, error=prepared)
-        return self._result(name, self.predict_arrays(prepared[None])[0])
+            return Prediction(name=name, error=prepared, preprocess_ms=preprocess_ms)
+        start = time.perf_counter()
+        result = self._result(name, self.predict_arrays(prepared[None])[0])
+        result.preprocess_ms, result.predict_ms = preprocess_ms, (time.perf_counter() - start) * 1000
+        return result

@@ -7,7 +7,7 @@ import math
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +23,7 @@ from bloodcell_core.metrics import classification_metrics, format_classification
 from bloodcell_core.plugin_manager import get_model_spec
 from bloodcell_core.preprocessing import PreprocessingConfig, Preprocessor, augment, scale
 from bloodcell_core.shortcuts import colour_only_baseline
-from bloodcell_core.splits import Split, SplitItem, make_split
+from bloodcell_core.splits import SplitItem, make_split
 
 
 def load_split_images(
@@ -59,6 +59,59 @@ class AugmentedBatches(keras.utils.PyDataset):
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(len(self.images))
+
+
+def recalibrate_batch_norm(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> None:
+    """Re-estimate every BatchNormalization layer's moving statistics from ``images`` (scaled floats).
+
+    Keras keeps an exponential moving average of batch statistics during training. With Adam and
+    batch norm the weights move fast, and that average lags them: inference-mode accuracy can sit
+    far below training accuracy ("precise BN", Wu and Johnson 2021). Forward passes in training mode
+    with a cumulative-average momentum replace the moving statistics by their exact mean over
+    ``images`` under the current weights; no weight changes.
+    """
+    layers = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    if not layers:
+        return
+    saved = [layer.momentum for layer in layers]
+    try:
+        for k, start in enumerate(range(0, len(images), batch_size)):
+            for layer in layers:
+                layer.momentum = k / (k + 1)  # batch k contributes 1/(k+1): a plain running mean
+            model(images[start : start + batch_size], training=True)
+    finally:
+        for layer, momentum in zip(layers, saved):
+            layer.momentum = momentum
+
+
+class PreciseValidation(keras.callbacks.Callback):
+    """At the end of each epoch: recalibrate batch norm on clean training images, then validate.
+
+    It writes ``val_loss`` and ``val_accuracy`` into the epoch's logs, for EarlyStopping (which must
+    come after it in the callback list) and the training curves.
+    """
+
+    def __init__(self, calibration_images: np.ndarray, val_images: np.ndarray, val_targets: np.ndarray) -> None:
+        super().__init__()
+        self.calibration_images, self.val_images, self.val_targets = calibration_images, val_images, val_targets
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        recalibrate_batch_norm(self.model, self.calibration_images)
+        probabilities = predict_in_batches(self.model, self.val_images)
+        picked = np.clip((probabilities * self.val_targets).sum(axis=1), 1e-7, 1.0)
+        if logs is not None:
+            logs["val_loss"] = float(-np.log(picked).mean())
+            logs["val_accuracy"] = float((probabilities.argmax(axis=1) == self.val_targets.argmax(axis=1)).mean())
+
+
+def predict_in_batches(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Inference-mode probabilities for scaled float images."""
+    return np.concatenate(
+        [np.asarray(model.predict_on_batch(images[s : s + batch_size])) for s in range(0, len(images), batch_size)]
+    )
+
+
+CALIBRATION_IMAGES = 2048
 
 
 def balanced_class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
@@ -138,12 +191,15 @@ def train(
         metrics=["accuracy"],
     )
     patience = defaults.early_stopping_patience
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)]
+    calibration = scale(arrays["train"][np.random.default_rng(seed).permutation(len(arrays["train"]))[:CALIBRATION_IMAGES]])
+    callbacks = [
+        PreciseValidation(calibration, scale(arrays["val"]), onehot["val"]),
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
+    ]
     log(f"training {model_name} on {len(arrays['train'])} images, validating on {len(arrays['val'])}, "
         f"up to {epochs} epochs")
     history = model.fit(
         train_batches,
-        validation_data=(scale(arrays["val"]), onehot["val"]),
         epochs=epochs,
         class_weight=class_weight,
         callbacks=callbacks,
@@ -152,10 +208,7 @@ def train(
     history_lists = {key: [float(v) for v in values] for key, values in history.history.items()}
 
     def evaluate_split(name: str) -> dict[str, Any]:
-        probabilities = np.concatenate(
-            [model.predict_on_batch(scale(arrays[name][s : s + 64])) for s in range(0, len(arrays[name]), 64)]
-        )
-        return classification_metrics(labels[name], probabilities, classes)
+        return classification_metrics(labels[name], predict_in_batches(model, scale(arrays[name])), classes)
 
     test_metrics, val_metrics = evaluate_split("test"), evaluate_split("val")
     baseline = colour_only_baseline(arrays["train"], labels["train"], arrays["test"], labels["test"], classes)
@@ -178,6 +231,7 @@ def train(
             "seed": seed,
             "class_weight": {classes[k]: w for k, w in class_weight.items()},
             "early_stopping": {"monitor": "val_loss", "patience": patience, "restore_best_weights": True},
+            "batch_norm": f"moving statistics re-estimated each epoch on {len(calibration)} clean training images",
             "augmentation": defaults.augmentation.to_json(),
             "seconds": round(time.time() - started, 1),
             "parameters": int(model.count_params()),

@@ -43,6 +43,13 @@ def encode(image: np.ndarray, extension: str = ".png") -> bytes:
 
 
 @pytest.fixture(scope="session")
+def pbc8_index():
+    from bloodcell_core.dataset import index_dataset
+
+    return index_dataset(PBC8, progress=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A compact_cnn trained for one epoch on 12 real images per class: fast, and real end to end."""
     out = tmp_path_factory.mktemp("models") / "tiny"

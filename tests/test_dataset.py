@@ -8,8 +8,8 @@ from bloodcell_core.dataset import audit, index_dataset, read_image_file
 
 
 @pytest.fixture(scope="module")
-def pbc8_audit():
-    return audit(index_dataset(PBC8, progress=False))
+def pbc8_audit(pbc8_index):
+    return audit(pbc8_index)
 
 
 def test_pbc8_audit_finds_the_real_defects(pbc8_audit):

@@ -2,15 +2,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KAGGLE5, PBC8, encode
+from conftest import KAGGLE5, encode
 
 from bloodcell_core.dataset import index_dataset
 from bloodcell_core.splits import Split, make_split
-
-
-@pytest.fixture(scope="module")
-def pbc8_index():
-    return index_dataset(PBC8, progress=False)
 
 
 def test_split_is_stratified_deterministic_and_leak_free(pbc8_index):

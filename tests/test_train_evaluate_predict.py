@@ -1,5 +1,6 @@
 """Training writes a complete model directory; evaluate and predict go through the serving path."""
 
+import io
 import json
 from pathlib import Path
 
@@ -29,9 +30,14 @@ def test_model_directory_is_complete(tiny_model: Path):
 def test_saved_model_has_no_optimizer_state(tiny_model: Path):
     import zipfile
 
+    import h5py
+
     with zipfile.ZipFile(tiny_model / "model.keras") as archive:
         config = json.loads(archive.read("config.json"))
-    assert config.get("compile_config") is None
+        with h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as weights:
+            groups = list(weights.keys())
+    assert not config.get("compile_config")
+    assert "optimizer" not in groups and "layers" in groups
     assert getattr(load_artifact(tiny_model).model, "optimizer", None) is None
 
 
@@ -101,3 +107,20 @@ def test_evaluate_cli_json_keys(tiny_model: Path, tmp_path: Path):
 def test_train_refuses_to_overwrite_a_model(tiny_model: Path):
     result = run_cli("train", "--model", "compact_cnn", "--data", str(KAGGLE5), "--out", str(tiny_model), check=False)
     assert result.returncode == 1 and "already holds a model" in result.stderr
+
+
+def test_batch_norm_recalibration_sets_the_exact_statistics():
+    import keras
+    import numpy as np
+
+    from bloodcell_core.training import recalibrate_batch_norm
+
+    inputs = keras.Input((4,))
+    layer = keras.layers.BatchNormalization()
+    model = keras.Model(inputs, layer(inputs))
+    x = np.random.default_rng(0).normal(3.0, 2.0, (256, 4)).astype("float32")
+    recalibrate_batch_norm(model, x, batch_size=64)
+    assert np.allclose(np.asarray(layer.moving_mean), x.mean(axis=0), atol=1e-4)
+    batch_variances = np.mean([x[s : s + 64].var(axis=0) for s in range(0, 256, 64)], axis=0)
+    assert np.allclose(np.asarray(layer.moving_variance), batch_variances, rtol=1e-3)
+    assert layer.momentum == 0.99  # restored

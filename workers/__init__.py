@@ -1,4 +1,1 @@
-"""Celery workers (queued classification and retraining). Not built yet: see the queued-service issue.
-
-This package will hold only the Celery app, its configuration and thin tasks over bloodcell_core.
-"""
+"""Celery workers: the app, its configuration, and thin tasks over bloodcell_core services."""

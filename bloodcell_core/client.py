@@ -1,0 +1,105 @@
+"""The producer's Python client: submit samples and single images, read reports, request retraining.
+
+    from bloodcell_core.client import Client
+    client = Client()                                   # settings from BLOODCELL_* variables
+    client.submit("S-2026-0001", [("cell1.jpg", data1), ("cell2.jpg", data2)])
+    report = client.wait("S-2026-0001", timeout=300)
+
+Tasks are sent by name, so producers need neither the workers' code nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from bloodcell_core import service
+from bloodcell_core.config import Settings
+from bloodcell_core.db import SampleStatus, require_migrated, session_scope
+
+FINAL_STATUSES = (SampleStatus.DONE, SampleStatus.NEEDS_REVIEW, SampleStatus.FAILED)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+
+
+def collect_images(paths: list[Path]) -> list[Path]:
+    """Files as given, plus the image files (by suffix) found under given folders, in sorted order."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            found.append(path)
+    return found
+
+
+class Client:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.settings.validate()
+        require_migrated(self.settings.database_url)
+        self._celery = Celery("bloodcell-producer", broker=self.settings.broker_url,
+                              backend=self.settings.result_backend)
+        self._celery.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+
+    def _send(self, name: str, args: list[Any], queue: str):
+        return self._celery.send_task(name, args=args, queue=queue)
+
+    def submit(self, accession_id: str, images: list[tuple[str, bytes]], actor: str = "client") -> service.Submission:
+        """Store and enqueue a sample; resubmitting the same sample and images enqueues nothing new."""
+        submission = service.submit_sample(self.settings, accession_id, images, actor)
+        if submission.new_cells or submission.status not in FINAL_STATUSES:
+            self._send("bloodcell.classify_sample", [submission.sample_pk], self.settings.classify_queue)
+        return submission
+
+    def report(self, accession_id: str) -> dict[str, Any]:
+        return service.get_report(self.settings, accession_id)
+
+    def wait(self, accession_id: str, timeout: float = 600, poll: float = 0.2) -> dict[str, Any]:
+        """Poll the database until the sample reaches done, needs_review or failed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            report = self.report(accession_id)
+            if report["status"] in FINAL_STATUSES:
+                return report
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"sample {accession_id!r} still {report['status']} after {timeout:.0f} s")
+            time.sleep(poll)
+
+    def classify_image(self, data: bytes, timeout: float = 60) -> dict[str, Any]:
+        """Classify one image through the queue and wait for its result."""
+        sha256 = service.store_image(self.settings, data)
+        return self._send("bloodcell.classify_image", [sha256], self.settings.classify_queue).get(timeout=timeout)
+
+    def retrain(self, plugin: str, data_dir: str, parameters: dict[str, Any], actor: str = "client") -> int:
+        """Queue a retraining run on the training queue; returns the run id."""
+        run_id = service.create_training_run(self.settings, plugin, data_dir, parameters, actor)
+        self._send("bloodcell.retrain", [run_id], "train")
+        return run_id
+
+    def wait_training(self, run_id: int, timeout: float = 7200, poll: float = 1.0) -> dict[str, Any]:
+        from bloodcell_core.db import ModelVersion, TrainingRun
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with session_scope(self.settings.database_url) as session:
+                run = session.get(TrainingRun, run_id)
+                if run.status in ("done", "failed"):
+                    version = session.get(ModelVersion, run.model_version_id) if run.model_version_id else None
+                    return {"run": run_id, "status": run.status, "error": run.error,
+                            "version": version.version if version else None}
+            time.sleep(poll)
+        raise TimeoutError(f"training run {run_id} not finished after {timeout:.0f} s")
+
+    def evaluate(self, version: str, data_dir: str, timeout: float = 3600) -> dict[str, Any]:
+        return self._send("bloodcell.evaluate_version", [version, data_dir], "train").get(timeout=timeout)
+
+    def models(self) -> list[dict[str, Any]]:
+        with session_scope(self.settings.database_url) as session:
+            return service.list_versions(session)
+
+    def promote(self, version: str, actor: str = "client") -> str:
+        with session_scope(self.settings.database_url) as session:
+            return service.promote(session, version, actor).version

@@ -1,0 +1,72 @@
+"""One typed settings object, read from BLOODCELL_* environment variables (documented in the README)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _home() -> Path:
+    return Path(os.environ.get("BLOODCELL_HOME", Path.home() / ".bloodcell")).expanduser()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting with its embedded default; ``Settings.from_env()`` applies the environment."""
+
+    home: Path
+    broker_url: str
+    result_backend: str
+    database_url: str
+    image_store: str  # "file" (BLOODCELL_HOME/images) or "database" (image bytes in the SQL database)
+    models_dir: Path  # where model versions' directories live; shared by every worker
+    default_model: Path  # registered as the first production model on an empty database
+    worker_device: str  # "cpu" or "gpu": which classification queue a worker takes
+    classify_queue: str  # where producers send classification tasks: "classify" or "classify.gpu"
+    review_threshold: float  # cells below this confidence are marked for review
+    blast_count: int  # blast flag when myeloblasts reach this count ...
+    blast_percent: float  # ... or this percent of classified cells
+    blast_class: str
+    flower_port: int
+    flower_basic_auth: str  # "user:password"; empty disables Flower's auth (never in production)
+    redis_port: int  # the local redis-server `bloodcell up` starts
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        home = _home()
+        env = os.environ.get
+        redis_port = int(env("BLOODCELL_REDIS_PORT", "6379"))
+        return cls(
+            home=home,
+            broker_url=env("BLOODCELL_BROKER_URL", f"redis://127.0.0.1:{redis_port}/0"),
+            result_backend=env("BLOODCELL_RESULT_BACKEND", f"redis://127.0.0.1:{redis_port}/1"),
+            database_url=env("BLOODCELL_DATABASE_URL", f"sqlite:///{home / 'bloodcell.db'}"),
+            image_store=env("BLOODCELL_IMAGE_STORE", "file"),
+            models_dir=Path(env("BLOODCELL_MODELS_DIR", str(home / "models"))),
+            default_model=Path(env("BLOODCELL_DEFAULT_MODEL", str(PROJECT_ROOT / "models" / "default"))),
+            worker_device=env("BLOODCELL_WORKER_DEVICE", "cpu"),
+            classify_queue=env("BLOODCELL_CLASSIFY_QUEUE", "classify"),
+            review_threshold=float(env("BLOODCELL_REVIEW_THRESHOLD", "0.80")),
+            blast_count=int(env("BLOODCELL_BLAST_COUNT", "5")),
+            blast_percent=float(env("BLOODCELL_BLAST_PERCENT", "20")),
+            blast_class=env("BLOODCELL_BLAST_CLASS", "myeloblast"),
+            flower_port=int(env("BLOODCELL_FLOWER_PORT", "5555")),
+            flower_basic_auth=env("BLOODCELL_FLOWER_BASIC_AUTH", ""),
+            redis_port=redis_port,
+        )
+
+    def validate(self) -> None:
+        if self.image_store not in ("file", "database"):
+            raise ValueError(f"BLOODCELL_IMAGE_STORE must be 'file' or 'database', got {self.image_store!r}")
+        if self.worker_device not in ("cpu", "gpu"):
+            raise ValueError(f"BLOODCELL_WORKER_DEVICE must be 'cpu' or 'gpu', got {self.worker_device!r}")
+        if self.classify_queue not in ("classify", "classify.gpu"):
+            raise ValueError(f"BLOODCELL_CLASSIFY_QUEUE must be 'classify' or 'classify.gpu', got {self.classify_queue!r}")
+        if not 0.0 <= self.review_threshold <= 1.0:
+            raise ValueError("BLOODCELL_REVIEW_THRESHOLD must be between 0 and 1")
+
+
+SETTING_NAMES = [f.name for f in fields(Settings)]

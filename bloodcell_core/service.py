@@ -1,0 +1,436 @@
+"""Services over the database: submission, classification of a sample, reports, model versions, retraining.
+
+Producers (the Python client, the CLI) call ``submit_sample``; workers call ``classify_sample``,
+``run_training`` and ``evaluate_version``. Nothing here imports Celery: the workers are a thin layer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bloodcell_core.artifacts import file_sha256, read_metadata
+from bloodcell_core.config import Settings
+from bloodcell_core.db import (
+    AuditEvent,
+    ModelStatus,
+    ModelVersion,
+    Prediction,
+    Sample,
+    SampleImage,
+    SampleReport,
+    SampleStatus,
+    TrainingRun,
+    session_scope,
+)
+from bloodcell_core.image_store import ImageNotFound, image_store
+from bloodcell_core.inference import Classifier
+
+ACCESSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+
+
+class ServiceError(ValueError):
+    """A request that cannot be carried out as asked (bad id, unknown sample or version)."""
+
+
+def audit(session: Session, actor: str, action: str, subject: str, **details: Any) -> None:
+    session.add(AuditEvent(actor=actor, action=action, subject=subject, details=details))
+
+
+# --- model versions ---------------------------------------------------------------------------
+
+
+def register_model_version(session: Session, artifact_dir: Path, status: str, actor: str) -> ModelVersion:
+    """Register a model directory; the same model file registered twice is the same version."""
+    metadata = read_metadata(artifact_dir)
+    version = f"{metadata['plugin']}-{file_sha256(artifact_dir / 'model.keras')[:12]}"
+    existing = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if existing is not None:
+        return existing
+    row = ModelVersion(
+        version=version,
+        plugin=metadata["plugin"],
+        artifact_path=str(artifact_dir.resolve()),
+        status=status,
+        classes=metadata["classes"],
+        metrics={"training": metadata["metrics"]},
+        data_fingerprint=metadata["dataset"]["fingerprint"],
+        promoted_at=datetime.now(timezone.utc) if status == ModelStatus.PRODUCTION else None,
+    )
+    session.add(row)
+    session.flush()
+    audit(session, actor, "model.registered", version, status=status, artifact=row.artifact_path)
+    return row
+
+
+def production_version(session: Session) -> ModelVersion:
+    row = session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.PRODUCTION))
+    if row is None:
+        raise ServiceError("no production model: run `bloodcell up` or `bloodcell models promote VERSION`")
+    return row
+
+
+def ensure_production_model(settings: Settings) -> str:
+    """On an empty registry, register the shipped default model as production.
+
+    Several workers may start at once: the one that loses the race sees the winner's row.
+    """
+    for _ in range(2):
+        try:
+            with session_scope(settings.database_url) as session:
+                current = session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.PRODUCTION))
+                if current is None:
+                    current = register_model_version(session, settings.default_model, ModelStatus.PRODUCTION,
+                                                     "system")
+                return current.version
+        except IntegrityError:
+            continue
+    raise ServiceError("could not register the default model")
+
+
+def promote(session: Session, version: str, actor: str) -> ModelVersion:
+    row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if row is None:
+        raise ServiceError(f"unknown model version {version!r}")
+    previous = session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.PRODUCTION))
+    if previous is not None and previous.id != row.id:
+        previous.status = ModelStatus.RETIRED
+    row.status = ModelStatus.PRODUCTION
+    row.promoted_at = datetime.now(timezone.utc)
+    audit(session, actor, "model.promoted", version, previous=previous.version if previous else None)
+    return row
+
+
+def list_versions(session: Session) -> list[dict[str, Any]]:
+    rows = session.scalars(select(ModelVersion).order_by(ModelVersion.id)).all()
+    return [
+        {
+            "version": r.version,
+            "plugin": r.plugin,
+            "status": r.status,
+            "created_at": r.created_at.isoformat(),
+            "test_accuracy": r.metrics.get("training", {}).get("test", {}).get("accuracy"),
+            "test_macro_f1": r.metrics.get("training", {}).get("test", {}).get("macro_f1"),
+            "artifact": r.artifact_path,
+        }
+        for r in rows
+    ]
+
+
+# --- submission -------------------------------------------------------------------------------
+
+
+@dataclass
+class Submission:
+    sample_pk: int
+    accession_id: str
+    new_cells: int  # 0 when the same sample and images were submitted before
+    status: str
+
+
+def submit_sample(settings: Settings, accession_id: str, images: list[tuple[str, bytes]], actor: str) -> Submission:
+    """Store the images by content hash and create the sample and its cells, idempotently.
+
+    Submitting the same accession id again adds only images it did not have; the same images
+    again change nothing.
+    """
+    if not ACCESSION_PATTERN.match(accession_id):
+        raise ServiceError(
+            f"invalid sample id {accession_id!r}: 1-128 characters, letters, digits and . _ : / - "
+            "(starting with a letter or digit)"
+        )
+    if not images:
+        raise ServiceError("a sample needs at least one image")
+    store = image_store(settings)
+    with session_scope(settings.database_url) as session:
+        sample = session.scalar(select(Sample).where(Sample.accession_id == accession_id))
+        if sample is None:
+            sample = Sample(accession_id=accession_id, status=SampleStatus.QUEUED)
+            session.add(sample)
+            session.flush()
+        known = {cell.image_sha256 for cell in sample.cells}
+        new_cells = 0
+        for name, data in images:
+            sha256 = store.put(session, data)
+            if sha256 not in known:
+                known.add(sha256)
+                session.add(SampleImage(sample_id=sample.id, image_sha256=sha256, name=name[:512]))
+                new_cells += 1
+        if new_cells:
+            sample.status = SampleStatus.QUEUED
+            audit(session, actor, "sample.submitted", accession_id, new_cells=new_cells)
+        return Submission(sample.id, accession_id, new_cells, sample.status)
+
+
+# --- classification ---------------------------------------------------------------------------
+
+
+def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Bulk insert predictions; a row that already exists (redelivered task) is left as it is."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = insert(Prediction).on_conflict_do_nothing(index_elements=["image_sha256", "model_version_id"])
+    session.execute(statement, rows)
+
+
+def classify_sample(
+    settings: Settings, sample_pk: int, classifier_for: Callable[[ModelVersion], Classifier], worker: str
+) -> dict[str, Any]:
+    """Classify every cell of a sample that has no prediction by the production model yet; write the report."""
+    store = image_store(settings)
+    with session_scope(settings.database_url) as session:
+        sample = session.get(Sample, sample_pk)
+        if sample is None:
+            raise ServiceError(f"no sample with id {sample_pk}")
+        sample.status = SampleStatus.RUNNING
+        version = production_version(session)
+        version_id = version.id
+    classifier = classifier_for(version)
+
+    with session_scope(settings.database_url) as session:
+        sample = session.get(Sample, sample_pk)
+        cells = list(sample.cells)
+        done = set(
+            session.scalars(
+                select(Prediction.image_sha256).where(
+                    Prediction.model_version_id == version_id,
+                    Prediction.image_sha256.in_([c.image_sha256 for c in cells]),
+                )
+            )
+        )
+        todo, images = [], []
+        for cell in cells:
+            if cell.image_sha256 in done:
+                continue
+            try:
+                images.append((cell.name, store.get(session, cell.image_sha256)))
+                todo.append(cell)
+            except ImageNotFound as exc:
+                cell.status, cell.error = "failed", str(exc)
+        results = classifier.classify(images)
+        rows = []
+        for cell, result in zip(todo, results):
+            if result.error is not None:
+                cell.status, cell.error = "failed", result.error
+                continue
+            cell.status, cell.error = "done", None
+            rows.append(
+                {
+                    "image_sha256": cell.image_sha256,
+                    "model_version_id": version_id,
+                    "label": result.label,
+                    "confidence": result.confidence,
+                    "probabilities": result.probabilities,
+                    "preprocess_ms": result.preprocess_ms,
+                    "predict_ms": result.predict_ms,
+                    "worker": worker,
+                }
+            )
+        _insert_ignoring_duplicates(session, rows)
+        for cell in cells:
+            if cell.image_sha256 in done:
+                cell.status, cell.error = "done", None
+        report = build_report(session, settings, sample, version_id)
+        audit(session, worker, "sample.classified", sample.accession_id, status=sample.status,
+              model_version=version.version, newly_classified=len(rows))
+        return report
+
+
+def classify_image(
+    settings: Settings, image_sha256: str, classifier_for: Callable[[ModelVersion], Classifier], worker: str
+) -> dict[str, Any]:
+    """Classify one stored image with the production model; the prediction is persisted once."""
+    store = image_store(settings)
+    with session_scope(settings.database_url) as session:
+        version = production_version(session)
+        existing = session.scalar(
+            select(Prediction).where(Prediction.image_sha256 == image_sha256, Prediction.model_version_id == version.id)
+        )
+        if existing is None:
+            result = classifier_for(version).classify_one(store.get(session, image_sha256), name=image_sha256)
+            if result.error is not None:
+                return {"image_sha256": image_sha256, "error": result.error, "model_version": version.version}
+            _insert_ignoring_duplicates(session, [{
+                "image_sha256": image_sha256, "model_version_id": version.id, "label": result.label,
+                "confidence": result.confidence, "probabilities": result.probabilities,
+                "preprocess_ms": result.preprocess_ms, "predict_ms": result.predict_ms, "worker": worker,
+            }])
+            existing = session.scalar(
+                select(Prediction).where(Prediction.image_sha256 == image_sha256,
+                                         Prediction.model_version_id == version.id)
+            )
+        return {"image_sha256": image_sha256, "label": existing.label, "confidence": existing.confidence,
+                "probabilities": existing.probabilities, "model_version": version.version}
+
+
+def store_image(settings: Settings, data: bytes) -> str:
+    """Put one image into the store (for single-image classification); returns its sha256."""
+    with session_scope(settings.database_url) as session:
+        return image_store(settings).put(session, data)
+
+
+def build_report(session: Session, settings: Settings, sample: Sample, version_id: int) -> dict[str, Any]:
+    """Differential count and percent, blast flag, cells for review; sets the sample's final status."""
+    version = session.get(ModelVersion, version_id)
+    cells = list(sample.cells)
+    predictions = {
+        p.image_sha256: p
+        for p in session.scalars(
+            select(Prediction).where(
+                Prediction.model_version_id == version_id,
+                Prediction.image_sha256.in_([c.image_sha256 for c in cells]),
+            )
+        )
+    }
+    classified = [(c, predictions[c.image_sha256]) for c in cells if c.image_sha256 in predictions]
+    counts = {label: 0 for label in version.classes}
+    for _, p in classified:
+        counts[p.label] += 1
+    n = len(classified)
+    percent = {label: round(100.0 * k / n, 2) if n else 0.0 for label, k in counts.items()}
+    blast_count = counts.get(settings.blast_class, 0)
+    blast_percent = percent.get(settings.blast_class, 0.0)
+    review = [
+        {"name": c.name, "image_sha256": c.image_sha256, "label": p.label, "confidence": round(p.confidence, 4)}
+        for c, p in classified
+        if p.confidence < settings.review_threshold
+    ]
+    failed = [{"name": c.name, "image_sha256": c.image_sha256, "error": c.error} for c in cells if c.status == "failed"]
+    if not classified:
+        sample.status, sample.error = SampleStatus.FAILED, "no image of the sample could be classified"
+    elif review or failed:
+        sample.status, sample.error = SampleStatus.NEEDS_REVIEW, None
+    else:
+        sample.status, sample.error = SampleStatus.DONE, None
+    values = dict(
+        model_version_id=version_id, n_cells=len(cells), n_classified=n, n_failed=len(failed), counts=counts,
+        percent=percent, blast_count=blast_count, blast_percent=blast_percent,
+        blast_flag=bool(n) and (blast_count >= settings.blast_count or blast_percent >= settings.blast_percent),
+        review_threshold=settings.review_threshold, needs_review=review, failed=failed,
+    )
+    row = session.scalar(select(SampleReport).where(SampleReport.sample_id == sample.id))
+    if row is None:
+        session.add(SampleReport(sample_id=sample.id, **values))
+    else:
+        for key, value in values.items():
+            setattr(row, key, value)
+    session.flush()
+    return report_json(session, sample)
+
+
+def report_json(session: Session, sample: Sample) -> dict[str, Any]:
+    report = session.scalar(select(SampleReport).where(SampleReport.sample_id == sample.id))
+    base = {"sample_id": sample.accession_id, "status": sample.status, "error": sample.error,
+            "n_cells": len(sample.cells)}
+    if report is None:
+        return base | {"counts": {}, "percent": {}, "blast_flag": False, "needs_review": [], "failed": [],
+                       "model_version": None}
+    return base | {
+        "model_version": session.get(ModelVersion, report.model_version_id).version,
+        "n_classified": report.n_classified,
+        "n_failed": report.n_failed,
+        "counts": report.counts,
+        "percent": report.percent,
+        "blast_count": report.blast_count,
+        "blast_percent": report.blast_percent,
+        "blast_flag": report.blast_flag,
+        "review_threshold": report.review_threshold,
+        "needs_review": report.needs_review,
+        "failed": report.failed,
+    }
+
+
+def get_report(settings: Settings, accession_id: str) -> dict[str, Any]:
+    with session_scope(settings.database_url) as session:
+        sample = session.scalar(select(Sample).where(Sample.accession_id == accession_id))
+        if sample is None:
+            raise ServiceError(f"no sample {accession_id!r}")
+        return report_json(session, sample)
+
+
+def mark_sample_failed(settings: Settings, sample_pk: int, error: str, actor: str) -> None:
+    with session_scope(settings.database_url) as session:
+        sample = session.get(Sample, sample_pk)
+        if sample is not None:
+            sample.status, sample.error = SampleStatus.FAILED, error
+            audit(session, actor, "sample.failed", sample.accession_id, error=error)
+
+
+def count_rows(settings: Settings) -> dict[str, int]:
+    from bloodcell_core import db
+
+    with session_scope(settings.database_url) as session:
+        return {
+            model.__tablename__: session.scalar(select(func.count()).select_from(model))
+            for model in (db.Sample, db.SampleImage, db.Image, db.Prediction, db.SampleReport, db.ModelVersion)
+        }
+
+
+# --- retraining and evaluation ----------------------------------------------------------------
+
+
+def create_training_run(settings: Settings, plugin: str, data_dir: str, parameters: dict[str, Any], actor: str) -> int:
+    with session_scope(settings.database_url) as session:
+        run = TrainingRun(plugin=plugin, data_dir=data_dir, parameters=parameters)
+        session.add(run)
+        session.flush()
+        audit(session, actor, "training.requested", f"run {run.id}", plugin=plugin, data_dir=data_dir,
+              parameters=parameters)
+        return run.id
+
+
+def run_training(settings: Settings, run_id: int, actor: str) -> str:
+    """Train the run's plugin into BLOODCELL_MODELS_DIR and register the result as a candidate."""
+    from bloodcell_core.training import train
+
+    with session_scope(settings.database_url) as session:
+        run = session.get(TrainingRun, run_id)
+        if run is None:
+            raise ServiceError(f"no training run {run_id}")
+        if run.status == "done":  # a redelivered task: the candidate exists already
+            return session.get(ModelVersion, run.model_version_id).version
+        run.status = "running"
+        plugin, data_dir, parameters = run.plugin, run.data_dir, dict(run.parameters)
+    out_dir = settings.models_dir / f"run-{run_id}-{plugin}"
+    try:
+        if not (out_dir / "metadata.json").exists():
+            train(plugin, data_dir, out_dir, progress=False, log=lambda _: None, **parameters)
+    except Exception as exc:
+        with session_scope(settings.database_url) as session:
+            run = session.get(TrainingRun, run_id)
+            run.status, run.error, run.finished_at = "failed", f"{type(exc).__name__}: {exc}", datetime.now(timezone.utc)
+        raise
+    with session_scope(settings.database_url) as session:
+        version = register_model_version(session, out_dir, ModelStatus.CANDIDATE, actor)
+        run = session.get(TrainingRun, run_id)
+        run.status, run.model_version_id, run.finished_at = "done", version.id, datetime.now(timezone.utc)
+        return version.version
+
+
+def evaluate_version(settings: Settings, version: str, data_dir: str, actor: str) -> dict[str, Any]:
+    """Score a model version on a folder-per-class dataset; the summary is kept with the version."""
+    from bloodcell_core.evaluation import evaluate
+
+    with session_scope(settings.database_url) as session:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+        if row is None:
+            raise ServiceError(f"unknown model version {version!r}")
+        artifact_path = row.artifact_path
+    metrics = evaluate(Classifier.from_dir(artifact_path), data_dir, progress=False)
+    summary = {key: metrics[key] for key in ("n", "accuracy", "macro_f1", "ece")}
+    with session_scope(settings.database_url) as session:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+        row.metrics = {**row.metrics, "evaluations": {**row.metrics.get("evaluations", {}), data_dir: summary}}
+        audit(session, actor, "model.evaluated", version, data_dir=data_dir, **summary)
+    return json.loads(json.dumps(summary))

@@ -1,0 +1,252 @@
+"""The queued service end to end, against a real redis-server, real PostgreSQL and real workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from conftest import DEFAULT_MODEL, KAGGLE5, PROJECT, run_cli
+from servers import PostgresServer, RedisServer, free_port, wait_port
+from sqlalchemy import func, select
+
+from bloodcell_core import db
+from bloodcell_core.config import Settings
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    directory = Path(tempfile.mkdtemp(prefix="bloodcell-pg-"))  # /tmp: reachable by the postgres user
+    server = PostgresServer(directory).start()
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def settings_for(env: dict[str, str]) -> Settings:
+    with mock.patch.dict(os.environ, env):
+        return Settings.from_env()
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    settings: Settings
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        log = open(Path(self.env["BLOODCELL_HOME"]) / f"{name}.log", "ab")
+        process = subprocess.Popen([str(Path(sys.executable).parent / "bloodcell"), "worker", "--name", name],
+                                   env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append(process)
+        self.wait_for_workers(len(self.workers))
+        return process
+
+    def wait_for_workers(self, count: int, timeout: float = 90) -> None:
+        from celery import Celery
+
+        app = Celery(broker=self.settings.broker_url)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if len(app.control.ping(timeout=0.5) or []) >= count:
+                    return
+                assert all(p.poll() is None for p in self.workers), "a worker exited during start-up"
+            raise TimeoutError(f"{count} workers did not answer within {timeout} s")
+        finally:
+            app.close()
+
+    def client(self):
+        from bloodcell_core.client import Client
+
+        return Client(self.settings)
+
+    def count(self, model) -> int:
+        with db.session_scope(self.settings.database_url) as session:
+            return session.scalar(select(func.count()).select_from(model))
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def stack(request, redis_server, tmp_path_factory):
+    home = tmp_path_factory.mktemp(f"home-{request.param}")
+    if request.param == "sqlite":
+        database_url, store, redis_db = f"sqlite:///{home / 'bloodcell.db'}", "file", 2
+    else:
+        postgres = request.getfixturevalue("postgres_server")
+        database_url, store, redis_db = postgres.create_database("bloodcell_e2e"), "database", 4
+    env = {
+        "BLOODCELL_HOME": str(home),
+        "BLOODCELL_BROKER_URL": f"{redis_server.url}/{redis_db}",
+        "BLOODCELL_RESULT_BACKEND": f"{redis_server.url}/{redis_db + 1}",
+        "BLOODCELL_DATABASE_URL": database_url,
+        "BLOODCELL_IMAGE_STORE": store,
+        "BLOODCELL_DEFAULT_MODEL": str(DEFAULT_MODEL),
+        "BLOODCELL_MODELS_DIR": str(home / "models"),
+    }
+    run_cli("db", "upgrade", env=env)
+    stack = Stack(env=env, settings=settings_for(env))
+    stack.start_worker("w1")
+    yield stack
+    for process in stack.workers:
+        process.send_signal(signal.SIGTERM)
+    for process in stack.workers:
+        process.wait(timeout=60)
+
+
+def unseen_images(label: str, count: int) -> list[Path]:
+    """Images from the shipped model's own test split: never trained or early-stopped on."""
+    split = json.loads((DEFAULT_MODEL / "split.json").read_text())
+    return [KAGGLE5 / item["paths"][0] for item in split["test"] if item["label"] == label][:count]
+
+
+@pytest.fixture
+def sample_dir(tmp_path: Path) -> Path:
+    for path in unseen_images("myeloblast", 6) + unseen_images("monocyte", 6):
+        (tmp_path / path.name).symlink_to(path)
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 this JPEG stops here")
+    return tmp_path
+
+
+def submit(stack: Stack, sample_id: str, *paths: Path, wait: bool = True) -> dict:
+    args = ["submit", "--sample-id", sample_id, "--json", *map(str, paths)]
+    return json.loads(run_cli(*(args + ["--wait", "--timeout", "120"] if wait else args), env=stack.env).stdout)
+
+
+def test_sample_end_to_end(stack: Stack, sample_dir: Path):
+    report = submit(stack, "S-E2E-1", sample_dir)
+    assert set(report) >= {"sample_id", "status", "counts", "percent", "blast_flag", "needs_review", "model_version"}
+    assert report["sample_id"] == "S-E2E-1" and report["n_cells"] == 13 and report["n_classified"] == 12
+    assert report["counts"]["myeloblast"] >= 5 and report["counts"]["monocyte"] >= 5
+    assert sum(report["counts"].values()) == 12 and sum(report["percent"].values()) == pytest.approx(100, abs=0.1)
+    assert report["blast_flag"] is True  # about half the cells are blasts: far over 20 %
+    assert report["status"] == "needs_review"  # a failed image always asks for a person
+    assert [f["name"].endswith("broken.jpg") for f in report["failed"]] == [True]
+    assert "not a decodable image" in report["failed"][0]["error"]
+    assert report["model_version"].startswith("compact_cnn-")
+    assert stack.count(db.Prediction) == 12 and stack.count(db.SampleImage) == 13
+    assert json.loads(run_cli("report", "S-E2E-1", "--json", env=stack.env).stdout) == report
+    with db.session_scope(stack.settings.database_url) as session:
+        events = session.scalars(select(db.AuditEvent.action).where(db.AuditEvent.subject == "S-E2E-1")).all()
+    assert events == ["sample.submitted", "sample.classified"]
+
+
+def test_resubmission_and_redelivery_are_idempotent(stack: Stack, sample_dir: Path):
+    submit(stack, "S-E2E-2", sample_dir)
+    counts = {model: stack.count(model) for model in (db.Sample, db.SampleImage, db.Prediction, db.Image)}
+    again = json.loads(run_cli("submit", "--sample-id", "S-E2E-2", "--json", str(sample_dir), env=stack.env).stdout)
+    assert again["new_cells"] == 0
+    client = stack.client()
+    with db.session_scope(stack.settings.database_url) as session:
+        sample_pk = session.scalar(select(db.Sample.id).where(db.Sample.accession_id == "S-E2E-2"))
+    client._send("bloodcell.classify_sample", [sample_pk], "classify").get(timeout=60)  # a redelivered task
+    assert {model: stack.count(model) for model in counts} == counts
+
+
+def test_single_image_task(stack: Stack):
+    image = unseen_images("myeloblast", 1)[0]
+    result = stack.client().classify_image(image.read_bytes())
+    assert result["label"] == "myeloblast" and result["confidence"] > 0.5
+
+
+def test_audit_log_is_append_only(stack: Stack):
+    with pytest.raises(PermissionError, match="append-only"):
+        with db.session_scope(stack.settings.database_url) as session:
+            session.scalars(select(db.AuditEvent)).first().action = "rewritten"
+
+
+def test_two_workers_share_one_queue(stack: Stack, tmp_path: Path):
+    stack.start_worker("w2")
+    images = unseen_images("erythroblast", 40)
+    client = stack.client()
+    for k in range(8):
+        client.submit(f"S-SHARE-{k}", [(p.name, p.read_bytes()) for p in images[5 * k : 5 * k + 5]])
+    for k in range(8):
+        assert client.wait(f"S-SHARE-{k}", timeout=120)["status"] in ("done", "needs_review")
+    with db.session_scope(stack.settings.database_url) as session:
+        workers = set(session.scalars(select(db.Prediction.worker)))
+    assert {w.split("@")[0] for w in workers} >= {"w1", "w2"}
+
+
+def test_retrain_registers_a_candidate_and_promotion_needs_no_restart(stack: Stack, sample_dir: Path):
+    client = stack.client()
+    run_id = client.retrain("compact_cnn", str(KAGGLE5), {"epochs": 1, "max_per_class": 8})
+    result = client.wait_training(run_id, timeout=300)
+    assert result["status"] == "done", result
+    versions = {row["version"]: row for row in client.models()}
+    assert versions[result["version"]]["status"] == "candidate"
+    production = next(v for v, row in versions.items() if row["status"] == "production")
+
+    client.promote(result["version"], actor="test")
+    try:
+        report = submit(stack, "S-AFTER-PROMOTION", sample_dir)
+        assert report["model_version"] == result["version"]
+    finally:
+        client.promote(production, actor="test")
+
+
+def test_unmigrated_database_is_refused(redis_server, tmp_path: Path):
+    env = {"BLOODCELL_HOME": str(tmp_path), "BLOODCELL_BROKER_URL": f"{redis_server.url}/7",
+           "BLOODCELL_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
+    result = run_cli("submit", "--sample-id", "X", str(next((KAGGLE5 / "basophil").iterdir())), env=env, check=False)
+    assert result.returncode == 1 and "run `bloodcell db upgrade`" in result.stderr
+    worker = subprocess.run([str(Path(sys.executable).parent / "bloodcell"), "worker"], env={**os.environ, **env},
+                            capture_output=True, text=True, timeout=120)
+    assert worker.returncode != 0 and "run `bloodcell db upgrade`" in worker.stdout + worker.stderr
+
+
+def test_local_stack_up_submit_flower_down(tmp_path: Path, sample_dir: Path):
+    """The README's main path: `bloodcell up` on embedded defaults, submit, Flower, `bloodcell down`."""
+    import urllib.error
+    import urllib.request
+
+    env = {"BLOODCELL_HOME": str(tmp_path / "home"), "BLOODCELL_REDIS_PORT": str(free_port()),
+           "BLOODCELL_FLOWER_PORT": str(free_port()), "BLOODCELL_FLOWER_BASIC_AUTH": "ops:s3cret"}
+    run_cli("up", env=env)
+    try:
+        report = json.loads(run_cli("submit", "--sample-id", "LOCAL-1", "--wait", "--json", str(sample_dir),
+                                    env=env).stdout)
+        assert report["n_classified"] == 12
+        flower = f"http://127.0.0.1:{env['BLOODCELL_FLOWER_PORT']}"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{flower}/api/workers", timeout=10)
+        assert refused.value.code == 401
+        request = urllib.request.Request(f"{flower}/api/workers",
+                                         headers={"Authorization": "Basic b3BzOnMzY3JldA=="})  # ops:s3cret
+        assert "worker@" in urllib.request.urlopen(request, timeout=10).read().decode()
+        assert b"flower_events_total" in urllib.request.urlopen(f"{flower}/metrics", timeout=10).read()
+    finally:
+        run_cli("down", env=env)
+    with pytest.raises(TimeoutError):
+        wait_port(int(env["BLOODCELL_REDIS_PORT"]), timeout=1)
+
+
+def test_compose_file_is_valid_and_uses_only_known_settings():
+    import yaml
+
+    checker = Path(sys.executable).parent / "check-jsonschema"
+    result = subprocess.run([str(checker), "--builtin-schema", "vendor.compose-spec", "docker-compose.yml"],
+                            cwd=PROJECT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())
+    known = {f"BLOODCELL_{name.upper()}" for name in Settings.__dataclass_fields__}
+    used = {key for service in compose["services"].values() for key in (service.get("environment") or {})
+            if key.startswith("BLOODCELL_")}
+    assert used and used <= known, used - known
+    assert compose["services"]["worker-gpu"]["profiles"] == ["gpu"]
+    assert "--appendonly" in compose["services"]["redis"]["command"]

@@ -1,0 +1,77 @@
+"""The Celery app. Every reliability setting here is chosen on purpose; the comments say why.
+
+Start a worker with ``bloodcell worker`` (or ``celery -A workers.app worker -Q classify,train``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from celery import Celery  # noqa: E402
+from celery.signals import worker_init  # noqa: E402
+from kombu import Queue  # noqa: E402
+
+from bloodcell_core.config import Settings  # noqa: E402
+from bloodcell_core.db import DatabaseNotMigrated, require_migrated  # noqa: E402
+from bloodcell_core.service import ensure_production_model  # noqa: E402
+
+CLASSIFY_QUEUE = "classify"
+CLASSIFY_GPU_QUEUE = "classify.gpu"
+TRAIN_QUEUE = "train"
+
+settings = Settings.from_env()
+app = Celery("bloodcell", broker=settings.broker_url, backend=settings.result_backend, include=["workers.tasks"])
+app.conf.update(
+    # JSON only: a pickled message could run code in the worker, so it is refused outright.
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_accept_content=["json"],
+    # Acknowledge after the task finished, and requeue when a worker dies mid-task: a sample is
+    # never lost to a crash. tasks.py caps deliveries so a message that kills workers cannot loop.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # One message at a time per process: a long sample must not hold others hostage in a prefetch buffer.
+    worker_prefetch_multiplier=1,
+    # Time limits: classify tasks are seconds to minutes; the hard limit kills a stuck process.
+    task_soft_time_limit=600,
+    task_time_limit=660,
+    # Redis redelivers a message whose worker vanished (machine lost, SIGKILL of the main process)
+    # after the visibility timeout; it must exceed the longest task (retraining: under 2 hours).
+    broker_transport_options={"visibility_timeout": 2 * 3600},
+    broker_connection_retry_on_startup=True,
+    # Separate queues: retraining never delays a sample. GPU workers take their own queue.
+    task_queues=[Queue(CLASSIFY_QUEUE), Queue(CLASSIFY_GPU_QUEUE), Queue(TRAIN_QUEUE)],
+    task_default_queue=CLASSIFY_QUEUE,
+    task_routes={
+        "bloodcell.retrain": {"queue": TRAIN_QUEUE},
+        "bloodcell.evaluate_version": {"queue": TRAIN_QUEUE},
+    },
+    # Events for Flower: task runtimes, failures, worker heartbeats.
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_track_started=True,
+    result_expires=7 * 24 * 3600,
+    # TensorFlow is not fork-safe: processes are forked before any model is loaded (tasks.py loads
+    # lazily, per process) and a process is replaced after many tasks to bound memory growth.
+    worker_max_tasks_per_child=1000,
+)
+
+
+@worker_init.connect
+def check_database(**_) -> None:
+    """Refuse an unmigrated database (every task would fail) and make sure a production model exists."""
+    try:
+        require_migrated(settings.database_url)
+    except DatabaseNotMigrated as exc:
+        print(f"bloodcell worker refuses to start: {exc}", file=sys.stderr, flush=True)
+        os._exit(2)  # Celery logs and swallows exceptions raised in signal handlers
+    ensure_production_model(settings)
+
+
+def queues_for(device: str) -> list[str]:
+    """A CPU worker takes the CPU classification queue and training; a GPU worker its own queue too."""
+    return [CLASSIFY_GPU_QUEUE, CLASSIFY_QUEUE, TRAIN_QUEUE] if device == "gpu" else [CLASSIFY_QUEUE, TRAIN_QUEUE]

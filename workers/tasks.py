@@ -1,0 +1,83 @@
+"""Thin Celery tasks: each calls one bloodcell_core service."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from celery import Task
+from celery.exceptions import Reject
+from redis import Redis
+from sqlalchemy.exc import OperationalError
+
+from bloodcell_core import service
+from bloodcell_core.db import ModelVersion
+from bloodcell_core.inference import Classifier
+from workers.app import app, settings
+
+log = logging.getLogger(__name__)
+
+MAX_DELIVERIES = 3  # a message delivered this often without finishing is a poison message
+TRANSIENT = (OperationalError, ConnectionError, TimeoutError)  # database or broker briefly away
+_models: dict[str, Classifier] = {}  # per worker process, filled after the fork
+
+
+def classifier_for(version: ModelVersion) -> Classifier:
+    """Load each model version once per process; a newly promoted version is loaded on first use."""
+    if version.version not in _models:
+        log.info("loading model %s from %s", version.version, version.artifact_path)
+        _models.clear()  # keep one model in memory
+        _models[version.version] = Classifier.from_dir(version.artifact_path)
+    return _models[version.version]
+
+
+def worker_name(task: Task) -> str:
+    return task.request.hostname or socket.gethostname()
+
+
+def count_delivery(task: Task) -> int:
+    """How many times this task id has started (Redis keeps the count for a day)."""
+    redis = Redis.from_url(settings.broker_url)
+    key = f"bloodcell:deliveries:{task.request.id}"
+    count = redis.incr(key)
+    redis.expire(key, 24 * 3600)
+    return int(count)
+
+
+@app.task(bind=True, name="bloodcell.classify_sample", autoretry_for=TRANSIENT, retry_backoff=2,
+          retry_backoff_max=60, max_retries=8)
+def classify_sample(self: Task, sample_pk: int) -> dict:
+    deliveries = count_delivery(self)
+    if deliveries > MAX_DELIVERIES:
+        error = f"gave up after {MAX_DELIVERIES} deliveries that did not finish (a worker died each time)"
+        service.mark_sample_failed(settings, sample_pk, error, worker_name(self))
+        raise Reject(error, requeue=False)
+    return service.classify_sample(settings, sample_pk, classifier_for, worker_name(self))
+
+
+@app.task(bind=True, name="bloodcell.classify_image", autoretry_for=TRANSIENT, retry_backoff=2, max_retries=8)
+def classify_image(self: Task, image_sha256: str) -> dict:
+    """One stored image, without a sample: the prediction is persisted and returned."""
+    return service.classify_image(settings, image_sha256, classifier_for, worker_name(self))
+
+
+@app.task(bind=True, name="bloodcell.retrain", autoretry_for=TRANSIENT, retry_backoff=10, max_retries=3,
+          soft_time_limit=2 * 3600 - 300, time_limit=2 * 3600 - 60)
+def retrain(self: Task, run_id: int) -> str:
+    if count_delivery(self) > MAX_DELIVERIES:
+        raise Reject(f"training run {run_id} abandoned after {MAX_DELIVERIES} deliveries", requeue=False)
+    return service.run_training(settings, run_id, worker_name(self))
+
+
+@app.task(bind=True, name="bloodcell.evaluate_version", autoretry_for=TRANSIENT, retry_backoff=10, max_retries=3,
+          soft_time_limit=3600, time_limit=3700)
+def evaluate_version(self: Task, version: str, data_dir: str) -> dict:
+    return service.evaluate_version(settings, version, data_dir, worker_name(self))
+
+
+@app.task(bind=True, name="bloodcell.promote", autoretry_for=TRANSIENT, retry_backoff=2, max_retries=8)
+def promote(self: Task, version: str, actor: str) -> str:
+    from bloodcell_core.db import session_scope
+
+    with session_scope(settings.database_url) as session:
+        return service.promote(session, version, actor).version
