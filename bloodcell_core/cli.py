@@ -231,12 +231,13 @@ def db_upgrade() -> None:
 def up(workers: int, no_flower: bool) -> None:
     """Start the local stack in the background on embedded defaults: redis-server, SQLite
     (migrated), the shipped model as production, Celery worker(s) and Flower."""
+    from bloodcell_core.artifacts import ArtifactError
     from bloodcell_core.stack import StackError
     from bloodcell_core.stack import up as start
 
     try:
         info = start(_settings(), workers=workers, flower=not no_flower)
-    except StackError as exc:
+    except (StackError, ArtifactError) as exc:
         _fail(str(exc))
     for key, value in info.items():
         click.echo(f"{key:>9}: {value}")

@@ -19,6 +19,7 @@ from celery import Celery
 from bloodcell_core import service
 from bloodcell_core.config import Settings
 from bloodcell_core.db import SampleStatus, require_migrated, session_scope
+from bloodcell_core.queues import TRAIN_QUEUE, task_queues
 
 FINAL_STATUSES = (SampleStatus.DONE, SampleStatus.NEEDS_REVIEW, SampleStatus.FAILED)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
@@ -42,7 +43,8 @@ class Client:
         require_migrated(self.settings.database_url)
         self._celery = Celery("bloodcell-producer", broker=self.settings.broker_url,
                               backend=self.settings.result_backend)
-        self._celery.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+        self._celery.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json",
+                                 task_queues=task_queues())
 
     def _send(self, name: str, args: list[Any], queue: str):
         return self._celery.send_task(name, args=args, queue=queue)
@@ -76,7 +78,7 @@ class Client:
     def retrain(self, plugin: str, data_dir: str, parameters: dict[str, Any], actor: str = "client") -> int:
         """Queue a retraining run on the training queue; returns the run id."""
         run_id = service.create_training_run(self.settings, plugin, data_dir, parameters, actor)
-        self._send("bloodcell.retrain", [run_id], "train")
+        self._send("bloodcell.retrain", [run_id], TRAIN_QUEUE)
         return run_id
 
     def wait_training(self, run_id: int, timeout: float = 7200, poll: float = 1.0) -> dict[str, Any]:
@@ -94,7 +96,7 @@ class Client:
         raise TimeoutError(f"training run {run_id} not finished after {timeout:.0f} s")
 
     def evaluate(self, version: str, data_dir: str, timeout: float = 3600) -> dict[str, Any]:
-        return self._send("bloodcell.evaluate_version", [version, data_dir], "train").get(timeout=timeout)
+        return self._send("bloodcell.evaluate_version", [version, data_dir], TRAIN_QUEUE).get(timeout=timeout)
 
     def models(self) -> list[dict[str, Any]]:
         with session_scope(self.settings.database_url) as session:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from bloodcell_core.config import Settings
 from bloodcell_core.db import upgrade
+from bloodcell_core.queues import worker_queues
 from bloodcell_core.service import ensure_production_model
 
 
@@ -83,7 +84,7 @@ def _celery(*args: str) -> list[str]:
 
 
 def worker_command(settings: Settings, concurrency: int = 1, name: str = "worker") -> list[str]:
-    queues = "classify.gpu,classify,train" if settings.worker_device == "gpu" else "classify,train"
+    queues = ",".join(worker_queues(settings.worker_device))
     return _celery("worker", "--loglevel", "INFO", "--queues", queues, "--concurrency", str(concurrency),
                    "--hostname", f"{name}@%h", "--pool", "prefork")
 

@@ -109,10 +109,10 @@ def stack(request, redis_server, tmp_path_factory):
         process.wait(timeout=60)
 
 
-def unseen_images(label: str, count: int) -> list[Path]:
-    """Images from the shipped model's own test split: never trained or early-stopped on."""
+def unseen_images(label: str | None, count: int) -> list[Path]:
+    """Images (of one class, or any) from the shipped model's test split: never trained or early-stopped on."""
     split = json.loads((DEFAULT_MODEL / "split.json").read_text())
-    return [KAGGLE5 / item["paths"][0] for item in split["test"] if item["label"] == label][:count]
+    return [KAGGLE5 / item["paths"][0] for item in split["test"] if label in (None, item["label"])][:count]
 
 
 @pytest.fixture
@@ -172,7 +172,7 @@ def test_audit_log_is_append_only(stack: Stack):
 
 def test_two_workers_share_one_queue(stack: Stack, tmp_path: Path):
     stack.start_worker("w2")
-    images = unseen_images("erythroblast", 40)
+    images = unseen_images(None, 40)
     client = stack.client()
     for k in range(8):
         client.submit(f"S-SHARE-{k}", [(p.name, p.read_bytes()) for p in images[5 * k : 5 * k + 5]])
@@ -217,8 +217,8 @@ def test_local_stack_up_submit_flower_down(tmp_path: Path, sample_dir: Path):
 
     env = {"BLOODCELL_HOME": str(tmp_path / "home"), "BLOODCELL_REDIS_PORT": str(free_port()),
            "BLOODCELL_FLOWER_PORT": str(free_port()), "BLOODCELL_FLOWER_BASIC_AUTH": "ops:s3cret"}
-    run_cli("up", env=env)
     try:
+        run_cli("up", env=env)
         report = json.loads(run_cli("submit", "--sample-id", "LOCAL-1", "--wait", "--json", str(sample_dir),
                                     env=env).stdout)
         assert report["n_classified"] == 12
@@ -226,9 +226,12 @@ def test_local_stack_up_submit_flower_down(tmp_path: Path, sample_dir: Path):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{flower}/api/workers", timeout=10)
         assert refused.value.code == 401
-        request = urllib.request.Request(f"{flower}/api/workers",
+        request = urllib.request.Request(f"{flower}/api/workers?refresh=1",
                                          headers={"Authorization": "Basic b3BzOnMzY3JldA=="})  # ops:s3cret
-        assert "worker@" in urllib.request.urlopen(request, timeout=10).read().decode()
+        deadline = time.monotonic() + 60  # Flower learns about workers asynchronously
+        while "worker1@" not in (workers := urllib.request.urlopen(request, timeout=30).read().decode()):
+            assert time.monotonic() < deadline, workers
+            time.sleep(1)
         assert b"flower_events_total" in urllib.request.urlopen(f"{flower}/metrics", timeout=10).read()
     finally:
         run_cli("down", env=env)
@@ -250,3 +253,20 @@ def test_compose_file_is_valid_and_uses_only_known_settings():
     assert used and used <= known, used - known
     assert compose["services"]["worker-gpu"]["profiles"] == ["gpu"]
     assert "--appendonly" in compose["services"]["redis"]["command"]
+
+
+def test_each_queue_receives_only_its_own_messages(redis_server, tmp_path: Path):
+    """Messages land in the queue they are sent to, and nowhere else (checked in Redis itself)."""
+    from redis import Redis
+
+    from bloodcell_core.client import Client
+
+    env = {"BLOODCELL_HOME": str(tmp_path), "BLOODCELL_BROKER_URL": f"{redis_server.url}/9",
+           "BLOODCELL_RESULT_BACKEND": f"{redis_server.url}/10", "BLOODCELL_DATABASE_URL": f"sqlite:///{tmp_path / 'q.db'}"}
+    db.upgrade(env["BLOODCELL_DATABASE_URL"])
+    client = Client(settings_for(env))
+    client._send("bloodcell.retrain", [1], "train")
+    client._send("bloodcell.classify_sample", [1], "classify")
+    client._send("bloodcell.classify_sample", [2], "classify.gpu")
+    redis = Redis.from_url(env["BLOODCELL_BROKER_URL"])
+    assert [redis.llen(queue) for queue in ("classify", "classify.gpu", "train")] == [1, 1, 1]

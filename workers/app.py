@@ -12,15 +12,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from celery import Celery  # noqa: E402
 from celery.signals import worker_init  # noqa: E402
-from kombu import Queue  # noqa: E402
 
 from bloodcell_core.config import Settings  # noqa: E402
 from bloodcell_core.db import DatabaseNotMigrated, require_migrated  # noqa: E402
+from bloodcell_core.queues import CLASSIFY_QUEUE, TRAIN_QUEUE, task_queues  # noqa: E402
 from bloodcell_core.service import ensure_production_model  # noqa: E402
-
-CLASSIFY_QUEUE = "classify"
-CLASSIFY_GPU_QUEUE = "classify.gpu"
-TRAIN_QUEUE = "train"
 
 settings = Settings.from_env()
 app = Celery("bloodcell", broker=settings.broker_url, backend=settings.result_backend, include=["workers.tasks"])
@@ -44,7 +40,7 @@ app.conf.update(
     broker_transport_options={"visibility_timeout": 2 * 3600},
     broker_connection_retry_on_startup=True,
     # Separate queues: retraining never delays a sample. GPU workers take their own queue.
-    task_queues=[Queue(CLASSIFY_QUEUE), Queue(CLASSIFY_GPU_QUEUE), Queue(TRAIN_QUEUE)],
+    task_queues=task_queues(),
     task_default_queue=CLASSIFY_QUEUE,
     task_routes={
         "bloodcell.retrain": {"queue": TRAIN_QUEUE},
@@ -71,7 +67,3 @@ def check_database(**_) -> None:
         os._exit(2)  # Celery logs and swallows exceptions raised in signal handlers
     ensure_production_model(settings)
 
-
-def queues_for(device: str) -> list[str]:
-    """A CPU worker takes the CPU classification queue and training; a GPU worker its own queue too."""
-    return [CLASSIFY_GPU_QUEUE, CLASSIFY_QUEUE, TRAIN_QUEUE] if device == "gpu" else [CLASSIFY_QUEUE, TRAIN_QUEUE]
