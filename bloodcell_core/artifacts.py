@@ -11,15 +11,17 @@ import json
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import cv2
-import keras
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 import bloodcell_core
 from bloodcell_core.preprocessing import PreprocessingConfig
 from bloodcell_core.splits import Split
+
+if TYPE_CHECKING:
+    import keras
+
+# Keras, TensorFlow and OpenCV are imported inside the functions that need them: producers read
+# model metadata (to register versions) without loading a deep-learning framework.
 
 MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
@@ -33,6 +35,10 @@ class ArtifactError(RuntimeError):
 
 
 def library_versions() -> dict[str, str]:
+    import cv2
+    import keras
+    import numpy as np
+
     versions = {
         "bloodcell": bloodcell_core.__version__,
         "python": platform.python_version(),
@@ -52,7 +58,7 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def save_artifact(model: keras.Model, metadata: dict[str, Any], split: Split, out_dir: Path) -> None:
+def save_artifact(model: "keras.Model", metadata: dict[str, Any], split: Split, out_dir: Path) -> None:
     """Write a model directory. ``model`` must be uncompiled: no optimiser state goes to disk."""
     if getattr(model, "optimizer", None) is not None:
         raise ValueError("save an uncompiled copy of the model: optimiser state does not belong in a model artifact")
@@ -76,7 +82,7 @@ def save_artifact(model: keras.Model, metadata: dict[str, Any], split: Split, ou
 class ModelArtifact:
     directory: Path
     metadata: dict[str, Any]
-    model: keras.Model
+    model: "keras.Model"
 
     @property
     def classes(self) -> list[str]:
@@ -110,5 +116,7 @@ def load_artifact(directory: Path | str) -> ModelArtifact:
     expected = metadata["files"][MODEL_FILE]["sha256"]
     if file_sha256(model_path) != expected:
         raise ArtifactError(f"{model_path} does not match the sha256 recorded in {METADATA_FILE}")
+    import keras
+
     model = keras.saving.load_model(model_path, compile=False)
     return ModelArtifact(directory=directory, metadata=metadata, model=model)

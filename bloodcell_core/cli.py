@@ -327,10 +327,10 @@ def _print_report(report: dict, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def report(sample_id: str, as_json: bool) -> None:
     """Show a sample's status and report."""
-    from bloodcell_core.service import ServiceError, get_report
+    from bloodcell_core.service import ServiceError
 
     try:
-        _print_report(get_report(_settings(), sample_id), as_json)
+        _print_report(_client().report(sample_id), as_json)
     except ServiceError as exc:
         _fail(str(exc))
 

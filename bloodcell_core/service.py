@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -33,7 +33,9 @@ from bloodcell_core.db import (
     session_scope,
 )
 from bloodcell_core.image_store import ImageNotFound, image_store
-from bloodcell_core.inference import Classifier
+
+if TYPE_CHECKING:
+    from bloodcell_core.inference import Classifier
 
 ACCESSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
@@ -185,7 +187,7 @@ def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) ->
 
 
 def classify_sample(
-    settings: Settings, sample_pk: int, classifier_for: Callable[[ModelVersion], Classifier], worker: str
+    settings: Settings, sample_pk: int, classifier_for: Callable[[ModelVersion], "Classifier"], worker: str
 ) -> dict[str, Any]:
     """Classify every cell of a sample that has no prediction by the production model yet; write the report."""
     store = image_store(settings)
@@ -248,7 +250,7 @@ def classify_sample(
 
 
 def classify_image(
-    settings: Settings, image_sha256: str, classifier_for: Callable[[ModelVersion], Classifier], worker: str
+    settings: Settings, image_sha256: str, classifier_for: Callable[[ModelVersion], "Classifier"], worker: str
 ) -> dict[str, Any]:
     """Classify one stored image with the production model; the prediction is persisted once."""
     store = image_store(settings)
@@ -421,6 +423,7 @@ def run_training(settings: Settings, run_id: int, actor: str) -> str:
 def evaluate_version(settings: Settings, version: str, data_dir: str, actor: str) -> dict[str, Any]:
     """Score a model version on a folder-per-class dataset; the summary is kept with the version."""
     from bloodcell_core.evaluation import evaluate
+    from bloodcell_core.inference import Classifier
 
     with session_scope(settings.database_url) as session:
         row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))

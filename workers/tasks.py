@@ -7,6 +7,7 @@ import socket
 
 from celery import Task
 from celery.exceptions import Reject
+from celery.signals import worker_process_init
 from redis import Redis
 from sqlalchemy.exc import OperationalError
 
@@ -29,6 +30,20 @@ def classifier_for(version: ModelVersion) -> Classifier:
         _models.clear()  # keep one model in memory
         _models[version.version] = Classifier.from_dir(version.artifact_path)
     return _models[version.version]
+
+
+@worker_process_init.connect
+def load_production_model(**_) -> None:
+    """Load the model in each freshly forked process, so the first sample does not wait for it."""
+    from bloodcell_core.db import session_scope
+
+    try:
+        with session_scope(settings.database_url) as session:
+            version = service.production_version(session)
+            session.expunge(version)
+        classifier_for(version)
+    except Exception:  # the first task will load it, or report why it cannot
+        log.exception("could not preload the production model")
 
 
 def worker_name(task: Task) -> str:
