@@ -176,6 +176,20 @@ def submit_sample(settings: Settings, accession_id: str, images: list[tuple[str,
 # --- classification ---------------------------------------------------------------------------
 
 
+def _prediction_row(image_sha256: str, version_id: int, result: Any, worker: str) -> dict[str, Any]:
+    """A ``predictions`` row from an inference.Prediction."""
+    return {
+        "image_sha256": image_sha256,
+        "model_version_id": version_id,
+        "label": result.label,
+        "confidence": result.confidence,
+        "probabilities": result.probabilities,
+        "preprocess_ms": result.preprocess_ms,
+        "predict_ms": result.predict_ms,
+        "worker": worker,
+    }
+
+
 def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> None:
     """Bulk insert predictions; a row that already exists (redelivered task) is left as it is."""
     if not rows:
@@ -227,18 +241,7 @@ def classify_sample(
                 cell.status, cell.error = "failed", result.error
                 continue
             cell.status, cell.error = "done", None
-            rows.append(
-                {
-                    "image_sha256": cell.image_sha256,
-                    "model_version_id": version_id,
-                    "label": result.label,
-                    "confidence": result.confidence,
-                    "probabilities": result.probabilities,
-                    "preprocess_ms": result.preprocess_ms,
-                    "predict_ms": result.predict_ms,
-                    "worker": worker,
-                }
-            )
+            rows.append(_prediction_row(cell.image_sha256, version_id, result, worker))
         _insert_ignoring_duplicates(session, rows)
         for cell in cells:
             if cell.image_sha256 in done:
@@ -263,11 +266,7 @@ def classify_image(
             result = classifier_for(version).classify_one(store.get(session, image_sha256), name=image_sha256)
             if result.error is not None:
                 return {"image_sha256": image_sha256, "error": result.error, "model_version": version.version}
-            _insert_ignoring_duplicates(session, [{
-                "image_sha256": image_sha256, "model_version_id": version.id, "label": result.label,
-                "confidence": result.confidence, "probabilities": result.probabilities,
-                "preprocess_ms": result.preprocess_ms, "predict_ms": result.predict_ms, "worker": worker,
-            }])
+            _insert_ignoring_duplicates(session, [_prediction_row(image_sha256, version.id, result, worker)])
             existing = session.scalar(
                 select(Prediction).where(Prediction.image_sha256 == image_sha256,
                                          Prediction.model_version_id == version.id)
