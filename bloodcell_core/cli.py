@@ -13,8 +13,6 @@ import click  # noqa: E402
 
 from bloodcell_core.plugin_manager import PluginError  # noqa: E402
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
-
 
 def _fail(message: str) -> None:
     raise click.ClickException(message)

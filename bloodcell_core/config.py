@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -68,5 +68,3 @@ class Settings:
         if not 0.0 <= self.review_threshold <= 1.0:
             raise ValueError("BLOODCELL_REVIEW_THRESHOLD must be between 0 and 1")
 
-
-SETTING_NAMES = [f.name for f in fields(Settings)]

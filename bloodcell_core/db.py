@@ -21,7 +21,6 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
-    inspect,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -232,6 +231,3 @@ def require_migrated(url: str) -> None:
             f"{current or 'none (empty)'}, this bloodcell needs {head}: run `bloodcell db upgrade`"
         )
 
-
-def table_names(url: str) -> list[str]:
-    return sorted(inspect(get_engine(url)).get_table_names())

@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -366,16 +366,6 @@ def mark_sample_failed(settings: Settings, sample_pk: int, error: str, actor: st
         if sample is not None:
             sample.status, sample.error = SampleStatus.FAILED, error
             audit(session, actor, "sample.failed", sample.accession_id, error=error)
-
-
-def count_rows(settings: Settings) -> dict[str, int]:
-    from bloodcell_core import db
-
-    with session_scope(settings.database_url) as session:
-        return {
-            model.__tablename__: session.scalar(select(func.count()).select_from(model))
-            for model in (db.Sample, db.SampleImage, db.Image, db.Prediction, db.SampleReport, db.ModelVersion)
-        }
 
 
 # --- retraining and evaluation ----------------------------------------------------------------
