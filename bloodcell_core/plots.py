@@ -61,11 +61,14 @@ def reliability_png(metrics: dict[str, Any], path: Path, title: str) -> None:
         alpha=0.7,
         label="accuracy in bin",
     )
-    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="C3", label="mean confidence")
+    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="C3",
+            label="accuracy at the bin's mean confidence")
+    for b in bins:
+        ax.text((b["low"] + b["high"]) / 2, b["accuracy"] + 0.02, f"n={b['count']}", ha="center", fontsize=7)
     ax.set_xlabel("confidence of the predicted class")
     ax.set_ylabel("accuracy")
     ax.set_title(f"{title}\nECE {metrics['ece']:.4f}")
-    ax.legend(loc="upper left")
+    ax.legend(loc="center left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
