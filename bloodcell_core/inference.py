@@ -6,7 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
@@ -14,6 +14,22 @@ from bloodcell_core.artifacts import ModelArtifact, load_artifact
 from bloodcell_core.preprocessing import ImageDecodeError, Preprocessor
 
 BATCH_SIZE = 64
+
+if TYPE_CHECKING:
+    import keras
+
+
+def predict_in_batches(model: "keras.Model", images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
+    """Inference-mode probabilities (n, classes) for scaled float images, through ``predict_on_batch``.
+
+    ``predict_on_batch`` runs the model's compiled predict function directly, without the per-call
+    setup of ``model.predict`` (data adapter, callbacks, progress bar).
+    """
+    outputs = [
+        np.asarray(model.predict_on_batch(images[start : start + batch_size]))
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
 @dataclass
@@ -42,12 +58,7 @@ class Prediction:
 
 
 class Classifier:
-    """A loaded model plus its preprocessing. Thread pool decodes; the model predicts in batches.
-
-    ``predict_on_batch`` runs the model's compiled predict function directly, without the
-    per-call setup of ``model.predict`` (data adapter, callbacks, progress bar), which
-    dominates single-image latency.
-    """
+    """A loaded model plus its preprocessing. Thread pool decodes; the model predicts in batches."""
 
     def __init__(self, artifact: ModelArtifact, threads: int = 2) -> None:
         self.artifact = artifact
@@ -61,11 +72,7 @@ class Classifier:
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Probabilities (n, classes) for preprocessed float32 images (n, h, w, 3)."""
-        outputs = [
-            np.asarray(self.artifact.model.predict_on_batch(images[start : start + BATCH_SIZE]))
-            for start in range(0, len(images), BATCH_SIZE)
-        ]
-        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.classes)), np.float32)
+        return predict_in_batches(self.artifact.model, images)
 
     def _preprocess(self, data: bytes) -> tuple[np.ndarray | str, float]:
         start = time.perf_counter()

@@ -259,18 +259,15 @@ def classify_image(
     store = image_store(settings)
     with session_scope(settings.database_url) as session:
         version = production_version(session)
-        existing = session.scalar(
-            select(Prediction).where(Prediction.image_sha256 == image_sha256, Prediction.model_version_id == version.id)
-        )
+        stored = select(Prediction).where(Prediction.image_sha256 == image_sha256,
+                                          Prediction.model_version_id == version.id)
+        existing = session.scalar(stored)
         if existing is None:
             result = classifier_for(version).classify_one(store.get(session, image_sha256), name=image_sha256)
             if result.error is not None:
                 return {"image_sha256": image_sha256, "error": result.error, "model_version": version.version}
             _insert_ignoring_duplicates(session, [_prediction_row(image_sha256, version.id, result, worker)])
-            existing = session.scalar(
-                select(Prediction).where(Prediction.image_sha256 == image_sha256,
-                                         Prediction.model_version_id == version.id)
-            )
+            existing = session.scalar(stored)  # this insert's row, or a concurrent worker's
         return {"image_sha256": image_sha256, "label": existing.label, "confidence": existing.confidence,
                 "probabilities": existing.probabilities, "model_version": version.version}
 

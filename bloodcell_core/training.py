@@ -19,6 +19,7 @@ from tqdm import tqdm
 from bloodcell_core import plots
 from bloodcell_core.artifacts import REPORT_DIR, save_artifact
 from bloodcell_core.dataset import DatasetIndex, audit, index_dataset, read_image_file
+from bloodcell_core.inference import predict_in_batches
 from bloodcell_core.metrics import classification_metrics, format_classification_report
 from bloodcell_core.plugin_manager import get_model_spec
 from bloodcell_core.preprocessing import PreprocessingConfig, Preprocessor, augment, scale
@@ -102,13 +103,6 @@ class PreciseValidation(keras.callbacks.Callback):
         if logs is not None:
             logs["val_loss"] = float(-np.log(picked).mean())
             logs["val_accuracy"] = float((probabilities.argmax(axis=1) == self.val_targets.argmax(axis=1)).mean())
-
-
-def predict_in_batches(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Inference-mode probabilities for scaled float images."""
-    return np.concatenate(
-        [np.asarray(model.predict_on_batch(images[s : s + batch_size])) for s in range(0, len(images), batch_size)]
-    )
 
 
 CALIBRATION_IMAGES = 2048
