@@ -1,4 +1,4 @@
-# One image for the migration job, CPU workers and Flower. GPU workers: build with
+# One image for the migration job, the HTTP API, CPU workers and Flower. GPU workers: build with
 #   docker compose build --build-arg TENSORFLOW="tensorflow[and-cuda]>=2.18,<2.22" worker-gpu
 FROM python:3.11-slim
 ARG TENSORFLOW="tensorflow-cpu>=2.18,<2.22"
@@ -8,6 +8,7 @@ COPY pyproject.toml README.md ./
 COPY bloodcell_core ./bloodcell_core
 COPY plugins ./plugins
 COPY workers ./workers
+COPY api ./api
 COPY migrations ./migrations
 COPY models ./models
 RUN pip install "$TENSORFLOW" && pip install -e . && useradd --create-home bloodcell \

@@ -48,6 +48,7 @@ def plugins(as_json: bool) -> None:
     for info in infos:
         provides = ", ".join(
             [f"model {m}" for m in info.models] + [f"preprocessing step {s}" for s in info.preprocessing_steps]
+            + [f"exporter {e}" for e in info.exporters]
         )
         click.echo(f"{info.name}\n  provides: {provides or 'nothing'}\n  hooks: {', '.join(info.hooks)}\n  from: {info.source}")
 
@@ -67,6 +68,16 @@ def dataset_audit(data_dir: Path, as_json: bool) -> None:
 
     report = audit(index_dataset(data_dir, progress=not as_json and sys.stderr.isatty()))
     click.echo(json.dumps(report, indent=2) if as_json else format_audit(report))
+
+
+@dataset.command("export-reviewed")
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+def dataset_export_reviewed(out_dir: Path) -> None:
+    """Write the cells technologists relabelled as OUT_DIR/<label>/<sha256>.<ext> (training data)."""
+    from bloodcell_core.review import export_reviewed_labels
+
+    counts = export_reviewed_labels(_settings(), out_dir)
+    click.echo(json.dumps(counts) if counts else "no reviewed cells")
 
 
 @cli.command("train")
@@ -198,7 +209,15 @@ def _actor() -> str:
     return f"cli:{os.environ.get('USER', 'unknown')}"
 
 
-def _client():
+def _client(http: bool = False):
+    """The in-process client, or with ``http`` and BLOODCELL_API_URL set, the HTTP API client."""
+    if http and os.environ.get("BLOODCELL_API_URL"):
+        from bloodcell_core.http_client import HttpClient
+
+        token = os.environ.get("BLOODCELL_API_TOKEN")
+        if not token:
+            _fail("BLOODCELL_API_URL is set: BLOODCELL_API_TOKEN must hold a token (`bloodcell tokens create`)")
+        return HttpClient(os.environ["BLOODCELL_API_URL"], token)
     from bloodcell_core.client import Client
     from bloodcell_core.db import DatabaseNotMigrated
 
@@ -206,6 +225,14 @@ def _client():
         return Client(_settings())
     except DatabaseNotMigrated as exc:
         _fail(str(exc))
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that are the caller's to fix: printed as one line, no traceback."""
+    from bloodcell_core.http_client import HttpApiError
+    from bloodcell_core.service import ServiceError
+
+    return ServiceError, HttpApiError, PluginError
 
 
 @cli.group()
@@ -226,15 +253,16 @@ def db_upgrade() -> None:
 @cli.command()
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes to start.")
 @click.option("--no-flower", is_flag=True, help="Do not start Flower.")
-def up(workers: int, no_flower: bool) -> None:
+@click.option("--no-api", is_flag=True, help="Do not start the HTTP API.")
+def up(workers: int, no_flower: bool, no_api: bool) -> None:
     """Start the local stack in the background on embedded defaults: redis-server, SQLite
-    (migrated), the shipped model as production, Celery worker(s) and Flower."""
+    (migrated), the shipped model as production, Celery worker(s), Flower and the HTTP API."""
     from bloodcell_core.artifacts import ArtifactError
     from bloodcell_core.stack import StackError
     from bloodcell_core.stack import up as start
 
     try:
-        info = start(_settings(), workers=workers, flower=not no_flower)
+        info = start(_settings(), workers=workers, flower=not no_flower, api=not no_api)
     except (StackError, ArtifactError) as exc:
         _fail(str(exc))
     for key, value in info.items():
@@ -275,21 +303,21 @@ def submit(sample_id: str, wait: bool, timeout: float, as_json: bool, paths: tup
     """Submit images (files or folders of images) as one sample to the classification queue.
 
     Submitting the same sample id and images again is harmless: nothing is duplicated.
+    With BLOODCELL_API_URL and BLOODCELL_API_TOKEN set, this goes through the HTTP API.
     """
     from tqdm import tqdm
 
     from bloodcell_core.client import collect_images
-    from bloodcell_core.service import ServiceError
 
     files = collect_images(list(paths))
     if not files:
         _fail("no image files found in the given paths")
-    client = _client()
+    client = _client(http=True)
     images = [(str(f), f.read_bytes()) for f in tqdm(files, desc="reading", unit="img",
                                                      disable=as_json or not sys.stderr.isatty())]
     try:
         submission = client.submit(sample_id, images, actor=_actor())
-    except ServiceError as exc:
+    except _user_errors() as exc:
         _fail(str(exc))
     if not wait:
         message = {"sample_id": sample_id, "status": submission.status, "new_cells": submission.new_cells}
@@ -298,7 +326,7 @@ def submit(sample_id: str, wait: bool, timeout: float, as_json: bool, paths: tup
         return
     try:
         report = client.wait(sample_id, timeout=timeout)
-    except TimeoutError as exc:
+    except (TimeoutError, *_user_errors()) as exc:
         _fail(str(exc))
     _print_report(report, as_json)
 
@@ -307,7 +335,8 @@ def _print_report(report: dict, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
-    click.echo(f"sample {report['sample_id']}: {report['status']} (model {report['model_version']})")
+    click.echo(f"sample {report['sample_id']}: {report['status']}, report {report['report_status']} "
+               f"(model {report['model_version']})")
     if report.get("error"):
         click.echo(f"  error: {report['error']}")
     for label, count in report["counts"].items():
@@ -324,13 +353,167 @@ def _print_report(report: dict, as_json: bool) -> None:
 @click.argument("sample_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def report(sample_id: str, as_json: bool) -> None:
-    """Show a sample's status and report."""
-    from bloodcell_core.service import ServiceError
+    """Show a sample's status and report (through the HTTP API when BLOODCELL_API_URL is set)."""
+    try:
+        _print_report(_client(http=True).report(sample_id), as_json)
+    except _user_errors() as exc:
+        _fail(str(exc))
+
+
+@cli.command()
+@click.argument("sample_id")
+@click.option("--needs-review", is_flag=True, help="Only cells waiting for a technologist.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def cells(sample_id: str, needs_review: bool, as_json: bool) -> None:
+    """Per-cell results of a sample: model label and confidence, reviewed label, the label that counts."""
+    try:
+        rows = _client(http=True).cells(sample_id, needs_review)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        confidence = "" if row["confidence"] is None else f"{row['confidence']:.3f}"
+        mark = " REVIEW" if row["needs_review"] else (f" (reviewed: {row['reviewed_label']})" if row["reviewed_label"] else "")
+        click.echo(f"{row['image_sha256'][:12]}  {row['label'] or row['error'] or row['status']:<16}{confidence:>7}  "
+                   f"{row['name']}{mark}")
+
+
+@cli.command("export")
+@click.argument("sample_id")
+@click.option("--format", "format_name", default="fhir-r4", show_default=True,
+              help="An exporter (`bloodcell plugins` lists them): fhir-r4, hl7v2, ...")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file, not stdout.")
+def export_command(sample_id: str, format_name: str, output: Path | None) -> None:
+    """Export a sample's report for the LIMS (FHIR R4 Bundle, HL7 v2 ORU^R01, or a plugin's format)."""
+    try:
+        document = _client(http=True).export(sample_id, format_name)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    if output is None:
+        click.echo(document)
+    else:
+        output.write_text(document)
+
+
+@cli.group()
+def review() -> None:
+    """Technologist review: list cells to check, relabel a cell, sign off a sample (audited)."""
+
+
+@review.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def review_list(as_json: bool) -> None:
+    """Samples waiting for review, with their low-confidence cells."""
+    try:
+        queue = _client(http=True).review_queue()
+    except _user_errors() as exc:
+        _fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(queue, indent=2))
+        return
+    for item in queue:
+        click.echo(f"sample {item['sample_id']}: {len(item['cells'])} cell(s) to review, {len(item['failed'])} failed")
+        for cell in item["cells"]:
+            click.echo(f"  {cell['image_sha256']}  {cell['model_label']:<16}{cell['confidence']:.3f}  {cell['name']}")
+
+
+@review.command("label")
+@click.argument("sample_id")
+@click.argument("image_sha256")
+@click.argument("label")
+@click.option("--reviewer", required=True, help="Who makes the change (goes into the audit log).")
+@click.option("--reason", required=True, help="Why (goes into the audit log).")
+def review_label(sample_id: str, image_sha256: str, label: str, reviewer: str, reason: str) -> None:
+    """Set LABEL for the cell IMAGE_SHA256 of SAMPLE_ID; the report is recomputed."""
+    try:
+        report = _client(http=True).relabel(sample_id, image_sha256, label, reviewer, reason, actor=_actor())
+    except _user_errors() as exc:
+        _fail(str(exc))
+    _print_report(report, as_json=False)
+
+
+@review.command("sign-off")
+@click.argument("sample_id")
+@click.option("--reviewer", required=True, help="Who releases the report.")
+@click.option("--comment", default="", help="Goes into the audit log.")
+def review_sign_off(sample_id: str, reviewer: str, comment: str) -> None:
+    """Release the report: it becomes final (amended if it changes after a sign-off)."""
+    try:
+        report = _client(http=True).sign_off(sample_id, reviewer, comment, actor=_actor())
+    except _user_errors() as exc:
+        _fail(str(exc))
+    _print_report(report, as_json=False)
+
+
+@cli.group()
+def tokens() -> None:
+    """HTTP API clients and their tokens (stored hashed; shown once)."""
+
+
+@tokens.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, required=True, type=click.Choice(["submit", "read", "review", "admin"]),
+              help="Repeat for several scopes.")
+@click.option("--webhook-url", help="POSTed a signed event when the client's samples are classified or signed off.")
+def tokens_create(name: str, scopes: tuple[str, ...], webhook_url: str | None) -> None:
+    """Create API client NAME and print its token (and webhook secret) once."""
+    from bloodcell_core.api_clients import create_client
+    from bloodcell_core.db import require_migrated, session_scope
+
+    settings = _settings()
+    try:
+        require_migrated(settings.database_url)
+        with session_scope(settings.database_url) as session:
+            created = create_client(session, name, list(scopes), webhook_url, _actor())
+    except _user_errors() as exc:
+        _fail(str(exc))
+    click.echo(json.dumps({"name": created.name, "token": created.token, "scopes": created.scopes,
+                           "webhook_url": created.webhook_url, "webhook_secret": created.webhook_secret}, indent=2))
+
+
+@tokens.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def tokens_list(as_json: bool) -> None:
+    """List API clients (token prefixes only)."""
+    from bloodcell_core.api_clients import list_clients
+    from bloodcell_core.db import session_scope
+
+    with session_scope(_settings().database_url) as session:
+        rows = list_clients(session)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
+        click.echo(f"{row['name']:<24}{row['token_prefix']}...  {','.join(row['scopes']):<28}{state}")
+
+
+@tokens.command("revoke")
+@click.argument("name")
+def tokens_revoke(name: str) -> None:
+    """Revoke API client NAME: its token stops working at once."""
+    from bloodcell_core.api_clients import revoke_client
+    from bloodcell_core.db import session_scope
 
     try:
-        _print_report(_client().report(sample_id), as_json)
-    except ServiceError as exc:
+        with session_scope(_settings().database_url) as session:
+            revoke_client(session, name, _actor())
+    except _user_errors() as exc:
         _fail(str(exc))
+    click.echo(f"revoked {name}")
+
+
+@cli.command("api")
+@click.option("--host", help="Default: BLOODCELL_API_HOST (127.0.0.1).")
+@click.option("--port", type=int, help="Default: BLOODCELL_API_PORT (8000).")
+def api_command(host: str | None, port: int | None) -> None:
+    """Serve the HTTP API in the foreground (OpenAPI docs at /docs)."""
+    from bloodcell_core.stack import api_command as server_command
+
+    command = server_command(_settings(), host, port)
+    os.execv(command[0], command)
 
 
 @cli.command()
@@ -340,11 +523,13 @@ def report(sample_id: str, as_json: bool) -> None:
 @click.option("--epochs", type=click.IntRange(min=1))
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--max-per-class", type=click.IntRange(min=3))
+@click.option("--include-reviewed", is_flag=True, help="Add the cells technologists relabelled to the training data.")
 @click.option("--wait", is_flag=True, help="Wait for the candidate version.")
-def retrain(model_name: str, data_dir: Path, epochs, seed: int, max_per_class, wait: bool) -> None:
+def retrain(model_name: str, data_dir: Path, epochs, seed: int, max_per_class, include_reviewed: bool, wait: bool) -> None:
     """Queue a retraining run; the result is registered as a candidate model version."""
     parameters = {"seed": seed} | ({"epochs": epochs} if epochs else {}) | (
-        {"max_per_class": max_per_class} if max_per_class else {})
+        {"max_per_class": max_per_class} if max_per_class else {}) | (
+        {"include_reviewed": True} if include_reviewed else {})
     client = _client()
     run_id = client.retrain(model_name, str(data_dir.resolve()), parameters)
     click.echo(f"training run {run_id} queued")

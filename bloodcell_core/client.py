@@ -16,10 +16,11 @@ from typing import Any
 
 from celery import Celery
 
-from bloodcell_core import service
+from bloodcell_core import review, service, webhooks
 from bloodcell_core.config import Settings
 from bloodcell_core.db import SampleStatus, require_migrated, session_scope
-from bloodcell_core.queues import TRAIN_QUEUE, task_queues
+from bloodcell_core.image_store import sha256_of
+from bloodcell_core.queues import TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues
 
 FINAL_STATUSES = (SampleStatus.DONE, SampleStatus.NEEDS_REVIEW, SampleStatus.FAILED)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
@@ -49,15 +50,65 @@ class Client:
     def _send(self, name: str, args: list[Any], queue: str):
         return self._celery.send_task(name, args=args, queue=queue)
 
-    def submit(self, accession_id: str, images: list[tuple[str, bytes]], actor: str = "client") -> service.Submission:
-        """Store and enqueue a sample; resubmitting the same sample and images enqueues nothing new."""
-        submission = service.submit_sample(self.settings, accession_id, images, actor)
+    def submit(
+        self,
+        accession_id: str,
+        images: list[tuple[str, bytes]],
+        actor: str = "client",
+        stored: list[tuple[str, str]] = (),
+        client_id: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> service.Submission:
+        """Store and enqueue a sample; resubmitting the same sample and images enqueues nothing new.
+
+        ``stored``: (name, sha256) of images already in the store. ``idempotency_key`` (with the API
+        client's id): a retry with the same key returns the first submission's sample.
+        """
+        fingerprint = ""
+        if idempotency_key is not None:
+            shas = [sha256_of(data) for _, data in images] + [sha for _, sha in stored]
+            fingerprint = service.request_fingerprint(accession_id, shas)
+            replay = service.replay_idempotency_key(self.settings, client_id, idempotency_key, fingerprint)
+            if replay is not None:
+                return replay
+        submission = service.submit_sample(self.settings, accession_id, images, actor, stored, client_id)
+        if idempotency_key is not None:
+            service.remember_idempotency_key(self.settings, client_id, idempotency_key, fingerprint,
+                                             submission.sample_pk)
         if submission.new_cells or submission.status not in FINAL_STATUSES:
             self._send("bloodcell.classify_sample", [submission.sample_pk], self.settings.classify_queue)
         return submission
 
     def report(self, accession_id: str) -> dict[str, Any]:
         return service.get_report(self.settings, accession_id)
+
+    def cells(self, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
+        return review.get_cells(self.settings, accession_id, needs_review)
+
+    def export(self, accession_id: str, format_name: str) -> str:
+        from bloodcell_core.exports import export_sample
+
+        return export_sample(self.settings, accession_id, format_name)[1]
+
+    def review_queue(self, limit: int = 100) -> list[dict[str, Any]]:
+        return review.review_queue(self.settings, limit)
+
+    def relabel(self, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str,
+                actor: str = "client") -> dict[str, Any]:
+        return review.relabel_cell(self.settings, accession_id, image_sha256, label, reviewer, reason, actor)
+
+    def sign_off(self, accession_id: str, reviewer: str, comment: str = "", actor: str = "client") -> dict[str, Any]:
+        """Release the report (final, or amended after a change) and tell the client's webhook."""
+        report = review.sign_off(self.settings, accession_id, reviewer, comment, actor)
+        with session_scope(self.settings.database_url) as session:
+            delivery_id = webhooks.queue_event(session, service.find_sample(session, accession_id), "sample.signed_off")
+        if delivery_id is not None:
+            self._send("bloodcell.deliver_webhook", [delivery_id], WEBHOOK_QUEUE)
+        return report
+
+    def workers(self, timeout: float = 1.0) -> list[str]:
+        """Names of the workers that answered a ping."""
+        return sorted(name for reply in self._celery.control.ping(timeout=timeout) or [] for name in reply)
 
     def wait(self, accession_id: str, timeout: float = 600, poll: float = 0.2) -> dict[str, Any]:
         """Poll the database until the sample reaches done, needs_review or failed."""

@@ -33,6 +33,14 @@ class Settings:
     flower_port: int
     flower_basic_auth: str  # "user:password"; empty disables Flower's auth (never in production)
     redis_port: int  # the local redis-server `bloodcell up` starts
+    api_host: str  # where `bloodcell api` / `bloodcell up` serve the HTTP API
+    api_port: int
+    max_image_bytes: int  # HTTP API limits, answered with 413 before anything is stored
+    max_images_per_sample: int
+    max_image_pixels: int  # width x height from the image header: refuses decompression bombs
+    max_request_bytes: int
+    webhook_attempts: int  # a webhook is tried this often, with exponential backoff, before it is marked failed
+    accession_system: str  # FHIR identifier system / HL7 namespace of the LIMS accession ids
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -56,6 +64,14 @@ class Settings:
             flower_port=int(env("BLOODCELL_FLOWER_PORT", "5555")),
             flower_basic_auth=env("BLOODCELL_FLOWER_BASIC_AUTH", ""),
             redis_port=redis_port,
+            api_host=env("BLOODCELL_API_HOST", "127.0.0.1"),
+            api_port=int(env("BLOODCELL_API_PORT", "8000")),
+            max_image_bytes=int(env("BLOODCELL_MAX_IMAGE_BYTES", str(10 * 2**20))),
+            max_images_per_sample=int(env("BLOODCELL_MAX_IMAGES_PER_SAMPLE", "1000")),
+            max_image_pixels=int(env("BLOODCELL_MAX_IMAGE_PIXELS", str(4096 * 4096))),
+            max_request_bytes=int(env("BLOODCELL_MAX_REQUEST_BYTES", str(256 * 2**20))),
+            webhook_attempts=int(env("BLOODCELL_WEBHOOK_ATTEMPTS", "8")),
+            accession_system=env("BLOODCELL_ACCESSION_SYSTEM", "urn:bloodcell:accession"),
         )
 
     def validate(self) -> None:

@@ -27,11 +27,11 @@ CORNER = 16  # pixels: side of each corner patch sampled for the background colo
 
 
 def read_image_file(path: Path) -> bytes:
-    """Read a file's bytes, following a git link stub to the file it names."""
+    """Read a file's bytes, following a git link stub to the file it names (relative to the stub's real folder)."""
     data = path.read_bytes()
     if len(data) <= LINK_STUB_MAX_BYTES and data[:1] in (b".", b"/") and b"\0" not in data:
         try:
-            target = (path.parent / data.decode("utf-8").strip()).resolve()
+            target = (path.resolve().parent / data.decode("utf-8").strip()).resolve()
         except UnicodeDecodeError:
             return data
         if target.is_file():

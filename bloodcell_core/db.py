@@ -46,6 +46,34 @@ class ModelStatus:
     CANDIDATE, PRODUCTION, RETIRED = "candidate", "production", "retired"
 
 
+class ReportStatus:
+    """FHIR DiagnosticReport.status: before sign-off, after it, and after a change that followed it."""
+
+    PRELIMINARY, FINAL, AMENDED = "preliminary", "final", "amended"
+
+
+class Scope:
+    """What an API token may do."""
+
+    SUBMIT, READ, REVIEW, ADMIN = "submit", "read", "review", "admin"
+    ALL = (SUBMIT, READ, REVIEW, ADMIN)
+
+
+class ApiClient(Base):
+    """A system (LIMS) or person calling the HTTP API. Only the token's sha256 is stored."""
+
+    __tablename__ = "api_clients"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    token_prefix: Mapped[str] = mapped_column(String(16))  # to recognise a token in logs without revealing it
+    scopes: Mapped[list[Any]]
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))  # HMAC key; the server must hold it to sign
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
 class Sample(Base):
     """A blood sample from the LIMS: many cell images, one report."""
 
@@ -54,6 +82,10 @@ class Sample(Base):
     accession_id: Mapped[str] = mapped_column(String(128), unique=True, index=True)
     status: Mapped[str] = mapped_column(String(16), default=SampleStatus.QUEUED, index=True)
     error: Mapped[str | None] = mapped_column(Text)
+    client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"))  # whose webhook hears of it
+    report_status: Mapped[str] = mapped_column(String(16), default=ReportStatus.PRELIMINARY)
+    signed_off_by: Mapped[str | None] = mapped_column(String(255))
+    signed_off_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     cells: Mapped[list["SampleImage"]] = relationship(back_populates="sample", order_by="SampleImage.id")
@@ -146,6 +178,51 @@ class TrainingRun(Base):
     model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class IdempotencyKey(Base):
+    """An Idempotency-Key header seen from a client: a retry returns the same sample."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("client_id", "key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("api_clients.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))  # the same key with another request is refused
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class CellReview(Base):
+    """A technologist's label for one cell of a sample; the latest per cell counts. Also training data."""
+
+    __tablename__ = "cell_reviews"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
+    previous_label: Mapped[str | None] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(64))
+    reviewer: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one client's webhook, with the outcome of its latest attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("api_clients.id"), index=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
+    event: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(2048))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class AuditEvent(Base):

@@ -3,7 +3,6 @@
 A plugin is a module (or object) with functions decorated by ``bloodcell_core.hookimpl``.
 Each hook receives a ``register`` callable; call it once per thing the plugin provides.
 Installed packages are discovered through the ``bloodcell`` entry-point group.
-Result exporters (FHIR, HL7) will be a third hook of the same shape.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from bloodcell_core.plugin_types import ModelSpec, PreprocessingStep
+    from bloodcell_core.plugin_types import Exporter, ModelSpec, PreprocessingStep
 
 hookspec = pluggy.HookspecMarker("bloodcell")
 hookimpl = pluggy.HookimplMarker("bloodcell")
@@ -33,3 +32,12 @@ def register_preprocessing_steps(register: Callable[["PreprocessingStep"], None]
     and serving applies the same steps.
     """
 
+
+
+@hookspec
+def register_exporters(register: Callable[["Exporter"], None]) -> None:
+    """Register report formats for laboratory systems: ``register(Exporter(...))``.
+
+    ``Exporter.render`` receives a ``ReportDocument`` (the sample's differential, status and model
+    version) and returns the document as text; the API serves it at /v1/samples/{id}/export/{name}.
+    """

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pluggy
 
 from bloodcell_core import hookspecs
-from bloodcell_core.plugin_types import ModelSpec, PreprocessingStep
+from bloodcell_core.plugin_types import Exporter, ModelSpec, PreprocessingStep
 
 ENTRY_POINT_GROUP = "bloodcell"
 
@@ -33,6 +33,7 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     preprocessing_steps: list[str] = field(default_factory=list)
+    exporters: list[str] = field(default_factory=list)
 
 
 def _entry_point_source(entry_point: importlib.metadata.EntryPoint) -> str:
@@ -106,6 +107,10 @@ def preprocessing_steps() -> dict[str, PreprocessingStep]:
     return {name: step for name, (_, step) in _collect("register_preprocessing_steps", PreprocessingStep).items()}
 
 
+def exporters() -> dict[str, Exporter]:
+    return {name: exporter for name, (_, exporter) in _collect("register_exporters", Exporter).items()}
+
+
 def _lookup(kind: str, name: str, available: dict[str, Any]) -> Any:
     if name not in available:
         known = ", ".join(sorted(available)) or "none"
@@ -119,6 +124,10 @@ def get_model_spec(name: str) -> ModelSpec:
 
 def get_preprocessing_step(name: str) -> PreprocessingStep:
     return _lookup("preprocessing step", name, preprocessing_steps())
+
+
+def get_exporter(name: str) -> Exporter:
+    return _lookup("exporter", name, exporters())
 
 
 def describe_plugins() -> list[PluginInfo]:
@@ -135,6 +144,7 @@ def describe_plugins() -> list[PluginInfo]:
     hooks: list[tuple[str, type, Callable[[PluginInfo], list[str]]]] = [
         ("register_models", ModelSpec, lambda info: info.models),
         ("register_preprocessing_steps", PreprocessingStep, lambda info: info.preprocessing_steps),
+        ("register_exporters", Exporter, lambda info: info.exporters),
     ]
     for hook_name, kind, bucket in hooks:
         for item_name, (plugin_name, _) in _collect(hook_name, kind).items():

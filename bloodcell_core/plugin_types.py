@@ -1,8 +1,9 @@
-"""What plugins register: model architectures and preprocessing steps."""
+"""What plugins register: model architectures, preprocessing steps and result exporters."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -66,3 +67,42 @@ class PreprocessingStep:
     name: str
     description: str
     apply: Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class DifferentialRow:
+    cell_type: str
+    count: int
+    percent: float
+
+
+@dataclass(frozen=True)
+class ReportDocument:
+    """A sample's report as exporters receive it: everything a LIMS message needs, nothing to look up."""
+
+    accession_id: str
+    accession_system: str  # the LIMS namespace of accession ids (BLOODCELL_ACCESSION_SYSTEM)
+    report_status: str  # preliminary | final | amended
+    issued: datetime  # when this content was last changed or signed off
+    model_version: str
+    model_plugin: str
+    differential: tuple[DifferentialRow, ...]
+    n_classified: int
+    n_failed: int
+    n_reviewed: int  # cells whose label a technologist set
+    n_needs_review: int  # low-confidence cells not reviewed yet
+    blast_class: str
+    blast_flag: bool
+    conclusion: str
+    signed_off_by: str | None = None
+    signed_off_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """A report format for laboratory systems. ``render`` returns the document as text."""
+
+    name: str  # as used in URLs and on the command line, e.g. "fhir-r4"
+    description: str
+    media_type: str
+    render: Callable[[ReportDocument], str]

@@ -6,20 +6,39 @@ Training additionally applies ``augment`` to the resized uint8 image, never in s
 
 from __future__ import annotations
 
+import io
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+import PIL.Image
 
 from bloodcell_core.plugin_manager import get_preprocessing_step
 from bloodcell_core.plugin_types import Augmentation
 
 PREPROCESSING_VERSION = 1
+# Refuse to decode more pixels than this anywhere (the HTTP API's own limit, BLOODCELL_MAX_IMAGE_PIXELS, is lower):
+# a small compressed file can claim dimensions whose decoded array would exhaust memory.
+MAX_DECODE_PIXELS = 100_000_000
 
 
 class ImageDecodeError(ValueError):
-    """The bytes are not an image OpenCV can decode (empty, truncated, or another file type)."""
+    """The bytes are not an image OpenCV can decode (empty, truncated, too large, or another file type)."""
+
+
+def image_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) read from the image header alone, without decoding pixels; None if unknown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
+        try:
+            with PIL.Image.open(io.BytesIO(data)) as image:
+                return image.size
+        except PIL.Image.DecompressionBombError as exc:  # over twice Pillow's own ceiling
+            raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
+        except Exception:  # not a format Pillow knows: OpenCV decides
+            return None
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -31,6 +50,9 @@ def decode_image(data: bytes) -> np.ndarray:
     """
     if len(data) == 0:
         raise ImageDecodeError("empty file (0 bytes)")
+    size = image_dimensions(data)
+    if size is not None and size[0] * size[1] > MAX_DECODE_PIXELS:
+        raise ImageDecodeError(f"image of {size[0]} x {size[1]} pixels exceeds the {MAX_DECODE_PIXELS:,} pixel limit")
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageDecodeError(f"not a decodable image ({len(data)} bytes, starts with {bytes(data[:8])!r})")

@@ -7,7 +7,8 @@ from kombu import Exchange, Queue
 CLASSIFY_QUEUE = "classify"
 CLASSIFY_GPU_QUEUE = "classify.gpu"
 TRAIN_QUEUE = "train"
-QUEUES = (CLASSIFY_QUEUE, CLASSIFY_GPU_QUEUE, TRAIN_QUEUE)
+WEBHOOK_QUEUE = "webhooks"
+QUEUES = (CLASSIFY_QUEUE, CLASSIFY_GPU_QUEUE, TRAIN_QUEUE, WEBHOOK_QUEUE)
 
 
 def task_queues() -> list[Queue]:
@@ -20,5 +21,6 @@ def task_queues() -> list[Queue]:
 
 
 def worker_queues(device: str) -> list[str]:
-    """A CPU worker takes CPU classification and training; a GPU worker the GPU queue first."""
-    return [CLASSIFY_GPU_QUEUE, CLASSIFY_QUEUE, TRAIN_QUEUE] if device == "gpu" else [CLASSIFY_QUEUE, TRAIN_QUEUE]
+    """A CPU worker takes CPU classification, training and webhooks; a GPU worker the GPU queue first."""
+    common = [CLASSIFY_QUEUE, TRAIN_QUEUE, WEBHOOK_QUEUE]
+    return [CLASSIFY_GPU_QUEUE, *common] if device == "gpu" else common

@@ -6,6 +6,7 @@ Producers (the Python client, the CLI) call ``submit_sample``; workers call ``cl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -22,9 +23,13 @@ from bloodcell_core.artifacts import file_sha256, read_metadata
 from bloodcell_core.config import Settings
 from bloodcell_core.db import (
     AuditEvent,
+    CellReview,
+    IdempotencyKey,
+    Image,
     ModelStatus,
     ModelVersion,
     Prediction,
+    ReportStatus,
     Sample,
     SampleImage,
     SampleReport,
@@ -37,11 +42,24 @@ from bloodcell_core.image_store import ImageNotFound, image_store
 if TYPE_CHECKING:
     from bloodcell_core.inference import Classifier
 
-ACCESSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
+# No "/": accession ids appear in URL paths and file names.
+ACCESSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 class ServiceError(ValueError):
-    """A request that cannot be carried out as asked (bad id, unknown sample or version)."""
+    """A request that cannot be carried out as asked (bad id, bad value). The HTTP API answers 422."""
+
+
+class NotFound(ServiceError):
+    """No such sample, cell, model version or client (HTTP 404)."""
+
+
+class Conflict(ServiceError):
+    """The request contradicts the stored state, e.g. an idempotency key reused for another request (HTTP 409)."""
+
+
+class LimitExceeded(ServiceError):
+    """Too many bytes, images or pixels (HTTP 413)."""
 
 
 def audit(session: Session, actor: str, action: str, subject: str, **details: Any) -> None:
@@ -102,7 +120,7 @@ def ensure_production_model(settings: Settings) -> str:
 def promote(session: Session, version: str, actor: str) -> ModelVersion:
     row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
     if row is None:
-        raise ServiceError(f"unknown model version {version!r}")
+        raise NotFound(f"unknown model version {version!r}")
     previous = session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.PRODUCTION))
     if previous is not None and previous.id != row.id:
         previous.status = ModelStatus.RETIRED
@@ -133,36 +151,54 @@ def list_versions(session: Session) -> list[dict[str, Any]]:
 
 @dataclass
 class Submission:
-    sample_pk: int
+    sample_pk: int | None  # None where the submission went through the HTTP API
     accession_id: str
     new_cells: int  # 0 when the same sample and images were submitted before
     status: str
+    n_cells: int = 0
+    replayed: bool = False  # an Idempotency-Key seen before: the earlier submission's sample
 
 
-def submit_sample(settings: Settings, accession_id: str, images: list[tuple[str, bytes]], actor: str) -> Submission:
-    """Store the images by content hash and create the sample and its cells, idempotently.
-
-    Submitting the same accession id again adds only images it did not have; the same images
-    again change nothing.
-    """
+def check_accession_id(accession_id: str) -> None:
     if not ACCESSION_PATTERN.match(accession_id):
         raise ServiceError(
-            f"invalid sample id {accession_id!r}: 1-128 characters, letters, digits and . _ : / - "
+            f"invalid sample id {accession_id[:200]!r}: 1-128 characters, letters, digits and . _ : - "
             "(starting with a letter or digit)"
         )
-    if not images:
+
+
+def submit_sample(
+    settings: Settings,
+    accession_id: str,
+    images: list[tuple[str, bytes]],
+    actor: str,
+    stored: list[tuple[str, str]] = (),
+    client_id: int | None = None,
+) -> Submission:
+    """Store the images by content hash and create the sample and its cells, idempotently.
+
+    ``stored`` names images already in the store as (name, sha256). Submitting the same accession
+    id again adds only images it did not have; the same images again change nothing.
+    """
+    check_accession_id(accession_id)
+    if not images and not stored:
         raise ServiceError("a sample needs at least one image")
     store = image_store(settings)
     with session_scope(settings.database_url) as session:
+        for _, sha256 in stored:
+            if session.get(Image, sha256) is None:
+                raise NotFound(f"no stored image with sha256 {sha256[:80]!r}")
         sample = session.scalar(select(Sample).where(Sample.accession_id == accession_id))
         if sample is None:
-            sample = Sample(accession_id=accession_id, status=SampleStatus.QUEUED)
+            sample = Sample(accession_id=accession_id, status=SampleStatus.QUEUED, client_id=client_id)
             session.add(sample)
             session.flush()
+        elif client_id is not None and sample.client_id not in (None, client_id):
+            raise Conflict(f"sample {accession_id!r} was submitted by another API client")
         known = {cell.image_sha256 for cell in sample.cells}
         new_cells = 0
-        for name, data in images:
-            sha256 = store.put(session, data)
+        named = [(name, store.put(session, data)) for name, data in images] + list(stored)
+        for name, sha256 in named:
             if sha256 not in known:
                 known.add(sha256)
                 session.add(SampleImage(sample_id=sample.id, image_sha256=sha256, name=name[:512]))
@@ -170,7 +206,35 @@ def submit_sample(settings: Settings, accession_id: str, images: list[tuple[str,
         if new_cells:
             sample.status = SampleStatus.QUEUED
             audit(session, actor, "sample.submitted", accession_id, new_cells=new_cells)
-        return Submission(sample.id, accession_id, new_cells, sample.status)
+        return Submission(sample.id, accession_id, new_cells, sample.status, len(known))
+
+
+def request_fingerprint(accession_id: str, image_sha256s: list[str]) -> str:
+    return hashlib.sha256("\n".join([accession_id, *sorted(image_sha256s)]).encode()).hexdigest()
+
+
+def replay_idempotency_key(settings: Settings, client_id: int, key: str, fingerprint: str) -> Submission | None:
+    """The earlier submission made with this key, or None if the key is new.
+
+    The same key with a different request (another sample or other images) is a client bug: Conflict.
+    """
+    with session_scope(settings.database_url) as session:
+        row = session.scalar(select(IdempotencyKey).where(IdempotencyKey.client_id == client_id,
+                                                          IdempotencyKey.key == key))
+        if row is None:
+            return None
+        if row.request_sha256 != fingerprint:
+            raise Conflict(f"Idempotency-Key {key[:80]!r} was used before for a different request")
+        sample = session.get(Sample, row.sample_id)
+        return Submission(sample.id, sample.accession_id, 0, sample.status, len(sample.cells), replayed=True)
+
+
+def remember_idempotency_key(settings: Settings, client_id: int, key: str, fingerprint: str, sample_pk: int) -> None:
+    try:
+        with session_scope(settings.database_url) as session:
+            session.add(IdempotencyKey(client_id=client_id, key=key, request_sha256=fingerprint, sample_id=sample_pk))
+    except IntegrityError:
+        pass  # a concurrent retry with the same key stored it first; both got the same sample
 
 
 # --- classification ---------------------------------------------------------------------------
@@ -208,7 +272,7 @@ def classify_sample(
     with session_scope(settings.database_url) as session:
         sample = session.get(Sample, sample_pk)
         if sample is None:
-            raise ServiceError(f"no sample with id {sample_pk}")
+            raise NotFound(f"no sample with id {sample_pk}")
         sample.status = SampleStatus.RUNNING
         version = production_version(session)
         version_id = version.id
@@ -278,8 +342,18 @@ def store_image(settings: Settings, data: bytes) -> str:
         return image_store(settings).put(session, data)
 
 
+def latest_reviews(session: Session, sample_id: int) -> dict[str, CellReview]:
+    """The technologist's latest label per cell (image sha256) of a sample."""
+    reviews = session.scalars(select(CellReview).where(CellReview.sample_id == sample_id).order_by(CellReview.id))
+    return {review.image_sha256: review for review in reviews}
+
+
 def build_report(session: Session, settings: Settings, sample: Sample, version_id: int) -> dict[str, Any]:
-    """Differential count and percent, blast flag, cells for review; sets the sample's final status."""
+    """Differential count and percent, blast flag, cells for review; sets the sample's final status.
+
+    A technologist's label replaces the model's for its cell, and a reviewed cell needs no more review.
+    A change to the counts of a signed-off report makes it ``amended``.
+    """
     version = session.get(ModelVersion, version_id)
     cells = list(sample.cells)
     predictions = {
@@ -292,9 +366,10 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
         )
     }
     classified = [(c, predictions[c.image_sha256]) for c in cells if c.image_sha256 in predictions]
+    reviews = latest_reviews(session, sample.id)
     counts = {label: 0 for label in version.classes}
-    for _, p in classified:
-        counts[p.label] += 1
+    for c, p in classified:
+        counts[reviews[c.image_sha256].label if c.image_sha256 in reviews else p.label] += 1
     n = len(classified)
     percent = {label: round(100.0 * k / n, 2) if n else 0.0 for label, k in counts.items()}
     blast_count = counts.get(settings.blast_class, 0)
@@ -302,7 +377,7 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
     review = [
         {"name": c.name, "image_sha256": c.image_sha256, "label": p.label, "confidence": round(p.confidence, 4)}
         for c, p in classified
-        if p.confidence < settings.review_threshold
+        if p.confidence < settings.review_threshold and c.image_sha256 not in reviews
     ]
     failed = [{"name": c.name, "image_sha256": c.image_sha256, "error": c.error} for c in cells if c.status == "failed"]
     if not classified:
@@ -318,6 +393,8 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
         review_threshold=settings.review_threshold, needs_review=review, failed=failed,
     )
     row = session.scalar(select(SampleReport).where(SampleReport.sample_id == sample.id))
+    if row is not None and sample.report_status != ReportStatus.PRELIMINARY and row.counts != counts:
+        sample.report_status = ReportStatus.AMENDED
     if row is None:
         session.add(SampleReport(sample_id=sample.id, **values))
     else:
@@ -330,7 +407,10 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
 def report_json(session: Session, sample: Sample) -> dict[str, Any]:
     report = session.scalar(select(SampleReport).where(SampleReport.sample_id == sample.id))
     base = {"sample_id": sample.accession_id, "status": sample.status, "error": sample.error,
-            "n_cells": len(sample.cells)}
+            "n_cells": len(sample.cells), "report_status": sample.report_status,
+            "signed_off_by": sample.signed_off_by,
+            "signed_off_at": sample.signed_off_at.isoformat() if sample.signed_off_at else None,
+            "n_reviewed": len(latest_reviews(session, sample.id))}
     if report is None:
         return base | {"counts": {}, "percent": {}, "blast_flag": False, "needs_review": [], "failed": [],
                        "model_version": None}
@@ -349,12 +429,16 @@ def report_json(session: Session, sample: Sample) -> dict[str, Any]:
     }
 
 
+def find_sample(session: Session, accession_id: str) -> Sample:
+    sample = session.scalar(select(Sample).where(Sample.accession_id == accession_id))
+    if sample is None:
+        raise NotFound(f"no sample {accession_id[:200]!r}")
+    return sample
+
+
 def get_report(settings: Settings, accession_id: str) -> dict[str, Any]:
     with session_scope(settings.database_url) as session:
-        sample = session.scalar(select(Sample).where(Sample.accession_id == accession_id))
-        if sample is None:
-            raise ServiceError(f"no sample {accession_id!r}")
-        return report_json(session, sample)
+        return report_json(session, find_sample(session, accession_id))
 
 
 def mark_sample_failed(settings: Settings, sample_pk: int, error: str, actor: str) -> None:
@@ -379,19 +463,26 @@ def create_training_run(settings: Settings, plugin: str, data_dir: str, paramete
 
 
 def run_training(settings: Settings, run_id: int, actor: str) -> str:
-    """Train the run's plugin into BLOODCELL_MODELS_DIR and register the result as a candidate."""
+    """Train the run's plugin into BLOODCELL_MODELS_DIR and register the result as a candidate.
+
+    With the parameter ``include_reviewed`` the technologists' reviewed cells join the dataset.
+    """
     from bloodcell_core.training import train
 
     with session_scope(settings.database_url) as session:
         run = session.get(TrainingRun, run_id)
         if run is None:
-            raise ServiceError(f"no training run {run_id}")
+            raise NotFound(f"no training run {run_id}")
         if run.status == "done":  # a redelivered task: the candidate exists already
             return session.get(ModelVersion, run.model_version_id).version
         run.status = "running"
         plugin, data_dir, parameters = run.plugin, run.data_dir, dict(run.parameters)
     out_dir = settings.models_dir / f"run-{run_id}-{plugin}"
     try:
+        if parameters.pop("include_reviewed", False):
+            from bloodcell_core.review import training_data_with_reviews
+
+            data_dir = training_data_with_reviews(settings, Path(data_dir), settings.models_dir / f"run-{run_id}-data")
         if not (out_dir / "metadata.json").exists():
             train(plugin, data_dir, out_dir, progress=False, log=lambda _: None, **parameters)
     except Exception as exc:
@@ -414,7 +505,7 @@ def evaluate_version(settings: Settings, version: str, data_dir: str, actor: str
     with session_scope(settings.database_url) as session:
         row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
         if row is None:
-            raise ServiceError(f"unknown model version {version!r}")
+            raise NotFound(f"unknown model version {version!r}")
         artifact_path = row.artifact_path
     metrics = evaluate(Classifier.from_dir(artifact_path), data_dir, progress=False)
     summary = {key: metrics[key] for key in ("n", "accuracy", "macro_f1", "ece")}

@@ -1,7 +1,7 @@
 """`bloodcell up` / `bloodcell down`: the local stack on embedded defaults, in the background.
 
 A redis-server process (AOF on), the SQLite database migrated, the shipped model registered as
-production, one Celery worker and Flower. Process ids and logs live in BLOODCELL_HOME/run and /log.
+production, Celery worker(s), Flower and the HTTP API. Process ids and logs live in BLOODCELL_HOME/run and /log.
 """
 
 from __future__ import annotations
@@ -89,7 +89,12 @@ def worker_command(settings: Settings, concurrency: int = 1, name: str = "worker
                    "--hostname", f"{name}@%h", "--pool", "prefork")
 
 
-def up(settings: Settings, workers: int = 1, flower: bool = True) -> dict[str, str]:
+def api_command(settings: Settings, host: str | None = None, port: int | None = None) -> list[str]:
+    return [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host", host or settings.api_host,
+            "--port", str(port or settings.api_port), "--no-server-header"]
+
+
+def up(settings: Settings, workers: int = 1, flower: bool = True, api: bool = True) -> dict[str, str]:
     settings.validate()
     settings.home.mkdir(parents=True, exist_ok=True)
     start_redis(settings)
@@ -103,10 +108,16 @@ def up(settings: Settings, workers: int = 1, flower: bool = True) -> dict[str, s
         _spawn("flower", _celery("flower", f"--port={settings.flower_port}", "--address=127.0.0.1", *auth), settings)
     _wait_for(lambda: _workers_answer(settings, workers), f"{workers} worker(s)", 120,
               settings.home / "log" / "worker1.log")
+    if api:
+        _spawn("api", api_command(settings), settings)
     if flower:
         _wait_for(lambda: _port_open(settings.flower_port), "Flower", 30, settings.home / "log" / "flower.log")
+    if api:
+        _wait_for(lambda: _port_open(settings.api_port, settings.api_host), "HTTP API", 60,
+                  settings.home / "log" / "api.log")
     return {"redis": settings.broker_url, "database": settings.database_url, "model": version,
             "flower": f"http://127.0.0.1:{settings.flower_port}" if flower else "off",
+            "api": f"http://{settings.api_host}:{settings.api_port}" if api else "off",
             "logs": str(settings.home / "log")}
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from servers import PostgresServer, RedisServer
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -57,3 +61,25 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     train("compact_cnn", KAGGLE5, out, epochs=1, max_per_class=12, progress=False, log=lambda _: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    directory = Path(tempfile.mkdtemp(prefix="bloodcell-pg-"))  # /tmp: reachable by the postgres user
+    server = PostgresServer(directory).start()
+    yield server
+    server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def unseen_images(label: str | None, count: int) -> list[Path]:
+    """Images (of one class, or any) from the shipped model's test split: never trained or early-stopped on."""
+    split = json.loads((DEFAULT_MODEL / "split.json").read_text())
+    return [KAGGLE5 / item["paths"][0] for item in split["test"] if label in (None, item["label"])][:count]

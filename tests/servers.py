@@ -8,10 +8,19 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
+
+from sqlalchemy import func, select
+
+from bloodcell_core import db
+from bloodcell_core.config import Settings
 
 
 def free_port() -> int:
@@ -94,3 +103,52 @@ class PostgresServer:
 
     def stop(self) -> None:
         self._run(_pg_bin("pg_ctl"), "-D", str(self.directory / "data"), "-m", "fast", "-w", "stop")
+
+
+def settings_for(env: dict[str, str]) -> Settings:
+    with mock.patch.dict(os.environ, env):
+        return Settings.from_env()
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    settings: Settings
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        log = open(Path(self.env["BLOODCELL_HOME"]) / f"{name}.log", "ab")
+        process = subprocess.Popen([str(Path(sys.executable).parent / "bloodcell"), "worker", "--name", name],
+                                   env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
+        self.workers.append(process)
+        self.wait_for_workers(len(self.workers))
+        return process
+
+    def wait_for_workers(self, count: int, timeout: float = 90) -> None:
+        from celery import Celery
+
+        app = Celery(broker=self.settings.broker_url)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if len(app.control.ping(timeout=0.5) or []) >= count:
+                    return
+                assert all(p.poll() is None for p in self.workers), "a worker exited during start-up"
+            raise TimeoutError(f"{count} workers did not answer within {timeout} s")
+        finally:
+            app.close()
+
+    def stop_workers(self) -> None:
+        for process in self.workers:
+            process.send_signal(signal.SIGTERM)
+        for process in self.workers:
+            process.wait(timeout=60)
+
+    def client(self):
+        from bloodcell_core.client import Client
+
+        return Client(self.settings)
+
+    def count(self, model) -> int:
+        with db.session_scope(self.settings.database_url) as session:
+            return session.scalar(select(func.count()).select_from(model))

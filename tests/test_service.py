@@ -4,82 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from unittest import mock
 
 import pytest
-from conftest import DEFAULT_MODEL, KAGGLE5, PROJECT, run_cli
-from servers import PostgresServer, RedisServer, free_port, wait_port
-from sqlalchemy import func, select
+from conftest import DEFAULT_MODEL, KAGGLE5, PROJECT, run_cli, unseen_images
+from servers import Stack, free_port, settings_for, wait_port
+from sqlalchemy import select
 
 from bloodcell_core import db
 from bloodcell_core.config import Settings
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def postgres_server():
-    directory = Path(tempfile.mkdtemp(prefix="bloodcell-pg-"))  # /tmp: reachable by the postgres user
-    server = PostgresServer(directory).start()
-    yield server
-    server.stop()
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def settings_for(env: dict[str, str]) -> Settings:
-    with mock.patch.dict(os.environ, env):
-        return Settings.from_env()
-
-
-@dataclass
-class Stack:
-    env: dict[str, str]
-    settings: Settings
-    workers: list[subprocess.Popen] = field(default_factory=list)
-
-    def start_worker(self, name: str) -> subprocess.Popen:
-        log = open(Path(self.env["BLOODCELL_HOME"]) / f"{name}.log", "ab")
-        process = subprocess.Popen([str(Path(sys.executable).parent / "bloodcell"), "worker", "--name", name],
-                                   env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
-        self.workers.append(process)
-        self.wait_for_workers(len(self.workers))
-        return process
-
-    def wait_for_workers(self, count: int, timeout: float = 90) -> None:
-        from celery import Celery
-
-        app = Celery(broker=self.settings.broker_url)
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                if len(app.control.ping(timeout=0.5) or []) >= count:
-                    return
-                assert all(p.poll() is None for p in self.workers), "a worker exited during start-up"
-            raise TimeoutError(f"{count} workers did not answer within {timeout} s")
-        finally:
-            app.close()
-
-    def client(self):
-        from bloodcell_core.client import Client
-
-        return Client(self.settings)
-
-    def count(self, model) -> int:
-        with db.session_scope(self.settings.database_url) as session:
-            return session.scalar(select(func.count()).select_from(model))
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -103,16 +39,7 @@ def stack(request, redis_server, tmp_path_factory):
     stack = Stack(env=env, settings=settings_for(env))
     stack.start_worker("w1")
     yield stack
-    for process in stack.workers:
-        process.send_signal(signal.SIGTERM)
-    for process in stack.workers:
-        process.wait(timeout=60)
-
-
-def unseen_images(label: str | None, count: int) -> list[Path]:
-    """Images (of one class, or any) from the shipped model's test split: never trained or early-stopped on."""
-    split = json.loads((DEFAULT_MODEL / "split.json").read_text())
-    return [KAGGLE5 / item["paths"][0] for item in split["test"] if label in (None, item["label"])][:count]
+    stack.stop_workers()
 
 
 @pytest.fixture
@@ -216,9 +143,13 @@ def test_local_stack_up_submit_flower_down(tmp_path: Path, sample_dir: Path):
     import urllib.request
 
     env = {"BLOODCELL_HOME": str(tmp_path / "home"), "BLOODCELL_REDIS_PORT": str(free_port()),
-           "BLOODCELL_FLOWER_PORT": str(free_port()), "BLOODCELL_FLOWER_BASIC_AUTH": "ops:s3cret"}
+           "BLOODCELL_FLOWER_PORT": str(free_port()), "BLOODCELL_FLOWER_BASIC_AUTH": "ops:s3cret",
+           "BLOODCELL_API_PORT": str(free_port())}
     try:
         run_cli("up", env=env)
+        ready = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{env['BLOODCELL_API_PORT']}/health/ready",
+                                                  timeout=10).read())
+        assert ready["ready"] and ready["database"] == "ok" and len(ready["workers"]) == 1
         report = json.loads(run_cli("submit", "--sample-id", "LOCAL-1", "--wait", "--json", str(sample_dir),
                                     env=env).stdout)
         assert report["n_classified"] == 12

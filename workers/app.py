@@ -15,7 +15,7 @@ from celery.signals import worker_init  # noqa: E402
 
 from bloodcell_core.config import Settings  # noqa: E402
 from bloodcell_core.db import DatabaseNotMigrated, require_migrated  # noqa: E402
-from bloodcell_core.queues import CLASSIFY_QUEUE, TRAIN_QUEUE, task_queues  # noqa: E402
+from bloodcell_core.queues import CLASSIFY_QUEUE, TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues  # noqa: E402
 from bloodcell_core.service import ensure_production_model  # noqa: E402
 
 settings = Settings.from_env()
@@ -45,6 +45,7 @@ app.conf.update(
     task_routes={
         "bloodcell.retrain": {"queue": TRAIN_QUEUE},
         "bloodcell.evaluate_version": {"queue": TRAIN_QUEUE},
+        "bloodcell.deliver_webhook": {"queue": WEBHOOK_QUEUE},
     },
     # Events for Flower: task runtimes, failures, worker heartbeats.
     worker_send_task_events=True,

@@ -11,14 +11,16 @@ from celery.signals import worker_process_init
 from redis import Redis
 from sqlalchemy.exc import OperationalError
 
-from bloodcell_core import service
+from bloodcell_core import service, webhooks
 from bloodcell_core.db import ModelVersion
 from bloodcell_core.inference import Classifier
+from bloodcell_core.queues import WEBHOOK_QUEUE
 from workers.app import app, settings
 
 log = logging.getLogger(__name__)
 
 MAX_DELIVERIES = 3  # a message delivered this often without finishing is a poison message
+WEBHOOK_BACKOFF_S = 5  # first retry after 5 s, then 10, 20, ... up to an hour
 TRANSIENT = (OperationalError, ConnectionError, TimeoutError)  # database or broker briefly away
 _models: dict[str, Classifier] = {}  # per worker process, filled after the fork
 
@@ -67,7 +69,27 @@ def classify_sample(self: Task, sample_pk: int) -> dict:
         error = f"gave up after {MAX_DELIVERIES} deliveries that did not finish (a worker died each time)"
         service.mark_sample_failed(settings, sample_pk, error, worker_name(self))
         raise Reject(error, requeue=False)
-    return service.classify_sample(settings, sample_pk, classifier_for, worker_name(self))
+    report = service.classify_sample(settings, sample_pk, classifier_for, worker_name(self))
+    notify(sample_pk, "sample.classified")
+    return report
+
+
+def notify(sample_pk: int, event: str) -> None:
+    """Queue the sample's webhook call, if its API client has a webhook."""
+    delivery_id = webhooks.queue_sample_event(settings, sample_pk, event)
+    if delivery_id is not None:
+        deliver_webhook.apply_async(args=[delivery_id], queue=WEBHOOK_QUEUE)
+
+
+@app.task(bind=True, name="bloodcell.deliver_webhook", max_retries=None)
+def deliver_webhook(self: Task, delivery_id: int) -> str:
+    """POST one event; retried with exponential backoff up to BLOODCELL_WEBHOOK_ATTEMPTS attempts."""
+    if webhooks.attempt_delivery(settings, delivery_id):
+        return "delivered"
+    if self.request.retries + 1 >= settings.webhook_attempts:
+        webhooks.mark_failed(settings, delivery_id)
+        return "failed"
+    raise self.retry(countdown=min(WEBHOOK_BACKOFF_S * 2**self.request.retries, 3600))
 
 
 @app.task(bind=True, name="bloodcell.classify_image", autoretry_for=TRANSIENT, retry_backoff=2, max_retries=8)

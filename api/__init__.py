@@ -1,0 +1,1 @@
+"""The HTTP API for laboratory systems: a thin FastAPI adapter over bloodcell_core services."""

@@ -1,0 +1,233 @@
+"""The HTTP API: `bloodcell api` (or `uvicorn api.app:create_app --factory`). OpenAPI docs at /docs.
+
+Every route under /v1 needs a bearer token with the scope named in its summary; /health and
+/health/ready are open so load balancers can probe them. Routes call bloodcell_core services only.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select, text
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from api.auth import Caller, require
+from bloodcell_core import __version__, service, webhooks
+from bloodcell_core.client import Client
+from bloodcell_core.config import Settings
+from bloodcell_core.db import AuditEvent, Scope, get_engine, require_migrated, session_scope
+from bloodcell_core.exports import export_sample
+from bloodcell_core.image_store import ImageNotFound, image_store, sha256_of
+from bloodcell_core.plugin_manager import PluginError, exporters
+from bloodcell_core.preprocessing import ImageDecodeError, image_dimensions
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+SUBMIT_FIELDS = {"accession_id", "images", "image_sha256"}
+ERROR_STATUS = [(service.NotFound, 404), (service.Conflict, 409), (service.LimitExceeded, 413),
+                (service.ServiceError, 422), (PluginError, 404), (ImageNotFound, 404)]
+
+
+class Relabel(BaseModel):
+    label: str = Field(max_length=64, description="One of the report's classes")
+    reviewer: str = Field(min_length=1, max_length=255, description="The technologist making the change")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class SignOff(BaseModel):
+    reviewer: str = Field(min_length=1, max_length=255)
+    comment: str = Field(default="", max_length=2000)
+
+
+def safe_name(filename: str | None, index: int) -> str:
+    """The file name part only, without control characters: names are labels, never paths."""
+    name = re.split(r"[/\\]", filename or "")[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()[:255]
+    return name if name not in ("", ".", "..") else f"image-{index}"
+
+
+def _links(accession_id: str) -> dict[str, str]:
+    base = f"/v1/samples/{accession_id}"
+    return {"report": base, "cells": f"{base}/cells", "fhir": f"{base}/export/fhir-r4", "hl7": f"{base}/export/hl7v2"}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    app = FastAPI(
+        title="bloodcell",
+        version=__version__,
+        description="White-blood-cell classification for laboratory systems: submit a sample's cell images, "
+                    "read the differential, export FHIR R4 / HL7 v2, review and sign off. Tokens: "
+                    "`bloodcell tokens create NAME --scope submit --scope read`.",
+    )
+    app.state.settings = settings
+    app.state.client = Client(settings)  # checks the database migration; sends tasks by name
+
+    for error_type, status in ERROR_STATUS:
+        def handler(_request: Request, exc: Exception, status: int = status) -> JSONResponse:
+            return JSONResponse({"detail": str(exc).strip("'\"")}, status_code=status)
+        app.add_exception_handler(error_type, handler)
+
+    client: Client = app.state.client
+
+    @app.get("/health", tags=["health"], summary="Liveness (no token)")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @app.get("/health/ready", tags=["health"], summary="Readiness: database, Redis and workers (no token)")
+    def ready() -> JSONResponse:
+        checks: dict[str, Any] = {}
+        try:
+            require_migrated(settings.database_url)
+            with get_engine(settings.database_url).connect() as connection:
+                connection.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"error: {exc}"
+        try:
+            checks["workers"] = client.workers(timeout=1.0)
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"], checks["workers"] = f"error: {exc}", []
+        ok = checks["database"] == "ok" and checks["redis"] == "ok" and bool(checks["workers"])
+        return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+
+    @app.post("/v1/samples", tags=["samples"], status_code=202,
+              summary="Submit a sample (scope: submit)",
+              description="multipart/form-data: `accession_id` (the LIMS accession id), `images` (one file part per "
+                          "cell image) and/or `image_sha256` (images already stored). Returns 202 when cells were "
+                          "queued, 200 when the same sample and images (or the same Idempotency-Key) came before.",
+              responses={200: {"description": "Nothing new: the existing sample"}, 409: {"description": "Conflict"},
+                         411: {"description": "Length required"}, 413: {"description": "Over a limit"},
+                         415: {"description": "Not multipart"}, 422: {"description": "Invalid fields"}})
+    async def submit(request: Request, response: Response, caller: Caller = Depends(require(Scope.SUBMIT)),
+                     idempotency_key: str | None = Header(None, description="Retries with the same key return the same sample")
+                     ) -> dict[str, Any]:
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit():
+            raise HTTPException(411, "a Content-Length header is required")
+        if int(length) > settings.max_request_bytes:
+            raise HTTPException(413, f"request of {int(length):,} bytes exceeds {settings.max_request_bytes:,} "
+                                     "(BLOODCELL_MAX_REQUEST_BYTES)")
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise HTTPException(415, "send multipart/form-data with accession_id and images (files)")
+        if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
+            raise HTTPException(422, "Idempotency-Key: 1-255 printable ASCII characters without spaces")
+        limit = settings.max_images_per_sample
+        form = await request.form(max_files=limit + 1, max_fields=limit + 10)
+        unknown = sorted(set(form.keys()) - SUBMIT_FIELDS)
+        if unknown:
+            raise HTTPException(422, f"unknown form fields {unknown}; expected accession_id, images, image_sha256")
+        accession = form.getlist("accession_id")
+        if len(accession) != 1 or not isinstance(accession[0], str):
+            raise HTTPException(422, "exactly one accession_id text field is required"
+                                if accession else "missing field accession_id")
+        accession_id = accession[0]
+        await run_in_threadpool(service.check_accession_id, accession_id)
+        uploads, references = form.getlist("images"), form.getlist("image_sha256")
+        if len(uploads) + len(references) > limit:
+            raise HTTPException(413, f"{len(uploads) + len(references)} images exceed {limit} per sample "
+                                     "(BLOODCELL_MAX_IMAGES_PER_SAMPLE)")
+        images = []
+        for k, upload in enumerate(uploads):
+            if not isinstance(upload, UploadFile):
+                raise HTTPException(422, f"images part {k} is a text field, not a file")
+            name = safe_name(upload.filename, k)
+            data = await upload.read(settings.max_image_bytes + 1)
+            if len(data) > settings.max_image_bytes:
+                raise HTTPException(413, f"image {name!r} exceeds {settings.max_image_bytes:,} bytes "
+                                         "(BLOODCELL_MAX_IMAGE_BYTES)")
+            try:
+                size = image_dimensions(data)
+            except ImageDecodeError as exc:
+                raise HTTPException(413, f"image {name!r}: {exc}") from None
+            if size is not None and size[0] * size[1] > settings.max_image_pixels:
+                raise HTTPException(413, f"image {name!r} is {size[0]} x {size[1]} pixels, over "
+                                         f"{settings.max_image_pixels:,} (BLOODCELL_MAX_IMAGE_PIXELS)")
+            images.append((name, data))
+        stored = []
+        for k, reference in enumerate(references):
+            if not isinstance(reference, str) or not SHA256.match(reference):
+                raise HTTPException(422, f"image_sha256 {k} is not 64 lowercase hex digits")
+            stored.append((reference, reference))
+        if not images and not stored:
+            raise HTTPException(422, "a sample needs at least one image (images or image_sha256)")
+        submission = await run_in_threadpool(client.submit, accession_id, images, f"api:{caller.name}", stored,
+                                             caller.client_id, idempotency_key)
+        if not submission.new_cells:
+            response.status_code = 200
+        return {"sample_id": submission.accession_id, "status": submission.status,
+                "new_cells": submission.new_cells, "n_cells": submission.n_cells, "replayed": submission.replayed,
+                "links": _links(submission.accession_id)}
+
+    @app.get("/v1/samples/{sample_id}", tags=["samples"], summary="Sample status and report (scope: read)")
+    def get_sample(sample_id: str, _: Caller = Depends(require(Scope.READ))) -> dict[str, Any]:
+        return client.report(sample_id) | {"links": _links(sample_id)}
+
+    @app.get("/v1/samples/{sample_id}/cells", tags=["samples"], summary="Per-cell results (scope: read)")
+    def get_cells(sample_id: str, needs_review: bool = Query(False, description="Only cells waiting for review"),
+                  _: Caller = Depends(require(Scope.READ))) -> list[dict[str, Any]]:
+        return client.cells(sample_id, needs_review)
+
+    @app.get("/v1/samples/{sample_id}/export/{format_name}", tags=["exports"],
+             summary="The report as FHIR R4 (fhir-r4), HL7 v2 ORU^R01 (hl7v2) or a plugin's format (scope: read)")
+    def export(sample_id: str, format_name: str, _: Caller = Depends(require(Scope.READ))) -> Response:
+        media_type, body = export_sample(settings, sample_id, format_name)
+        return Response(body, media_type=media_type)
+
+    @app.get("/v1/samples/{sample_id}/webhooks", tags=["samples"], summary="Webhook deliveries (scope: read)")
+    def get_deliveries(sample_id: str, _: Caller = Depends(require(Scope.READ))) -> list[dict[str, Any]]:
+        with session_scope(settings.database_url) as session:
+            return webhooks.deliveries_for(session, service.find_sample(session, sample_id))
+
+    @app.get("/v1/images/{image_sha256}", tags=["samples"], summary="A stored cell image (scope: read)")
+    def get_image(image_sha256: str, _: Caller = Depends(require(Scope.READ))) -> Response:
+        if not SHA256.match(image_sha256):
+            raise HTTPException(422, "not a sha256 (64 lowercase hex digits)")
+        with session_scope(settings.database_url) as session:
+            data = image_store(settings).get(session, image_sha256)
+        return Response(data, media_type="application/octet-stream",
+                        headers={"ETag": f'"{sha256_of(data)}"', "Cache-Control": "private, max-age=86400"})
+
+    @app.get("/v1/review", tags=["review"], summary="Samples and cells waiting for review (scope: review)")
+    def review_queue(limit: int = Query(100, ge=1, le=1000), _: Caller = Depends(require(Scope.REVIEW))) -> list[dict[str, Any]]:
+        return client.review_queue(limit)
+
+    @app.post("/v1/samples/{sample_id}/cells/{image_sha256}/label", tags=["review"],
+              summary="Reclassify a cell; audited, report recomputed (scope: review)")
+    def relabel(sample_id: str, image_sha256: str, body: Relabel,
+                caller: Caller = Depends(require(Scope.REVIEW))) -> dict[str, Any]:
+        return client.relabel(sample_id, image_sha256, body.label, body.reviewer, body.reason, f"api:{caller.name}")
+
+    @app.post("/v1/samples/{sample_id}/sign-off", tags=["review"],
+              summary="Sign off: the report becomes final (amended after a later change) (scope: review)")
+    def sign_off(sample_id: str, body: SignOff, caller: Caller = Depends(require(Scope.REVIEW))) -> dict[str, Any]:
+        return client.sign_off(sample_id, body.reviewer, body.comment, f"api:{caller.name}")
+
+    @app.get("/v1/models", tags=["models"], summary="Model versions and the production one (scope: read)")
+    def models(_: Caller = Depends(require(Scope.READ))) -> dict[str, Any]:
+        versions = client.models()
+        production = next((v["version"] for v in versions if v["status"] == "production"), None)
+        return {"production": production, "versions": versions}
+
+    @app.get("/v1/exporters", tags=["exports"], summary="Export formats (scope: read)")
+    def list_exporters(_: Caller = Depends(require(Scope.READ))) -> list[dict[str, str]]:
+        return [{"name": e.name, "media_type": e.media_type, "description": e.description}
+                for e in exporters().values()]
+
+    @app.get("/v1/audit", tags=["admin"], summary="The audit log, newest first (scope: admin)")
+    def audit_log(subject: str | None = None, limit: int = Query(100, ge=1, le=1000),
+                  _: Caller = Depends(require(Scope.ADMIN))) -> list[dict[str, Any]]:
+        query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+        if subject is not None:
+            query = query.where(AuditEvent.subject == subject)
+        with session_scope(settings.database_url) as session:
+            return [{"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "subject": e.subject,
+                     "details": e.details} for e in session.scalars(query)]
+
+    return app

@@ -1,0 +1,40 @@
+"""Bearer-token authentication with scopes: 401 without a valid token, 403 without the route's scope."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from bloodcell_core.api_clients import authenticate
+from bloodcell_core.db import session_scope
+
+bearer = HTTPBearer(auto_error=False, description="A token from `bloodcell tokens create`")
+
+
+@dataclass(frozen=True)
+class Caller:
+    client_id: int
+    name: str
+    scopes: tuple[str, ...]
+
+
+def require(scope: str) -> Callable[..., Caller]:
+    """A dependency that admits only tokens holding ``scope``."""
+
+    def check(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+        if credentials is None:
+            raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        with session_scope(request.app.state.settings.database_url) as session:
+            client = authenticate(session, credentials.credentials)
+            if client is None:
+                raise HTTPException(401, "invalid or revoked token", headers={"WWW-Authenticate": "Bearer"})
+            caller = Caller(client.id, client.name, tuple(client.scopes))
+        if scope not in caller.scopes:
+            raise HTTPException(403, f"token of {caller.name!r} lacks the {scope!r} scope")
+        return caller
+
+    return check
