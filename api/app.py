@@ -12,7 +12,6 @@ from typing import Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select, text
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
@@ -20,17 +19,16 @@ from api.auth import Caller, require
 from bloodcell_core import __version__, service, webhooks
 from bloodcell_core.client import Client
 from bloodcell_core.config import Settings
-from bloodcell_core.db import AuditEvent, Scope, get_engine, require_migrated, session_scope
+from bloodcell_core.db import Scope
 from bloodcell_core.exports import export_sample
-from bloodcell_core.image_store import ImageNotFound, image_store, sha256_of
-from bloodcell_core.plugin_manager import PluginError, exporters
-from bloodcell_core.preprocessing import ImageDecodeError, image_dimensions
+from bloodcell_core.image_store import ImageNotFound
+from bloodcell_core.plugin_manager import UnknownPlugin, exporters
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 SUBMIT_FIELDS = {"accession_id", "images", "image_sha256"}
 ERROR_STATUS = [(service.NotFound, 404), (service.Conflict, 409), (service.LimitExceeded, 413),
-                (service.ServiceError, 422), (PluginError, 404), (ImageNotFound, 404)]
+                (service.ServiceError, 422), (UnknownPlugin, 404), (ImageNotFound, 404)]
 
 
 class Relabel(BaseModel):
@@ -81,21 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/health/ready", tags=["health"], summary="Readiness: database, Redis and workers (no token)")
     def ready() -> JSONResponse:
-        checks: dict[str, Any] = {}
-        try:
-            require_migrated(settings.database_url)
-            with get_engine(settings.database_url).connect() as connection:
-                connection.execute(text("SELECT 1"))
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"error: {exc}"
-        try:
-            checks["workers"] = client.workers(timeout=1.0)
-            checks["redis"] = "ok"
-        except Exception as exc:
-            checks["redis"], checks["workers"] = f"error: {exc}", []
-        ok = checks["database"] == "ok" and checks["redis"] == "ok" and bool(checks["workers"])
-        return JSONResponse({"ready": ok, **checks}, status_code=200 if ok else 503)
+        checks = client.readiness()
+        return JSONResponse(checks, status_code=200 if checks["ready"] else 503)
 
     @app.post("/v1/samples", tags=["samples"], status_code=202,
               summary="Submit a sample (scope: submit)",
@@ -119,7 +104,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
             raise HTTPException(422, "Idempotency-Key: 1-255 printable ASCII characters without spaces")
         limit = settings.max_images_per_sample
-        form = await request.form(max_files=limit + 1, max_fields=limit + 10)
+        try:
+            form = await request.form(max_files=limit + 1, max_fields=limit + 10)
+        except HTTPException as exc:  # Starlette's multipart parser: malformed body, or over its part counts
+            if "Too many" in str(exc.detail):
+                raise HTTPException(413, f"more than {limit} images or fields in one request "
+                                         "(BLOODCELL_MAX_IMAGES_PER_SAMPLE)") from None
+            raise
         unknown = sorted(set(form.keys()) - SUBMIT_FIELDS)
         if unknown:
             raise HTTPException(422, f"unknown form fields {unknown}; expected accession_id, images, image_sha256")
@@ -138,17 +129,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if not isinstance(upload, UploadFile):
                 raise HTTPException(422, f"images part {k} is a text field, not a file")
             name = safe_name(upload.filename, k)
-            data = await upload.read(settings.max_image_bytes + 1)
-            if len(data) > settings.max_image_bytes:
-                raise HTTPException(413, f"image {name!r} exceeds {settings.max_image_bytes:,} bytes "
-                                         "(BLOODCELL_MAX_IMAGE_BYTES)")
-            try:
-                size = image_dimensions(data)
-            except ImageDecodeError as exc:
-                raise HTTPException(413, f"image {name!r}: {exc}") from None
-            if size is not None and size[0] * size[1] > settings.max_image_pixels:
-                raise HTTPException(413, f"image {name!r} is {size[0]} x {size[1]} pixels, over "
-                                         f"{settings.max_image_pixels:,} (BLOODCELL_MAX_IMAGE_PIXELS)")
+            data = await upload.read(settings.max_image_bytes + 1)  # never more than one byte over the limit
+            service.check_image_limits(settings, name, data)
             images.append((name, data))
         stored = []
         for k, reference in enumerate(references):
@@ -182,17 +164,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/samples/{sample_id}/webhooks", tags=["samples"], summary="Webhook deliveries (scope: read)")
     def get_deliveries(sample_id: str, _: Caller = Depends(require(Scope.READ))) -> list[dict[str, Any]]:
-        with session_scope(settings.database_url) as session:
-            return webhooks.deliveries_for(session, service.find_sample(session, sample_id))
+        return webhooks.get_deliveries(settings, sample_id)
 
     @app.get("/v1/images/{image_sha256}", tags=["samples"], summary="A stored cell image (scope: read)")
     def get_image(image_sha256: str, _: Caller = Depends(require(Scope.READ))) -> Response:
         if not SHA256.match(image_sha256):
             raise HTTPException(422, "not a sha256 (64 lowercase hex digits)")
-        with session_scope(settings.database_url) as session:
-            data = image_store(settings).get(session, image_sha256)
-        return Response(data, media_type="application/octet-stream",
-                        headers={"ETag": f'"{sha256_of(data)}"', "Cache-Control": "private, max-age=86400"})
+        return Response(service.get_image(settings, image_sha256), media_type="application/octet-stream",
+                        headers={"ETag": f'"{image_sha256}"', "Cache-Control": "private, max-age=86400"})
 
     @app.get("/v1/review", tags=["review"], summary="Samples and cells waiting for review (scope: review)")
     def review_queue(limit: int = Query(100, ge=1, le=1000), _: Caller = Depends(require(Scope.REVIEW))) -> list[dict[str, Any]]:
@@ -223,11 +202,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/audit", tags=["admin"], summary="The audit log, newest first (scope: admin)")
     def audit_log(subject: str | None = None, limit: int = Query(100, ge=1, le=1000),
                   _: Caller = Depends(require(Scope.ADMIN))) -> list[dict[str, Any]]:
-        query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
-        if subject is not None:
-            query = query.where(AuditEvent.subject == subject)
-        with session_scope(settings.database_url) as session:
-            return [{"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "subject": e.subject,
-                     "details": e.details} for e in session.scalars(query)]
+        return service.audit_events(settings, subject, limit)
 
     return app

@@ -552,7 +552,10 @@ def models(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def models_list(as_json: bool = False) -> None:
     """List registered model versions with their status and test metrics."""
-    rows = _client().models()
+    try:
+        rows = _client(http=True).models()
+    except _user_errors() as exc:
+        _fail(str(exc))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -10,6 +10,7 @@ Tasks are sent by name, so producers need neither the workers' code nor TensorFl
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,9 @@ from celery import Celery
 from bloodcell_core import review, service, webhooks
 from bloodcell_core.config import Settings
 from bloodcell_core.db import SampleStatus, require_migrated, session_scope
-from bloodcell_core.image_store import sha256_of
 from bloodcell_core.queues import TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues
 
-FINAL_STATUSES = (SampleStatus.DONE, SampleStatus.NEEDS_REVIEW, SampleStatus.FAILED)
+log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
 
@@ -62,20 +62,12 @@ class Client:
         """Store and enqueue a sample; resubmitting the same sample and images enqueues nothing new.
 
         ``stored``: (name, sha256) of images already in the store. ``idempotency_key`` (with the API
-        client's id): a retry with the same key returns the first submission's sample.
+        client's id): a retry with the same key returns the first submission's sample, and queues its
+        classification again if it has not finished (the first attempt may have failed to reach Redis).
         """
-        fingerprint = ""
-        if idempotency_key is not None:
-            shas = [sha256_of(data) for _, data in images] + [sha for _, sha in stored]
-            fingerprint = service.request_fingerprint(accession_id, shas)
-            replay = service.replay_idempotency_key(self.settings, client_id, idempotency_key, fingerprint)
-            if replay is not None:
-                return replay
-        submission = service.submit_sample(self.settings, accession_id, images, actor, stored, client_id)
-        if idempotency_key is not None:
-            service.remember_idempotency_key(self.settings, client_id, idempotency_key, fingerprint,
-                                             submission.sample_pk)
-        if submission.new_cells or submission.status not in FINAL_STATUSES:
+        submission = service.submit_sample(self.settings, accession_id, images, actor, stored, client_id,
+                                           idempotency_key)
+        if submission.new_cells or submission.status not in SampleStatus.FINAL:
             self._send("bloodcell.classify_sample", [submission.sample_pk], self.settings.classify_queue)
         return submission
 
@@ -95,27 +87,53 @@ class Client:
 
     def relabel(self, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str,
                 actor: str = "client") -> dict[str, Any]:
-        return review.relabel_cell(self.settings, accession_id, image_sha256, label, reviewer, reason, actor)
+        report = review.relabel_cell(self.settings, accession_id, image_sha256, label, reviewer, reason, actor)
+        self._send_webhooks(accession_id)
+        return report
 
     def sign_off(self, accession_id: str, reviewer: str, comment: str = "", actor: str = "client") -> dict[str, Any]:
         """Release the report (final, or amended after a change) and tell the client's webhook."""
         report = review.sign_off(self.settings, accession_id, reviewer, comment, actor)
-        with session_scope(self.settings.database_url) as session:
-            delivery_id = webhooks.queue_event(session, service.find_sample(session, accession_id), "sample.signed_off")
-        if delivery_id is not None:
-            self._send("bloodcell.deliver_webhook", [delivery_id], WEBHOOK_QUEUE)
+        self._send_webhooks(accession_id)
         return report
 
-    def workers(self, timeout: float = 1.0) -> list[str]:
-        """Names of the workers that answered a ping."""
-        return sorted(name for reply in self._celery.control.ping(timeout=timeout) or [] for name in reply)
+    def _send_webhooks(self, accession_id: str) -> None:
+        """Hand the sample's pending webhook deliveries to the webhook queue.
+
+        The change is committed already: a broker error here is logged, not raised, and the delivery
+        stays pending in the database until the sample's next event sends it.
+        """
+        with session_scope(self.settings.database_url) as session:
+            sample_pk = service.find_sample(session, accession_id).id
+        try:
+            for delivery_id in webhooks.pending_deliveries(self.settings, sample_pk):
+                self._send("bloodcell.deliver_webhook", [delivery_id], WEBHOOK_QUEUE)
+        except Exception:
+            log.exception("could not queue the webhook deliveries of sample %s", accession_id)
+
+    def readiness(self, timeout: float = 1.0) -> dict[str, Any]:
+        """Whether the database (migrated), Redis and at least one worker answer; details go to the log."""
+        checks: dict[str, Any] = {"database": "ok", "redis": "ok", "workers": []}
+        try:
+            require_migrated(self.settings.database_url)
+        except Exception:
+            log.exception("readiness: database")
+            checks["database"] = "unavailable"
+        try:
+            replies = self._celery.control.ping(timeout=timeout) or []
+            checks["workers"] = sorted(name for reply in replies for name in reply)
+        except Exception:
+            log.exception("readiness: redis")
+            checks["redis"] = "unavailable"
+        checks["ready"] = checks["database"] == checks["redis"] == "ok" and bool(checks["workers"])
+        return checks
 
     def wait(self, accession_id: str, timeout: float = 600, poll: float = 0.2) -> dict[str, Any]:
         """Poll the database until the sample reaches done, needs_review or failed."""
         deadline = time.monotonic() + timeout
         while True:
             report = self.report(accession_id)
-            if report["status"] in FINAL_STATUSES:
+            if report["status"] in SampleStatus.FINAL:
                 return report
             if time.monotonic() > deadline:
                 raise TimeoutError(f"sample {accession_id!r} still {report['status']} after {timeout:.0f} s")

@@ -6,7 +6,8 @@
     report = api.wait("S-2026-0001")
     fhir_bundle = api.export("S-2026-0001", "fhir-r4")
 
-It offers the methods of the in-process ``Client`` that the CLI uses, so the CLI can talk to either.
+It offers the methods of the in-process ``Client`` that the CLI uses, so the CLI can talk to either;
+their ``actor`` arguments are ignored here: the API records the token's client as the actor.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from typing import Any
 
 import httpx
 
+from bloodcell_core.db import SampleStatus
 from bloodcell_core.service import Submission
-
-FINAL_STATUSES = ("done", "needs_review", "failed")
 
 
 class HttpApiError(RuntimeError):
@@ -57,7 +57,7 @@ class HttpClient:
         deadline = time.monotonic() + timeout
         while True:
             report = self.report(accession_id)
-            if report["status"] in FINAL_STATUSES:
+            if report["status"] in SampleStatus.FINAL:
                 return report
             if time.monotonic() > deadline:
                 raise TimeoutError(f"sample {accession_id!r} still {report['status']} after {timeout:.0f} s")

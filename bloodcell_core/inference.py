@@ -19,16 +19,30 @@ if TYPE_CHECKING:
     import keras
 
 
+def padded_size(n: int, batch_size: int = BATCH_SIZE) -> int:
+    """The batch shape a chunk of n images runs with: the next power of two, at most batch_size."""
+    return min(batch_size, 1 << max(n - 1, 0).bit_length())
+
+
 def predict_in_batches(model: "keras.Model", images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Inference-mode probabilities (n, classes) for scaled float images, through ``predict_on_batch``.
 
     ``predict_on_batch`` runs the model's compiled predict function directly, without the per-call
-    setup of ``model.predict`` (data adapter, callbacks, progress bar).
+    setup of ``model.predict`` (data adapter, callbacks, progress bar). On JAX, which compiles one
+    XLA program per input shape, each chunk is padded to a power-of-two batch: at most
+    log2(batch_size) + 1 programs instead of one per sample size. TensorFlow relaxes the batch
+    dimension after one retrace and PyTorch runs eagerly, so they get no padding (it would cost work).
     """
-    outputs = [
-        np.asarray(model.predict_on_batch(images[start : start + batch_size]))
-        for start in range(0, len(images), batch_size)
-    ]
+    import keras
+
+    pad = keras.backend.backend() == "jax"
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        padding = padded_size(len(chunk), batch_size) - len(chunk) if pad else 0
+        if padding:
+            chunk = np.concatenate([chunk, np.zeros((padding, *chunk.shape[1:]), chunk.dtype)])
+        outputs.append(np.asarray(model.predict_on_batch(chunk))[: len(chunk) - padding])
     return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
 
 

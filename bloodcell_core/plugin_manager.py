@@ -26,6 +26,10 @@ class PluginError(RuntimeError):
     """A plugin failed to load, registered something invalid, or was asked for but not found."""
 
 
+class UnknownPlugin(PluginError):
+    """No installed plugin provides the model, step or exporter asked for."""
+
+
 @dataclass
 class PluginInfo:
     name: str
@@ -114,7 +118,7 @@ def exporters() -> dict[str, Exporter]:
 def _lookup(kind: str, name: str, available: dict[str, Any]) -> Any:
     if name not in available:
         known = ", ".join(sorted(available)) or "none"
-        raise PluginError(f"unknown {kind} {name!r}; installed: {known} (see `bloodcell plugins`)")
+        raise UnknownPlugin(f"unknown {kind} {name[:64]!r}; installed: {known} (see `bloodcell plugins`)")
     return available[name]
 
 

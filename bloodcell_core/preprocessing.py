@@ -6,15 +6,13 @@ Training additionally applies ``augment`` to the resized uint8 image, never in s
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
-import PIL.Image
 
+from bloodcell_core.image_header import ImageDecodeError, image_dimensions
 from bloodcell_core.plugin_manager import get_preprocessing_step
 from bloodcell_core.plugin_types import Augmentation
 
@@ -24,36 +22,24 @@ PREPROCESSING_VERSION = 1
 MAX_DECODE_PIXELS = 100_000_000
 
 
-class ImageDecodeError(ValueError):
-    """The bytes are not an image OpenCV can decode (empty, truncated, too large, or another file type)."""
-
-
-def image_dimensions(data: bytes) -> tuple[int, int] | None:
-    """(width, height) read from the image header alone, without decoding pixels; None if unknown."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PIL.Image.DecompressionBombWarning)
-        try:
-            with PIL.Image.open(io.BytesIO(data)) as image:
-                return image.size
-        except PIL.Image.DecompressionBombError as exc:  # over twice Pillow's own ceiling
-            raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
-        except Exception:  # not a format Pillow knows: OpenCV decides
-            return None
-
-
 def decode_image(data: bytes) -> np.ndarray:
     """Decode image bytes to an RGB uint8 array (H, W, 3).
 
-    ``cv2.imdecode`` returns None instead of raising on bad input; that is turned into an
-    ImageDecodeError here. Grayscale is expanded to RGB, alpha is dropped, 16-bit and float
-    images are brought to 8 bits, and OpenCV's BGR order is converted to RGB.
+    Only images whose header Pillow reads (JPEG, PNG, TIFF, BMP, WebP, GIF, ...) are decoded, and
+    only up to MAX_DECODE_PIXELS: the size is known before OpenCV allocates anything, so a file
+    claiming huge dimensions in any format is refused. ``cv2.imdecode`` returns None instead of
+    raising on bad input; that is turned into an ImageDecodeError here. Grayscale is expanded to
+    RGB, alpha is dropped, 16-bit and float images are brought to 8 bits, and OpenCV's BGR order
+    is converted to RGB.
     """
     if len(data) == 0:
         raise ImageDecodeError("empty file (0 bytes)")
     size = image_dimensions(data)
+    image = None
     if size is not None and size[0] * size[1] > MAX_DECODE_PIXELS:
         raise ImageDecodeError(f"image of {size[0]} x {size[1]} pixels exceeds the {MAX_DECODE_PIXELS:,} pixel limit")
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if size is not None:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ImageDecodeError(f"not a decodable image ({len(data)} bytes, starts with {bytes(data[:8])!r})")
     if image.dtype == np.uint16:

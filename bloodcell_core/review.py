@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import PIL.Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bloodcell_core import webhooks
 from bloodcell_core.config import Settings
 from bloodcell_core.dataset import list_class_files
 from bloodcell_core.db import CellReview, ModelVersion, Prediction, ReportStatus, Sample, SampleReport, SampleStatus, session_scope
@@ -77,7 +79,7 @@ def relabel_cell(settings: Settings, accession_id: str, image_sha256: str, label
     if not reviewer.strip() or not reason.strip():
         raise ServiceError("a review needs the reviewer's name and a reason")
     with session_scope(settings.database_url) as session:
-        sample = find_sample(session, accession_id)
+        sample = find_sample(session, accession_id, lock=True)
         version = _report_version(session, sample)
         if label not in version.classes:
             raise ServiceError(f"unknown label {label[:64]!r}; this report's classes: {', '.join(version.classes)}")
@@ -95,7 +97,11 @@ def relabel_cell(settings: Settings, accession_id: str, image_sha256: str, label
         session.flush()
         audit(session, actor, "cell.relabelled", accession_id, image_sha256=image_sha256, cell=cell.name,
               reviewer=reviewer, old=previous_label, new=label, reason=reason)
-        return build_report(session, settings, sample, version.id)
+        was_amended = sample.report_status == ReportStatus.AMENDED
+        report = build_report(session, settings, sample, version.id)
+        if sample.report_status == ReportStatus.AMENDED and not was_amended:
+            webhooks.queue_event(session, sample, "sample.amended")
+        return report
 
 
 def sign_off(settings: Settings, accession_id: str, reviewer: str, comment: str, actor: str) -> dict[str, Any]:
@@ -103,7 +109,9 @@ def sign_off(settings: Settings, accession_id: str, reviewer: str, comment: str,
     if not reviewer.strip():
         raise ServiceError("sign-off needs the reviewer's name")
     with session_scope(settings.database_url) as session:
-        sample = find_sample(session, accession_id)
+        sample = find_sample(session, accession_id, lock=True)
+        if sample.status not in SampleStatus.FINAL:
+            raise Conflict(f"sample {accession_id!r} is still {sample.status}: sign off once it is classified")
         version = _report_version(session, sample)
         report = build_report(session, settings, sample, version.id)
         if report["needs_review"]:
@@ -115,6 +123,7 @@ def sign_off(settings: Settings, accession_id: str, reviewer: str, comment: str,
         sample.signed_off_by, sample.signed_off_at = reviewer, datetime.now(timezone.utc)
         audit(session, actor, "sample.signed_off", accession_id, reviewer=reviewer, comment=comment,
               report_status=sample.report_status, counts=report["counts"])
+        webhooks.queue_event(session, sample, "sample.signed_off")
         session.flush()
         return build_report(session, settings, sample, version.id)
 
@@ -145,7 +154,8 @@ def export_reviewed_labels(settings: Settings, out_dir: Path) -> dict[str, int]:
 
 
 def training_data_with_reviews(settings: Settings, data_dir: Path, out_dir: Path) -> Path:
-    """A folder-per-class dataset of DATA_DIR (linked, not copied) plus the reviewed cells."""
+    """A folder-per-class dataset of DATA_DIR (linked, not copied) plus the reviewed cells, built afresh."""
+    shutil.rmtree(out_dir, ignore_errors=True)  # a redelivered task sees the labels as they are now
     for label, path in list_class_files(data_dir):
         link = out_dir / label / path.name
         link.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from bloodcell_core import webhooks
 from bloodcell_core.artifacts import file_sha256, read_metadata
 from bloodcell_core.config import Settings
 from bloodcell_core.db import (
@@ -37,7 +38,8 @@ from bloodcell_core.db import (
     TrainingRun,
     session_scope,
 )
-from bloodcell_core.image_store import ImageNotFound, image_store
+from bloodcell_core.image_header import ImageDecodeError, image_dimensions
+from bloodcell_core.image_store import ImageNotFound, image_store, sha256_of
 
 if TYPE_CHECKING:
     from bloodcell_core.inference import Classifier
@@ -167,6 +169,24 @@ def check_accession_id(accession_id: str) -> None:
         )
 
 
+def check_image_limits(settings: Settings, name: str, data: bytes) -> None:
+    """Refuse an image over the byte or pixel limit (pixels read from the header: bombs are never decoded)."""
+    if len(data) > settings.max_image_bytes:
+        raise LimitExceeded(f"image {name!r} is {len(data):,} bytes, over {settings.max_image_bytes:,} "
+                            "(BLOODCELL_MAX_IMAGE_BYTES)")
+    try:
+        size = image_dimensions(data)
+    except ImageDecodeError as exc:
+        raise LimitExceeded(f"image {name!r}: {exc}") from None
+    if size is not None and size[0] * size[1] > settings.max_image_pixels:
+        raise LimitExceeded(f"image {name!r} is {size[0]} x {size[1]} pixels, over {settings.max_image_pixels:,} "
+                            "(BLOODCELL_MAX_IMAGE_PIXELS)")
+
+
+def request_fingerprint(accession_id: str, image_sha256s: list[str]) -> str:
+    return hashlib.sha256("\n".join([accession_id, *sorted(image_sha256s)]).encode()).hexdigest()
+
+
 def submit_sample(
     settings: Settings,
     accession_id: str,
@@ -174,67 +194,68 @@ def submit_sample(
     actor: str,
     stored: list[tuple[str, str]] = (),
     client_id: int | None = None,
+    idempotency_key: str | None = None,
 ) -> Submission:
-    """Store the images by content hash and create the sample and its cells, idempotently.
+    """Store the images by content hash and create the sample and its cells, idempotently, in one transaction.
 
     ``stored`` names images already in the store as (name, sha256). Submitting the same accession
-    id again adds only images it did not have; the same images again change nothing.
+    id again adds only images it did not have; the same images again change nothing. An API
+    client's ``idempotency_key`` seen before returns that submission's sample (``replayed``); the
+    same key with another request is a Conflict. Limits: BLOODCELL_MAX_IMAGE_BYTES and
+    _MAX_IMAGE_PIXELS per image, _MAX_IMAGES_PER_SAMPLE per sample over all its submissions.
     """
     check_accession_id(accession_id)
     if not images and not stored:
         raise ServiceError("a sample needs at least one image")
+    if idempotency_key is not None and client_id is None:
+        raise ServiceError("an idempotency key belongs to an API client: pass client_id")
+    for name, data in images:
+        check_image_limits(settings, name, data)
+    fingerprint = request_fingerprint(accession_id, [sha256_of(data) for _, data in images] + [sha for _, sha in stored])
     store = image_store(settings)
-    with session_scope(settings.database_url) as session:
-        for _, sha256 in stored:
-            if session.get(Image, sha256) is None:
-                raise NotFound(f"no stored image with sha256 {sha256[:80]!r}")
-        sample = session.scalar(select(Sample).where(Sample.accession_id == accession_id))
-        if sample is None:
-            sample = Sample(accession_id=accession_id, status=SampleStatus.QUEUED, client_id=client_id)
-            session.add(sample)
-            session.flush()
-        elif client_id is not None and sample.client_id not in (None, client_id):
-            raise Conflict(f"sample {accession_id!r} was submitted by another API client")
-        known = {cell.image_sha256 for cell in sample.cells}
-        new_cells = 0
-        named = [(name, store.put(session, data)) for name, data in images] + list(stored)
-        for name, sha256 in named:
-            if sha256 not in known:
-                known.add(sha256)
-                session.add(SampleImage(sample_id=sample.id, image_sha256=sha256, name=name[:512]))
-                new_cells += 1
-        if new_cells:
-            sample.status = SampleStatus.QUEUED
-            audit(session, actor, "sample.submitted", accession_id, new_cells=new_cells)
-        return Submission(sample.id, accession_id, new_cells, sample.status, len(known))
-
-
-def request_fingerprint(accession_id: str, image_sha256s: list[str]) -> str:
-    return hashlib.sha256("\n".join([accession_id, *sorted(image_sha256s)]).encode()).hexdigest()
-
-
-def replay_idempotency_key(settings: Settings, client_id: int, key: str, fingerprint: str) -> Submission | None:
-    """The earlier submission made with this key, or None if the key is new.
-
-    The same key with a different request (another sample or other images) is a client bug: Conflict.
-    """
-    with session_scope(settings.database_url) as session:
-        row = session.scalar(select(IdempotencyKey).where(IdempotencyKey.client_id == client_id,
-                                                          IdempotencyKey.key == key))
-        if row is None:
-            return None
-        if row.request_sha256 != fingerprint:
-            raise Conflict(f"Idempotency-Key {key[:80]!r} was used before for a different request")
-        sample = session.get(Sample, row.sample_id)
-        return Submission(sample.id, sample.accession_id, 0, sample.status, len(sample.cells), replayed=True)
-
-
-def remember_idempotency_key(settings: Settings, client_id: int, key: str, fingerprint: str, sample_pk: int) -> None:
     try:
         with session_scope(settings.database_url) as session:
-            session.add(IdempotencyKey(client_id=client_id, key=key, request_sha256=fingerprint, sample_id=sample_pk))
+            if idempotency_key is not None:
+                seen = session.scalar(select(IdempotencyKey).where(IdempotencyKey.client_id == client_id,
+                                                                   IdempotencyKey.key == idempotency_key))
+                if seen is not None:
+                    if seen.request_sha256 != fingerprint:
+                        raise Conflict(f"Idempotency-Key {idempotency_key[:80]!r} was used before for a different request")
+                    sample = session.get(Sample, seen.sample_id)
+                    return Submission(sample.id, sample.accession_id, 0, sample.status, len(sample.cells), replayed=True)
+            for _, sha256 in stored:
+                if session.get(Image, sha256) is None:
+                    raise NotFound(f"no stored image with sha256 {sha256[:80]!r}")
+            sample = session.scalar(select(Sample).where(Sample.accession_id == accession_id))
+            if sample is None:
+                sample = Sample(accession_id=accession_id, status=SampleStatus.QUEUED, client_id=client_id)
+                session.add(sample)
+                session.flush()
+            elif client_id is not None and sample.client_id not in (None, client_id):
+                raise Conflict(f"sample {accession_id!r} was submitted by another API client")
+            known = {cell.image_sha256 for cell in sample.cells}
+            total = len(known | {sha256_of(data) for _, data in images} | {sha for _, sha in stored})
+            if total > settings.max_images_per_sample:  # checked before any image is stored
+                raise LimitExceeded(f"sample {accession_id!r} would have {total} images, over "
+                                    f"{settings.max_images_per_sample} (BLOODCELL_MAX_IMAGES_PER_SAMPLE)")
+            new_cells = 0
+            named = [(name, store.put(session, data)) for name, data in images] + list(stored)
+            for name, sha256 in named:
+                if sha256 not in known:
+                    known.add(sha256)
+                    session.add(SampleImage(sample_id=sample.id, image_sha256=sha256, name=name[:512]))
+                    new_cells += 1
+            if new_cells:
+                sample.status = SampleStatus.QUEUED
+                audit(session, actor, "sample.submitted", accession_id, new_cells=new_cells)
+            if idempotency_key is not None:
+                session.add(IdempotencyKey(client_id=client_id, key=idempotency_key, request_sha256=fingerprint,
+                                           sample_id=sample.id))
+                session.flush()
+            return Submission(sample.id, accession_id, new_cells, sample.status, len(known))
     except IntegrityError:
-        pass  # a concurrent retry with the same key stored it first; both got the same sample
+        raise Conflict(f"a concurrent request created sample {accession_id!r} or used the same Idempotency-Key: "
+                       "retry it") from None
 
 
 # --- classification ---------------------------------------------------------------------------
@@ -279,7 +300,7 @@ def classify_sample(
     classifier = classifier_for(version)
 
     with session_scope(settings.database_url) as session:
-        sample = session.get(Sample, sample_pk)
+        sample = session.get(Sample, sample_pk, with_for_update=True)  # a concurrent review waits for the report
         cells = list(sample.cells)
         done = set(
             session.scalars(
@@ -313,6 +334,7 @@ def classify_sample(
         report = build_report(session, settings, sample, version_id)
         audit(session, worker, "sample.classified", sample.accession_id, status=sample.status,
               model_version=version.version, newly_classified=len(rows))
+        webhooks.queue_event(session, sample, "sample.classified")
         return report
 
 
@@ -429,8 +451,10 @@ def report_json(session: Session, sample: Sample) -> dict[str, Any]:
     }
 
 
-def find_sample(session: Session, accession_id: str) -> Sample:
-    sample = session.scalar(select(Sample).where(Sample.accession_id == accession_id))
+def find_sample(session: Session, accession_id: str, lock: bool = False) -> Sample:
+    """The sample by accession id; ``lock`` holds its row until the transaction ends (PostgreSQL)."""
+    query = select(Sample).where(Sample.accession_id == accession_id)
+    sample = session.scalar(query.with_for_update() if lock else query)
     if sample is None:
         raise NotFound(f"no sample {accession_id[:200]!r}")
     return sample
@@ -439,6 +463,21 @@ def find_sample(session: Session, accession_id: str) -> Sample:
 def get_report(settings: Settings, accession_id: str) -> dict[str, Any]:
     with session_scope(settings.database_url) as session:
         return report_json(session, find_sample(session, accession_id))
+
+
+def audit_events(settings: Settings, subject: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    """The audit log, newest first, optionally for one subject (a sample's accession id, a model version)."""
+    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+    if subject is not None:
+        query = query.where(AuditEvent.subject == subject)
+    with session_scope(settings.database_url) as session:
+        return [{"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "subject": e.subject,
+                 "details": e.details} for e in session.scalars(query)]
+
+
+def get_image(settings: Settings, image_sha256: str) -> bytes:
+    with session_scope(settings.database_url) as session:
+        return image_store(settings).get(session, image_sha256)
 
 
 def mark_sample_failed(settings: Settings, sample_pk: int, error: str, actor: str) -> None:

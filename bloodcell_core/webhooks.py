@@ -15,6 +15,7 @@ import time
 from datetime import datetime, timezone
 
 import httpx
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bloodcell_core.config import Settings
@@ -42,10 +43,18 @@ def verify_signature(secret: str, timestamp: str, body: bytes, signature: str, t
 
 
 def queue_event(session: Session, sample: Sample, event: str) -> int | None:
-    """Record a pending delivery for the sample's client, if it has a webhook; returns its id."""
+    """Record a pending delivery for the sample's client, in the caller's transaction (an outbox).
+
+    Returns its id, or None when the client has no webhook. An undelivered event of the same kind
+    for the sample is reused, so a redelivered task does not add a second one.
+    """
     client = session.get(ApiClient, sample.client_id) if sample.client_id else None
     if client is None or not client.webhook_url or client.revoked_at is not None:
         return None
+    waiting = session.scalar(select(WebhookDelivery.id).where(
+        WebhookDelivery.sample_id == sample.id, WebhookDelivery.event == event, WebhookDelivery.status == "pending"))
+    if waiting is not None:
+        return waiting
     payload = {"event": event, "sample_id": sample.accession_id, "status": sample.status,
                "report_status": sample.report_status, "at": datetime.now(timezone.utc).isoformat()}
     delivery = WebhookDelivery(client_id=client.id, sample_id=sample.id, event=event, url=client.webhook_url,
@@ -55,10 +64,11 @@ def queue_event(session: Session, sample: Sample, event: str) -> int | None:
     return delivery.id
 
 
-def queue_sample_event(settings: Settings, sample_pk: int, event: str) -> int | None:
+def pending_deliveries(settings: Settings, sample_pk: int) -> list[int]:
+    """Ids of the sample's deliveries not yet delivered or given up, to hand to the webhook queue."""
     with session_scope(settings.database_url) as session:
-        sample = session.get(Sample, sample_pk)
-        return queue_event(session, sample, event) if sample is not None else None
+        return list(session.scalars(select(WebhookDelivery.id).where(
+            WebhookDelivery.sample_id == sample_pk, WebhookDelivery.status == "pending").order_by(WebhookDelivery.id)))
 
 
 def attempt_delivery(settings: Settings, delivery_id: int) -> bool:
@@ -98,9 +108,14 @@ def mark_failed(settings: Settings, delivery_id: int) -> None:
             delivery.status = "failed"
 
 
-def deliveries_for(session: Session, sample: Sample) -> list[dict]:
-    rows = session.query(WebhookDelivery).filter(WebhookDelivery.sample_id == sample.id).order_by(WebhookDelivery.id)
-    return [{"id": d.id, "event": d.event, "url": d.url, "status": d.status, "attempts": d.attempts,
-             "last_status_code": d.last_status_code, "last_error": d.last_error,
-             "created_at": d.created_at.isoformat(),
-             "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None} for d in rows]
+def get_deliveries(settings: Settings, accession_id: str) -> list[dict]:
+    from bloodcell_core.service import find_sample
+
+    with session_scope(settings.database_url) as session:
+        sample = find_sample(session, accession_id)
+        rows = session.scalars(select(WebhookDelivery).where(WebhookDelivery.sample_id == sample.id)
+                               .order_by(WebhookDelivery.id))
+        return [{"id": d.id, "event": d.event, "url": d.url, "status": d.status, "attempts": d.attempts,
+                 "last_status_code": d.last_status_code, "last_error": d.last_error,
+                 "created_at": d.created_at.isoformat(),
+                 "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None} for d in rows]

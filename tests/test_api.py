@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import threading
-import zlib
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import DEFAULT_MODEL, KAGGLE5, encode, run_cli, unseen_images
+from conftest import DEFAULT_MODEL, KAGGLE5, encode, png_header, run_cli, unseen_images
 from servers import Stack, free_port, settings_for, wait_port
 
 from bloodcell_core import db, webhooks
@@ -27,18 +25,19 @@ LIMITS = {"BLOODCELL_MAX_IMAGE_BYTES": "300000", "BLOODCELL_MAX_IMAGES_PER_SAMPL
 
 
 class WebhookReceiver:
-    """A LIMS endpoint on localhost: records every request; answers 500 to the first ``fail_first``."""
+    """A LIMS endpoint on localhost: records every request; answers the first attempt of each delivery with 500."""
 
-    def __init__(self, fail_first: int) -> None:
+    def __init__(self) -> None:
         self.requests: list[tuple[dict[str, str], bytes]] = []
-        self.fail_first = fail_first
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
+                delivery = self.headers[webhooks.DELIVERY_HEADER]
+                first = all(h[webhooks.DELIVERY_HEADER] != delivery for h, _ in receiver.requests)
                 receiver.requests.append((dict(self.headers), body))
-                self.send_response(500 if len(receiver.requests) <= receiver.fail_first else 204)
+                self.send_response(500 if first else 204)
                 self.end_headers()
 
             def log_message(self, *args) -> None:
@@ -84,7 +83,7 @@ def create_token(env: dict[str, str], name: str, *scopes: str, webhook_url: str 
 @pytest.fixture(scope="module")
 def api(redis_server, postgres_server, tmp_path_factory):
     home = tmp_path_factory.mktemp("home-api")
-    receiver = WebhookReceiver(fail_first=1)
+    receiver = WebhookReceiver()
     env = {
         "BLOODCELL_HOME": str(home),
         "BLOODCELL_BROKER_URL": f"{redis_server.url}/11",
@@ -147,14 +146,6 @@ def test_scopes_and_revoked_tokens(api: Api):
     assert response.status_code == 401 and "revoked" in response.json()["detail"]
 
 
-def png_header(width: int, height: int) -> bytes:
-    """A tiny PNG that claims WIDTH x HEIGHT pixels (a decompression bomb's header)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\0" * 1024)) + chunk(b"IEND", b""))
-
-
 def _chunks():
     yield b"--x\r\n"
 
@@ -207,6 +198,18 @@ def test_limits_and_bad_requests_get_clear_4xx_and_store_nothing(api: Api, case,
     assert words in response.json()["detail"]
     assert {model: api.stack.count(model) for model in before} == before
     assert api.call("GET", "/health", token=None).status_code == 200
+
+
+def test_images_per_sample_counts_every_submission(api: Api):
+    """The per-sample limit holds across resubmissions of one accession id, checked before storing anything."""
+    first = api.call("POST", "/v1/samples", data={"accession_id": "S-GROW"}, files=cell_files(3))  # 12 images
+    assert first.status_code == 202
+    before = api.stack.count(db.Image)
+    more = [("images", (f"g{k}.png", encode(np.full((32, 32, 3), k, np.uint8)), "image/png")) for k in range(9)]
+    refused = api.call("POST", "/v1/samples", data={"accession_id": "S-GROW"}, files=more)
+    assert refused.status_code == 413 and "would have 21 images" in refused.json()["detail"]
+    assert api.stack.count(db.Image) == before
+    assert api.call("GET", "/v1/samples/S-GROW").json()["n_cells"] == 12
 
 
 def test_submit_poll_export_review_sign_off(api: Api, tmp_path: Path):

@@ -1,7 +1,7 @@
 import cv2
 import numpy as np
 import pytest
-from conftest import KAGGLE5, encode
+from conftest import KAGGLE5, encode, png_header
 
 from bloodcell_core.dataset import read_image_file
 from bloodcell_core.plugin_types import Augmentation
@@ -45,6 +45,10 @@ def test_decode_grayscale_alpha_and_16_bit():
         (b"", "empty file"),
         (b"this is not an image", "not a decodable image"),
         (b"\xff\xd8\xff\xe0" + b"\x00" * 10, "not a decodable image"),
+        # formats whose header Pillow cannot read are never handed to OpenCV: this one claims 20000 x 20000
+        (b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 20000 +X 20000\n" + bytes(64), "not a decodable image"),
+        (png_header(100_000, 100_000), "decompression bomb"),
+        (png_header(12_000, 12_000), "exceeds the 100,000,000 pixel limit"),
     ],
 )
 def test_bad_bytes_raise_a_clear_error(data, message):

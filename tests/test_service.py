@@ -73,6 +73,22 @@ def test_sample_end_to_end(stack: Stack, sample_dir: Path):
     assert events == ["sample.submitted", "sample.classified"]
 
 
+def test_exports_from_the_cli_parse_back(stack: Stack, sample_dir: Path):
+    """FHIR and HL7 exports on both databases (SQLite returns timestamps without a zone)."""
+    from fhir.resources.R4B.bundle import Bundle
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+
+    report = submit(stack, "S-EXPORT-1", sample_dir)
+    bundle = Bundle.model_validate_json(run_cli("export", "S-EXPORT-1", env=stack.env).stdout)
+    assert bundle.entry[0].resource.status == "preliminary" and bundle.timestamp.tzinfo is not None
+    hl7 = run_cli("export", "S-EXPORT-1", "--format", "hl7v2", env=stack.env).stdout.replace("\n", "\r")  # text mode ate the \r
+    order = parse_message(hl7.strip(), validation_level=VALIDATION_LEVEL.STRICT).oru_r01_patient_result.oru_r01_order_observation
+    assert len(order.oru_r01_observation) == len(report["counts"])
+    unknown = run_cli("export", "S-EXPORT-1", "--format", "pdf", env=stack.env, check=False)
+    assert unknown.returncode == 1 and "unknown exporter 'pdf'" in unknown.stderr
+
+
 def test_resubmission_and_redelivery_are_idempotent(stack: Stack, sample_dir: Path):
     submit(stack, "S-E2E-2", sample_dir)
     counts = {model: stack.count(model) for model in (db.Sample, db.SampleImage, db.Prediction, db.Image)}

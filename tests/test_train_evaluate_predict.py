@@ -81,6 +81,27 @@ def test_classify_keeps_order_and_isolates_errors(tiny_model: Path):
     assert single.probabilities == pytest.approx(results[0].probabilities, abs=1e-5)
 
 
+def test_padded_batches_give_the_same_probabilities(tiny_model: Path):
+    """On JAX, chunks are padded to power-of-two batches (one compiled shape per size class): padding changes nothing."""
+    from unittest import mock
+
+    import keras
+    import numpy as np
+
+    from bloodcell_core.inference import padded_size, predict_in_batches
+
+    assert [padded_size(n) for n in (1, 2, 3, 5, 33, 64)] == [1, 2, 4, 8, 64, 64]
+    classifier = Classifier.from_dir(tiny_model)
+    images = np.stack([classifier.preprocessor(f.read_bytes()) for f in sorted((KAGGLE5 / "basophil").iterdir())[:70]])
+    expected = np.asarray(classifier.artifact.model(images, training=False))
+    model = mock.Mock(wraps=classifier.artifact.model)
+    with mock.patch.object(keras.backend, "backend", return_value="jax"):  # the padding path, on this backend
+        assert predict_in_batches(model, images) == pytest.approx(expected, abs=1e-5)
+        assert predict_in_batches(model, images[:3]) == pytest.approx(expected[:3], abs=1e-5)
+    assert [len(call.args[0]) for call in model.predict_on_batch.call_args_list] == [64, 8, 4]
+    assert predict_in_batches(classifier.artifact.model, images[:3]) == pytest.approx(expected[:3], abs=1e-5)
+
+
 def test_evaluate_leaves_out_training_images_and_unknown_classes(tiny_model: Path):
     classifier = Classifier.from_dir(tiny_model)
     metrics = evaluate(classifier, PBC8, progress=False)

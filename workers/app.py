@@ -1,6 +1,6 @@
 """The Celery app. Every reliability setting here is chosen on purpose; the comments say why.
 
-Start a worker with ``bloodcell worker`` (or ``celery -A workers.app worker -Q classify,train``).
+Start a worker with ``bloodcell worker`` (or ``celery -A workers.app worker -Q classify,train,webhooks``).
 """
 
 from __future__ import annotations

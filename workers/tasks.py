@@ -70,15 +70,9 @@ def classify_sample(self: Task, sample_pk: int) -> dict:
         service.mark_sample_failed(settings, sample_pk, error, worker_name(self))
         raise Reject(error, requeue=False)
     report = service.classify_sample(settings, sample_pk, classifier_for, worker_name(self))
-    notify(sample_pk, "sample.classified")
-    return report
-
-
-def notify(sample_pk: int, event: str) -> None:
-    """Queue the sample's webhook call, if its API client has a webhook."""
-    delivery_id = webhooks.queue_sample_event(settings, sample_pk, event)
-    if delivery_id is not None:
+    for delivery_id in webhooks.pending_deliveries(settings, sample_pk):  # recorded with the report
         deliver_webhook.apply_async(args=[delivery_id], queue=WEBHOOK_QUEUE)
+    return report
 
 
 @app.task(bind=True, name="bloodcell.deliver_webhook", max_retries=None)
