@@ -6,12 +6,15 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
 
 import click  # noqa: E402
 
 from bloodcell_core.plugin_manager import PluginError  # noqa: E402
+
+T = TypeVar("T")
 
 
 def _fail(message: str) -> None:
@@ -227,6 +230,15 @@ def _client(http: bool = False):
         _fail(str(exc))
 
 
+def _remote_or_local(call: Callable[[Any], T]) -> T:
+    """``call(client)`` with the HTTP API client when BLOODCELL_API_URL is set, else in process;
+    an error that is the user's to fix ends the command with its message."""
+    try:
+        return call(_client(http=True))
+    except _user_errors() as exc:
+        _fail(str(exc))
+
+
 def _user_errors() -> tuple[type[Exception], ...]:
     """Errors that are the caller's to fix: printed as one line, no traceback."""
     from bloodcell_core.http_client import HttpApiError
@@ -354,10 +366,7 @@ def _print_report(report: dict, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def report(sample_id: str, as_json: bool) -> None:
     """Show a sample's status and report (through the HTTP API when BLOODCELL_API_URL is set)."""
-    try:
-        _print_report(_client(http=True).report(sample_id), as_json)
-    except _user_errors() as exc:
-        _fail(str(exc))
+    _print_report(_remote_or_local(lambda client: client.report(sample_id)), as_json)
 
 
 @cli.command()
@@ -366,10 +375,7 @@ def report(sample_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def cells(sample_id: str, needs_review: bool, as_json: bool) -> None:
     """Per-cell results of a sample: model label and confidence, reviewed label, the label that counts."""
-    try:
-        rows = _client(http=True).cells(sample_id, needs_review)
-    except _user_errors() as exc:
-        _fail(str(exc))
+    rows = _remote_or_local(lambda client: client.cells(sample_id, needs_review))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -387,10 +393,7 @@ def cells(sample_id: str, needs_review: bool, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file, not stdout.")
 def export_command(sample_id: str, format_name: str, output: Path | None) -> None:
     """Export a sample's report for the LIMS (FHIR R4 Bundle, HL7 v2 ORU^R01, or a plugin's format)."""
-    try:
-        document = _client(http=True).export(sample_id, format_name)
-    except _user_errors() as exc:
-        _fail(str(exc))
+    document = _remote_or_local(lambda client: client.export(sample_id, format_name))
     if output is None:
         click.echo(document)
     else:
@@ -406,10 +409,7 @@ def review() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def review_list(as_json: bool) -> None:
     """Samples waiting for review, with their low-confidence cells."""
-    try:
-        queue = _client(http=True).review_queue()
-    except _user_errors() as exc:
-        _fail(str(exc))
+    queue = _remote_or_local(lambda client: client.review_queue())
     if as_json:
         click.echo(json.dumps(queue, indent=2))
         return
@@ -427,10 +427,7 @@ def review_list(as_json: bool) -> None:
 @click.option("--reason", required=True, help="Why (goes into the audit log).")
 def review_label(sample_id: str, image_sha256: str, label: str, reviewer: str, reason: str) -> None:
     """Set LABEL for the cell IMAGE_SHA256 of SAMPLE_ID; the report is recomputed."""
-    try:
-        report = _client(http=True).relabel(sample_id, image_sha256, label, reviewer, reason, actor=_actor())
-    except _user_errors() as exc:
-        _fail(str(exc))
+    report = _remote_or_local(lambda client: client.relabel(sample_id, image_sha256, label, reviewer, reason, actor=_actor()))
     _print_report(report, as_json=False)
 
 
@@ -440,10 +437,7 @@ def review_label(sample_id: str, image_sha256: str, label: str, reviewer: str, r
 @click.option("--comment", default="", help="Goes into the audit log.")
 def review_sign_off(sample_id: str, reviewer: str, comment: str) -> None:
     """Release the report: it becomes final (amended if it changes after a sign-off)."""
-    try:
-        report = _client(http=True).sign_off(sample_id, reviewer, comment, actor=_actor())
-    except _user_errors() as exc:
-        _fail(str(exc))
+    report = _remote_or_local(lambda client: client.sign_off(sample_id, reviewer, comment, actor=_actor()))
     _print_report(report, as_json=False)
 
 
@@ -552,10 +546,7 @@ def models(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def models_list(as_json: bool = False) -> None:
     """List registered model versions with their status and test metrics."""
-    try:
-        rows = _client(http=True).models()
-    except _user_errors() as exc:
-        _fail(str(exc))
+    rows = _remote_or_local(lambda client: client.models())
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

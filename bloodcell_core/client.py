@@ -129,15 +129,8 @@ class Client:
         return checks
 
     def wait(self, accession_id: str, timeout: float = 600, poll: float = 0.2) -> dict[str, Any]:
-        """Poll the database until the sample reaches done, needs_review or failed."""
-        deadline = time.monotonic() + timeout
-        while True:
-            report = self.report(accession_id)
-            if report["status"] in SampleStatus.FINAL:
-                return report
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"sample {accession_id!r} still {report['status']} after {timeout:.0f} s")
-            time.sleep(poll)
+        """Poll until the sample reaches done, needs_review or failed."""
+        return service.wait_until_classified(self.report, accession_id, timeout, poll)
 
     def classify_image(self, data: bytes, timeout: float = 60) -> dict[str, Any]:
         """Classify one image through the queue and wait for its result."""

@@ -12,12 +12,11 @@ their ``actor`` arguments are ignored here: the API records the token's client a
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
 
-from bloodcell_core.db import SampleStatus
+from bloodcell_core import service
 from bloodcell_core.service import Submission
 
 
@@ -54,14 +53,8 @@ class HttpClient:
         return self._request("GET", f"/v1/samples/{accession_id}").json()
 
     def wait(self, accession_id: str, timeout: float = 600, poll: float = 0.5) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            report = self.report(accession_id)
-            if report["status"] in SampleStatus.FINAL:
-                return report
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"sample {accession_id!r} still {report['status']} after {timeout:.0f} s")
-            time.sleep(poll)
+        """Poll until the sample reaches done, needs_review or failed."""
+        return service.wait_until_classified(self.report, accession_id, timeout, poll)
 
     def cells(self, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
         return self._request("GET", f"/v1/samples/{accession_id}/cells",

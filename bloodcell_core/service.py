@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -449,6 +450,19 @@ def report_json(session: Session, sample: Sample) -> dict[str, Any]:
         "needs_review": report.needs_review,
         "failed": report.failed,
     }
+
+
+def wait_until_classified(read_report: Callable[[str], dict[str, Any]], accession_id: str, timeout: float,
+                          poll: float) -> dict[str, Any]:
+    """Poll ``read_report`` until the sample is done, needs_review or failed (the in-process and HTTP clients)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        report = read_report(accession_id)
+        if report["status"] in SampleStatus.FINAL:
+            return report
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"sample {accession_id!r} still {report['status']} after {timeout:.0f} s")
+        time.sleep(poll)
 
 
 def find_sample(session: Session, accession_id: str, lock: bool = False) -> Sample:
