@@ -95,6 +95,29 @@ class ModelArtifact:
     def split(self) -> Split:
         return Split.from_json(json.loads((self.directory / SPLIT_FILE).read_text()))
 
+    @property
+    def temperature(self) -> float:
+        """Temperature-scaling factor from calibration (1.0: uncalibrated)."""
+        return float(self.metadata.get("calibration", {}).get("temperature", 1.0))
+
+
+def version_id(directory: Path | str) -> str:
+    """A model version's identity: plugin plus a digest of the weights file and the calibration.
+
+    Recalibrating changes what the model reports, so it makes a new version.
+    """
+    metadata = read_metadata(directory)
+    digest = hashlib.sha256((metadata["files"][MODEL_FILE]["sha256"]
+                             + json.dumps(metadata.get("calibration"), sort_keys=True)).encode()).hexdigest()
+    return f"{metadata['plugin']}-{digest[:12]}"
+
+
+def update_metadata(directory: Path | str, **changes: Any) -> dict[str, Any]:
+    """Set top-level metadata keys (e.g. ``calibration``) of an existing model directory."""
+    metadata = read_metadata(directory) | changes
+    (Path(directory) / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return metadata
+
 
 def read_metadata(directory: Path | str) -> dict[str, Any]:
     path = Path(directory) / METADATA_FILE

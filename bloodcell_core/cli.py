@@ -73,6 +73,25 @@ def dataset_audit(data_dir: Path, as_json: bool) -> None:
     click.echo(json.dumps(report, indent=2) if as_json else format_audit(report))
 
 
+@dataset.command("shortcuts")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A model directory trained on DATA_DIR: its test accuracy is shown beside the shortcuts.")
+@click.option("--seed", type=int, default=0, show_default=True, help="The split's seed (a model's own, to compare).")
+@click.option("--steps", default="center_crop", show_default=True,
+              help="Preprocessing steps of the served image, comma-separated (e.g. center_crop,reinhard).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def dataset_shortcuts(data_dir: Path, model_dir: Path | None, seed: int, steps: str, as_json: bool) -> None:
+    """How far classifiers that never see a cell's shape get: image size, background (corner) colour,
+    whole-image colour, and the image size after the serving preprocessing, on the models' split."""
+    from bloodcell_core.artifacts import read_metadata
+    from bloodcell_core.shortcuts import format_shortcuts, shortcut_audit
+
+    metadata = read_metadata(model_dir) if model_dir else None
+    report = shortcut_audit(data_dir, seed, metadata, tuple(steps.split(",")), progress=not as_json and sys.stderr.isatty())
+    click.echo(json.dumps(report, indent=2) if as_json else format_shortcuts(report))
+
+
 @dataset.command("export-reviewed")
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 def dataset_export_reviewed(out_dir: Path) -> None:
@@ -94,13 +113,16 @@ def dataset_export_reviewed(out_dir: Path) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), help="Default: the plugin's.")
 @click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), help="Adam learning rate (default: the plugin's).")
 @click.option("--max-per-class", type=click.IntRange(min=3), help="Use only this many files per class (quick trials).")
-def train_command(model_name, data_dir, out_dir, epochs, seed, batch_size, learning_rate, max_per_class) -> None:
+@click.option("--steps", help="Preprocessing steps before the resize, comma-separated (default: the plugin's), "
+                              "e.g. center_crop,reinhard; `bloodcell plugins` lists them.")
+def train_command(model_name, data_dir, out_dir, epochs, seed, batch_size, learning_rate, max_per_class, steps) -> None:
     """Train a model plugin, evaluate it on the held-out test split and write a model directory.
 
     The split is 70/15/15, stratified, deterministic from --seed, with identical images kept
     on one side and images filed under two classes excluded. Training augments images
     (rotation, shift, shear, zoom, flips), weights classes when they are imbalanced and stops
-    early on the validation loss.
+    early on the validation loss. Temperature scaling and the review threshold are then fitted
+    on the validation split (see `bloodcell calibrate`).
     """
     from bloodcell_core.training import train
 
@@ -108,10 +130,59 @@ def train_command(model_name, data_dir, out_dir, epochs, seed, batch_size, learn
         _fail(f"{out_dir} already holds a model; choose another --out or remove it")
     try:
         train(model_name, data_dir, out_dir, epochs=epochs, seed=seed, batch_size=batch_size,
-              learning_rate=learning_rate, max_per_class=max_per_class, progress=True,
+              learning_rate=learning_rate, max_per_class=max_per_class,
+              preprocessing_steps=tuple(steps.split(",")) if steps else None, progress=True,
               log=lambda message: click.echo(message, err=True))
     except (PluginError, ValueError) as exc:
         _fail(str(exc))
+
+
+@cli.command("results")
+@click.option("--data", "data_dirs", multiple=True, required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path), help="A dataset; repeat for several.")
+@click.option("--models", "model_names", help="Comma-separated model plugins (default: every installed one).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True, help="Model directories go to OUT/<dataset>/<plugin>; the table to OUT/results.md.")
+@click.option("--seed", type=int, default=0, show_default=True, help="One split per dataset, shared by all models.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Override every plugin's epochs (quick trials only).")
+def results_command(data_dirs: tuple[Path, ...], model_names: str | None, out_dir: Path, seed: int, epochs) -> None:
+    """Train and evaluate every model plugin on every dataset and write the results table.
+
+    Columns: test accuracy and macro-F1, ECE after temperature scaling, the share of test cells
+    accepted at the calibrated review threshold and their accuracy, parameters, file size,
+    batch-64 predict images/s, training time. Existing model directories are reused, so an
+    interrupted run continues where it stopped. Hours on a CPU: run it in the background.
+    """
+    from bloodcell_core.plugin_manager import model_specs
+    from bloodcell_core.results import build_results, markdown_table
+
+    plugins = model_names.split(",") if model_names else sorted(model_specs())
+    try:
+        rows = build_results(list(data_dirs), plugins, out_dir, seed, epochs, log=lambda m: click.echo(m, err=True))
+    except (PluginError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(markdown_table(rows))
+
+
+@cli.command("calibrate")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--target-accuracy", type=click.FloatRange(0.5, 1.0), default=0.995, show_default=True,
+              help="Accuracy the accepted (not reviewed) validation cells must reach.")
+def calibrate_command(model_dir: Path, target_accuracy: float) -> None:
+    """Fit temperature scaling and the review threshold on MODEL_DIR's own validation split.
+
+    Training does this already; use it for older model directories or another target. The
+    weights do not change; metadata.json gains `calibration` (which makes a new model version)
+    and report/ the reliability diagrams before and after and the coverage-vs-accuracy curve.
+    """
+    from bloodcell_core.artifacts import ArtifactError
+    from bloodcell_core.training import recalibrate
+
+    try:
+        record = recalibrate(model_dir, target_accuracy, progress=sys.stderr.isatty())
+    except (ArtifactError, PluginError, ValueError) as exc:
+        _fail(str(exc))
+    click.echo(json.dumps(record, indent=2))
 
 
 def _load_classifier(model_dir: Path):
@@ -537,7 +608,7 @@ def retrain(model_name: str, data_dir: Path, epochs, seed: int, max_per_class, i
 @cli.group(invoke_without_command=True)
 @click.pass_context
 def models(ctx: click.Context) -> None:
-    """Model versions: list (default), promote, evaluate."""
+    """Model versions: list (default), promote, evaluate, evaluation-set, shadow."""
     if ctx.invoked_subcommand is None:
         ctx.invoke(models_list)
 
@@ -557,19 +628,46 @@ def models_list(as_json: bool = False) -> None:
 
 @models.command("promote")
 @click.argument("version")
-def models_promote(version: str) -> None:
-    """Make VERSION the production model; workers pick it up on their next sample."""
-    from bloodcell_core.service import ServiceError
-
+@click.option("--force", is_flag=True, help="Promote even if the gate refuses (needs --reason; audited).")
+@click.option("--reason", default="", help="Why the gate is overridden.")
+def models_promote(version: str, force: bool, reason: str) -> None:
+    """Make VERSION the production model if it beats production on the evaluation set
+    (BLOODCELL_EVALUATION_SET) by BLOODCELL_PROMOTION_MARGIN in accuracy and macro-F1.
+    Workers pick it up on their next sample."""
     try:
-        click.echo(f"production model: {_client().promote(version, actor=_actor())}")
-    except ServiceError as exc:
+        click.echo(f"production model: {_client().promote(version, actor=_actor(), force=force, reason=reason)}")
+    except _user_errors() as exc:
         _fail(str(exc))
 
 
 @models.command("evaluate")
 @click.argument("version")
+@click.option("--set", "set_name", help="Evaluation set (default: BLOODCELL_EVALUATION_SET).")
+def models_evaluate(version: str, set_name: str | None) -> None:
+    """Score VERSION on a registered evaluation set through the training queue; kept for the gate."""
+    client = _client()
+    try:
+        click.echo(json.dumps(client.evaluate(version, set_name or client.settings.evaluation_set)))
+    except _user_errors() as exc:
+        _fail(str(exc))
+
+
+@models.command("evaluation-set")
+@click.argument("name")
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
-def models_evaluate(version: str, data_dir: Path) -> None:
-    """Evaluate VERSION on DATA_DIR through the training queue; the result is kept with the version."""
-    click.echo(json.dumps(_client().evaluate(version, str(data_dir.resolve()))))
+def models_evaluation_set(name: str, data_dir: Path) -> None:
+    """Register DATA_DIR (folder-per-class) as the fixed evaluation set NAME; its images are fingerprinted."""
+    try:
+        click.echo(json.dumps(_client().register_evaluation_set(name, str(data_dir), actor=_actor())))
+    except _user_errors() as exc:
+        _fail(str(exc))
+
+
+@models.command("shadow")
+@click.argument("version")
+def models_shadow(version: str) -> None:
+    """How candidate VERSION's shadow predictions (BLOODCELL_SHADOW=1) compare with production's on live cells."""
+    try:
+        click.echo(json.dumps(_client().shadow_report(version), indent=2))
+    except _user_errors() as exc:
+        _fail(str(exc))

@@ -17,7 +17,7 @@ from typing import Any
 
 from celery import Celery
 
-from bloodcell_core import review, service, webhooks
+from bloodcell_core import promotion, review, service, webhooks
 from bloodcell_core.config import Settings
 from bloodcell_core.db import SampleStatus, require_migrated, session_scope
 from bloodcell_core.queues import TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues
@@ -157,13 +157,21 @@ class Client:
             time.sleep(poll)
         raise TimeoutError(f"training run {run_id} not finished after {timeout:.0f} s")
 
-    def evaluate(self, version: str, data_dir: str, timeout: float = 3600) -> dict[str, Any]:
-        return self._send("bloodcell.evaluate_version", [version, data_dir], TRAIN_QUEUE).get(timeout=timeout)
+    def evaluate(self, version: str, set_name: str, timeout: float = 3600) -> dict[str, Any]:
+        """Score VERSION on a registered evaluation set, through the training queue."""
+        return self._send("bloodcell.evaluate_version", [version, set_name], TRAIN_QUEUE).get(timeout=timeout)
+
+    def register_evaluation_set(self, name: str, data_dir: str, actor: str = "client") -> dict[str, Any]:
+        return promotion.register_evaluation_set(self.settings, name, data_dir, actor)
+
+    def shadow_report(self, version: str) -> dict[str, Any]:
+        return promotion.shadow_report(self.settings, version)
 
     def models(self) -> list[dict[str, Any]]:
         with session_scope(self.settings.database_url) as session:
             return service.list_versions(session)
 
-    def promote(self, version: str, actor: str = "client") -> str:
+    def promote(self, version: str, actor: str = "client", force: bool = False, reason: str = "") -> str:
+        """Make VERSION production if it passes the promotion gate (or ``force`` with a reason, audited)."""
         with session_scope(self.settings.database_url) as session:
-            return service.promote(session, version, actor).version
+            return promotion.promote(session, self.settings, version, actor, force, reason).version

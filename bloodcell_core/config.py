@@ -13,6 +13,10 @@ def _home() -> Path:
     return Path(os.environ.get("BLOODCELL_HOME", Path.home() / ".bloodcell")).expanduser()
 
 
+def _threshold(value: str) -> float | None:
+    return None if value.strip().lower() == "model" else float(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting with its embedded default; ``Settings.from_env()`` applies the environment."""
@@ -26,7 +30,7 @@ class Settings:
     default_model: Path  # registered as the first production model on an empty database
     worker_device: str  # "cpu" or "gpu": which classification queue a worker takes
     classify_queue: str  # where producers send classification tasks: "classify" or "classify.gpu"
-    review_threshold: float  # cells below this confidence are marked for review
+    review_threshold: float | None  # cells below this confidence go to review; None: the model's own (calibrated)
     blast_count: int  # blast flag when myeloblasts reach this count ...
     blast_percent: float  # ... or this percent of classified cells
     blast_class: str
@@ -41,6 +45,9 @@ class Settings:
     max_request_bytes: int
     webhook_attempts: int  # a webhook is tried this often, with exponential backoff, before it is marked failed
     accession_system: str  # FHIR identifier system / HL7 namespace of the LIMS accession ids
+    evaluation_set: str  # the registered evaluation set the promotion gate compares models on
+    promotion_margin: float  # a candidate must beat production by this much on accuracy and macro-F1
+    shadow: bool  # workers also classify live samples with the newest candidate (stored, not reported)
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -57,7 +64,7 @@ class Settings:
             default_model=Path(env("BLOODCELL_DEFAULT_MODEL", str(PROJECT_ROOT / "models" / "default"))),
             worker_device=env("BLOODCELL_WORKER_DEVICE", "cpu"),
             classify_queue=env("BLOODCELL_CLASSIFY_QUEUE", "classify"),
-            review_threshold=float(env("BLOODCELL_REVIEW_THRESHOLD", "0.80")),
+            review_threshold=_threshold(env("BLOODCELL_REVIEW_THRESHOLD", "model")),
             blast_count=int(env("BLOODCELL_BLAST_COUNT", "5")),
             blast_percent=float(env("BLOODCELL_BLAST_PERCENT", "20")),
             blast_class=env("BLOODCELL_BLAST_CLASS", "myeloblast"),
@@ -72,6 +79,9 @@ class Settings:
             max_request_bytes=int(env("BLOODCELL_MAX_REQUEST_BYTES", str(256 * 2**20))),
             webhook_attempts=int(env("BLOODCELL_WEBHOOK_ATTEMPTS", "8")),
             accession_system=env("BLOODCELL_ACCESSION_SYSTEM", "urn:bloodcell:accession"),
+            evaluation_set=env("BLOODCELL_EVALUATION_SET", "default"),
+            promotion_margin=float(env("BLOODCELL_PROMOTION_MARGIN", "0.001")),
+            shadow=env("BLOODCELL_SHADOW", "0").strip().lower() in ("1", "true", "yes", "on"),
         )
 
     def validate(self) -> None:
@@ -81,6 +91,6 @@ class Settings:
             raise ValueError(f"BLOODCELL_WORKER_DEVICE must be 'cpu' or 'gpu', got {self.worker_device!r}")
         if self.classify_queue not in ("classify", "classify.gpu"):
             raise ValueError(f"BLOODCELL_CLASSIFY_QUEUE must be 'classify' or 'classify.gpu', got {self.classify_queue!r}")
-        if not 0.0 <= self.review_threshold <= 1.0:
-            raise ValueError("BLOODCELL_REVIEW_THRESHOLD must be between 0 and 1")
+        if self.review_threshold is not None and not 0.0 <= self.review_threshold <= 1.0:
+            raise ValueError("BLOODCELL_REVIEW_THRESHOLD must be 'model' or a number between 0 and 1")
 

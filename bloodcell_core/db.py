@@ -239,6 +239,33 @@ class WebhookDelivery(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class EvaluationSet(Base):
+    """A fixed folder-per-class dataset that candidates and the production model are compared on."""
+
+    __tablename__ = "evaluation_sets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    data_dir: Mapped[str] = mapped_column(String(1024))
+    fingerprint: Mapped[str] = mapped_column(String(64))  # of the images: a changed folder is refused
+    n_images: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ModelEvaluation(Base):
+    """One model version's scores on one evaluation set (the images it never trained on)."""
+
+    __tablename__ = "model_evaluations"
+    __table_args__ = (UniqueConstraint("model_version_id", "evaluation_set_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    evaluation_set_id: Mapped[int] = mapped_column(ForeignKey("evaluation_sets.id"))
+    n: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float] = mapped_column(Float)
+    macro_f1: Mapped[float] = mapped_column(Float)
+    ece: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class AuditEvent(Base):
     """Append-only: rows are only ever inserted (updates and deletes raise)."""
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from bloodcell_core.artifacts import ModelArtifact, load_artifact
+from bloodcell_core.calibration import apply_temperature
 from bloodcell_core.preprocessing import ImageDecodeError, Preprocessor
 
 BATCH_SIZE = 64
@@ -85,8 +86,10 @@ class Classifier:
         return cls(load_artifact(directory))
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities (n, classes) for preprocessed float32 images (n, h, w, 3)."""
-        return predict_in_batches(self.artifact.model, images)
+        """Calibrated probabilities (n, classes) for preprocessed float32 images (n, h, w, 3)."""
+        probabilities = predict_in_batches(self.artifact.model, images)
+        temperature = self.artifact.temperature
+        return probabilities if temperature == 1.0 else apply_temperature(probabilities, temperature)
 
     def _preprocess(self, data: bytes) -> tuple[np.ndarray | str, float]:
         start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""PNG figures for model reports: confusion matrix, training curves, reliability, augmentation preview."""
+"""PNG figures for model reports: confusion matrix, training curves, reliability, coverage, augmentation preview."""
 
 from __future__ import annotations
 
@@ -69,6 +69,26 @@ def reliability_png(metrics: dict[str, Any], path: Path, title: str) -> None:
     ax.set_ylabel("accuracy")
     ax.set_title(f"{title}\nECE {metrics['ece']:.4f}")
     ax.legend(loc="center left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def coverage_png(curve: list[dict[str, float]], calibration: dict[str, Any], path: Path, title: str) -> None:
+    """Accuracy of the accepted cells against the share accepted, as the confidence threshold rises."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot([p["coverage"] for p in curve], [p["accuracy"] for p in curve], color="C0", label="test cells")
+    test = calibration["test"]
+    ax.axhline(calibration["target_accuracy"], ls="--", color="grey", label=f"target {calibration['target_accuracy']}")
+    if test["accepted_accuracy"] is not None:
+        ax.plot([test["coverage"]], [test["accepted_accuracy"]], "o", color="C3",
+                label=f"review threshold {calibration['review_threshold']:.4f} (chosen on validation)")
+    ax.set_xlabel("share of cells accepted without review (coverage)")
+    ax.set_ylabel("accuracy of the accepted cells")
+    ax.set_ylim(max(0.0, min(p["accuracy"] for p in curve) - 0.01), 1.001)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(f"{title}\ncoverage {test['coverage']:.1%} at accuracy {test['accepted_accuracy']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

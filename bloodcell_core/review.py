@@ -28,7 +28,7 @@ def _report_version(session: Session, sample: Sample) -> ModelVersion:
     return session.get(ModelVersion, report.model_version_id)
 
 
-def cell_results(session: Session, settings: Settings, sample: Sample) -> list[dict[str, Any]]:
+def cell_results(session: Session, sample: Sample) -> list[dict[str, Any]]:
     """Every cell of a sample: the model's label and confidence, a reviewer's label, the label that counts."""
     report = session.scalar(select(SampleReport).where(SampleReport.sample_id == sample.id))
     predictions = {}
@@ -37,6 +37,7 @@ def cell_results(session: Session, settings: Settings, sample: Sample) -> list[d
             Prediction.model_version_id == report.model_version_id,
             Prediction.image_sha256.in_([c.image_sha256 for c in sample.cells])))}
     reviews = latest_reviews(session, sample.id)
+    threshold = report.review_threshold if report is not None else 1.0
     rows = []
     for cell in sample.cells:
         prediction, review = predictions.get(cell.image_sha256), reviews.get(cell.image_sha256)
@@ -52,14 +53,14 @@ def cell_results(session: Session, settings: Settings, sample: Sample) -> list[d
             "reviewed_label": review.label if review else None,
             "reviewed_by": review.reviewer if review else None,
             "label": review.label if review else (prediction.label if prediction else None),
-            "needs_review": bool(prediction and not review and prediction.confidence < settings.review_threshold),
+            "needs_review": bool(prediction and not review and prediction.confidence < threshold),
         })
     return rows
 
 
 def get_cells(settings: Settings, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
     with session_scope(settings.database_url) as session:
-        rows = cell_results(session, settings, find_sample(session, accession_id))
+        rows = cell_results(session, find_sample(session, accession_id))
     return [row for row in rows if row["needs_review"]] if needs_review else rows
 
 
@@ -68,7 +69,7 @@ def review_queue(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
     with session_scope(settings.database_url) as session:
         samples = session.scalars(select(Sample).where(Sample.status == SampleStatus.NEEDS_REVIEW)
                                   .order_by(Sample.created_at).limit(limit))
-        return [{"sample_id": s.accession_id, "cells": [c for c in cell_results(session, settings, s) if c["needs_review"]],
+        return [{"sample_id": s.accession_id, "cells": [c for c in cell_results(session, s) if c["needs_review"]],
                  "failed": [{"name": c.name, "error": c.error} for c in s.cells if c.status == "failed"]}
                 for s in samples]
 

@@ -1,13 +1,13 @@
 """Services over the database: submission, classification of a sample, reports, model versions, retraining.
 
-Producers (the Python client, the CLI) call ``submit_sample``; workers call ``classify_sample``,
-``run_training`` and ``evaluate_version``. Nothing here imports Celery: the workers are a thin layer.
+Producers (the Python client, the CLI) call ``submit_sample``; workers call ``classify_sample`` and
+``run_training``. Promotion and evaluation sets are in ``promotion.py``. Nothing here imports Celery:
+the workers are a thin layer.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bloodcell_core import webhooks
-from bloodcell_core.artifacts import file_sha256, read_metadata
+from bloodcell_core.artifacts import read_metadata, version_id
 from bloodcell_core.config import Settings
 from bloodcell_core.db import (
     AuditEvent,
@@ -75,7 +75,7 @@ def audit(session: Session, actor: str, action: str, subject: str, **details: An
 def register_model_version(session: Session, artifact_dir: Path, status: str, actor: str) -> ModelVersion:
     """Register a model directory; the same model file registered twice is the same version."""
     metadata = read_metadata(artifact_dir)
-    version = f"{metadata['plugin']}-{file_sha256(artifact_dir / 'model.keras')[:12]}"
+    version = version_id(artifact_dir)
     existing = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
     if existing is not None:
         return existing
@@ -85,7 +85,7 @@ def register_model_version(session: Session, artifact_dir: Path, status: str, ac
         artifact_path=str(artifact_dir.resolve()),
         status=status,
         classes=metadata["classes"],
-        metrics={"training": metadata["metrics"]},
+        metrics={"training": metadata["metrics"], "calibration": metadata.get("calibration")},
         data_fingerprint=metadata["dataset"]["fingerprint"],
         promoted_at=datetime.now(timezone.utc) if status == ModelStatus.PRODUCTION else None,
     )
@@ -120,16 +120,10 @@ def ensure_production_model(settings: Settings) -> str:
     raise ServiceError("could not register the default model")
 
 
-def promote(session: Session, version: str, actor: str) -> ModelVersion:
+def find_version(session: Session, version: str) -> ModelVersion:
     row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
     if row is None:
-        raise NotFound(f"unknown model version {version!r}")
-    previous = session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.PRODUCTION))
-    if previous is not None and previous.id != row.id:
-        previous.status = ModelStatus.RETIRED
-    row.status = ModelStatus.PRODUCTION
-    row.promoted_at = datetime.now(timezone.utc)
-    audit(session, actor, "model.promoted", version, previous=previous.version if previous else None)
+        raise NotFound(f"unknown model version {version[:128]!r}")
     return row
 
 
@@ -262,7 +256,7 @@ def submit_sample(
 # --- classification ---------------------------------------------------------------------------
 
 
-def _prediction_row(image_sha256: str, version_id: int, result: Any, worker: str) -> dict[str, Any]:
+def prediction_row(image_sha256: str, version_id: int, result: Any, worker: str) -> dict[str, Any]:
     """A ``predictions`` row from an inference.Prediction."""
     return {
         "image_sha256": image_sha256,
@@ -276,7 +270,7 @@ def _prediction_row(image_sha256: str, version_id: int, result: Any, worker: str
     }
 
 
-def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> None:
+def insert_predictions(session: Session, rows: list[dict[str, Any]]) -> None:
     """Bulk insert predictions; a row that already exists (redelivered task) is left as it is."""
     if not rows:
         return
@@ -327,8 +321,8 @@ def classify_sample(
                 cell.status, cell.error = "failed", result.error
                 continue
             cell.status, cell.error = "done", None
-            rows.append(_prediction_row(cell.image_sha256, version_id, result, worker))
-        _insert_ignoring_duplicates(session, rows)
+            rows.append(prediction_row(cell.image_sha256, version_id, result, worker))
+        insert_predictions(session, rows)
         for cell in cells:
             if cell.image_sha256 in done:
                 cell.status, cell.error = "done", None
@@ -353,7 +347,7 @@ def classify_image(
             result = classifier_for(version).classify_one(store.get(session, image_sha256), name=image_sha256)
             if result.error is not None:
                 return {"image_sha256": image_sha256, "error": result.error, "model_version": version.version}
-            _insert_ignoring_duplicates(session, [_prediction_row(image_sha256, version.id, result, worker)])
+            insert_predictions(session, [prediction_row(image_sha256, version.id, result, worker)])
             existing = session.scalar(stored)  # this insert's row, or a concurrent worker's
         return {"image_sha256": image_sha256, "label": existing.label, "confidence": existing.confidence,
                 "probabilities": existing.probabilities, "model_version": version.version}
@@ -363,6 +357,16 @@ def store_image(settings: Settings, data: bytes) -> str:
     """Put one image into the store (for single-image classification); returns its sha256."""
     with session_scope(settings.database_url) as session:
         return image_store(settings).put(session, data)
+
+
+FALLBACK_REVIEW_THRESHOLD = 0.80  # for a model without calibration
+
+
+def review_threshold(settings: Settings, version: ModelVersion) -> float:
+    """BLOODCELL_REVIEW_THRESHOLD if set to a number, else the threshold calibrated with the model."""
+    if settings.review_threshold is not None:
+        return settings.review_threshold
+    return float((version.metrics.get("calibration") or {}).get("review_threshold", FALLBACK_REVIEW_THRESHOLD))
 
 
 def latest_reviews(session: Session, sample_id: int) -> dict[str, CellReview]:
@@ -389,6 +393,7 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
         )
     }
     classified = [(c, predictions[c.image_sha256]) for c in cells if c.image_sha256 in predictions]
+    threshold = review_threshold(settings, version)
     reviews = latest_reviews(session, sample.id)
     counts = {label: 0 for label in version.classes}
     for c, p in classified:
@@ -400,7 +405,7 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
     review = [
         {"name": c.name, "image_sha256": c.image_sha256, "label": p.label, "confidence": round(p.confidence, 4)}
         for c, p in classified
-        if p.confidence < settings.review_threshold and c.image_sha256 not in reviews
+        if p.confidence < threshold and c.image_sha256 not in reviews
     ]
     failed = [{"name": c.name, "image_sha256": c.image_sha256, "error": c.error} for c in cells if c.status == "failed"]
     if not classified:
@@ -413,7 +418,7 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
         model_version_id=version_id, n_cells=len(cells), n_classified=n, n_failed=len(failed), counts=counts,
         percent=percent, blast_count=blast_count, blast_percent=blast_percent,
         blast_flag=bool(n) and (blast_count >= settings.blast_count or blast_percent >= settings.blast_percent),
-        review_threshold=settings.review_threshold, needs_review=review, failed=failed,
+        review_threshold=threshold, needs_review=review, failed=failed,
     )
     row = session.scalar(select(SampleReport).where(SampleReport.sample_id == sample.id))
     if row is not None and sample.report_status != ReportStatus.PRELIMINARY and row.counts != counts:
@@ -548,22 +553,3 @@ def run_training(settings: Settings, run_id: int, actor: str) -> str:
         run = session.get(TrainingRun, run_id)
         run.status, run.model_version_id, run.finished_at = "done", version.id, datetime.now(timezone.utc)
         return version.version
-
-
-def evaluate_version(settings: Settings, version: str, data_dir: str, actor: str) -> dict[str, Any]:
-    """Score a model version on a folder-per-class dataset; the summary is kept with the version."""
-    from bloodcell_core.evaluation import evaluate
-    from bloodcell_core.inference import Classifier
-
-    with session_scope(settings.database_url) as session:
-        row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
-        if row is None:
-            raise NotFound(f"unknown model version {version!r}")
-        artifact_path = row.artifact_path
-    metrics = evaluate(Classifier.from_dir(artifact_path), data_dir, progress=False)
-    summary = {key: metrics[key] for key in ("n", "accuracy", "macro_f1", "ece")}
-    with session_scope(settings.database_url) as session:
-        row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
-        row.metrics = {**row.metrics, "evaluations": {**row.metrics.get("evaluations", {}), data_dir: summary}}
-        audit(session, actor, "model.evaluated", version, data_dir=data_dir, **summary)
-    return json.loads(json.dumps(summary))

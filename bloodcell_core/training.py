@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from bloodcell_core import plots
 from bloodcell_core.artifacts import REPORT_DIR, save_artifact
+from bloodcell_core.calibration import TARGET_ACCURACY, apply_temperature, calibrate
 from bloodcell_core.dataset import DatasetIndex, audit, index_dataset, read_image_file
 from bloodcell_core.inference import predict_in_batches
 from bloodcell_core.metrics import classification_metrics, format_classification_report
@@ -28,12 +29,12 @@ from bloodcell_core.splits import SplitItem, make_split
 
 
 def load_split_images(
-    index: DatasetIndex, items: list[SplitItem], preprocessor: Preprocessor, desc: str, progress: bool
+    root: Path, items: list[SplitItem], preprocessor: Preprocessor, desc: str, progress: bool
 ) -> np.ndarray:
-    """Preprocessed uint8 images (n, h, w, 3) for split items, decoded in a thread pool."""
+    """Preprocessed uint8 images (n, h, w, 3) for split items under ROOT, decoded in a thread pool."""
 
     def load(item: SplitItem) -> np.ndarray:
-        return preprocessor.to_uint8(read_image_file(index.root / item.paths[0]))
+        return preprocessor.to_uint8(read_image_file(root / item.paths[0]))
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         images = list(tqdm(pool.map(load, items), total=len(items), desc=desc, unit="img", disable=not progress))
@@ -135,11 +136,13 @@ def train(
     learning_rate: float | None = None,
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     max_per_class: int | None = None,
+    preprocessing_steps: tuple[str, ...] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train ``model_name`` on DATA_DIR, evaluate on the held-out test split, write OUT_DIR.
 
+    ``preprocessing_steps`` replaces the plugin's default steps (e.g. to add colour normalisation).
     Returns the metadata written to OUT_DIR/metadata.json.
     """
     spec = get_model_spec(model_name)
@@ -166,9 +169,10 @@ def train(
     if not split.parts["val"] or not split.parts["test"]:
         raise ValueError("the validation or test split is empty: add images or change the fractions")
 
-    config = PreprocessingConfig(input_size=spec.input_size, steps=defaults.preprocessing_steps)
+    steps = defaults.preprocessing_steps if preprocessing_steps is None else preprocessing_steps
+    config = PreprocessingConfig(input_size=spec.input_size, steps=steps)
     preprocessor = Preprocessor(config)
-    arrays = {name: load_split_images(index, items, preprocessor, f"preprocessing {name}", progress)
+    arrays = {name: load_split_images(index.root, items, preprocessor, f"preprocessing {name}", progress)
               for name, items in split.parts.items()}
     labels = {name: np.array([classes.index(i.label) for i in items]) for name, items in split.parts.items()}
     onehot = {name: keras.utils.to_categorical(y, len(classes)) for name, y in labels.items()}
@@ -201,10 +205,11 @@ def train(
     )
     history_lists = {key: [float(v) for v in values] for key, values in history.history.items()}
 
-    def evaluate_split(name: str) -> dict[str, Any]:
-        return classification_metrics(labels[name], predict_in_batches(model, scale(arrays[name])), classes)
-
-    test_metrics, val_metrics = evaluate_split("test"), evaluate_split("val")
+    probabilities = {name: predict_in_batches(model, scale(arrays[name])) for name in ("val", "test")}
+    calibration, calibrated = calibrate(probabilities["val"], labels["val"], probabilities["test"], labels["test"], classes)
+    test_metrics = calibrated["after"]  # the served model is calibrated: same classes, calibrated confidences
+    val_metrics = classification_metrics(labels["val"], apply_temperature(probabilities["val"], calibration["temperature"]),
+                                         classes)
     baseline = colour_only_baseline(arrays["train"], labels["train"], arrays["test"], labels["test"], classes)
     metadata = {
         "name": out_dir.name,
@@ -241,6 +246,7 @@ def train(
             "shortcut_warnings": data_audit["shortcuts"]["warnings"],
         },
         "split": {key: value for key, value in split.to_json().items() if key in ("seed", "fractions", "unit", "counts", "excluded")},
+        "calibration": calibration,
         "metrics": {
             "test": _summary(test_metrics),
             "val": _summary(val_metrics),
@@ -252,9 +258,12 @@ def train(
     save_artifact(serving, metadata, split, out_dir)
     write_report(out_dir, metadata, test_metrics, val_metrics, history_lists, arrays["train"], labels["train"], classes,
                  defaults.augmentation, seed)
+    write_calibration_report(out_dir, metadata, calibrated)
     log(f"test accuracy {test_metrics['accuracy']:.4f}, macro-F1 {test_metrics['macro_f1']:.4f}, "
-        f"ECE {test_metrics['ece']:.4f} (n={test_metrics['n']}); colour-only baseline accuracy "
-        f"{baseline['accuracy']:.4f}; model written to {out_dir}")
+        f"ECE {calibration['test']['ece_before']:.4f} -> {calibration['test']['ece_after']:.4f} after temperature "
+        f"{calibration['temperature']}; review threshold {calibration['review_threshold']:.4f} accepts "
+        f"{calibration['test']['coverage']:.1%} of test cells at accuracy {calibration['test']['accepted_accuracy']} "
+        f"(n={test_metrics['n']}); colour-only baseline accuracy {baseline['accuracy']:.4f}; model written to {out_dir}")
     return json.loads((out_dir / "metadata.json").read_text())
 
 
@@ -289,7 +298,6 @@ def write_report(
     title = f"{metadata['plugin']}: held-out test split"
     plots.confusion_matrix_png(test_metrics, report / "confusion_matrix.png", title)
     plots.training_curves_png(history, report / "training_curves.png")
-    plots.reliability_png(test_metrics, report / "reliability.png", title)
     rng = np.random.default_rng(seed)
     rows, row_labels = [], []
     for k, label in enumerate(classes):
@@ -300,3 +308,41 @@ def write_report(
             row_labels.append(f"{label}: original, then augmented")
     plots.image_grid_png(rows, row_labels, report / "augmentation_preview.png", "training augmentation:\n" +
                          ", ".join(f"{k}={v}" for k, v in asdict(augmentation).items()))
+
+
+def write_calibration_report(out_dir: Path, metadata: dict[str, Any], calibrated: dict[str, Any]) -> None:
+    """Reliability before and after temperature scaling, and coverage against accuracy, on the test split."""
+    report = out_dir / REPORT_DIR
+    report.mkdir(exist_ok=True)
+    record = metadata["calibration"]
+    title = f"{metadata['plugin']}: held-out test split"
+    plots.reliability_png(calibrated["before"], report / "reliability_uncalibrated.png", f"{title}, uncalibrated")
+    plots.reliability_png(calibrated["after"], report / "reliability.png", f"{title}, temperature {record['temperature']}")
+    plots.coverage_png(calibrated["coverage_curve"], record, report / "coverage.png", title)
+    (report / "calibration.json").write_text(json.dumps({**record, "test_coverage_curve": calibrated["coverage_curve"]},
+                                                        indent=1) + "\n")
+
+
+def recalibrate(model_dir: Path | str, target_accuracy: float = TARGET_ACCURACY, progress: bool = True) -> dict[str, Any]:
+    """Fit temperature and review threshold for an existing model directory on its own validation split.
+
+    Reads the split's images from the dataset root recorded in the metadata; the weights do not change.
+    Returns the calibration record written to the metadata.
+    """
+    from bloodcell_core.artifacts import load_artifact, update_metadata
+
+    artifact = load_artifact(model_dir)
+    split, classes = artifact.split(), artifact.classes
+    root = Path(artifact.metadata["dataset"]["root"])
+    preprocessor = Preprocessor(artifact.preprocessing)
+    probabilities, labels = {}, {}
+    for name in ("val", "test"):
+        items = split.parts[name]
+        images = load_split_images(root, items, preprocessor, f"preprocessing {name}", progress)
+        probabilities[name] = predict_in_batches(artifact.model, scale(images))  # uncalibrated: the model alone
+        labels[name] = np.array([classes.index(item.label) for item in items])
+    record, calibrated = calibrate(probabilities["val"], labels["val"], probabilities["test"], labels["test"], classes,
+                                   target_accuracy)
+    metadata = update_metadata(model_dir, calibration=record)
+    write_calibration_report(Path(model_dir), metadata, calibrated)
+    return record

@@ -100,3 +100,44 @@ def test_third_party_model_plugin_trains_and_predicts(tmp_path: Path):
     predictions = json.loads(run_cli("predict", str(model_dir), str(image), "--json", env=env).stdout)
     assert predictions[0]["label"] in metadata["classes"]
     assert sum(predictions[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(plugin_manager.model_specs()))
+def test_every_model_plugin_keeps_the_contract(name: str, tmp_path: Path):
+    """Builds for any class count, ends in a softmax over float images in [0, 1], and round-trips through a .keras file."""
+    import keras
+    import numpy as np
+
+    spec = plugin_manager.get_model_spec(name)
+    model = spec.build((*spec.input_size, 3), 8)
+    images = np.random.default_rng(0).random((2, *spec.input_size, 3), dtype=np.float32)
+    probabilities = np.asarray(model(images, training=False))
+    assert probabilities.shape == (2, 8) and probabilities.sum(axis=1) == pytest.approx(1.0, abs=1e-4)
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    assert np.asarray(reloaded(images, training=False)) == pytest.approx(probabilities, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(plugin_manager.preprocessing_steps()))
+def test_every_preprocessing_step_maps_rgb_uint8_to_rgb_uint8(name: str):
+    import numpy as np
+
+    image = np.random.default_rng(0).integers(0, 256, size=(50, 70, 3), dtype=np.uint8)
+    result = plugin_manager.get_preprocessing_step(name).apply(image)
+    assert result.dtype == np.uint8 and result.ndim == 3 and result.shape[2] == 3
+
+
+def test_reinhard_removes_a_colour_cast():
+    import cv2
+    import numpy as np
+    from conftest import KAGGLE5
+
+    from bloodcell_core.preprocessing import decode_image
+    from plugins.colour_norm import reinhard
+
+    image = decode_image(next((KAGGLE5 / "monocyte").iterdir()).read_bytes())
+    cast = np.clip(image.astype(np.int16) + np.array([40, -20, 25]), 0, 255).astype(np.uint8)  # another stain/scanner
+    lab = [cv2.cvtColor(reinhard(x), cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(axis=0) for x in (image, cast)]
+    assert np.abs(lab[0] - lab[1]).max() < 3.0
+    assert np.abs(cv2.cvtColor(image, cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(0)
+                  - cv2.cvtColor(cast, cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(0)).max() > 10

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ from servers import Stack, free_port, settings_for, wait_port
 from sqlalchemy import select
 
 from bloodcell_core import db
+from bloodcell_core.artifacts import read_metadata
 from bloodcell_core.config import Settings
 
 
@@ -66,6 +68,7 @@ def test_sample_end_to_end(stack: Stack, sample_dir: Path):
     assert [f["name"].endswith("broken.jpg") for f in report["failed"]] == [True]
     assert "not a decodable image" in report["failed"][0]["error"]
     assert report["model_version"].startswith("compact_cnn-")
+    assert report["review_threshold"] == read_metadata(DEFAULT_MODEL)["calibration"]["review_threshold"]
     assert stack.count(db.Prediction) == 12 and stack.count(db.SampleImage) == 13
     assert json.loads(run_cli("report", "S-E2E-1", "--json", env=stack.env).stdout) == report
     with db.session_scope(stack.settings.database_url) as session:
@@ -126,21 +129,57 @@ def test_two_workers_share_one_queue(stack: Stack, tmp_path: Path):
     assert {w.split("@")[0] for w in workers} >= {"w1", "w2"}
 
 
-def test_retrain_registers_a_candidate_and_promotion_needs_no_restart(stack: Stack, sample_dir: Path):
+def test_retrain_gate_shadow_and_forced_promotion(stack: Stack, sample_dir: Path, tmp_path_factory):
+    """A retrained candidate is gated on a fixed evaluation set, shadow-scored, and promoted only by force."""
+    from bloodcell_core import promotion
+    from bloodcell_core.inference import Classifier
+
     client = stack.client()
     run_id = client.retrain("compact_cnn", str(KAGGLE5), {"epochs": 1, "max_per_class": 8})
     result = client.wait_training(run_id, timeout=300)
     assert result["status"] == "done", result
+    candidate = result["version"]
     versions = {row["version"]: row for row in client.models()}
-    assert versions[result["version"]]["status"] == "candidate"
+    assert versions[candidate]["status"] == "candidate"
     production = next(v for v, row in versions.items() if row["status"] == "production")
 
-    client.promote(result["version"], actor="test")
+    refused = pytest.raises(promotion.Conflict, match="no evaluation set 'default'")
+    with refused:
+        client.promote(candidate, actor="test")
+    evaluation_dir = tmp_path_factory.mktemp("evaluation")  # images neither model trained or early-stopped on
+    seen_by_candidate = Classifier.from_dir(versions[candidate]["artifact"]).artifact.split().hashes("train", "val")
+    for label in ("basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"):
+        (evaluation_dir / label).mkdir(parents=True)
+        fresh = [p for p in unseen_images(label, 40) if hashlib.sha256(p.read_bytes()).hexdigest() not in seen_by_candidate]
+        for path in fresh[:6]:
+            (evaluation_dir / label / path.name).symlink_to(path)
+    assert client.register_evaluation_set("default", str(evaluation_dir), actor="test")["n_images"] == 30
+    scores = {v: client.evaluate(v, "default") for v in (candidate, production)}
+    assert scores[production]["accuracy"] > scores[candidate]["accuracy"]  # one epoch on 40 images
+    with pytest.raises(promotion.Conflict, match="does not beat production"):
+        client.promote(candidate, actor="test")
+
+    report = submit(stack, "S-SHADOW", sample_dir)
+    with db.session_scope(stack.settings.database_url) as session:
+        sample_pk = session.scalar(select(db.Sample.id).where(db.Sample.accession_id == "S-SHADOW"))
+    shadowed = promotion.shadow_classify(stack.settings, sample_pk, lambda v: Classifier.from_dir(v.artifact_path), "test")
+    assert shadowed == report["n_classified"] == 12
+    shadow = client.shadow_report(candidate)
+    assert shadow["cells"] >= 12 and shadow["production"] == production and 0 <= shadow["agreement"] <= 1
+    assert client.report("S-SHADOW") == report  # shadow predictions never touch a report
+
+    with pytest.raises(promotion.ServiceError, match="needs a reason"):
+        client.promote(candidate, actor="test", force=True)
+    client.promote(candidate, actor="test", force=True, reason="integration test")
     try:
-        report = submit(stack, "S-AFTER-PROMOTION", sample_dir)
-        assert report["model_version"] == result["version"]
+        assert submit(stack, "S-AFTER-PROMOTION", sample_dir)["model_version"] == candidate
+        with db.session_scope(stack.settings.database_url) as session:
+            event = session.scalars(select(db.AuditEvent).where(db.AuditEvent.action == "model.promoted",
+                                                                db.AuditEvent.subject == candidate)).one()
+            assert event.details["forced"] and event.details["reason"] == "integration test"
+            assert any("does not beat" in refusal for refusal in event.details["gate_refusals"])
     finally:
-        client.promote(production, actor="test")
+        client.promote(production, actor="test", force=True, reason="restore production after the test")
 
 
 def test_unmigrated_database_is_refused(redis_server, tmp_path: Path):

@@ -20,11 +20,26 @@ def test_model_directory_is_complete(tiny_model: Path):
     assert set(metadata["split"]["counts"]) == {"train", "val", "test"}
     assert {"test", "val", "colour_only_baseline_test"} <= set(metadata["metrics"])
     assert {"keras", "tensorflow", "opencv", "numpy", "bloodcell"} <= set(metadata["versions"])
+    calibration = metadata["calibration"]
+    assert calibration["temperature"] > 0 and 0 <= calibration["review_threshold"] <= 1
+    assert {"ece_before", "ece_after", "coverage", "accepted_accuracy"} <= set(calibration["test"])
     for name in ("metrics.json", "classification_report.txt", "confusion_matrix.png", "training_curves.png",
-                 "augmentation_preview.png", "reliability.png"):
+                 "augmentation_preview.png", "reliability.png", "reliability_uncalibrated.png", "coverage.png",
+                 "calibration.json"):
         assert (tiny_model / "report" / name).stat().st_size > 0, name
     split = json.loads((tiny_model / "split.json").read_text())
     assert sum(len(split[name]) for name in ("train", "val", "test")) == 60
+
+
+def test_classifier_serves_calibrated_probabilities(tiny_model: Path):
+    from bloodcell_core.calibration import apply_temperature
+
+    classifier = Classifier.from_dir(tiny_model)
+    data = next((KAGGLE5 / "myeloblast").iterdir()).read_bytes()
+    raw = classifier.artifact.model.predict_on_batch(classifier.preprocessor(data)[None])
+    served = classifier.classify_one(data)
+    expected = apply_temperature(raw, classifier.artifact.temperature)[0]
+    assert [served.probabilities[c] for c in classifier.classes] == pytest.approx(expected.tolist(), abs=1e-5)
 
 
 def test_saved_model_has_no_optimizer_state(tiny_model: Path):

@@ -11,7 +11,7 @@ from celery.signals import worker_process_init
 from redis import Redis
 from sqlalchemy.exc import OperationalError
 
-from bloodcell_core import service, webhooks
+from bloodcell_core import promotion, service, webhooks
 from bloodcell_core.db import ModelVersion
 from bloodcell_core.inference import Classifier
 from bloodcell_core.queues import WEBHOOK_QUEUE
@@ -25,11 +25,15 @@ TRANSIENT = (OperationalError, ConnectionError, TimeoutError)  # database or bro
 _models: dict[str, Classifier] = {}  # per worker process, filled after the fork
 
 
+MODELS_IN_MEMORY = 2  # production, and the candidate when shadow scoring is on
+
+
 def classifier_for(version: ModelVersion) -> Classifier:
     """Load each model version once per process; a newly promoted version is loaded on first use."""
     if version.version not in _models:
         log.info("loading model %s from %s", version.version, version.artifact_path)
-        _models.clear()  # keep one model in memory
+        while len(_models) >= MODELS_IN_MEMORY:
+            _models.pop(next(iter(_models)))  # the least recently loaded
         _models[version.version] = Classifier.from_dir(version.artifact_path)
     return _models[version.version]
 
@@ -72,6 +76,11 @@ def classify_sample(self: Task, sample_pk: int) -> dict:
     report = service.classify_sample(settings, sample_pk, classifier_for, worker_name(self))
     for delivery_id in webhooks.pending_deliveries(settings, sample_pk):  # recorded with the report
         deliver_webhook.apply_async(args=[delivery_id], queue=WEBHOOK_QUEUE)
+    if settings.shadow:
+        try:
+            promotion.shadow_classify(settings, sample_pk, classifier_for, worker_name(self))
+        except Exception:  # the report is done; shadow scoring must never fail the sample
+            log.exception("shadow scoring of sample %s failed", sample_pk)
     return report
 
 
@@ -97,13 +106,15 @@ def classify_image(self: Task, image_sha256: str) -> dict:
 def retrain(self: Task, run_id: int) -> str:
     if count_delivery(self) > MAX_DELIVERIES:
         raise Reject(f"training run {run_id} abandoned after {MAX_DELIVERIES} deliveries", requeue=False)
-    return service.run_training(settings, run_id, worker_name(self))
+    candidate = service.run_training(settings, run_id, worker_name(self))
+    promotion.evaluate_for_gate(settings, candidate, worker_name(self))
+    return candidate
 
 
 @app.task(bind=True, name="bloodcell.evaluate_version", autoretry_for=TRANSIENT, retry_backoff=10, max_retries=3,
           soft_time_limit=3600, time_limit=3700)
-def evaluate_version(self: Task, version: str, data_dir: str) -> dict:
-    return service.evaluate_version(settings, version, data_dir, worker_name(self))
+def evaluate_version(self: Task, version: str, set_name: str) -> dict:
+    return promotion.evaluate_on_set(settings, version, set_name, worker_name(self))
 
 
 @app.task(bind=True, name="bloodcell.promote", autoretry_for=TRANSIENT, retry_backoff=2, max_retries=8)
@@ -111,4 +122,4 @@ def promote(self: Task, version: str, actor: str) -> str:
     from bloodcell_core.db import session_scope
 
     with session_scope(settings.database_url) as session:
-        return service.promote(session, version, actor).version
+        return promotion.promote(session, settings, version, actor).version
