@@ -312,14 +312,14 @@ def test_submit_poll_export_review_sign_off(api: Api, tmp_path: Path):
     small = tmp_path / "small"
     for label in ("basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"):
         (small / label).mkdir(parents=True)
-        for path in sorted((KAGGLE5 / label).iterdir())[:4]:
+        for path in sorted((KAGGLE5 / label).iterdir())[:10]:
             (small / label / path.name).symlink_to(path)
     client = api.stack.client()
     run = client.wait_training(client.retrain("compact_cnn", str(small), {"epochs": 1, "include_reviewed": True}), timeout=300)
     assert run["status"] == "done", run
     run_dir = Path(api.stack.env["BLOODCELL_MODELS_DIR"]) / f"run-{run['run']}-compact_cnn"
     metadata = json.loads((run_dir / "metadata.json").read_text())
-    assert metadata["dataset"]["files"] == 20 + len(reviewed)
+    assert metadata["dataset"]["files"] == 50 + len(reviewed)
 
 
 def _wait_for_delivery(api: Api, sample_id: str, event: str, timeout: float = 60) -> list[dict]:
