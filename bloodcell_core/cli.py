@@ -77,18 +77,21 @@ def dataset_audit(data_dir: Path, as_json: bool) -> None:
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="A model directory trained on DATA_DIR: its test accuracy is shown beside the shortcuts.")
-@click.option("--seed", type=int, default=0, show_default=True, help="The split's seed (a model's own, to compare).")
-@click.option("--steps", default="center_crop", show_default=True,
-              help="Preprocessing steps of the served image, comma-separated (e.g. center_crop,reinhard).")
+@click.option("--seed", type=int, help="The split's seed (default: the model's, else 0).")
+@click.option("--steps", help="Preprocessing steps of the served image, comma-separated, e.g. center_crop,reinhard "
+                              "(default: the model's, else center_crop).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def dataset_shortcuts(data_dir: Path, model_dir: Path | None, seed: int, steps: str, as_json: bool) -> None:
+def dataset_shortcuts(data_dir: Path, model_dir: Path | None, seed: int | None, steps: str | None, as_json: bool) -> None:
     """How far classifiers that never see a cell's shape get: image size, background (corner) colour,
     whole-image colour, and the image size after the serving preprocessing, on the models' split."""
     from bloodcell_core.artifacts import read_metadata
     from bloodcell_core.shortcuts import format_shortcuts, shortcut_audit
 
     metadata = read_metadata(model_dir) if model_dir else None
-    report = shortcut_audit(data_dir, seed, metadata, tuple(steps.split(",")), progress=not as_json and sys.stderr.isatty())
+    if seed is None:
+        seed = metadata["split"]["seed"] if metadata else 0
+    report = shortcut_audit(data_dir, seed, metadata, tuple(steps.split(",")) if steps else None,
+                            progress=not as_json and sys.stderr.isatty())
     click.echo(json.dumps(report, indent=2) if as_json else format_shortcuts(report))
 
 
@@ -145,7 +148,8 @@ def train_command(model_name, data_dir, out_dir, epochs, seed, batch_size, learn
               show_default=True, help="Model directories go to OUT/<dataset>/<plugin>; the table to OUT/results.md.")
 @click.option("--seed", type=int, default=0, show_default=True, help="One split per dataset, shared by all models.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override every plugin's epochs (quick trials only).")
-def results_command(data_dirs: tuple[Path, ...], model_names: str | None, out_dir: Path, seed: int, epochs) -> None:
+def results_command(data_dirs: tuple[Path, ...], model_names: str | None, out_dir: Path, seed: int,
+                    epochs: int | None) -> None:
     """Train and evaluate every model plugin on every dataset and write the results table.
 
     Columns: test accuracy and macro-F1, ECE after temperature scaling, the share of test cells
@@ -168,18 +172,21 @@ def results_command(data_dirs: tuple[Path, ...], model_names: str | None, out_di
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--target-accuracy", type=click.FloatRange(0.5, 1.0), default=0.995, show_default=True,
               help="Accuracy the accepted (not reviewed) validation cells must reach.")
-def calibrate_command(model_dir: Path, target_accuracy: float) -> None:
+@click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The dataset the model was trained on (default: the folder recorded in its metadata).")
+def calibrate_command(model_dir: Path, target_accuracy: float, data_dir: Path | None) -> None:
     """Fit temperature scaling and the review threshold on MODEL_DIR's own validation split.
 
     Training does this already; use it for older model directories or another target. The
-    weights do not change; metadata.json gains `calibration` (which makes a new model version)
-    and report/ the reliability diagrams before and after and the coverage-vs-accuracy curve.
+    weights do not change; metadata.json gains `calibration` and report/ the reliability diagrams
+    before and after and the coverage-vs-accuracy curve. The directory becomes a new model version:
+    workers refuse it under its old registration, so register it again (`bloodcell models register`).
     """
     from bloodcell_core.artifacts import ArtifactError
     from bloodcell_core.training import recalibrate
 
     try:
-        record = recalibrate(model_dir, target_accuracy, progress=sys.stderr.isatty())
+        record = recalibrate(model_dir, target_accuracy, data_dir, progress=sys.stderr.isatty())
     except (ArtifactError, PluginError, ValueError) as exc:
         _fail(str(exc))
     click.echo(json.dumps(record, indent=2))
@@ -608,7 +615,7 @@ def retrain(model_name: str, data_dir: Path, epochs, seed: int, max_per_class, i
 @cli.group(invoke_without_command=True)
 @click.pass_context
 def models(ctx: click.Context) -> None:
-    """Model versions: list (default), promote, evaluate, evaluation-set, shadow."""
+    """Model versions: list (default), register, promote, evaluate, evaluation-set, shadow."""
     if ctx.invoked_subcommand is None:
         ctx.invoke(models_list)
 
@@ -649,6 +656,21 @@ def models_evaluate(version: str, set_name: str | None) -> None:
     try:
         click.echo(json.dumps(client.evaluate(version, set_name or client.settings.evaluation_set)))
     except _user_errors() as exc:
+        _fail(str(exc))
+
+
+@models.command("register")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def models_register(model_dir: Path) -> None:
+    """Register MODEL_DIR (e.g. trained with `bloodcell train`, or recalibrated) as a candidate version.
+
+    The directory must stay where it is and be readable by every worker (BLOODCELL_MODELS_DIR is a good place).
+    """
+    from bloodcell_core.artifacts import ArtifactError
+
+    try:
+        click.echo(f"candidate: {_client().register(str(model_dir.resolve()), actor=_actor())}")
+    except (ArtifactError, *_user_errors()) as exc:
         _fail(str(exc))
 
 

@@ -19,7 +19,7 @@ from celery import Celery
 
 from bloodcell_core import promotion, review, service, webhooks
 from bloodcell_core.config import Settings
-from bloodcell_core.db import SampleStatus, require_migrated, session_scope
+from bloodcell_core.db import ModelStatus, SampleStatus, require_migrated, session_scope
 from bloodcell_core.queues import TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,11 @@ class Client:
     def evaluate(self, version: str, set_name: str, timeout: float = 3600) -> dict[str, Any]:
         """Score VERSION on a registered evaluation set, through the training queue."""
         return self._send("bloodcell.evaluate_version", [version, set_name], TRAIN_QUEUE).get(timeout=timeout)
+
+    def register(self, model_dir: str, actor: str = "client") -> str:
+        """Register a model directory as a candidate version (a new version if its weights or calibration changed)."""
+        with session_scope(self.settings.database_url) as session:
+            return service.register_model_version(session, Path(model_dir), ModelStatus.CANDIDATE, actor).version
 
     def register_evaluation_set(self, name: str, data_dir: str, actor: str = "client") -> dict[str, Any]:
         return promotion.register_evaluation_set(self.settings, name, data_dir, actor)

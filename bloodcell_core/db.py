@@ -263,6 +263,7 @@ class ModelEvaluation(Base):
     accuracy: Mapped[float] = mapped_column(Float)
     macro_f1: Mapped[float] = mapped_column(Float)
     ece: Mapped[float] = mapped_column(Float)
+    images_digest: Mapped[str] = mapped_column(String(64))  # sha256 over the scored images' hashes
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,8 @@ def evaluate(classifier: Classifier, data_dir: Path | str, include_seen: bool = 
         "duplicate_files": len(index.valid) - len(labels_by_hash),
         "conflicting_labels": [first_path[sha] for sha in conflicting],
     }
+    # which images were scored: two models are comparable on a set only if this matches
+    metrics["images_digest"] = hashlib.sha256("".join(sha for sha, _ in good).encode()).hexdigest()
     metrics["data_dir"] = str(data_dir)
     metrics["model"] = str(classifier.artifact.directory)
     return metrics

@@ -36,6 +36,7 @@ from bloodcell_core.service import (
     audit,
     find_version,
     insert_predictions,
+    load_classifier,
     prediction_row,
 )
 
@@ -68,16 +69,16 @@ def register_evaluation_set(settings: Settings, name: str, data_dir: Path | str,
 def evaluate_on_set(settings: Settings, version: str, set_name: str, actor: str) -> dict[str, Any]:
     """Score a model version on an evaluation set (images it trained on are left out) and store the scores."""
     from bloodcell_core.evaluation import evaluate
-    from bloodcell_core.inference import Classifier
 
     with session_scope(settings.database_url) as session:
         evaluation_set = _find_set(session, set_name)
-        artifact_path, data_dir, fingerprint = find_version(session, version).artifact_path, evaluation_set.data_dir, \
-            evaluation_set.fingerprint
+        version_row = find_version(session, version)
+        session.expunge(version_row)
+        data_dir, fingerprint = evaluation_set.data_dir, evaluation_set.fingerprint
     if _fingerprint(data_dir)[0] != fingerprint:
         raise Conflict(f"the images of evaluation set {set_name!r} in {data_dir} changed since it was registered")
-    metrics = evaluate(Classifier.from_dir(artifact_path), data_dir, progress=False)
-    scores = {key: metrics[key] for key in ("n", "accuracy", "macro_f1", "ece")}
+    metrics = evaluate(load_classifier(version_row), data_dir, progress=False)
+    scores = {key: metrics[key] for key in ("n", "accuracy", "macro_f1", "ece", "images_digest")}
     with session_scope(settings.database_url) as session:
         version_row, set_row = find_version(session, version), _find_set(session, set_name)
         row = session.scalar(select(ModelEvaluation).where(ModelEvaluation.model_version_id == version_row.id,
@@ -127,7 +128,7 @@ def gate(session: Session, settings: Settings, candidate: ModelVersion, producti
     if missing:
         return [f"not evaluated on set {evaluation_set.name!r}: {', '.join(missing)} "
                 f"(`bloodcell models evaluate VERSION --set {evaluation_set.name}`)"]
-    if new.n != old.n:
+    if new.images_digest != old.images_digest:
         return [f"the two were scored on different images of {evaluation_set.name!r} ({new.n} vs {old.n}): the set "
                 "overlaps one model's training data; register a set neither model trained on"]
     margin = settings.promotion_margin
@@ -155,7 +156,7 @@ def promote(session: Session, settings: Settings, version: str, actor: str, forc
     row.status = ModelStatus.PRODUCTION
     row.promoted_at = datetime.now(timezone.utc)
     audit(session, actor, "model.promoted", version, previous=previous.version if previous else None,
-          forced=bool(force), reason=reason, gate_refusals=refusals)
+          forced=bool(force and refusals), reason=reason, gate_refusals=refusals)
     return row
 
 

@@ -95,6 +95,21 @@ def register_model_version(session: Session, artifact_dir: Path, status: str, ac
     return row
 
 
+def load_classifier(version: ModelVersion) -> "Classifier":
+    """The version's model, refusing a directory whose weights or calibration changed since it was registered.
+
+    The threshold in the database row and the temperature in the files must belong to the same model.
+    """
+    from bloodcell_core.inference import Classifier
+
+    found = version_id(version.artifact_path)
+    if found != version.version:
+        raise ServiceError(f"{version.artifact_path} is now model {found}, not {version.version}: it changed after it was "
+                           "registered (e.g. recalibrated in place); register it as a new version with "
+                           "`bloodcell models register DIR`")
+    return Classifier.from_dir(version.artifact_path)
+
+
 def production_version(session: Session) -> ModelVersion:
     row = session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.PRODUCTION))
     if row is None:

@@ -58,20 +58,25 @@ def colour_only_baseline(
 
 
 def shortcut_audit(data_dir: Path | str, seed: int = 0, model_metadata: dict[str, Any] | None = None,
-                   steps: tuple[str, ...] = SERVING_STEPS, progress: bool = True) -> dict[str, Any]:
+                   steps: tuple[str, ...] | None = None, progress: bool = True) -> dict[str, Any]:
     """Morphology-free classifiers on the training split of ``seed``, scored on its test split.
 
-    ``steps`` are the preprocessing steps of the served 128x128 image (e.g. with colour normalisation).
-    With a model's metadata, its test accuracy is set beside them when it was trained on the same
-    split (same dataset fingerprint and seed).
+    ``steps`` are the preprocessing steps of the served image (e.g. with colour normalisation). With a
+    model's metadata, its split fractions, input size and steps (unless ``steps`` is given) are used, and
+    its test accuracy is set beside the shortcuts when it was trained on the same split.
     """
     from bloodcell_core.training import load_split_images
 
     index = index_dataset(data_dir, progress=progress)
-    split = make_split(index, seed=seed)
+    fractions, input_size = (0.7, 0.15, 0.15), (128, 128)
+    if model_metadata is not None:
+        fractions, input_size = tuple(model_metadata["split"]["fractions"]), tuple(model_metadata["input_shape"][:2])
+        steps = steps if steps is not None else tuple(model_metadata["preprocessing"]["steps"])
+    steps = steps if steps is not None else SERVING_STEPS
+    split = make_split(index, seed=seed, fractions=fractions)
     classes = sorted({item.label for items in split.parts.values() for item in items})
     entry = {e.sha256: e for e in index.valid}
-    preprocessor = Preprocessor(PreprocessingConfig(input_size=(128, 128), steps=steps))
+    preprocessor = Preprocessor(PreprocessingConfig(input_size=input_size, steps=steps))
     features: dict[str, dict[str, np.ndarray]] = {}
     labels = {}
     for part in ("train", "test"):
@@ -88,7 +93,7 @@ def shortcut_audit(data_dir: Path | str, seed: int = 0, model_metadata: dict[str
     described = {
         "image_size": ("height and width of the file", "decision tree"),
         "corner_colour": ("mean RGB of the four 16-pixel corners (background: stain, scanner)", "decision tree"),
-        "whole_image_colour": ("RGB means, deviations and histograms of the served 128x128 image", "logistic regression"),
+        "whole_image_colour": ("RGB means, deviations and histograms of the served image", "logistic regression"),
         "image_size_after_preprocessing": ("height and width of what the model sees (center crop, resize)",
                                            "decision tree"),
     }
@@ -107,8 +112,7 @@ def shortcut_audit(data_dir: Path | str, seed: int = 0, model_metadata: dict[str
                               "n_test": int(len(labels["test"])), "chance_accuracy": round(chance, 4),
                               "classifiers": results, "model": None}
     if model_metadata is not None:
-        same_split = (model_metadata["dataset"]["fingerprint"] == report["fingerprint"]
-                      and model_metadata["split"]["seed"] == seed)
+        same_split = model_metadata["dataset"]["fingerprint"] == report["fingerprint"] and model_metadata["split"]["seed"] == seed
         accuracy = model_metadata["metrics"]["test"]["accuracy"]
         best = max(r["accuracy"] for r in results.values())
         report["model"] = {"plugin": model_metadata["plugin"], "test_accuracy": round(accuracy, 4), "same_split": same_split,
@@ -122,7 +126,7 @@ def shortcut_audit(data_dir: Path | str, seed: int = 0, model_metadata: dict[str
 def format_shortcuts(report: dict[str, Any]) -> str:
     lines = [f"{report['data_dir']}: {len(report['classes'])} classes, test split of seed {report['seed']} "
              f"(n={report['n_test']}), chance {report['chance_accuracy']:.4f}; served image: {', '.join(report['steps'])}, "
-             "resize to 128x128", ""]
+             "then the resize", ""]
     lines.append(f"{'classifier':<34}{'accuracy':>10}{'macro-F1':>10}  features")
     for name, row in report["classifiers"].items():
         lines.append(f"{name:<34}{row['accuracy']:>10.4f}{row['macro_f1']:>10.4f}  {row['features']}")

@@ -189,9 +189,9 @@ def train(
         metrics=["accuracy"],
     )
     patience = defaults.early_stopping_patience
-    calibration = scale(arrays["train"][np.random.default_rng(seed).permutation(len(arrays["train"]))[:CALIBRATION_IMAGES]])
+    batch_norm_images = scale(arrays["train"][np.random.default_rng(seed).permutation(len(arrays["train"]))[:CALIBRATION_IMAGES]])
     callbacks = [
-        PreciseValidation(calibration, scale(arrays["val"]), onehot["val"]),
+        PreciseValidation(batch_norm_images, scale(arrays["val"]), onehot["val"]),
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
     ]
     log(f"training {model_name} on {len(arrays['train'])} images, validating on {len(arrays['val'])}, "
@@ -230,7 +230,7 @@ def train(
             "seed": seed,
             "class_weight": {classes[k]: w for k, w in class_weight.items()},
             "early_stopping": {"monitor": "val_loss", "patience": patience, "restore_best_weights": True},
-            "batch_norm": f"moving statistics re-estimated each epoch on {len(calibration)} clean training images",
+            "batch_norm": f"moving statistics re-estimated each epoch on {len(batch_norm_images)} clean training images",
             "augmentation": defaults.augmentation.to_json(),
             "seconds": round(time.time() - started, 1),
             "parameters": int(model.count_params()),
@@ -323,17 +323,25 @@ def write_calibration_report(out_dir: Path, metadata: dict[str, Any], calibrated
                                                         indent=1) + "\n")
 
 
-def recalibrate(model_dir: Path | str, target_accuracy: float = TARGET_ACCURACY, progress: bool = True) -> dict[str, Any]:
+def recalibrate(model_dir: Path | str, target_accuracy: float = TARGET_ACCURACY, data_dir: Path | str | None = None,
+                progress: bool = True) -> dict[str, Any]:
     """Fit temperature and review threshold for an existing model directory on its own validation split.
 
-    Reads the split's images from the dataset root recorded in the metadata; the weights do not change.
-    Returns the calibration record written to the metadata.
+    Reads the split's images from DATA_DIR (default: the dataset root recorded in the metadata), checking
+    each against the content hash in split.json; the weights do not change. The calibrated test metrics
+    replace ``metrics.test``, as after training. Returns the calibration record written to the metadata.
     """
+    import hashlib
+
     from bloodcell_core.artifacts import load_artifact, update_metadata
 
     artifact = load_artifact(model_dir)
     split, classes = artifact.split(), artifact.classes
-    root = Path(artifact.metadata["dataset"]["root"])
+    root = Path(data_dir or artifact.metadata["dataset"]["root"])
+    for item in split.parts["val"] + split.parts["test"]:
+        path = root / item.paths[0]
+        if not path.is_file() or hashlib.sha256(read_image_file(path)).hexdigest() != item.sha256:
+            raise ValueError(f"{path} is missing or is not the image the model was split with: pass the dataset folder")
     preprocessor = Preprocessor(artifact.preprocessing)
     probabilities, labels = {}, {}
     for name in ("val", "test"):
@@ -343,6 +351,7 @@ def recalibrate(model_dir: Path | str, target_accuracy: float = TARGET_ACCURACY,
         labels[name] = np.array([classes.index(item.label) for item in items])
     record, calibrated = calibrate(probabilities["val"], labels["val"], probabilities["test"], labels["test"], classes,
                                    target_accuracy)
-    metadata = update_metadata(model_dir, calibration=record)
+    metrics = artifact.metadata["metrics"] | {"test": _summary(calibrated["after"])}
+    metadata = update_metadata(model_dir, calibration=record, metrics=metrics)
     write_calibration_report(Path(model_dir), metadata, calibrated)
     return record

@@ -10,6 +10,8 @@ applies it identically.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import cv2
 import numpy as np
 
@@ -29,7 +31,7 @@ def reinhard(image: np.ndarray) -> np.ndarray:
 
 
 @hookimpl
-def register_preprocessing_steps(register):
+def register_preprocessing_steps(register: Callable[[PreprocessingStep], None]) -> None:
     register(PreprocessingStep(
         name="reinhard",
         description="Reinhard colour normalisation: LAB mean and spread matched to a fixed reference.",

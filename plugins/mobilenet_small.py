@@ -6,6 +6,8 @@ on CPU (about 0.3 M parameters); expansion 4 instead of 6 keeps it small for a f
 
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
 
 from bloodcell_core import Augmentation, ModelSpec, TrainingDefaults, hookimpl
@@ -15,7 +17,7 @@ BLOCKS = ((24, 1), (32, 2), (32, 1), (64, 2), (64, 1), (96, 2), (96, 1), (160, 1
 EXPANSION = 4
 
 
-def inverted_residual(x, filters: int, stride: int):
+def inverted_residual(x: keras.KerasTensor, filters: int, stride: int) -> keras.KerasTensor:
     channels = x.shape[-1]
     y = keras.layers.Conv2D(channels * EXPANSION, 1, use_bias=False)(x)
     y = keras.layers.ReLU(max_value=6.0)(keras.layers.BatchNormalization(momentum=0.9)(y))
@@ -43,7 +45,7 @@ def build(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
 
 
 @hookimpl
-def register_models(register):
+def register_models(register: Callable[[ModelSpec], None]) -> None:
     register(ModelSpec(
         name="mobilenet_small",
         description="MobileNetV2-style inverted residuals with depthwise convolutions (~0.3 M parameters).",

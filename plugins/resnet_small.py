@@ -6,6 +6,8 @@ than the compact CNN at a similar CPU cost; downsampling happens in each block's
 
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
 
 from bloodcell_core import Augmentation, ModelSpec, TrainingDefaults, hookimpl
@@ -13,12 +15,12 @@ from bloodcell_core import Augmentation, ModelSpec, TrainingDefaults, hookimpl
 BLOCKS = ((48, 2), (96, 2), (192, 2), (256, 1))  # (filters, stride) per residual block, after a 32-filter stem
 
 
-def conv_bn(x, filters: int, stride: int = 1, kernel: int = 3):
+def conv_bn(x: keras.KerasTensor, filters: int, stride: int = 1, kernel: int = 3) -> keras.KerasTensor:
     x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False)(x)
     return keras.layers.BatchNormalization(momentum=0.9)(x)  # 0.9: see compact_cnn
 
 
-def residual_block(x, filters: int, stride: int):
+def residual_block(x: keras.KerasTensor, filters: int, stride: int) -> keras.KerasTensor:
     shortcut = x
     if stride != 1 or x.shape[-1] != filters:
         shortcut = conv_bn(x, filters, stride, kernel=1)
@@ -39,7 +41,7 @@ def build(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
 
 
 @hookimpl
-def register_models(register):
+def register_models(register: Callable[[ModelSpec], None]) -> None:
     register(ModelSpec(
         name="resnet_small",
         description="Small residual network: stem + 4 basic residual blocks (~1.8 M parameters).",

@@ -9,6 +9,8 @@ expect it below the CNNs here; it is the baseline for pretraining experiments.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
 
 from bloodcell_core import Augmentation, ModelSpec, TrainingDefaults, hookimpl
@@ -16,7 +18,7 @@ from bloodcell_core import Augmentation, ModelSpec, TrainingDefaults, hookimpl
 PATCH, WIDTH, DEPTH, HEADS, MLP = 16, 128, 6, 4, 256
 
 
-def transformer_block(x):
+def transformer_block(x: keras.KerasTensor) -> keras.KerasTensor:
     y = keras.layers.LayerNormalization(epsilon=1e-6)(x)
     y = keras.layers.MultiHeadAttention(num_heads=HEADS, key_dim=WIDTH // HEADS, dropout=0.1)(y, y)
     x = keras.layers.Add()([x, y])
@@ -43,7 +45,7 @@ def build(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
 
 
 @hookimpl
-def register_models(register):
+def register_models(register: Callable[[ModelSpec], None]) -> None:
     register(ModelSpec(
         name="vit_small",
         description="Small Vision Transformer: 16x16 patches, 6 blocks of width 128 (~0.9 M parameters).",

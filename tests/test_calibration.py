@@ -37,7 +37,7 @@ def test_temperature_keeps_every_predicted_class():
     assert (apply_temperature(probabilities, 3.7).argmax(1) == probabilities.argmax(1)).all()
 
 
-def test_threshold_keeps_the_guarantee_and_the_most_coverage():
+def test_threshold_passes_the_binomial_test_with_the_most_coverage():
     # 1000 confident correct cells, 10 errors at low confidence, 5 errors hidden at high confidence
     confidence = np.r_[np.linspace(0.99, 0.999, 1000), np.linspace(0.4, 0.6, 10), np.full(5, 0.995)]
     labels = np.r_[np.zeros(1000, int), np.ones(15, int)]
@@ -66,3 +66,27 @@ def test_calibration_record_is_fitted_on_validation_and_reported_on_test():
     assert record["review_threshold"] == pytest.approx(choose_threshold(apply_temperature(val, record["temperature"]),
                                                                         val_labels, 0.95)["threshold"], abs=1e-6)
     assert calibrated["after"]["accuracy"] == calibrated["before"]["accuracy"]
+
+
+def test_a_model_recalibrated_after_registration_is_refused(tiny_model, tmp_path):
+    """The threshold lives in the database row, the temperature in the files: they must belong together."""
+    import shutil
+
+    from bloodcell_core import db, service
+    from bloodcell_core.artifacts import update_metadata, version_id
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model, model_dir)
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    db.upgrade(url)
+    with db.session_scope(url) as session:
+        row = service.register_model_version(session, model_dir, db.ModelStatus.CANDIDATE, "test")
+        session.expunge(row)
+    assert service.load_classifier(row).artifact.temperature > 0
+    calibration = dict(row.metrics["calibration"], temperature=1.5)
+    update_metadata(model_dir, calibration=calibration)
+    with pytest.raises(service.ServiceError, match="changed after it was registered"):
+        service.load_classifier(row)
+    with db.session_scope(url) as session:
+        again = service.register_model_version(session, model_dir, db.ModelStatus.CANDIDATE, "test")
+        assert again.version == version_id(model_dir) != row.version

@@ -25,7 +25,7 @@ TRANSIENT = (OperationalError, ConnectionError, TimeoutError)  # database or bro
 _models: dict[str, Classifier] = {}  # per worker process, filled after the fork
 
 
-MODELS_IN_MEMORY = 2  # production, and the candidate when shadow scoring is on
+MODELS_IN_MEMORY = 2 if settings.shadow else 1  # production, and the shadow-scored candidate
 
 
 def classifier_for(version: ModelVersion) -> Classifier:
@@ -34,7 +34,7 @@ def classifier_for(version: ModelVersion) -> Classifier:
         log.info("loading model %s from %s", version.version, version.artifact_path)
         while len(_models) >= MODELS_IN_MEMORY:
             _models.pop(next(iter(_models)))  # the least recently loaded
-        _models[version.version] = Classifier.from_dir(version.artifact_path)
+        _models[version.version] = service.load_classifier(version)
     return _models[version.version]
 
 
@@ -115,11 +115,3 @@ def retrain(self: Task, run_id: int) -> str:
           soft_time_limit=3600, time_limit=3700)
 def evaluate_version(self: Task, version: str, set_name: str) -> dict:
     return promotion.evaluate_on_set(settings, version, set_name, worker_name(self))
-
-
-@app.task(bind=True, name="bloodcell.promote", autoretry_for=TRANSIENT, retry_backoff=2, max_retries=8)
-def promote(self: Task, version: str, actor: str) -> str:
-    from bloodcell_core.db import session_scope
-
-    with session_scope(settings.database_url) as session:
-        return promotion.promote(session, settings, version, actor).version

@@ -33,6 +33,7 @@ def upgrade() -> None:
     sa.Column('accuracy', sa.Float(), nullable=False),
     sa.Column('macro_f1', sa.Float(), nullable=False),
     sa.Column('ece', sa.Float(), nullable=False),
+    sa.Column('images_digest', sa.String(length=64), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['evaluation_set_id'], ['evaluation_sets.id'], ),
     sa.ForeignKeyConstraint(['model_version_id'], ['model_versions.id'], ),
