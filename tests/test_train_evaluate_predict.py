@@ -8,6 +8,7 @@ import pytest
 from conftest import KAGGLE5, PBC8, run_cli
 
 from bloodcell_core.artifacts import ArtifactError, load_artifact
+from bloodcell_core.calibration import REVIEW_ALL
 from bloodcell_core.evaluation import evaluate
 from bloodcell_core.inference import Classifier
 
@@ -21,7 +22,8 @@ def test_model_directory_is_complete(tiny_model: Path):
     assert {"test", "val", "colour_only_baseline_test"} <= set(metadata["metrics"])
     assert {"keras", "tensorflow", "opencv", "numpy", "bloodcell"} <= set(metadata["versions"])
     calibration = metadata["calibration"]
-    assert calibration["temperature"] > 0 and 0 <= calibration["review_threshold"] <= 1
+    # 12 images per class leave too few validation cells to accept any without review: the threshold is above 1
+    assert calibration["temperature"] > 0 and calibration["review_threshold"] == REVIEW_ALL
     assert {"ece_before", "ece_after", "coverage", "accepted_accuracy"} <= set(calibration["test"])
     for name in ("metrics.json", "classification_report.txt", "confusion_matrix.png", "training_curves.png",
                  "augmentation_preview.png", "reliability.png", "reliability_uncalibrated.png", "coverage.png",
