@@ -11,6 +11,6 @@ COPY workers ./workers
 COPY api ./api
 COPY migrations ./migrations
 COPY models ./models
-RUN pip install "$TENSORFLOW" && pip install -e . && useradd --create-home bloodcell \
+RUN pip install --upgrade pip "setuptools>=78.1.1" && pip install "$TENSORFLOW" && pip install -e . && useradd --create-home bloodcell \
     && mkdir -p /var/lib/bloodcell && chown bloodcell /var/lib/bloodcell
 USER bloodcell

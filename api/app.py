@@ -1,7 +1,8 @@
 """The HTTP API: `bloodcell api` (or `uvicorn api.app:create_app --factory`). OpenAPI docs at /docs.
 
-Every route under /v1 needs a bearer token with the scope named in its summary; /health and
-/health/ready are open so load balancers can probe them. Routes call bloodcell_core services only.
+Every route but /health and /health/ready needs a bearer token: those under /v1 with the scope named
+in their summary, the documentation (/docs, /openapi.json) any active token. The two health routes are
+open so load balancers can probe them. Routes call bloodcell_core services only.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ import re
 from typing import Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api.auth import Caller, require
+from api.auth import Caller, authenticated, require
 from bloodcell_core import __version__, service, webhooks
 from bloodcell_core.client import Client
 from bloodcell_core.config import Settings
@@ -62,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="White-blood-cell classification for laboratory systems: submit a sample's cell images, "
                     "read the differential, export FHIR R4 / HL7 v2, review and sign off. Tokens: "
                     "`bloodcell tokens create NAME --scope submit --scope read`.",
+        # FastAPI would serve these without a token: the routes below serve them behind one
+        docs_url=None, redoc_url=None, openapi_url=None,
     )
     app.state.settings = settings
     app.state.client = Client(settings)  # checks the database migration; sends tasks by name
@@ -70,6 +76,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         def handler(_request: Request, exc: Exception, status: int = status) -> JSONResponse:
             return JSONResponse({"detail": str(exc).strip("'\"")}, status_code=status)
         app.add_exception_handler(error_type, handler)
+
+    @app.exception_handler(DataError)
+    def invalid_value(_request: Request, exc: DataError) -> JSONResponse:
+        # a value the database cannot hold, e.g. a NUL byte in a sample id (PostgreSQL text refuses it): the caller's error
+        reason = (str(exc.orig).splitlines() or ["refused by the database"])[0]
+        return JSONResponse({"detail": f"invalid value: {reason}"}, status_code=422)
 
     client: Client = app.state.client
 
@@ -81,6 +93,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def ready() -> JSONResponse:
         checks = client.readiness()
         return JSONResponse(checks, status_code=200 if checks["ready"] else 503)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi_schema(_: Caller = Depends(authenticated)) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger_ui(_: Caller = Depends(authenticated)) -> HTMLResponse:
+        # The schema is embedded in the page (HTML-escaped by FastAPI): a browser's own request for
+        # /openapi.json would carry no token. "Authorize" in the page sets the token for "Try it out".
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="bloodcell API",
+                                   swagger_ui_parameters={"spec": app.openapi()})
 
     @app.post("/v1/samples", tags=["samples"], status_code=202,
               summary="Submit a sample (scope: submit)",
@@ -106,11 +129,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         limit = settings.max_images_per_sample
         try:
             form = await request.form(max_files=limit + 1, max_fields=limit + 10)
-        except HTTPException as exc:  # Starlette's multipart parser: malformed body, or over its part counts
+        except StarletteHTTPException as exc:  # Starlette's multipart parser: malformed body, or over its part counts
             if "Too many" in str(exc.detail):
                 raise HTTPException(413, f"more than {limit} images or fields in one request "
                                          "(BLOODCELL_MAX_IMAGES_PER_SAMPLE)") from None
-            raise
+            reason = getattr(exc.__context__, "__cause__", None)  # python-multipart's own words, e.g. a header too long
+            raise HTTPException(400, f"malformed multipart/form-data body: {reason or exc.detail}") from None
         unknown = sorted(set(form.keys()) - SUBMIT_FIELDS)
         if unknown:
             raise HTTPException(422, f"unknown form fields {unknown}; expected accession_id, images, image_sha256")

@@ -355,8 +355,9 @@ def up(workers: int, no_flower: bool, no_api: bool) -> None:
         info = start(_settings(), workers=workers, flower=not no_flower, api=not no_api)
     except (StackError, ArtifactError) as exc:
         _fail(str(exc))
+    width = max(map(len, info))
     for key, value in info.items():
-        click.echo(f"{key:>9}: {value}")
+        click.echo(f"{key:>{width}}: {value}")
 
 
 @cli.command()

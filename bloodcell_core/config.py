@@ -35,7 +35,7 @@ class Settings:
     blast_percent: float  # ... or this percent of classified cells
     blast_class: str
     flower_port: int
-    flower_basic_auth: str  # "user:password"; empty disables Flower's auth (never in production)
+    flower_basic_auth: str  # "user:password"; empty: `bloodcell up` makes a one-off `ops` password per start
     redis_port: int  # the local redis-server `bloodcell up` starts
     api_host: str  # where `bloodcell api` / `bloodcell up` serve the HTTP API
     api_port: int
@@ -48,6 +48,7 @@ class Settings:
     evaluation_set: str  # the registered evaluation set the promotion gate compares models on
     promotion_margin: float  # a candidate must beat production by this much on accuracy and macro-F1
     shadow: bool  # workers also classify live samples with the newest candidate (stored, not reported)
+    visibility_timeout: int  # seconds before Redis hands an unacknowledged task of a vanished worker to another
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -82,6 +83,7 @@ class Settings:
             evaluation_set=env("BLOODCELL_EVALUATION_SET", "default"),
             promotion_margin=float(env("BLOODCELL_PROMOTION_MARGIN", "0.001")),
             shadow=env("BLOODCELL_SHADOW", "0").strip().lower() in ("1", "true", "yes", "on"),
+            visibility_timeout=int(env("BLOODCELL_VISIBILITY_TIMEOUT", str(2 * 3600))),
         )
 
     def validate(self) -> None:

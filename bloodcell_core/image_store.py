@@ -26,48 +26,85 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-class FileImageStore:
+def _add_missing_rows(session: Session, blobs: dict[str, bytes], keep_bytes: bool) -> None:
+    """One query for the images already stored, one flush for the new rows (not one round trip per image)."""
+    existing = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(list(blobs)))))
+    session.add_all(Image(sha256=sha256, n_bytes=len(data), content=data if keep_bytes else None)
+                    for sha256, data in blobs.items() if sha256 not in existing)
+
+
+class ImageStore:
+    """Batch operations (``put_many``, ``get_many``) per backend; one-image helpers shared."""
+
+    def put_many(self, session: Session, blobs: dict[str, bytes]) -> None:
+        raise NotImplementedError
+
+    def get_many(self, session: Session, sha256s: list[str]) -> dict[str, bytes]:
+        raise NotImplementedError
+
+    def missing_message(self, sha256: str) -> str:
+        raise NotImplementedError
+
+    def put(self, session: Session, data: bytes) -> str:
+        """Store one image; returns its sha256."""
+        sha256 = sha256_of(data)
+        self.put_many(session, {sha256: data})
+        return sha256
+
+    def get(self, session: Session, sha256: str) -> bytes:
+        """One stored image, or ImageNotFound."""
+        found = self.get_many(session, [sha256])
+        if sha256 not in found:
+            raise ImageNotFound(self.missing_message(sha256))
+        return found[sha256]
+
+
+class FileImageStore(ImageStore):
     def __init__(self, root: Path) -> None:
         self.root = root
 
     def _path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
-    def put(self, session: Session, data: bytes) -> str:
-        sha256 = sha256_of(data)
-        path = self._path(sha256)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # write-then-rename: a reader never sees half an image
-            with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
-                handle.write(data)
-            os.replace(handle.name, path)
-        if session.get(Image, sha256) is None:
-            session.add(Image(sha256=sha256, n_bytes=len(data)))
-        return sha256
+    def put_many(self, session: Session, blobs: dict[str, bytes]) -> None:
+        """Store images given as {sha256: bytes}; the caller hashed them already."""
+        for sha256, data in blobs.items():
+            path = self._path(sha256)
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # write-then-rename: a reader never sees half an image
+                with tempfile.NamedTemporaryFile(dir=path.parent, delete=False) as handle:
+                    handle.write(data)
+                os.replace(handle.name, path)
+        _add_missing_rows(session, blobs, keep_bytes=False)
 
-    def get(self, session: Session, sha256: str) -> bytes:
-        try:
-            return self._path(sha256).read_bytes()
-        except FileNotFoundError:
-            raise ImageNotFound(f"image {sha256} is not in the file store {self.root}") from None
+    def get_many(self, session: Session, sha256s: list[str]) -> dict[str, bytes]:
+        """The stored images among SHA256S; a missing one is left out."""
+        found = {}
+        for sha256 in sha256s:
+            try:
+                found[sha256] = self._path(sha256).read_bytes()
+            except FileNotFoundError:
+                pass
+        return found
 
-
-class DatabaseImageStore:
-    def put(self, session: Session, data: bytes) -> str:
-        sha256 = sha256_of(data)
-        if session.get(Image, sha256) is None:
-            session.add(Image(sha256=sha256, n_bytes=len(data), content=data))
-        return sha256
-
-    def get(self, session: Session, sha256: str) -> bytes:
-        content = session.scalar(select(Image.content).where(Image.sha256 == sha256))
-        if content is None:
-            raise ImageNotFound(f"image {sha256} is not in the database image store")
-        return content
+    def missing_message(self, sha256: str) -> str:
+        return f"image {sha256} is not in the file store {self.root}"
 
 
-def image_store(settings: Settings) -> FileImageStore | DatabaseImageStore:
+class DatabaseImageStore(ImageStore):
+    def put_many(self, session: Session, blobs: dict[str, bytes]) -> None:
+        _add_missing_rows(session, blobs, keep_bytes=True)
+
+    def get_many(self, session: Session, sha256s: list[str]) -> dict[str, bytes]:
+        rows = session.execute(select(Image.sha256, Image.content).where(Image.sha256.in_(sha256s)))
+        return {sha256: content for sha256, content in rows if content is not None}
+
+    def missing_message(self, sha256: str) -> str:
+        return f"image {sha256} is not in the database image store"
+
+
+def image_store(settings: Settings) -> ImageStore:
     settings.validate()
     if settings.image_store == "database":
         return DatabaseImageStore()

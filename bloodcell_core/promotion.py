@@ -178,7 +178,8 @@ def shadow_classify(settings: Settings, sample_pk: int, classifier_for: Callable
         done = set(session.scalars(select(Prediction.image_sha256).where(Prediction.model_version_id == candidate.id)))
         store = image_store(settings)
         todo = [cell for cell in sample.cells if cell.status == "done" and cell.image_sha256 not in done]
-        images = [(cell.image_sha256, store.get(session, cell.image_sha256)) for cell in todo]
+        stored = store.get_many(session, [cell.image_sha256 for cell in todo])
+        images = [(cell.image_sha256, stored[cell.image_sha256]) for cell in todo if cell.image_sha256 in stored]
     results = classifier_for(candidate).classify(images) if images else []
     rows = [prediction_row(sha, candidate.id, result, f"shadow:{worker}")
             for (sha, _), result in zip(images, results) if result.error is None]

@@ -40,13 +40,13 @@ from bloodcell_core.db import (
     session_scope,
 )
 from bloodcell_core.image_header import ImageDecodeError, image_dimensions
-from bloodcell_core.image_store import ImageNotFound, image_store, sha256_of
+from bloodcell_core.image_store import image_store, sha256_of
 
 if TYPE_CHECKING:
     from bloodcell_core.inference import Classifier
 
 # No "/": accession ids appear in URL paths and file names.
-ACCESSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+ACCESSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 class ServiceError(ValueError):
@@ -171,12 +171,21 @@ class Submission:
     replayed: bool = False  # an Idempotency-Key seen before: the earlier submission's sample
 
 
+def valid_accession_id(accession_id: str) -> bool:
+    return ACCESSION_PATTERN.fullmatch(accession_id) is not None  # fullmatch: "$" would let "S-1\n" through
+
+
 def check_accession_id(accession_id: str) -> None:
-    if not ACCESSION_PATTERN.match(accession_id):
+    if not valid_accession_id(accession_id):
         raise ServiceError(
             f"invalid sample id {accession_id[:200]!r}: 1-128 characters, letters, digits and . _ : - "
             "(starting with a letter or digit)"
         )
+
+
+def cell_name(name: str) -> str:
+    """A file name as a label that any database stores: NUL dropped, undecodable bytes shown as U+FFFD."""
+    return name.replace("\x00", "").encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def check_image_limits(settings: Settings, name: str, data: bytes) -> None:
@@ -221,7 +230,8 @@ def submit_sample(
         raise ServiceError("an idempotency key belongs to an API client: pass client_id")
     for name, data in images:
         check_image_limits(settings, name, data)
-    fingerprint = request_fingerprint(accession_id, [sha256_of(data) for _, data in images] + [sha for _, sha in stored])
+    hashed = [(cell_name(name), sha256_of(data), data) for name, data in images]
+    fingerprint = request_fingerprint(accession_id, [sha for _, sha, _ in hashed] + [sha for _, sha in stored])
     store = image_store(settings)
     try:
         with session_scope(settings.database_url) as session:
@@ -244,12 +254,13 @@ def submit_sample(
             elif client_id is not None and sample.client_id not in (None, client_id):
                 raise Conflict(f"sample {accession_id!r} was submitted by another API client")
             known = {cell.image_sha256 for cell in sample.cells}
-            total = len(known | {sha256_of(data) for _, data in images} | {sha for _, sha in stored})
+            total = len(known | {sha for _, sha, _ in hashed} | {sha for _, sha in stored})
             if total > settings.max_images_per_sample:  # checked before any image is stored
                 raise LimitExceeded(f"sample {accession_id!r} would have {total} images, over "
                                     f"{settings.max_images_per_sample} (BLOODCELL_MAX_IMAGES_PER_SAMPLE)")
             new_cells = 0
-            named = [(name, store.put(session, data)) for name, data in images] + list(stored)
+            store.put_many(session, {sha: data for _, sha, data in hashed})
+            named = [(name, sha) for name, sha, _ in hashed] + list(stored)
             for name, sha256 in named:
                 if sha256 not in known:
                     known.add(sha256)
@@ -320,15 +331,16 @@ def classify_sample(
                 )
             )
         )
+        stored = store.get_many(session, [c.image_sha256 for c in cells if c.image_sha256 not in done])
         todo, images = [], []
         for cell in cells:
             if cell.image_sha256 in done:
                 continue
-            try:
-                images.append((cell.name, store.get(session, cell.image_sha256)))
+            if cell.image_sha256 in stored:
+                images.append((cell.name, stored[cell.image_sha256]))
                 todo.append(cell)
-            except ImageNotFound as exc:
-                cell.status, cell.error = "failed", str(exc)
+            else:
+                cell.status, cell.error = "failed", store.missing_message(cell.image_sha256)
         results = classifier.classify(images)
         rows = []
         for cell, result in zip(todo, results):
@@ -487,6 +499,8 @@ def wait_until_classified(read_report: Callable[[str], dict[str, Any]], accessio
 
 def find_sample(session: Session, accession_id: str, lock: bool = False) -> Sample:
     """The sample by accession id; ``lock`` holds its row until the transaction ends (PostgreSQL)."""
+    if not valid_accession_id(accession_id):  # no such id can exist; NUL bytes and the like never reach SQL
+        raise NotFound(f"no sample {accession_id[:200]!r}")
     query = select(Sample).where(Sample.accession_id == accession_id)
     sample = session.scalar(query.with_for_update() if lock else query)
     if sample is None:

@@ -2,11 +2,13 @@
 
 A redis-server process (AOF on), the SQLite database migrated, the shipped model registered as
 production, Celery worker(s), Flower and the HTTP API. Process ids and logs live in BLOODCELL_HOME/run and /log.
+Flower never runs without a login: BLOODCELL_FLOWER_BASIC_AUTH, or a one-off password made for each start.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -52,7 +54,7 @@ def _running(pid_file: Path) -> int | None:
         return None
 
 
-def _spawn(name: str, command: list[str], settings: Settings) -> int:
+def _spawn(name: str, command: list[str], settings: Settings, env: dict[str, str] | None = None) -> int:
     run_dir, log_dir = settings.home / "run", settings.home / "log"
     run_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -61,7 +63,8 @@ def _spawn(name: str, command: list[str], settings: Settings) -> int:
         return pid
     with open(log_dir / f"{name}.log", "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, env={**os.environ, "BLOODCELL_HOME": str(settings.home)})
+                                   start_new_session=True,
+                                   env={**os.environ, "BLOODCELL_HOME": str(settings.home), **(env or {})})
     pid_file.write_text(str(process.pid))
     return process.pid
 
@@ -94,18 +97,50 @@ def api_command(settings: Settings, host: str | None = None, port: int | None = 
             "--port", str(port or settings.api_port), "--no-server-header"]
 
 
+FLOWER_USER = "ops"  # the user of the one-off login when BLOODCELL_FLOWER_BASIC_AUTH is empty
+
+
+def flower_credentials(settings: Settings) -> tuple[str, bool]:
+    """Flower's ``user:password[,user:password...]`` and whether it was generated for this start."""
+    if not settings.flower_basic_auth:
+        return f"{FLOWER_USER}:{secrets.token_urlsafe(18)}", True
+    for entry in settings.flower_basic_auth.split(","):  # Flower splits on commas too
+        user, _, password = entry.partition(":")
+        if not user.strip() or not password:
+            raise StackError("BLOODCELL_FLOWER_BASIC_AUTH must be user:password (several separated by commas)")
+    return settings.flower_basic_auth, False
+
+
+def start_flower(settings: Settings) -> str:
+    """Start Flower behind HTTP basic auth; returns what `up` prints about its login.
+
+    The credentials reach Flower in its environment (FLOWER_BASIC_AUTH), never on its command line, which
+    every local user can read in `ps`. A generated password is printed once by `up` and stored nowhere.
+    """
+    if _running(settings.home / "run" / "flower.pid") is not None:
+        return "unchanged (Flower was already running)"
+    credentials, generated = flower_credentials(settings)
+    # Flower parses its own options with tornado: --name=value only
+    _spawn("flower", _celery("flower", f"--port={settings.flower_port}", "--address=127.0.0.1"), settings,
+           env={"FLOWER_BASIC_AUTH": credentials})
+    if generated:
+        user, _, password = credentials.partition(":")
+        return (f"user {user}, password {password} (made for this start, stored nowhere; "
+                "set BLOODCELL_FLOWER_BASIC_AUTH=user:password to choose one)")
+    return "from BLOODCELL_FLOWER_BASIC_AUTH"
+
+
 def up(settings: Settings, workers: int = 1, flower: bool = True, api: bool = True) -> dict[str, str]:
     settings.validate()
+    if flower:
+        flower_credentials(settings)  # refuse a malformed BLOODCELL_FLOWER_BASIC_AUTH before starting anything
     settings.home.mkdir(parents=True, exist_ok=True)
     start_redis(settings)
     upgrade(settings.database_url)
     version = ensure_production_model(settings)
     for k in range(1, workers + 1):
         _spawn(f"worker{k}", worker_command(settings, name=f"worker{k}"), settings)
-    if flower:
-        # Flower parses its own options with tornado: --name=value only
-        auth = [f"--basic-auth={settings.flower_basic_auth}"] if settings.flower_basic_auth else []
-        _spawn("flower", _celery("flower", f"--port={settings.flower_port}", "--address=127.0.0.1", *auth), settings)
+    login = start_flower(settings) if flower else ""
     _wait_for(lambda: _workers_answer(settings, workers), f"{workers} worker(s)", 120,
               settings.home / "log" / "worker1.log")
     if api:
@@ -117,6 +152,7 @@ def up(settings: Settings, workers: int = 1, flower: bool = True, api: bool = Tr
                   settings.home / "log" / "api.log")
     return {"redis": settings.broker_url, "database": settings.database_url, "model": version,
             "flower": f"http://127.0.0.1:{settings.flower_port}" if flower else "off",
+            **({"flower login": login} if flower else {}),
             "api": f"http://{settings.api_host}:{settings.api_port}" if api else "off",
             "logs": str(settings.home / "log")}
 

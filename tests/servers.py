@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from unittest import mock
 
+from kombu.exceptions import OperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import func, select
 
 from bloodcell_core import db
@@ -66,6 +68,12 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=30)
 
+    def crash(self) -> None:
+        """SIGKILL: no shutdown, no final write; what survives is what the append-only file had."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=30)
+
 
 def _pg_bin(name: str) -> str:
     found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
@@ -93,8 +101,12 @@ class PostgresServer:
             shutil.chown(self.directory, "postgres", "postgres")
         data = self.directory / "data"
         self._run(_pg_bin("initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-        self._run(_pg_bin("pg_ctl"), "-D", str(data), "-l", str(self.directory / "postgres.log"), "-w", "start",
-                  "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory}")
+        return self.resume()
+
+    def resume(self) -> "PostgresServer":
+        """Start the server on its existing data directory (after ``stop``)."""
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.directory / "data"), "-l", str(self.directory / "postgres.log"),
+                  "-w", "start", "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory}")
         return self
 
     def create_database(self, name: str) -> str:
@@ -131,8 +143,11 @@ class Stack:
         deadline = time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
-                if len(app.control.ping(timeout=0.5) or []) >= count:
-                    return
+                try:
+                    if len(app.control.ping(timeout=0.5) or []) >= count:
+                        return
+                except (RedisConnectionError, OperationalError):  # a pooled connection to a Redis that restarted
+                    time.sleep(0.2)
                 assert all(p.poll() is None for p in self.workers), "a worker exited during start-up"
             raise TimeoutError(f"{count} workers did not answer within {timeout} s")
         finally:

@@ -119,18 +119,34 @@ def cell_files(per_class: int) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
 
 
-def test_health_is_open_and_every_v1_route_needs_a_token(api: Api):
+OPEN_ROUTES = {("GET", "/health"), ("GET", "/health/ready")}
+
+
+def test_health_is_open_and_every_other_route_needs_a_token(api: Api):
+    """Walks every route the app has (app.routes, documentation included), not only the documented /v1 ones."""
+    import re
+
+    from api.app import create_app
+
     assert api.call("GET", "/health", token=None).json()["status"] == "ok"
     ready = api.call("GET", "/health/ready", token=None)
     assert ready.status_code == 200 and ready.json()["workers"], ready.text
-    paths = api.call("GET", "/openapi.json", token=None).json()["paths"]
-    routes = [(method.upper(), path.replace("{sample_id}", "S-1").replace("{image_sha256}", "0" * 64)
-               .replace("{format_name}", "fhir-r4")) for path, item in paths.items() if path.startswith("/v1/")
-              for method in item]
-    assert len(routes) >= 12
-    for method, path in routes:
-        assert api.call(method, path, token=None).status_code == 401, (method, path)
-        assert api.call(method, path, token="bct_not-a-token").status_code == 401, (method, path)
+    values = {"sample_id": "S-1", "image_sha256": "0" * 64, "format_name": "fhir-r4"}
+    routes = {(method, re.sub(r"\{(\w+)(:\w+)?\}", lambda m: values.get(m[1], "x"), route.path))
+              for route in create_app(api.stack.settings).routes for method in getattr(route, "methods", None) or ()}
+    assert OPEN_ROUTES <= routes and {("GET", "/docs"), ("GET", "/openapi.json")} <= routes
+    assert len(routes - OPEN_ROUTES) >= 14
+    for method, path in sorted(routes - OPEN_ROUTES):
+        for token in (None, "bct_not-a-token"):
+            response = api.call(method, path, token=token)
+            assert response.status_code == 401, (method, path, token, response.status_code)
+            assert response.headers["www-authenticate"] == "Bearer", (method, path)
+    # the documentation: any active token, whatever its scopes; the Swagger page embeds the schema
+    schema = api.call("GET", "/openapi.json", token="admin")
+    assert schema.status_code == 200 and "/v1/samples" in schema.json()["paths"]
+    docs = api.call("GET", "/docs", token="reader")
+    assert docs.status_code == 200 and "swagger-ui" in docs.text and '"/v1/samples/{sample_id}/sign-off"' in docs.text
+    assert api.call("GET", "/redoc", token=None).status_code == 404
 
 
 def test_scopes_and_revoked_tokens(api: Api):

@@ -193,15 +193,22 @@ def test_unmigrated_database_is_refused(redis_server, tmp_path: Path):
 
 
 def test_local_stack_up_submit_flower_down(tmp_path: Path, sample_dir: Path):
-    """The README's main path: `bloodcell up` on embedded defaults, submit, Flower, `bloodcell down`."""
+    """The README's main path: `bloodcell up` on embedded defaults, submit, Flower, `bloodcell down`.
+
+    Without BLOODCELL_FLOWER_BASIC_AUTH, `up` makes a one-off Flower password, prints it once and stores it nowhere.
+    """
+    import base64
+    import re
     import urllib.error
     import urllib.request
 
     env = {"BLOODCELL_HOME": str(tmp_path / "home"), "BLOODCELL_REDIS_PORT": str(free_port()),
-           "BLOODCELL_FLOWER_PORT": str(free_port()), "BLOODCELL_FLOWER_BASIC_AUTH": "ops:s3cret",
+           "BLOODCELL_FLOWER_PORT": str(free_port()), "BLOODCELL_FLOWER_BASIC_AUTH": "",
            "BLOODCELL_API_PORT": str(free_port())}
     try:
-        run_cli("up", env=env)
+        output = run_cli("up", env=env).stdout
+        user, password = re.search(r"flower login: user (\S+), password (\S+) ", output).groups()
+        assert user == "ops" and len(password) >= 24
         ready = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{env['BLOODCELL_API_PORT']}/health/ready",
                                                   timeout=10).read())
         assert ready["ready"] and ready["database"] == "ok" and len(ready["workers"]) == 1
@@ -209,18 +216,29 @@ def test_local_stack_up_submit_flower_down(tmp_path: Path, sample_dir: Path):
                                     env=env).stdout)
         assert report["n_classified"] == 12
         flower = f"http://127.0.0.1:{env['BLOODCELL_FLOWER_PORT']}"
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(f"{flower}/api/workers", timeout=10)
-        assert refused.value.code == 401
-        request = urllib.request.Request(f"{flower}/api/workers?refresh=1",
-                                         headers={"Authorization": "Basic b3BzOnMzY3JldA=="})  # ops:s3cret
+        for headers in ({}, {"Authorization": "Basic " + base64.b64encode(b"ops:wrong").decode()}):
+            for page in ("/", "/api/workers", "/api/tasks", "/broker"):
+                with pytest.raises(urllib.error.HTTPError) as refused:
+                    urllib.request.urlopen(urllib.request.Request(flower + page, headers=headers), timeout=10)
+                assert refused.value.code == 401, (page, headers)
+        login = {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+        assert urllib.request.urlopen(urllib.request.Request(f"{flower}/", headers=login), timeout=10).status == 200
+        request = urllib.request.Request(f"{flower}/api/workers?refresh=1", headers=login)
         deadline = time.monotonic() + 60  # Flower learns about workers asynchronously
         while "worker1@" not in (workers := urllib.request.urlopen(request, timeout=30).read().decode()):
             assert time.monotonic() < deadline, workers
             time.sleep(1)
         assert b"flower_events_total" in urllib.request.urlopen(f"{flower}/metrics", timeout=10).read()
+        # shown once, stored nowhere: not on Flower's command line (`ps`), not in any file under BLOODCELL_HOME
+        flower_pid = (tmp_path / "home" / "run" / "flower.pid").read_text().strip()
+        assert password not in Path(f"/proc/{flower_pid}/cmdline").read_text()
+        assert password in Path(f"/proc/{flower_pid}/environ").read_bytes().decode(errors="replace")
+        again = run_cli("up", env=env).stdout
+        assert password not in again and "flower login: unchanged" in again
     finally:
         run_cli("down", env=env)
+    stored = [p for p in (tmp_path / "home").rglob("*") if p.is_file() and password.encode() in p.read_bytes()]
+    assert not stored, stored
     with pytest.raises(TimeoutError):
         wait_port(int(env["BLOODCELL_REDIS_PORT"]), timeout=1)
 

@@ -36,8 +36,9 @@ app.conf.update(
     task_soft_time_limit=600,
     task_time_limit=660,
     # Redis redelivers a message whose worker vanished (machine lost, SIGKILL of the main process)
-    # after the visibility timeout; it must exceed the longest task (retraining: under 2 hours).
-    broker_transport_options={"visibility_timeout": 2 * 3600},
+    # after the visibility timeout; it must exceed the longest task (retraining: under 2 hours), or a
+    # running task is handed to a second worker too (harmless, results are idempotent, but wasted).
+    broker_transport_options={"visibility_timeout": settings.visibility_timeout},
     broker_connection_retry_on_startup=True,
     # Separate queues: retraining never delays a sample. GPU workers take their own queue.
     task_queues=task_queues(),

@@ -57,9 +57,13 @@ def worker_name(task: Task) -> str:
 
 
 def count_delivery(task: Task) -> int:
-    """How many times this task id has started (Redis keeps the count for a day)."""
+    """How often this attempt of the task has started (Redis keeps the count for a day).
+
+    A retry after a transient error (database or broker away) keeps the task id but is a new
+    attempt, so it starts a new count: only deliveries that never finished count against the cap.
+    """
     redis = Redis.from_url(settings.broker_url)
-    key = f"bloodcell:deliveries:{task.request.id}"
+    key = f"bloodcell:deliveries:{task.request.id}:{task.request.retries}"
     count = redis.incr(key)
     redis.expire(key, 24 * 3600)
     return int(count)
