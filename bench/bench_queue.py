@@ -1,15 +1,16 @@
 """Queued service against the in-process pipeline, same model, same machine, same run; prints JSON.
 
-    python bench/bench_queue.py [--images 512] [--singles 40] [--scaling-samples 8] [--model models/default]
+    python bench/bench_queue.py [--images 512] [--rounds 3] [--singles 40] [--scaling-samples 8] [--model DIR]
 
 Starts its own local stack (`bloodcell up` pieces: redis-server, SQLite, file image store, Celery
 workers) in a temporary BLOODCELL_HOME, and measures:
 
 - throughput: one sample of N real kaggle5 images, from the start of `Client.submit` (hashing,
   storing, queueing) until its report is persisted, against ``Classifier.classify`` on the same
-  bytes in this process (decode, preprocess, batch-64 predict); their ratio;
+  bytes in this process (decode, preprocess, batch-64 predict); the two alternate for ROUNDS rounds
+  and the ratio of their medians is reported (and each round's);
 - single-image latency, submit -> prediction persisted (``Client.classify_image``), p50/p99, against
-  ``Classifier.classify_one`` in process;
+  ``Classifier.classify_one`` in process (the two alternate, image by image);
 - worker memory: resident set of the worker's pool process (the one holding the model) and of the
   whole worker (main process + pool process);
 - scaling: S samples of N/S images submitted at once, with 1 and with 2 worker processes.
@@ -34,6 +35,7 @@ from unittest import mock
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from sqlalchemy import select  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))  # the workers package, for a run from a source checkout
@@ -41,7 +43,7 @@ sys.path.insert(0, str(PROJECT))  # the workers package, for a run from a source
 from bloodcell_core import stack  # noqa: E402
 from bloodcell_core.config import Settings  # noqa: E402
 from bloodcell_core.dataset import list_class_files, read_image_file  # noqa: E402
-from bloodcell_core.db import SampleStatus  # noqa: E402
+from bloodcell_core.db import Sample, SampleStatus, session_scope  # noqa: E402
 from bloodcell_core.inference import Classifier  # noqa: E402
 
 DATA = PROJECT.parent / "shared" / "data" / "kaggle5"
@@ -76,13 +78,19 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q))
 
 
-def wait_final(client, accession_ids: list[str], timeout: float = 600, poll: float = 0.02) -> None:
+def wait_final(settings: Settings, accession_ids: list[str], timeout: float = 600, poll: float = 0.025) -> None:
+    """Wait until every sample's status is final, which is committed with its report and predictions.
+
+    A one-column query per poll: building whole reports 40 times a second would take CPU from the worker.
+    """
     deadline = time.monotonic() + timeout
-    pending = list(accession_ids)
+    pending = set(accession_ids)
     while pending:
-        pending = [a for a in pending if client.report(a)["status"] not in SampleStatus.FINAL]
+        with session_scope(settings.database_url) as session:
+            rows = session.execute(select(Sample.accession_id, Sample.status).where(Sample.accession_id.in_(pending)))
+            pending -= {accession_id for accession_id, status in rows if status in SampleStatus.FINAL}
         if time.monotonic() > deadline:
-            raise TimeoutError(f"samples not classified after {timeout} s: {pending}")
+            raise TimeoutError(f"samples not classified after {timeout} s: {sorted(pending)}")
         if pending:
             time.sleep(poll)
 
@@ -103,18 +111,18 @@ def children(pid: int) -> list[int]:
 
 
 class LocalStack:
-    """`bloodcell up` without Flower and API, in a temporary home, with N workers."""
+    """`bloodcell up` without Flower (and without the HTTP API unless asked), in a temporary home, with N workers."""
 
-    def __init__(self, home: Path, model: Path, workers: int) -> None:
+    def __init__(self, home: Path, model: Path, workers: int, api: bool = False) -> None:
         env = {"BLOODCELL_HOME": str(home), "BLOODCELL_REDIS_PORT": str(free_port()),
-               "BLOODCELL_DEFAULT_MODEL": str(model)}
+               "BLOODCELL_API_PORT": str(free_port()), "BLOODCELL_DEFAULT_MODEL": str(model)}
         self.patch = mock.patch.dict(os.environ, env)
         self.patch.start()
         self.settings = Settings.from_env()
-        self.workers = workers
+        self.workers, self.api = workers, api
 
     def __enter__(self) -> "LocalStack":
-        stack.up(self.settings, workers=self.workers, flower=False, api=False)
+        stack.up(self.settings, workers=self.workers, flower=False, api=self.api)
         from bloodcell_core.client import Client
 
         self.client = Client(self.settings)
@@ -134,7 +142,7 @@ class LocalStack:
         ids = [f"{prefix}-{k}" for k in range(len(samples))]
         for accession_id, images in zip(ids, samples):
             self.client.submit(accession_id, images)
-        wait_final(self.client, ids)
+        wait_final(self.settings, ids)
         elapsed = time.perf_counter() - start
         for accession_id, images in zip(ids, samples):
             report = self.client.report(accession_id)
@@ -147,41 +155,41 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512, help="images in the throughput sample")
     parser.add_argument("--singles", type=int, default=40, help="single images for the latency figures")
     parser.add_argument("--scaling-samples", type=int, default=8, help="samples (of images/S each) for scaling")
+    parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (medians are reported)")
     parser.add_argument("--model", type=Path, default=PROJECT / "models" / "default")
     args = parser.parse_args()
 
-    n, singles, s = args.images, args.singles, args.scaling_samples
+    n, singles, s, rounds = args.images, args.singles, args.scaling_samples, args.rounds
     per_sample = n // s
-    # warm-up, throughput, latency, scaling with 1 and 2 workers: all distinct images
-    images = load_images(64 + n + singles + 2 * (64 + s * per_sample))
+    # warm-up, throughput rounds, latency, scaling with 1 and 2 workers: all distinct images
+    images = load_images(64 + rounds * n + singles + 2 * (64 + s * per_sample))
     take = iter(range(len(images)))
 
     def batch(count: int) -> list[tuple[str, bytes]]:
         return [images[next(take)] for _ in range(count)]
 
-    warm, throughput_set, single_set = batch(64), batch(n), batch(singles)
+    warm, round_sets, single_set = batch(64), [batch(n) for _ in range(rounds)], batch(singles)
     scaling_sets = {w: (batch(64), [batch(per_sample) for _ in range(s)]) for w in (1, 2)}
 
     classifier = Classifier.from_dir(args.model)
     classifier.classify(warm)
-    classifier.classify(throughput_set[:64])
-    start = time.perf_counter()
-    in_process = classifier.classify(throughput_set)
-    in_process_s = time.perf_counter() - start
-    assert all(r.error is None for r in in_process)
-    single_ms = []
-    for _, data in single_set:
-        start = time.perf_counter()
-        classifier.classify_one(data)
-        single_ms.append((time.perf_counter() - start) * 1000)
-
-    result: dict = {"model": str(args.model), "images": n, "batch_size": 64, "cpu_count": os.cpu_count()}
+    result: dict = {"model": str(args.model), "images": n, "rounds": rounds, "batch_size": 64,
+                    "cpu_count": os.cpu_count()}
+    in_process_s, queue_s = [], []
     with tempfile.TemporaryDirectory(prefix="bench-queue-") as home, \
             LocalStack(Path(home), args.model, workers=1) as local:
         local.run_samples("WARM", [warm])
-        queue_s = local.run_samples("THROUGHPUT", [throughput_set])
-        queued_ms = []
+        for k, round_set in enumerate(round_sets):  # alternate, so both see the same machine load
+            start = time.perf_counter()
+            in_process = classifier.classify(round_set)
+            in_process_s.append(time.perf_counter() - start)
+            assert all(r.error is None for r in in_process)
+            queue_s.append(local.run_samples(f"THROUGHPUT-{k}", [round_set]))
+        single_ms, queued_ms = [], []
         for _, data in single_set:
+            start = time.perf_counter()
+            classifier.classify_one(data)
+            single_ms.append((time.perf_counter() - start) * 1000)
             start = time.perf_counter()
             answer = local.client.classify_image(data)
             queued_ms.append((time.perf_counter() - start) * 1000)
@@ -190,10 +198,12 @@ def main() -> None:
         pool = children(pid)
         result["worker_memory_mib"] = {"pool_process_with_model": round(sum(rss_mib(p) for p in pool), 1),
                                        "whole_worker": round(rss_mib(pid) + sum(rss_mib(p) for p in pool), 1)}
+    in_process_median, queue_median = statistics.median(in_process_s), statistics.median(queue_s)
     result["throughput"] = {
-        "in_process_images_per_s": round(n / in_process_s, 1),
-        "queue_images_per_s": round(n / queue_s, 1),
-        "ratio": round(in_process_s / queue_s, 3),
+        "in_process_images_per_s": round(n / in_process_median, 1),
+        "queue_images_per_s": round(n / queue_median, 1),
+        "ratio": round(in_process_median / queue_median, 3),
+        "ratio_per_round": [round(a / b, 3) for a, b in zip(in_process_s, queue_s)],
         "goal_ratio": 0.85,
     }
     result["single_image_ms"] = {

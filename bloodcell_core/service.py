@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -258,14 +258,16 @@ def submit_sample(
             if total > settings.max_images_per_sample:  # checked before any image is stored
                 raise LimitExceeded(f"sample {accession_id!r} would have {total} images, over "
                                     f"{settings.max_images_per_sample} (BLOODCELL_MAX_IMAGES_PER_SAMPLE)")
-            new_cells = 0
             store.put_many(session, {sha: data for _, sha, data in hashed})
             named = [(name, sha) for name, sha, _ in hashed] + list(stored)
+            cells = []
             for name, sha256 in named:
                 if sha256 not in known:
                     known.add(sha256)
-                    session.add(SampleImage(sample_id=sample.id, image_sha256=sha256, name=name[:512]))
-                    new_cells += 1
+                    cells.append({"sample_id": sample.id, "image_sha256": sha256, "name": name[:512], "status": "queued"})
+            if cells:  # one bulk insert: a sample has hundreds of cells
+                session.execute(insert(SampleImage), cells)
+            new_cells = len(cells)
             if new_cells:
                 sample.status = SampleStatus.QUEUED
                 audit(session, actor, "sample.submitted", accession_id, new_cells=new_cells)
@@ -301,8 +303,8 @@ def insert_predictions(session: Session, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = insert(Prediction).on_conflict_do_nothing(index_elements=["image_sha256", "model_version_id"])
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = dialect_insert(Prediction).on_conflict_do_nothing(index_elements=["image_sha256", "model_version_id"])
     session.execute(statement, rows)
 
 

@@ -19,6 +19,7 @@ from conftest import DEFAULT_MODEL, KAGGLE5, encode, png_header, run_cli, unseen
 from servers import Stack, free_port, settings_for, wait_port
 
 from bloodcell_core import db, webhooks
+from bloodcell_core.artifacts import read_metadata
 
 LIMITS = {"BLOODCELL_MAX_IMAGE_BYTES": "300000", "BLOODCELL_MAX_IMAGES_PER_SAMPLE": "20",
           "BLOODCELL_MAX_IMAGE_PIXELS": "1000000", "BLOODCELL_MAX_REQUEST_BYTES": "4000000"}
@@ -154,7 +155,7 @@ def test_scopes_and_revoked_tokens(api: Api):
     assert api.call("POST", "/v1/samples", token="reader", data={"accession_id": "S-SCOPE"}, files=files).status_code == 403
     assert api.call("GET", "/v1/review", token="reader").status_code == 403
     assert api.call("GET", "/v1/audit", token="lims").status_code == 403
-    assert api.call("GET", "/v1/models", token="reader").json()["production"].startswith("compact_cnn-")
+    assert api.call("GET", "/v1/models", token="reader").json()["production"].startswith(read_metadata(DEFAULT_MODEL)["plugin"] + "-")
     temporary = create_token(api.stack.env, "temporary", "read")["token"]
     assert api.call("GET", "/v1/exporters", token=temporary).status_code == 200
     run_cli("tokens", "revoke", "temporary", env=api.stack.env)
