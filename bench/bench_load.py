@@ -43,8 +43,8 @@ DATA = PROJECT.parent / "shared" / "data"
 
 
 def distinct_images(count: int) -> list[tuple[str, bytes]]:
-    """COUNT images with distinct bytes: the distinct files of kaggle5 and pbc8 (8,484: kaggle5 largely
-    re-uses PBC images), then lossless PNG re-encodings of them in memory (new bytes, same pixels)."""
+    """COUNT images with distinct bytes: the distinct files of kaggle5 and pbc8 (8,484: three pbc8 classes
+    link to kaggle5's files), then lossless PNG re-encodings of them in memory (new bytes, same pixels)."""
     images, seen = [], set()
     for dataset in ("kaggle5", "pbc8"):
         for _, path in list_class_files(DATA / dataset):

@@ -158,38 +158,43 @@ def test_an_image_that_crashes_preprocessing_fails_alone(faults: Stack):
     assert all(worker.poll() is None for worker in faults.workers)
 
 
-def test_pool_process_killed_mid_sample(faults: Stack):
-    """The OOM killer's usual victim: the pool process holding the model. Celery requeues its task."""
+def submit_and_kill_mid_sample(faults: Stack, accession_id: str, first_image: int, kill) -> None:
+    """Submit 400 images, KILL(worker) once the sample is being classified, check it completes once.
+
+    The delivery counter of the task must read 2: delivered, killed mid-task, delivered again.
+    """
     (worker,) = faults.workers
     before = deliveries(faults)
-    faults.client().submit("F-KILL-POOL", images(6, 400))
-    wait_status(faults, "F-KILL-POOL", "running")
+    faults.client().submit(accession_id, images(first_image, 400))
+    wait_status(faults, accession_id, "running")
     time.sleep(0.3)
-    for pid in pool_processes(worker):
-        os.kill(pid, signal.SIGKILL)
-    report = wait_final(faults, ["F-KILL-POOL"])["F-KILL-POOL"]
-    assert_complete_once(faults, "F-KILL-POOL", report, 400)
+    kill(worker)
+    report = wait_final(faults, [accession_id], timeout=300)[accession_id]
+    assert_complete_once(faults, accession_id, report, 400)
     new = {key: count for key, count in deliveries(faults).items() if key not in before}
-    assert list(new.values()) == [2], new  # delivered, killed, delivered again
-    assert worker.poll() is None  # the main process replaced its pool process
+    assert list(new.values()) == [2], new
+
+
+def test_pool_process_killed_mid_sample(faults: Stack):
+    """The OOM killer's usual victim: the pool process holding the model. Celery requeues its task."""
+    def kill_pool(worker: subprocess.Popen) -> None:
+        for pid in pool_processes(worker):
+            os.kill(pid, signal.SIGKILL)
+
+    submit_and_kill_mid_sample(faults, "F-KILL-POOL", 6, kill_pool)
+    assert all(worker.poll() is None for worker in faults.workers)  # the main process replaced its pool process
 
 
 def test_whole_worker_killed_mid_sample(faults: Stack):
     """Main process and pool SIGKILLed (machine lost): the task comes back after the visibility timeout."""
-    (worker,) = faults.workers
-    before = deliveries(faults)
-    faults.client().submit("F-KILL-WORKER", images(406, 400))
-    wait_status(faults, "F-KILL-WORKER", "running")
-    time.sleep(0.3)
-    for pid in [worker.pid, *pool_processes(worker)]:
-        os.kill(pid, signal.SIGKILL)
-    worker.wait(timeout=30)
-    faults.workers.remove(worker)
-    faults.start_worker("faults-w2")
-    report = wait_final(faults, ["F-KILL-WORKER"], timeout=300)
-    assert_complete_once(faults, "F-KILL-WORKER", report["F-KILL-WORKER"], 400)
-    new = {key: count for key, count in deliveries(faults).items() if key not in before}
-    assert list(new.values()) == [2], new
+    def kill_worker_and_start_another(worker: subprocess.Popen) -> None:
+        for pid in [worker.pid, *pool_processes(worker)]:
+            os.kill(pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+        faults.workers.remove(worker)
+        faults.start_worker("faults-w2")
+
+    submit_and_kill_mid_sample(faults, "F-KILL-WORKER", 406, kill_worker_and_start_another)
 
 
 def test_redis_crash_with_tasks_queued_loses_nothing(faults: Stack):
