@@ -1,4 +1,4 @@
-"""The HTTP API: `bloodcell api` (or `uvicorn api.app:create_app --factory`). OpenAPI docs at /docs.
+"""The HTTP API: `bloodcell api` (or `uvicorn api.app:create_app --factory`). OpenAPI docs at /docs (token needed).
 
 Every route but /health and /health/ready needs a bearer token: those under /v1 with the scope named
 in their summary, the documentation (/docs, /openapi.json) any active token. The two health routes are
@@ -100,8 +100,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/docs", include_in_schema=False)
     def swagger_ui(_: Caller = Depends(authenticated)) -> HTMLResponse:
-        # The schema is embedded in the page (HTML-escaped by FastAPI): a browser's own request for
-        # /openapi.json would carry no token. "Authorize" in the page sets the token for "Try it out".
+        # The page needs the token too, so a plain browser gets 401: open it through something that adds
+        # the Authorization header (curl -o, a proxy, a header extension). The schema is embedded in the
+        # page, because the page's own request for /openapi.json would carry no token.
         return get_swagger_ui_html(openapi_url="/openapi.json", title="bloodcell API",
                                    swagger_ui_parameters={"spec": app.openapi()})
 

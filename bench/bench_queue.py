@@ -122,7 +122,11 @@ class LocalStack:
         self.workers, self.api = workers, api
 
     def __enter__(self) -> "LocalStack":
-        stack.up(self.settings, workers=self.workers, flower=False, api=self.api)
+        try:
+            stack.up(self.settings, workers=self.workers, flower=False, api=self.api)
+        except BaseException:  # stop what did start, and the environment patch
+            self.__exit__()
+            raise
         from bloodcell_core.client import Client
 
         self.client = Client(self.settings)

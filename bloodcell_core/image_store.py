@@ -11,11 +11,11 @@ import os
 import threading
 from pathlib import Path
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bloodcell_core.config import Settings
-from bloodcell_core.db import Image
+from bloodcell_core.db import Image, insert_new
 
 
 class ImageNotFound(KeyError):
@@ -27,12 +27,10 @@ def sha256_of(data: bytes) -> str:
 
 
 def _add_missing_rows(session: Session, blobs: dict[str, bytes], keep_bytes: bool) -> None:
-    """One query for the images already stored, one flush for the new rows (not one round trip per image)."""
-    existing = set(session.scalars(select(Image.sha256).where(Image.sha256.in_(list(blobs)))))
+    """One bulk insert for all images; those stored already (or by a concurrent submission) are skipped."""
     rows = [{"sha256": sha256, "n_bytes": len(data), "content": data if keep_bytes else None}
-            for sha256, data in blobs.items() if sha256 not in existing]
-    if rows:
-        session.execute(insert(Image), rows)
+            for sha256, data in blobs.items()]
+    insert_new(session, Image, rows, key=["sha256"])
 
 
 class ImageStore:
@@ -90,8 +88,11 @@ class FileImageStore(ImageStore):
             view = memoryview(data)
             while view:
                 view = view[os.write(handle, view):]
-        finally:
+        except BaseException:
             os.close(handle)
+            partial.unlink(missing_ok=True)
+            raise
+        os.close(handle)
         os.replace(partial, path)
 
     def get_many(self, session: Session, sha256s: list[str]) -> dict[str, bytes]:

@@ -122,8 +122,10 @@ class Classifier:
     def _preprocess(self, data: bytes) -> tuple[np.ndarray | str, float]:
         start = time.perf_counter()
         try:
-            image = self.preprocessor.to_uint8(data)
-            result: np.ndarray | str = too_small_error(data) or colourless_error(image) or scale(image)
+            result: np.ndarray | str | None = too_small_error(data)  # from the header, before any decoding
+            if result is None:
+                image = self.preprocessor.to_uint8(data)
+                result = colourless_error(image) or scale(image)
         except ImageDecodeError as exc:
             result = str(exc)
         except Exception as exc:  # a bug in a preprocessing step fails this image, not its whole sample

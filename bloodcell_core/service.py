@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import insert, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -37,6 +36,7 @@ from bloodcell_core.db import (
     SampleReport,
     SampleStatus,
     TrainingRun,
+    insert_new,
     session_scope,
 )
 from bloodcell_core.image_header import ImageDecodeError, image_dimensions
@@ -300,12 +300,7 @@ def prediction_row(image_sha256: str, version_id: int, result: Any, worker: str)
 
 def insert_predictions(session: Session, rows: list[dict[str, Any]]) -> None:
     """Bulk insert predictions; a row that already exists (redelivered task) is left as it is."""
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = dialect_insert(Prediction).on_conflict_do_nothing(index_elements=["image_sha256", "model_version_id"])
-    session.execute(statement, rows)
+    insert_new(session, Prediction, rows, key=["image_sha256", "model_version_id"])
 
 
 def classify_sample(

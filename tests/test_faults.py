@@ -83,7 +83,9 @@ def faults(tmp_path_factory):
         "BLOODCELL_IMAGE_STORE": "file",
         "BLOODCELL_DEFAULT_MODEL": str(model),
         "BLOODCELL_MODELS_DIR": str(home / "models"),
-        "BLOODCELL_VISIBILITY_TIMEOUT": "15",  # a vanished worker's task comes back after 15 s, not 2 hours
+        # a vanished worker's task comes back after 60 s, not 2 hours; longer than any task or retry countdown here,
+        # or a running task would be handed out twice
+        "BLOODCELL_VISIBILITY_TIMEOUT": "60",
     }
     run_cli("db", "upgrade", env=env)
     stack = Stack(env=env, settings=settings_for(env))

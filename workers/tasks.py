@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from functools import cache
 
 from celery import Task
 from celery.exceptions import Reject
@@ -56,13 +57,19 @@ def worker_name(task: Task) -> str:
     return task.request.hostname or socket.gethostname()
 
 
+@cache
+def _delivery_counter() -> Redis:
+    """One client (and connection pool) per worker process, made after the fork."""
+    return Redis.from_url(settings.broker_url)
+
+
 def count_delivery(task: Task) -> int:
     """How often this attempt of the task has started (Redis keeps the count for a day).
 
     A retry after a transient error (database or broker away) keeps the task id but is a new
     attempt, so it starts a new count: only deliveries that never finished count against the cap.
     """
-    redis = Redis.from_url(settings.broker_url)
+    redis = _delivery_counter()
     key = f"bloodcell:deliveries:{task.request.id}:{task.request.retries}"
     count = redis.incr(key)
     redis.expire(key, 24 * 3600)
