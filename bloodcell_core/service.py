@@ -243,9 +243,10 @@ def submit_sample(
                         raise Conflict(f"Idempotency-Key {idempotency_key[:80]!r} was used before for a different request")
                     sample = session.get(Sample, seen.sample_id)
                     return Submission(sample.id, sample.accession_id, 0, sample.status, len(sample.cells), replayed=True)
-            for _, sha256 in stored:
-                if session.get(Image, sha256) is None:
-                    raise NotFound(f"no stored image with sha256 {sha256[:80]!r}")
+            referenced = {sha for _, sha in stored}
+            missing = referenced - set(session.scalars(select(Image.sha256).where(Image.sha256.in_(referenced))))
+            if missing:
+                raise NotFound(f"no stored image with sha256 {min(missing)[:80]!r}")
             sample = session.scalar(select(Sample).where(Sample.accession_id == accession_id))
             if sample is None:
                 sample = Sample(accession_id=accession_id, status=SampleStatus.QUEUED, client_id=client_id)
@@ -264,7 +265,7 @@ def submit_sample(
             for name, sha256 in named:
                 if sha256 not in known:
                     known.add(sha256)
-                    cells.append({"sample_id": sample.id, "image_sha256": sha256, "name": name[:512], "status": "queued"})
+                    cells.append({"sample_id": sample.id, "image_sha256": sha256, "name": name[:512]})
             if cells:  # one bulk insert: a sample has hundreds of cells
                 session.execute(insert(SampleImage), cells)
             new_cells = len(cells)
