@@ -6,7 +6,8 @@ For each model plugin: preprocessing images/s (decode + steps + resize + scale, 
 1 thread and the classifier's 2-thread pool), batch-64 predict images/s, the whole in-process
 pipeline (bytes -> probabilities) images/s, single-image latency p50/p99, model file size.
 A plugin with a trained model under models/ (metadata "plugin") is measured with it; the
-others with freshly built weights, which cost the same to run.
+others with freshly built weights, which cost the same to run. A model served with several
+test-time views is measured twice in the same run: with its views, and with one view.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -55,7 +57,8 @@ def artifact_for(name: str, trained: dict[str, Path], workdir: Path) -> tuple[Mo
     model = spec.build((*spec.input_size, 3), 5)
     model.save(workdir / f"{name}.keras")
     config = PreprocessingConfig(input_size=spec.input_size, steps=spec.defaults.preprocessing_steps)
-    metadata = {"classes": [f"class{k}" for k in range(5)], "preprocessing": config.to_json()}
+    metadata = {"classes": [f"class{k}" for k in range(5)], "preprocessing": config.to_json(),
+                "calibration": {"views": list(spec.defaults.test_time_views)}}
     return ModelArtifact(directory=workdir, metadata=metadata, model=model), "untrained weights"
 
 
@@ -63,8 +66,18 @@ def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1)
 
 
-def bench_model(name: str, images: list[tuple[str, bytes]], trained: dict[str, Path], workdir: Path) -> dict:
+def with_views(artifact: ModelArtifact, views: tuple[str, ...]) -> ModelArtifact:
+    calibration = artifact.metadata.get("calibration", {}) | {"views": list(views)}
+    return replace(artifact, metadata=artifact.metadata | {"calibration": calibration})
+
+
+def bench_models(name: str, images: list[tuple[str, bytes]], trained: dict[str, Path], workdir: Path) -> list[dict]:
     artifact, weights = artifact_for(name, trained, workdir)
+    view_sets = [artifact.views] + ([("identity",)] if artifact.views != ("identity",) else [])
+    return [bench_model(name, images, with_views(artifact, views), weights) for views in view_sets]
+
+
+def bench_model(name: str, images: list[tuple[str, bytes]], artifact: ModelArtifact, weights: str) -> dict:
     model_file = artifact.directory / (MODEL_FILE if weights != "untrained weights" else f"{name}.keras")
     classifier = Classifier(artifact)
     preprocessor = Preprocessor(artifact.preprocessing)
@@ -100,6 +113,7 @@ def bench_model(name: str, images: list[tuple[str, bytes]], trained: dict[str, P
     return {
         "model": name,
         "weights": weights,
+        "test_time_views": len(artifact.views),
         "parameters": int(artifact.model.count_params()),
         "model_file_bytes": model_file.stat().st_size,
         "images": len(images),
@@ -121,8 +135,8 @@ def main() -> None:
     images = load_images(args.images)
     trained = trained_models()
     with tempfile.TemporaryDirectory() as workdir:
-        results = [bench_model(name, images, trained, Path(workdir)) for name in names]
-    default = next((r for r in results if r["weights"] == "models/default"), None)
+        results = [row for name in names for row in bench_models(name, images, trained, Path(workdir))]
+    default = next((r for r in results if r["weights"] == "models/default"), None)  # with its own views
     report = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "targets_for_default_model": TARGETS,

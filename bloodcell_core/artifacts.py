@@ -27,7 +27,10 @@ MODEL_FILE = "model.keras"
 METADATA_FILE = "metadata.json"
 SPLIT_FILE = "split.json"
 REPORT_DIR = "report"
-FORMAT_VERSION = 1
+# 2: the calibration record may name test-time views. Code that reads only format 1 would serve such
+# a model with one view under a temperature and threshold fitted for several, so it must refuse it.
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 
 
 class ArtifactError(RuntimeError):
@@ -96,9 +99,18 @@ class ModelArtifact:
         return Split.from_json(json.loads((self.directory / SPLIT_FILE).read_text()))
 
     @property
+    def views(self) -> tuple[str, ...]:
+        return metadata_views(self.metadata)
+
+    @property
     def temperature(self) -> float:
         """Temperature-scaling factor from calibration (1.0: uncalibrated)."""
-        return float(self.metadata.get("calibration", {}).get("temperature", 1.0))
+        return float((self.metadata.get("calibration") or {}).get("temperature", 1.0))
+
+
+def metadata_views(metadata: dict[str, Any]) -> tuple[str, ...]:
+    """Test-time views averaged per image (see ``inference.VIEWS``): part of the calibration fitted with them."""
+    return tuple((metadata.get("calibration") or {}).get("views", ["identity"]))
 
 
 def version_id(directory: Path | str) -> str:
@@ -124,8 +136,9 @@ def read_metadata(directory: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise ArtifactError(f"{directory} is not a bloodcell model directory (no {METADATA_FILE})")
     metadata = json.loads(path.read_text())
-    if metadata.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{directory}: model format {metadata.get('format_version')}, expected {FORMAT_VERSION}")
+    if metadata.get("format_version") not in READABLE_FORMATS:
+        raise ArtifactError(f"{directory}: model format {metadata.get('format_version')}, expected one of "
+                            f"{READABLE_FORMATS}")
     return metadata
 
 

@@ -10,7 +10,7 @@ metadata and applied by the Classifier, so every serving path sees calibrated pr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from scipy.stats import beta
@@ -104,9 +104,13 @@ def at_threshold(probabilities: np.ndarray, labels: np.ndarray, threshold: float
 
 
 def calibrate(val_probabilities: np.ndarray, val_labels: np.ndarray, test_probabilities: np.ndarray,
-              test_labels: np.ndarray, classes: list[str], target_accuracy: float = TARGET_ACCURACY
-              ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fit on validation, report on test: (the metadata record, calibrated test metrics for the report)."""
+              test_labels: np.ndarray, classes: list[str], target_accuracy: float = TARGET_ACCURACY,
+              views: Sequence[str] = ("identity",)) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit on validation, report on test: (the metadata record, calibrated test metrics for the report).
+
+    ``views`` names the test-time views the probabilities were averaged over; the record keeps them,
+    because the temperature and threshold hold only for probabilities made the same way.
+    """
     temperature = fit_temperature(val_probabilities, val_labels)
     val_calibrated = apply_temperature(val_probabilities, temperature)
     test_calibrated = apply_temperature(test_probabilities, temperature)
@@ -117,6 +121,7 @@ def calibrate(val_probabilities: np.ndarray, val_labels: np.ndarray, test_probab
         "method": "temperature scaling fitted on the validation split (NLL); review threshold: the lowest whose "
                   f"accepted validation cells' Clopper-Pearson {1 - DELTA:.0%} upper error bound (per threshold) is "
                   "under 1 - target_accuracy",
+        "views": list(views),
         "temperature": temperature,
         "review_threshold": round(chosen["threshold"], 6),
         "target_accuracy": target_accuracy,

@@ -118,7 +118,14 @@ def dataset_export_reviewed(out_dir: Path) -> None:
 @click.option("--max-per-class", type=click.IntRange(min=3), help="Use only this many files per class (quick trials).")
 @click.option("--steps", help="Preprocessing steps before the resize, comma-separated (default: the plugin's), "
                               "e.g. center_crop,reinhard; `bloodcell plugins` lists them.")
-def train_command(model_name, data_dir, out_dir, epochs, seed, batch_size, learning_rate, max_per_class, steps) -> None:
+@click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Start from this model directory's weights (same plugin, data, --seed, --max-per-class and --steps) "
+                   "with a fresh "
+                   "learning-rate schedule: more epochs for a model that was still improving.")
+@click.option("--views", help="Test-time views to calibrate and serve with, comma-separated (default: the plugin's), "
+                              "e.g. identity,flip_horizontal,flip_vertical,rotate_180; each is one more model pass per image.")
+def train_command(model_name, data_dir, out_dir, epochs, seed, batch_size, learning_rate, max_per_class, steps,
+                  init_from, views) -> None:
     """Train a model plugin, evaluate it on the held-out test split and write a model directory.
 
     The split is 70/15/15, stratified, deterministic from --seed, with identical images kept
@@ -127,6 +134,7 @@ def train_command(model_name, data_dir, out_dir, epochs, seed, batch_size, learn
     early on the validation loss. Temperature scaling and the review threshold are then fitted
     on the validation split (see `bloodcell calibrate`).
     """
+    from bloodcell_core.artifacts import ArtifactError
     from bloodcell_core.training import train
 
     if (out_dir / "metadata.json").exists():
@@ -134,9 +142,10 @@ def train_command(model_name, data_dir, out_dir, epochs, seed, batch_size, learn
     try:
         train(model_name, data_dir, out_dir, epochs=epochs, seed=seed, batch_size=batch_size,
               learning_rate=learning_rate, max_per_class=max_per_class,
-              preprocessing_steps=tuple(steps.split(",")) if steps else None, progress=True,
+              preprocessing_steps=tuple(steps.split(",")) if steps else None, init_from=init_from,
+              views=tuple(views.split(",")) if views else None, progress=True,
               log=lambda message: click.echo(message, err=True))
-    except (PluginError, ValueError) as exc:
+    except (ArtifactError, PluginError, ValueError) as exc:
         _fail(str(exc))
 
 
@@ -174,19 +183,25 @@ def results_command(data_dirs: tuple[Path, ...], model_names: str | None, out_di
               help="Accuracy the accepted (not reviewed) validation cells must reach.")
 @click.option("--data", "data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The dataset the model was trained on (default: the folder recorded in its metadata).")
-def calibrate_command(model_dir: Path, target_accuracy: float, data_dir: Path | None) -> None:
+@click.option("--views", help="Test-time views to average, comma-separated (default: the model's current ones), "
+                              "e.g. identity,flip_horizontal,flip_vertical,rotate_180; each is one more model pass per image.")
+def calibrate_command(model_dir: Path, target_accuracy: float, data_dir: Path | None, views: str | None) -> None:
     """Fit temperature scaling and the review threshold on MODEL_DIR's own validation split.
 
-    Training does this already; use it for older model directories or another target. The
-    weights do not change; metadata.json gains `calibration` and report/ the reliability diagrams
-    before and after and the coverage-vs-accuracy curve. The directory becomes a new model version:
+    Training does this already; use it for older model directories, another target, or other
+    test-time views (--views: the model is asked about each view of an image and the answers are
+    averaged; the temperature and threshold are refitted for them). The weights do not change;
+    metadata.json gains `calibration` and the validation and test metrics, and report/ the
+    reliability diagrams before and after, the coverage-vs-accuracy curve, the classification
+    report and the confusion matrix. The directory becomes a new model version:
     workers refuse it under its old registration, so register it again (`bloodcell models register`).
     """
     from bloodcell_core.artifacts import ArtifactError
     from bloodcell_core.training import recalibrate
 
     try:
-        record = recalibrate(model_dir, target_accuracy, data_dir, progress=sys.stderr.isatty())
+        record = recalibrate(model_dir, target_accuracy, data_dir, tuple(views.split(",")) if views else None,
+                             progress=sys.stderr.isatty())
     except (ArtifactError, PluginError, ValueError) as exc:
         _fail(str(exc))
     click.echo(json.dumps(record, indent=2))

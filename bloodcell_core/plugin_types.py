@@ -42,6 +42,8 @@ class TrainingDefaults:
     early_stopping_patience: int = 5
     preprocessing_steps: tuple[str, ...] = ()
     augmentation: Augmentation = field(default_factory=Augmentation)
+    # Test-time views (bloodcell_core.inference.VIEWS) the trained model is calibrated and served with.
+    test_time_views: tuple[str, ...] = ("identity",)
 
 
 @dataclass(frozen=True)

@@ -14,22 +14,20 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bloodcell_core.artifacts import MODEL_FILE, read_metadata
-
-COLUMNS = ("dataset", "plugin", "accuracy", "macro_f1", "ece_calibrated", "coverage", "accepted_accuracy",
-           "parameters", "file_mb", "images_per_s", "train_minutes", "epochs")
+from bloodcell_core.artifacts import MODEL_FILE, metadata_views, read_metadata
 
 
 def predict_throughput(model_dir: Path, images: int = 256, batch_size: int = 64) -> float:
-    """Batch-64 predict images/s on random input (what a worker's model step costs, without decoding)."""
+    """Batch-64 predict images/s on random input, with the model's test-time views (what a worker's
+    model step costs, without decoding)."""
     from bloodcell_core.artifacts import load_artifact
-    from bloodcell_core.inference import predict_in_batches
+    from bloodcell_core.inference import predict_views
 
     artifact = load_artifact(model_dir)
     batch = np.random.default_rng(0).random((images, *artifact.metadata["input_shape"]), dtype=np.float32)
-    predict_in_batches(artifact.model, batch[:batch_size], batch_size)  # warm up
+    predict_views(artifact.model, batch[:batch_size], artifact.views, batch_size)  # warm up
     start = time.perf_counter()
-    predict_in_batches(artifact.model, batch, batch_size)
+    predict_views(artifact.model, batch, artifact.views, batch_size)
     return images / (time.perf_counter() - start)
 
 
@@ -39,6 +37,7 @@ def result_row(dataset: str, model_dir: Path) -> dict[str, Any]:
     return {
         "dataset": dataset,
         "plugin": metadata["plugin"],
+        "test_time_views": len(metadata_views(metadata)),
         "accuracy": round(test["accuracy"], 4),
         "macro_f1": round(test["macro_f1"], 4),
         "ece_calibrated": calibration.get("test", {}).get("ece_after"),
@@ -56,11 +55,11 @@ def result_row(dataset: str, model_dir: Path) -> dict[str, Any]:
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    header = ["dataset", "model", "accuracy", "macro-F1", "ECE (calibrated)", "coverage at review threshold",
+    header = ["dataset", "model", "test-time views", "accuracy", "macro-F1", "ECE (calibrated)", "coverage at review threshold",
               "accuracy of accepted", "parameters", "file MB", "predict img/s", "training min (epochs)"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['plugin']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
+        lines.append(f"| {r['dataset']} | {r['plugin']} | {r['test_time_views']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
                      f"{r['ece_calibrated']} | {r['coverage']} | {r['accepted_accuracy']} | {r['parameters']:,} | "
                      f"{r['file_mb']} | {r['images_per_s']:,} | {r['train_minutes']} ({r['epochs']}) |")
     return "\n".join(lines)

@@ -17,15 +17,23 @@ import numpy as np
 from tqdm import tqdm
 
 from bloodcell_core import plots
-from bloodcell_core.artifacts import REPORT_DIR, save_artifact
+from bloodcell_core.artifacts import (
+    FORMAT_VERSION,
+    REPORT_DIR,
+    ModelArtifact,
+    load_artifact,
+    save_artifact,
+    update_metadata,
+    version_id,
+)
 from bloodcell_core.calibration import TARGET_ACCURACY, apply_temperature, calibrate
 from bloodcell_core.dataset import DatasetIndex, audit, index_dataset, read_image_file
-from bloodcell_core.inference import predict_in_batches
+from bloodcell_core.inference import check_views, predict_in_batches, predict_views
 from bloodcell_core.metrics import classification_metrics, format_classification_report
 from bloodcell_core.plugin_manager import get_model_spec
 from bloodcell_core.preprocessing import PreprocessingConfig, Preprocessor, augment, scale
 from bloodcell_core.shortcuts import colour_only_baseline
-from bloodcell_core.splits import SplitItem, make_split
+from bloodcell_core.splits import Split, SplitItem, make_split
 
 
 def load_split_images(
@@ -137,12 +145,17 @@ def train(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     max_per_class: int | None = None,
     preprocessing_steps: tuple[str, ...] | None = None,
+    init_from: Path | str | None = None,
+    views: tuple[str, ...] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train ``model_name`` on DATA_DIR, evaluate on the held-out test split, write OUT_DIR.
 
     ``preprocessing_steps`` replaces the plugin's default steps (e.g. to add colour normalisation).
+    ``init_from`` starts from that model directory's weights instead of random ones (a warm restart
+    with a fresh learning-rate schedule); it must have the same plugin, classes, preprocessing and split.
+    ``views`` replaces the plugin's test-time views, which the model is calibrated and served with.
     Returns the metadata written to OUT_DIR/metadata.json.
     """
     spec = get_model_spec(model_name)
@@ -150,6 +163,7 @@ def train(
     epochs = epochs or defaults.epochs
     batch_size = batch_size or defaults.batch_size
     learning_rate = learning_rate or defaults.learning_rate
+    views = check_views(views or defaults.test_time_views)
     out_dir = Path(out_dir)
     started = time.time()
     keras.utils.set_random_seed(seed)
@@ -171,6 +185,7 @@ def train(
 
     steps = defaults.preprocessing_steps if preprocessing_steps is None else preprocessing_steps
     config = PreprocessingConfig(input_size=spec.input_size, steps=steps)
+    start_from = compatible_start(init_from, model_name, classes, config, split) if init_from is not None else None
     preprocessor = Preprocessor(config)
     arrays = {name: load_split_images(index.root, items, preprocessor, f"preprocessing {name}", progress)
               for name, items in split.parts.items()}
@@ -179,6 +194,11 @@ def train(
     class_weight = balanced_class_weights(labels["train"], len(classes))
 
     model = spec.build((*spec.input_size, 3), len(classes))
+    initialised_from = None
+    if start_from is not None:
+        model.set_weights(start_from.model.get_weights())
+        initialised_from = {"directory": str(start_from.directory.resolve()), "version": version_id(start_from.directory)}
+        log(f"starting from the weights of {init_from} ({initialised_from['version']})")
     train_batches = AugmentedBatches(arrays["train"], onehot["train"], batch_size, defaults.augmentation, seed)
     # Cosine decay to zero: the last epochs take small steps, so weights and batch-norm
     # statistics settle instead of ending on a noisy, high-learning-rate epoch.
@@ -205,8 +225,9 @@ def train(
     )
     history_lists = {key: [float(v) for v in values] for key, values in history.history.items()}
 
-    probabilities = {name: predict_in_batches(model, scale(arrays[name])) for name in ("val", "test")}
-    calibration, calibrated = calibrate(probabilities["val"], labels["val"], probabilities["test"], labels["test"], classes)
+    probabilities = {name: predict_views(model, scale(arrays[name]), views) for name in ("val", "test")}
+    calibration, calibrated = calibrate(probabilities["val"], labels["val"], probabilities["test"], labels["test"], classes,
+                                        views=views)
     test_metrics = calibrated["after"]  # the served model is calibrated: same classes, calibrated confidences
     val_metrics = classification_metrics(labels["val"], apply_temperature(probabilities["val"], calibration["temperature"]),
                                          classes)
@@ -228,6 +249,7 @@ def train(
             "learning_rate_schedule": "cosine decay to 0 over the requested epochs",
             "loss": "categorical_crossentropy",
             "seed": seed,
+            "initialised_from": initialised_from,
             "class_weight": {classes[k]: w for k, w in class_weight.items()},
             "early_stopping": {"monitor": "val_loss", "patience": patience, "restore_best_weights": True},
             "batch_norm": f"moving statistics re-estimated each epoch on {len(batch_norm_images)} clean training images",
@@ -267,6 +289,26 @@ def train(
     return json.loads((out_dir / "metadata.json").read_text())
 
 
+def compatible_start(init_from: Path | str, model_name: str, classes: list[str], config: PreprocessingConfig,
+                     split: Split) -> ModelArtifact:
+    """The model directory INIT_FROM, loaded, if a run with these settings may start from its weights.
+
+    The split must be the same image for image: weights that saw today's test images in training
+    would make the new test figures worthless. Checked before any image is decoded.
+    """
+    artifact = load_artifact(init_from)
+    mismatches = [what for what, same in (
+        ("plugin", artifact.metadata["plugin"] == model_name),
+        ("classes", artifact.classes == classes),
+        ("preprocessing", artifact.metadata["preprocessing"] == config.to_json()),
+        ("split", all(artifact.split().hashes(part) == split.hashes(part) for part in ("train", "val", "test"))),
+    ) if not same]
+    if mismatches:
+        raise ValueError(f"cannot start from {init_from}: it differs from this run in {', '.join(mismatches)} "
+                         "(same plugin, data, --seed, fractions, --max-per-class and --steps needed)")
+    return artifact
+
+
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return {key: metrics[key] for key in ("n", "accuracy", "macro_f1", "ece")} | {
         "per_class_f1": {label: round(row["f1"], 4) for label, row in metrics["per_class"].items()}
@@ -291,12 +333,7 @@ def write_report(
         json.dumps({"test": test_metrics, "val": val_metrics, "history": history,
                     "colour_only_baseline_test": metadata["metrics"]["colour_only_baseline_test"]}, indent=1) + "\n"
     )
-    (report / "classification_report.txt").write_text(
-        f"{metadata['plugin']} on {metadata['dataset']['root']} (held-out test split, seed {seed})\n\n"
-        + format_classification_report(test_metrics) + "\n"
-    )
-    title = f"{metadata['plugin']}: held-out test split"
-    plots.confusion_matrix_png(test_metrics, report / "confusion_matrix.png", title)
+    write_test_report(out_dir, metadata, test_metrics)
     plots.training_curves_png(history, report / "training_curves.png")
     rng = np.random.default_rng(seed)
     rows, row_labels = [], []
@@ -308,6 +345,20 @@ def write_report(
             row_labels.append(f"{label}: original, then augmented")
     plots.image_grid_png(rows, row_labels, report / "augmentation_preview.png", "training augmentation:\n" +
                          ", ".join(f"{k}={v}" for k, v in asdict(augmentation).items()))
+
+
+def write_test_report(out_dir: Path, metadata: dict[str, Any], test_metrics: dict[str, Any]) -> None:
+    """The served model's test-split classification report and confusion matrix."""
+    report = out_dir / REPORT_DIR
+    report.mkdir(exist_ok=True)
+    views = metadata["calibration"].get("views", ["identity"])
+    averaged = f", averaged over {len(views)} test-time views" if len(views) > 1 else ""
+    (report / "classification_report.txt").write_text(
+        f"{metadata['plugin']} on {metadata['dataset']['root']} (held-out test split, seed {metadata['split']['seed']}"
+        f"{averaged})\n\n" + format_classification_report(test_metrics) + "\n"
+    )
+    plots.confusion_matrix_png(test_metrics, report / "confusion_matrix.png",
+                               f"{metadata['plugin']}: held-out test split{averaged}")
 
 
 def write_calibration_report(out_dir: Path, metadata: dict[str, Any], calibrated: dict[str, Any]) -> None:
@@ -324,18 +375,20 @@ def write_calibration_report(out_dir: Path, metadata: dict[str, Any], calibrated
 
 
 def recalibrate(model_dir: Path | str, target_accuracy: float = TARGET_ACCURACY, data_dir: Path | str | None = None,
-                progress: bool = True) -> dict[str, Any]:
+                views: tuple[str, ...] | None = None, progress: bool = True) -> dict[str, Any]:
     """Fit temperature and review threshold for an existing model directory on its own validation split.
 
+    ``views`` sets the test-time views to serve with (default: the ones it has).
+
     Reads the split's images from DATA_DIR (default: the dataset root recorded in the metadata), checking
-    each against the content hash in split.json; the weights do not change. The calibrated test metrics
-    replace ``metrics.test``, as after training. Returns the calibration record written to the metadata.
+    each against the content hash in split.json; the weights do not change. The calibrated validation and
+    test metrics replace ``metrics.val`` and ``metrics.test`` and the report's figures, as after training.
+    Returns the calibration record written to the metadata.
     """
     import hashlib
 
-    from bloodcell_core.artifacts import load_artifact, update_metadata
-
     artifact = load_artifact(model_dir)
+    views = check_views(views or artifact.views)
     split, classes = artifact.split(), artifact.classes
     root = Path(data_dir or artifact.metadata["dataset"]["root"])
     for item in split.parts["val"] + split.parts["test"]:
@@ -347,11 +400,18 @@ def recalibrate(model_dir: Path | str, target_accuracy: float = TARGET_ACCURACY,
     for name in ("val", "test"):
         items = split.parts[name]
         images = load_split_images(root, items, preprocessor, f"preprocessing {name}", progress)
-        probabilities[name] = predict_in_batches(artifact.model, scale(images))  # uncalibrated: the model alone
+        probabilities[name] = predict_views(artifact.model, scale(images), views)  # uncalibrated: the model alone
         labels[name] = np.array([classes.index(item.label) for item in items])
     record, calibrated = calibrate(probabilities["val"], labels["val"], probabilities["test"], labels["test"], classes,
-                                   target_accuracy)
-    metrics = artifact.metadata["metrics"] | {"test": _summary(calibrated["after"])}
-    metadata = update_metadata(model_dir, calibration=record, metrics=metrics)
+                                   target_accuracy, views)
+    val_metrics = classification_metrics(labels["val"], apply_temperature(probabilities["val"], record["temperature"]),
+                                         classes)
+    metrics = artifact.metadata["metrics"] | {"test": _summary(calibrated["after"]), "val": _summary(val_metrics)}
+    metadata = update_metadata(model_dir, calibration=record, metrics=metrics, format_version=FORMAT_VERSION)
+    metrics_file = Path(model_dir) / REPORT_DIR / "metrics.json"
+    if metrics_file.is_file():
+        metrics_file.write_text(json.dumps(json.loads(metrics_file.read_text())
+                                           | {"test": calibrated["after"], "val": val_metrics}, indent=1) + "\n")
+    write_test_report(Path(model_dir), metadata, calibrated["after"])
     write_calibration_report(Path(model_dir), metadata, calibrated)
     return record

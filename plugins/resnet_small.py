@@ -49,5 +49,7 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
         input_size=(128, 128),
         defaults=TrainingDefaults(epochs=30, batch_size=32, learning_rate=1e-3, early_stopping_patience=10,
                                   preprocessing_steps=("center_crop",),
-                                  augmentation=Augmentation(rotation_degrees=180.0, vertical_flip=True)),
+                                  augmentation=Augmentation(rotation_degrees=180.0, vertical_flip=True),
+                                  # trained on every flip and turn, so each of these views is a cell it knows
+                                  test_time_views=("identity", "flip_horizontal", "flip_vertical", "rotate_180")),
     ))

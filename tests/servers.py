@@ -128,10 +128,10 @@ class Stack:
     settings: Settings
     workers: list[subprocess.Popen] = field(default_factory=list)
 
-    def start_worker(self, name: str) -> subprocess.Popen:
+    def start_worker(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(Path(self.env["BLOODCELL_HOME"]) / f"{name}.log", "ab")
         process = subprocess.Popen([str(Path(sys.executable).parent / "bloodcell"), "worker", "--name", name],
-                                   env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT)
+                                   env={**os.environ, **self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
         self.workers.append(process)
         self.wait_for_workers(len(self.workers))
         return process
@@ -158,6 +158,7 @@ class Stack:
             process.send_signal(signal.SIGTERM)
         for process in self.workers:
             process.wait(timeout=60)
+        self.workers.clear()
 
     def client(self):
         from bloodcell_core.client import Client

@@ -159,14 +159,24 @@ def test_retrain_gate_shadow_and_forced_promotion(stack: Stack, sample_dir: Path
     with pytest.raises(promotion.Conflict, match="does not beat production"):
         client.promote(candidate, actor="test")
 
-    report = submit(stack, "S-SHADOW", sample_dir)
-    with db.session_scope(stack.settings.database_url) as session:
-        sample_pk = session.scalar(select(db.Sample.id).where(db.Sample.accession_id == "S-SHADOW"))
-    shadowed = promotion.shadow_classify(stack.settings, sample_pk, lambda v: Classifier.from_dir(v.artifact_path), "test")
-    assert shadowed == report["n_classified"] == 12
-    shadow = client.shadow_report(candidate)
-    assert shadow["cells"] >= 12 and shadow["production"] == production and 0 <= shadow["agreement"] <= 1
-    assert client.report("S-SHADOW") == report  # shadow predictions never touch a report
+    stack.stop_workers()  # only a shadow-scoring worker may take the next sample
+    stack.start_worker("shadow", env={"BLOODCELL_SHADOW": "1"})
+    try:
+        report = submit(stack, "S-SHADOW", sample_dir)
+        assert report["n_classified"] == 12 and report["model_version"] == production
+        deadline = time.monotonic() + 120  # the worker shadow-scores after the report is stored
+        while client.shadow_report(candidate)["cells"] < 12 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        shadow = client.shadow_report(candidate)
+        assert shadow["cells"] == 12 and shadow["production"] == production and 0 <= shadow["agreement"] <= 1
+        with db.session_scope(stack.settings.database_url) as session:
+            workers = set(session.scalars(select(db.Prediction.worker).join(db.ModelVersion)
+                                          .where(db.ModelVersion.version == candidate)))
+        assert {w.split("@")[0] for w in workers} == {"shadow:shadow"}
+        assert client.report("S-SHADOW") == report  # shadow predictions never touch a report
+    finally:
+        stack.stop_workers()
+        stack.start_worker("w1")
 
     with pytest.raises(promotion.ServiceError, match="needs a reason"):
         client.promote(candidate, actor="test", force=True)

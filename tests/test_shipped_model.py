@@ -13,9 +13,10 @@ from bloodcell_core.dataset import read_image_file
 from bloodcell_core.inference import Classifier
 from bloodcell_core.metrics import classification_metrics
 
-# model directory, its dataset, the accuracy and macro-F1 it keeps, whether it meets the abstention target
-# (the pbc8 model does not yet: 77% of its test cells clear its review threshold; see the README)
-SHIPPED = [(DEFAULT_MODEL, KAGGLE5, 0.99, True), (DEFAULT_MODEL.parent / "pbc8", PBC8, 0.965, False)]
+# model directory, its dataset, the accuracy and macro-F1 it keeps (the targets), whether it meets
+# the abstention target (the pbc8 model does not yet: 82% of its test cells clear its review threshold,
+# where the target is 95%; see the README)
+SHIPPED = [(DEFAULT_MODEL, KAGGLE5, 0.99, True), (DEFAULT_MODEL.parent / "pbc8", PBC8, 0.97, False)]
 SHIPPED = [entry for entry in SHIPPED if (entry[0] / "metadata.json").exists()]
 
 
@@ -55,5 +56,5 @@ def test_shipped_models_meet_their_targets_on_their_test_split(shipped):
     assert metrics["ece"] <= 0.02
     accepted = probabilities.max(axis=1) >= recorded["calibration"]["review_threshold"]
     assert (probabilities.argmax(axis=1) == y)[accepted].mean() >= 0.995
-    assert accepted.mean() >= (0.95 if abstains_well else 0.75)
+    assert accepted.mean() >= (0.95 if abstains_well else 0.80)
     assert json.loads((classifier.artifact.directory / "report" / "calibration.json").read_text())["temperature"] > 0

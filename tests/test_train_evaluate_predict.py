@@ -162,3 +162,92 @@ def test_batch_norm_recalibration_sets_the_exact_statistics():
     batch_variances = np.mean([x[s : s + 64].var(axis=0) for s in range(0, 256, 64)], axis=0)
     assert np.allclose(np.asarray(layer.moving_variance), batch_variances, rtol=1e-3)
     assert layer.momentum == 0.99  # restored
+
+
+def test_test_time_views_average_log_probabilities_of_flipped_images(tiny_model: Path):
+    import numpy as np
+
+    from bloodcell_core.inference import VIEWS, predict_in_batches, predict_views
+
+    model = load_artifact(tiny_model).model
+    classifier = Classifier.from_dir(tiny_model)
+    images = np.stack([classifier.preprocessor(f.read_bytes()) for f in sorted((KAGGLE5 / "monocyte").iterdir())[:70]])
+    assert predict_views(model, images) == pytest.approx(predict_in_batches(model, images), abs=1e-6)
+    assert VIEWS["rotate_180"](images)[0] == pytest.approx(np.flip(images[0], (0, 1)))
+    views = ("identity", "flip_vertical", "rotate_180")
+    per_view = [np.asarray(model(np.ascontiguousarray(VIEWS[v](images)), training=False)) for v in views]
+    geometric = np.exp(np.mean(np.log(per_view), axis=0))
+    expected = geometric / geometric.sum(axis=1, keepdims=True)
+    averaged = predict_views(model, images, views)  # 70 images: a chunk of 64 views, then one of 6
+    assert averaged == pytest.approx(expected, abs=1e-5)
+    assert averaged.sum(axis=1) == pytest.approx(np.ones(70), abs=1e-5)
+    assert not np.allclose(averaged, per_view[0], atol=1e-3)  # the views do change the answer
+
+
+def test_calibrate_with_views_makes_a_new_version_that_serves_them(tiny_model: Path, tmp_path: Path):
+    import shutil
+
+    import numpy as np
+
+    from bloodcell_core.artifacts import version_id
+    from bloodcell_core.calibration import apply_temperature
+    from bloodcell_core.inference import predict_views
+
+    copy = tmp_path / "with_views"
+    shutil.copytree(tiny_model, copy)
+    refused = run_cli("calibrate", str(copy), "--views", "identity,upside_down", check=False)
+    assert refused.returncode != 0 and "unknown test-time views ['upside_down']" in refused.stderr
+    assert "flip_horizontal" in refused.stderr
+    record = json.loads(run_cli("calibrate", str(copy), "--views", "flip_horizontal, identity").stdout)
+    assert record["views"] == ["identity", "flip_horizontal"]
+    assert version_id(copy) != version_id(tiny_model)
+    metadata = json.loads((copy / "metadata.json").read_text())
+    assert metadata["format_version"] == 2  # code that knows no views refuses it rather than serve it with one
+    report = json.loads((copy / "report" / "metrics.json").read_text())
+    assert report["test"]["accuracy"] == metadata["metrics"]["test"]["accuracy"]
+    assert "averaged over 2 test-time views" in (copy / "report" / "classification_report.txt").read_text()
+
+    classifier = Classifier.from_dir(copy)
+    assert classifier.artifact.views == ("identity", "flip_horizontal")
+    data = next((KAGGLE5 / "myeloblast").iterdir()).read_bytes()
+    image = classifier.preprocessor(data)[None]
+    expected = apply_temperature(predict_views(classifier.artifact.model, image, record["views"]), record["temperature"])
+    served = classifier.classify_one(data)
+    assert [served.probabilities[c] for c in classifier.classes] == pytest.approx(expected[0].tolist(), abs=1e-5)
+    batch = classifier.classify([("a", data), ("b", data)])
+    assert batch[1].probabilities == pytest.approx(served.probabilities, abs=1e-5)
+    assert not np.allclose(list(served.probabilities.values()),
+                           list(Classifier.from_dir(tiny_model).classify_one(data).probabilities.values()), atol=1e-4)
+
+    record["views"] = ["sideways"]
+    from bloodcell_core.artifacts import update_metadata
+
+    update_metadata(copy, calibration=record)
+    with pytest.raises(ArtifactError, match="unknown test-time views"):
+        Classifier.from_dir(copy)
+
+
+def test_training_can_start_from_a_model_with_the_same_split(tiny_model: Path, tmp_path: Path):
+    import numpy as np
+
+    from bloodcell_core.artifacts import version_id
+    from bloodcell_core.training import train
+
+    warm = tmp_path / "warm"
+    metadata = train("compact_cnn", KAGGLE5, warm, epochs=1, max_per_class=12, init_from=tiny_model,
+                     learning_rate=1e-5, views=("flip_horizontal", "identity"), progress=False, log=lambda _: None)
+    assert metadata["training"]["initialised_from"] == {"directory": str(tiny_model.resolve()),
+                                                        "version": version_id(tiny_model)}
+    assert metadata["calibration"]["views"] == ["identity", "flip_horizontal"]  # one spelling per set of views
+    # Adam moves a weight by about the learning rate per step: two steps at 1e-5 stay within 1e-4 of the start,
+    # where the seed's fresh weights lie ~1e-3 away (the tiny model's own two steps at 1e-3)
+    start, after = load_artifact(tiny_model).model.get_weights(), load_artifact(warm).model.get_weights()
+    kernels = [k for k, w in enumerate(start) if w.ndim == 4]
+    assert max(float(np.abs(after[k] - start[k]).max()) for k in kernels) < 1e-4
+    # Another seed draws another split: starting there from these weights would test on images they trained on
+    with pytest.raises(ValueError, match="differs from this run in split "):
+        train("compact_cnn", KAGGLE5, tmp_path / "leaky", epochs=1, max_per_class=12, seed=1, init_from=tiny_model,
+              progress=False, log=lambda _: None)
+    result = run_cli("train", "--model", "resnet_small", "--data", str(KAGGLE5), "--out", str(tmp_path / "other"),
+                     "--max-per-class", "12", "--epochs", "1", "--init-from", str(tiny_model), check=False)
+    assert result.returncode != 0 and "differs from this run in plugin " in result.stderr
