@@ -67,7 +67,7 @@ def rate(count: int, seconds: float) -> float:
 
 
 def with_views(artifact: ModelArtifact, views: tuple[str, ...]) -> ModelArtifact:
-    calibration = artifact.metadata.get("calibration", {}) | {"views": list(views)}
+    calibration = (artifact.metadata.get("calibration") or {}) | {"views": list(views)}
     return replace(artifact, metadata=artifact.metadata | {"calibration": calibration})
 
 

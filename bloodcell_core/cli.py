@@ -120,8 +120,7 @@ def dataset_export_reviewed(out_dir: Path) -> None:
                               "e.g. center_crop,reinhard; `bloodcell plugins` lists them.")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Start from this model directory's weights (same plugin, data, --seed, --max-per-class and --steps) "
-                   "with a fresh "
-                   "learning-rate schedule: more epochs for a model that was still improving.")
+                   "with a fresh learning-rate schedule: more epochs for a model that was still improving.")
 @click.option("--views", help="Test-time views to calibrate and serve with, comma-separated (default: the plugin's), "
                               "e.g. identity,flip_horizontal,flip_vertical,rotate_180; each is one more model pass per image.")
 def train_command(model_name, data_dir, out_dir, epochs, seed, batch_size, learning_rate, max_per_class, steps,
@@ -161,10 +160,11 @@ def results_command(data_dirs: tuple[Path, ...], model_names: str | None, out_di
                     epochs: int | None) -> None:
     """Train and evaluate every model plugin on every dataset and write the results table.
 
-    Columns: test accuracy and macro-F1, ECE after temperature scaling, the share of test cells
-    accepted at the calibrated review threshold and their accuracy, parameters, file size,
-    batch-64 predict images/s, training time. Existing model directories are reused, so an
-    interrupted run continues where it stopped. Hours on a CPU: run it in the background.
+    Columns: test-time views, test accuracy and macro-F1, ECE after temperature scaling, the share
+    of test cells accepted at the calibrated review threshold and their accuracy, parameters, file
+    size, batch-64 predict images/s (with the views), training time. Existing model directories
+    are reused, so an interrupted run continues where it stopped. Hours on a CPU: run it in the
+    background.
     """
     from bloodcell_core.plugin_manager import model_specs
     from bloodcell_core.results import build_results, markdown_table

@@ -22,6 +22,7 @@ from bloodcell_core.artifacts import (
     REPORT_DIR,
     ModelArtifact,
     load_artifact,
+    metadata_views,
     save_artifact,
     update_metadata,
     version_id,
@@ -351,7 +352,7 @@ def write_test_report(out_dir: Path, metadata: dict[str, Any], test_metrics: dic
     """The served model's test-split classification report and confusion matrix."""
     report = out_dir / REPORT_DIR
     report.mkdir(exist_ok=True)
-    views = metadata["calibration"].get("views", ["identity"])
+    views = metadata_views(metadata)
     averaged = f", averaged over {len(views)} test-time views" if len(views) > 1 else ""
     (report / "classification_report.txt").write_text(
         f"{metadata['plugin']} on {metadata['dataset']['root']} (held-out test split, seed {metadata['split']['seed']}"
