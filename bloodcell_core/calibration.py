@@ -23,12 +23,14 @@ EPSILON = float(np.finfo(np.float32).tiny)  # keeps log() finite without capping
 REVIEW_ALL = 2.0  # a threshold above any probability: every cell goes to review
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """softmax(log p / T): the model ends in a softmax, so log p are its logits up to a constant."""
-    logits = np.log(np.clip(probabilities, EPSILON, 1.0)) / temperature
-    logits -= logits.max(axis=-1, keepdims=True)
-    exp = np.exp(logits)
-    return (exp / exp.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return softmax(np.log(np.clip(probabilities, EPSILON, 1.0)) / temperature)
 
 
 def negative_log_likelihood(probabilities: np.ndarray, labels: np.ndarray) -> float:

@@ -7,12 +7,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from bloodcell_core.artifacts import ArtifactError, ModelArtifact, load_artifact
-from bloodcell_core.calibration import EPSILON, apply_temperature
+from bloodcell_core.artifacts import ArtifactError, ModelArtifact, load_artifact, metadata_views
+from bloodcell_core.calibration import EPSILON, apply_temperature, softmax
 from bloodcell_core.image_header import image_dimensions
 from bloodcell_core.preprocessing import ImageDecodeError, Preprocessor, scale
 
@@ -75,6 +75,14 @@ def check_views(views: Sequence[str]) -> tuple[str, ...]:
     return tuple(view for view in VIEWS if view in names)
 
 
+def served_views(metadata: dict[str, Any], directory: Path | str) -> tuple[str, ...]:
+    """A model directory's test-time views, or ArtifactError: refused when registered and when loaded."""
+    try:
+        return check_views(metadata_views(metadata))
+    except ValueError as exc:
+        raise ArtifactError(f"{directory}: {exc}") from None
+
+
 def predict_views(model: "keras.Model", images: np.ndarray, views: Sequence[str] = ("identity",),
                   batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Probabilities (n, classes) averaged over test-time VIEWS of each image: the normalised geometric
@@ -89,9 +97,7 @@ def predict_views(model: "keras.Model", images: np.ndarray, views: Sequence[str]
         chunk = images[start : start + batch_size]
         stacked = np.concatenate([VIEWS[view](chunk) for view in views])  # a copy: contiguous
         probabilities = predict_in_batches(model, stacked, batch_size).reshape(len(views), len(chunk), -1)
-        log_mean = np.log(np.clip(probabilities, EPSILON, 1.0)).mean(axis=0)
-        exp = np.exp(log_mean - log_mean.max(axis=1, keepdims=True))
-        outputs.append((exp / exp.sum(axis=1, keepdims=True)).astype(np.float32))
+        outputs.append(softmax(np.log(np.clip(probabilities, EPSILON, 1.0)).mean(axis=0)))
     return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
@@ -149,10 +155,7 @@ class Classifier:
     """A loaded model plus its preprocessing. Thread pool decodes; the model predicts in batches."""
 
     def __init__(self, artifact: ModelArtifact, threads: int = 2) -> None:
-        try:
-            check_views(artifact.views)
-        except ValueError as exc:
-            raise ArtifactError(f"{artifact.directory}: {exc}") from None
+        served_views(artifact.metadata, artifact.directory)
         self.artifact = artifact
         self.classes = artifact.classes
         self.preprocessor = Preprocessor(artifact.preprocessing)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bloodcell_core import webhooks
-from bloodcell_core.artifacts import ArtifactError, metadata_views, read_metadata, version_id
+from bloodcell_core.artifacts import read_metadata, version_id
 from bloodcell_core.config import Settings
 from bloodcell_core.db import (
     AuditEvent,
@@ -74,13 +74,10 @@ def audit(session: Session, actor: str, action: str, subject: str, **details: An
 
 def register_model_version(session: Session, artifact_dir: Path, status: str, actor: str) -> ModelVersion:
     """Register a model directory; the same model file registered twice is the same version."""
-    from bloodcell_core.inference import check_views
+    from bloodcell_core.inference import served_views
 
     metadata = read_metadata(artifact_dir)
-    try:
-        check_views(metadata_views(metadata))
-    except ValueError as exc:
-        raise ArtifactError(f"{artifact_dir}: {exc}") from None
+    served_views(metadata, artifact_dir)
     version = version_id(artifact_dir)
     existing = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
     if existing is not None:
