@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bloodcell_core.inference import Classifier, predict_views  # noqa: E402
+from bloodcell_core.inference import BATCH_SIZE, Classifier  # noqa: E402
 
 
 def devices() -> list[str]:
@@ -48,7 +48,6 @@ def main() -> None:
     parser.add_argument("--expected", type=Path, help="JSON from --write-expected on another backend")
     parser.add_argument("--write-expected", type=Path)
     parser.add_argument("--repeat", type=int, default=32, help="predict-throughput batch set: the images repeated this often")
-    parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
 
     images = [(path.name, path.read_bytes()) for path in sorted(args.image_dir.iterdir()) if path.is_file()]
@@ -60,10 +59,9 @@ def main() -> None:
 
     arrays = np.stack([classifier.preprocessor(data) for _, data in images])
     batch = np.concatenate([arrays] * args.repeat)
-    model, views = classifier.artifact.model, classifier.artifact.views  # the model step a worker runs, views included
-    predict_views(model, batch[: args.batch_size * 2], views, args.batch_size)
+    classifier.predict_arrays(batch[: BATCH_SIZE * 2])  # the model step a worker runs: views, gate, temperature
     start = time.perf_counter()
-    predict_views(model, batch, views, args.batch_size)
+    classifier.predict_arrays(batch)
     predict_s = time.perf_counter() - start
 
     result = {
@@ -72,8 +70,9 @@ def main() -> None:
         "images": len(images),
         "pipeline_images_per_s": round(len(images) / pipeline_s, 1),
         "predict_images_per_s": round(len(batch) / predict_s, 1),
-        "batch_size": args.batch_size,
-        "test_time_views": len(views),
+        "batch_size": BATCH_SIZE,
+        "test_time_views": len(classifier.artifact.views),
+        "view_gate": classifier.artifact.view_gate,
     }
     answers = {p.name: p.probabilities for p in predictions if p.error is None}
     if args.write_expected:

@@ -7,7 +7,8 @@ For each model plugin: preprocessing images/s (decode + steps + resize + scale, 
 pipeline (bytes -> probabilities) images/s, single-image latency p50/p99, model file size.
 A plugin with a trained model under models/ (metadata "plugin") is measured with it; the
 others with freshly built weights, which cost the same to run. A model served with several
-test-time views is measured twice in the same run: with its views, and with one view.
+test-time views is measured in the same run with its views, with one view and, when it has a view
+gate, with every view for every cell (untrained weights are never sure, so their gate never skips).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from bloodcell_core.artifacts import MODEL_FILE, ModelArtifact, load_artifact, read_metadata  # noqa: E402
 from bloodcell_core.dataset import list_class_files, read_image_file  # noqa: E402
-from bloodcell_core.inference import Classifier  # noqa: E402
+from bloodcell_core.inference import Classifier, predict_in_batches  # noqa: E402
 from bloodcell_core.plugin_manager import model_specs  # noqa: E402
 from bloodcell_core.preprocessing import PreprocessingConfig, Preprocessor  # noqa: E402
 
@@ -58,7 +59,7 @@ def artifact_for(name: str, trained: dict[str, Path], workdir: Path) -> tuple[Mo
     model.save(workdir / f"{name}.keras")
     config = PreprocessingConfig(input_size=spec.input_size, steps=spec.defaults.preprocessing_steps)
     metadata = {"classes": [f"class{k}" for k in range(5)], "preprocessing": config.to_json(),
-                "calibration": {"views": list(spec.defaults.test_time_views)}}
+                "calibration": {"views": list(spec.defaults.test_time_views), "view_gate": spec.defaults.view_gate}}
     return ModelArtifact(directory=workdir, metadata=metadata, model=model), "untrained weights"
 
 
@@ -66,15 +67,16 @@ def rate(count: int, seconds: float) -> float:
     return round(count / seconds, 1)
 
 
-def with_views(artifact: ModelArtifact, views: tuple[str, ...]) -> ModelArtifact:
-    calibration = (artifact.metadata.get("calibration") or {}) | {"views": list(views)}
+def with_views(artifact: ModelArtifact, views: tuple[str, ...], gate: float | None) -> ModelArtifact:
+    calibration = (artifact.metadata.get("calibration") or {}) | {"views": list(views), "view_gate": gate}
     return replace(artifact, metadata=artifact.metadata | {"calibration": calibration})
 
 
 def bench_models(name: str, images: list[tuple[str, bytes]], trained: dict[str, Path], workdir: Path) -> list[dict]:
     artifact, weights = artifact_for(name, trained, workdir)
-    view_sets = [artifact.views] + ([("identity",)] if artifact.views != ("identity",) else [])
-    return [bench_model(name, images, with_views(artifact, views), weights) for views in view_sets]
+    served = (artifact.views, artifact.view_gate)
+    variants = [served] + [(artifact.views, None)] * (served[1] is not None) + [(("identity",), None)] * (len(served[0]) > 1)
+    return [bench_model(name, images, with_views(artifact, *variant), weights) for variant in variants]
 
 
 def bench_model(name: str, images: list[tuple[str, bytes]], artifact: ModelArtifact, weights: str) -> dict:
@@ -92,6 +94,9 @@ def bench_model(name: str, images: list[tuple[str, bytes]], artifact: ModelArtif
         preprocess_2 = rate(len(blobs), time.perf_counter() - start)
 
     batch = np.stack(prepared)
+    gate = artifact.view_gate
+    # the share of cells that got every view: those the first view leaves under the gate
+    every_view = 1.0 if gate is None else float((predict_in_batches(artifact.model, batch).max(axis=1) < gate).mean())
     classifier.predict_arrays(batch[:64])  # trace and warm up
     start = time.perf_counter()
     classifier.predict_arrays(batch)
@@ -114,6 +119,8 @@ def bench_model(name: str, images: list[tuple[str, bytes]], artifact: ModelArtif
         "model": name,
         "weights": weights,
         "test_time_views": len(artifact.views),
+        "view_gate": gate,
+        "share_of_images_given_every_view": round(every_view, 3) if len(artifact.views) > 1 else None,
         "parameters": int(artifact.model.count_params()),
         "model_file_bytes": model_file.stat().st_size,
         "images": len(images),

@@ -29,8 +29,10 @@ SPLIT_FILE = "split.json"
 REPORT_DIR = "report"
 # 2: the calibration record may name test-time views. Code that reads only format 1 would serve such
 # a model with one view under a temperature and threshold fitted for several, so it must refuse it.
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+# 3: it may also hold a view gate (the other views only for cells the first view is unsure of); code
+# that reads only format 2 would ask every view, not what the temperature and threshold were fitted on.
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 
 
 class ArtifactError(RuntimeError):
@@ -103,6 +105,10 @@ class ModelArtifact:
         return metadata_views(self.metadata)
 
     @property
+    def view_gate(self) -> float | None:
+        return metadata_view_gate(self.metadata)
+
+    @property
     def temperature(self) -> float:
         """Temperature-scaling factor from calibration (1.0: uncalibrated)."""
         return float((self.metadata.get("calibration") or {}).get("temperature", 1.0))
@@ -111,6 +117,11 @@ class ModelArtifact:
 def metadata_views(metadata: dict[str, Any]) -> tuple[str, ...]:
     """Test-time views averaged per image (see ``inference.VIEWS``): part of the calibration fitted with them."""
     return tuple((metadata.get("calibration") or {}).get("views", ["identity"]))
+
+
+def metadata_view_gate(metadata: dict[str, Any]) -> float | None:
+    """First-view confidence at or above which the other test-time views are skipped (None: always asked)."""
+    return (metadata.get("calibration") or {}).get("view_gate")
 
 
 def version_id(directory: Path | str) -> str:

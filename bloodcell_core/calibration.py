@@ -107,10 +107,11 @@ def at_threshold(probabilities: np.ndarray, labels: np.ndarray, threshold: float
 
 def calibrate(val_probabilities: np.ndarray, val_labels: np.ndarray, test_probabilities: np.ndarray,
               test_labels: np.ndarray, classes: list[str], target_accuracy: float = TARGET_ACCURACY,
-              views: Sequence[str] = ("identity",)) -> tuple[dict[str, Any], dict[str, Any]]:
+              views: Sequence[str] = ("identity",), view_gate: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit on validation, report on test: (the metadata record, calibrated test metrics for the report).
 
-    ``views`` names the test-time views the probabilities were averaged over; the record keeps them,
+    ``views`` names the test-time views the probabilities were averaged over and ``view_gate`` the
+    first-view confidence that skipped them (``inference.predict_views``); the record keeps both,
     because the temperature and threshold hold only for probabilities made the same way.
     """
     temperature = fit_temperature(val_probabilities, val_labels)
@@ -124,6 +125,7 @@ def calibrate(val_probabilities: np.ndarray, val_labels: np.ndarray, test_probab
                   f"accepted validation cells' Clopper-Pearson {1 - DELTA:.0%} upper error bound (per threshold) is "
                   "under 1 - target_accuracy",
         "views": list(views),
+        "view_gate": view_gate,
         "temperature": temperature,
         "review_threshold": round(chosen["threshold"], 6),
         "target_accuracy": target_accuracy,

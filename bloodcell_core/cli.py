@@ -123,8 +123,11 @@ def dataset_export_reviewed(out_dir: Path) -> None:
                    "with a fresh learning-rate schedule: more epochs for a model that was still improving.")
 @click.option("--views", help="Test-time views to calibrate and serve with, comma-separated (default: the plugin's), "
                               "e.g. identity,flip_horizontal,flip_vertical,rotate_180; each is one more model pass per image.")
+@click.option("--view-gate", "view_gate", callback=lambda ctx, param, value: _view_gate(value), metavar="CONFIDENCE|off",
+              help="Ask the other views only for cells whose first-view confidence is under this, e.g. 0.999; "
+                   "'off': every view for every cell (default: the plugin's).")
 def train_command(model_name, data_dir, out_dir, epochs, seed, batch_size, learning_rate, max_per_class, steps,
-                  init_from, views) -> None:
+                  init_from, views, view_gate) -> None:
     """Train a model plugin, evaluate it on the held-out test split and write a model directory.
 
     The split is 70/15/15, stratified, deterministic from --seed, with identical images kept
@@ -142,7 +145,7 @@ def train_command(model_name, data_dir, out_dir, epochs, seed, batch_size, learn
         train(model_name, data_dir, out_dir, epochs=epochs, seed=seed, batch_size=batch_size,
               learning_rate=learning_rate, max_per_class=max_per_class,
               preprocessing_steps=tuple(steps.split(",")) if steps else None, init_from=init_from,
-              views=tuple(views.split(",")) if views else None, progress=True,
+              views=tuple(views.split(",")) if views else None, view_gate=view_gate, progress=True,
               log=lambda message: click.echo(message, err=True))
     except (ArtifactError, PluginError, ValueError) as exc:
         _fail(str(exc))
@@ -156,22 +159,28 @@ def train_command(model_name, data_dir, out_dir, epochs, seed, batch_size, learn
               show_default=True, help="Model directories go to OUT/<dataset>/<plugin>; the table to OUT/results.md.")
 @click.option("--seed", type=int, default=0, show_default=True, help="One split per dataset, shared by all models.")
 @click.option("--epochs", type=click.IntRange(min=1), help="Override every plugin's epochs (quick trials only).")
+@click.option("--no-train", is_flag=True,
+              help="Train nothing: tabulate the model directories OUT already holds and list the missing ones.")
 def results_command(data_dirs: tuple[Path, ...], model_names: str | None, out_dir: Path, seed: int,
-                    epochs: int | None) -> None:
+                    epochs: int | None, no_train: bool) -> None:
     """Train and evaluate every model plugin on every dataset and write the results table.
 
     Columns: test-time views, test accuracy and macro-F1, ECE after temperature scaling, the share
     of test cells accepted at the calibrated review threshold and their accuracy, parameters, file
-    size, batch-64 predict images/s (with the views), training time. Existing model directories
-    are reused, so an interrupted run continues where it stopped. Hours on a CPU: run it in the
-    background.
+    size, batch-64 predict images/s on 256 preprocessed test images (with the views and view gate),
+    training time. Existing model directories are reused, so an interrupted run continues where it
+    stopped. Hours on a CPU: run it in the background.
     """
     from bloodcell_core.plugin_manager import model_specs
     from bloodcell_core.results import build_results, markdown_table
 
     plugins = model_names.split(",") if model_names else sorted(model_specs())
+    unknown = sorted(set(plugins) - set(model_specs()))
+    if unknown:  # before hours of training on the known ones
+        _fail(f"unknown model plugin(s): {', '.join(unknown)}; installed: {', '.join(sorted(model_specs()))}")
     try:
-        rows = build_results(list(data_dirs), plugins, out_dir, seed, epochs, log=lambda m: click.echo(m, err=True))
+        rows = build_results(list(data_dirs), plugins, out_dir, seed, epochs, train_missing=not no_train,
+                             log=lambda m: click.echo(m, err=True))
     except (PluginError, ValueError) as exc:
         _fail(str(exc))
     click.echo(markdown_table(rows))
@@ -185,12 +194,17 @@ def results_command(data_dirs: tuple[Path, ...], model_names: str | None, out_di
               help="The dataset the model was trained on (default: the folder recorded in its metadata).")
 @click.option("--views", help="Test-time views to average, comma-separated (default: the model's current ones), "
                               "e.g. identity,flip_horizontal,flip_vertical,rotate_180; each is one more model pass per image.")
-def calibrate_command(model_dir: Path, target_accuracy: float, data_dir: Path | None, views: str | None) -> None:
+@click.option("--view-gate", "view_gate", callback=lambda ctx, param, value: _view_gate(value), metavar="CONFIDENCE|off",
+              help="Ask the other views only for cells whose first-view confidence is under this, e.g. 0.999; "
+                   "'off': every view for every cell (default: the model's current gate).")
+def calibrate_command(model_dir: Path, target_accuracy: float, data_dir: Path | None, views: str | None,
+                      view_gate: float | None | str) -> None:
     """Fit temperature scaling and the review threshold on MODEL_DIR's own validation split.
 
     Training does this already; use it for older model directories, another target, or other
     test-time views (--views: the model is asked about each view of an image and the answers are
-    averaged; the temperature and threshold are refitted for them). The weights do not change;
+    averaged; the temperature and threshold are refitted for them; --view-gate: only cells the
+    first view leaves unsure get the others). The weights do not change;
     metadata.json gains `calibration` and the validation and test metrics, and report/ the
     reliability diagrams before and after, the coverage-vs-accuracy curve, the classification
     report and the confusion matrix. The directory becomes a new model version:
@@ -201,10 +215,22 @@ def calibrate_command(model_dir: Path, target_accuracy: float, data_dir: Path | 
 
     try:
         record = recalibrate(model_dir, target_accuracy, data_dir, tuple(views.split(",")) if views else None,
-                             progress=sys.stderr.isatty())
+                             view_gate, progress=sys.stderr.isatty())
     except (ArtifactError, PluginError, ValueError) as exc:
         _fail(str(exc))
     click.echo(json.dumps(record, indent=2))
+
+
+def _view_gate(value: str | None) -> float | None | str:
+    """--view-gate: "default" when not given (the plugin's or the model's), None for "off", else a confidence."""
+    if value is None:
+        return "default"
+    if value.strip().lower() == "off":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is neither a confidence such as 0.999 nor 'off'") from None
 
 
 def _load_classifier(model_dir: Path):

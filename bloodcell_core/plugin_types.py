@@ -44,6 +44,8 @@ class TrainingDefaults:
     augmentation: Augmentation = field(default_factory=Augmentation)
     # Test-time views (bloodcell_core.inference.VIEWS) the trained model is calibrated and served with.
     test_time_views: tuple[str, ...] = ("identity",)
+    # With several views: the other views only for cells whose first-view confidence is under this (None: always).
+    view_gate: float | None = None
 
 
 @dataclass(frozen=True)

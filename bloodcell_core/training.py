@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import keras
 import numpy as np
@@ -22,6 +22,7 @@ from bloodcell_core.artifacts import (
     REPORT_DIR,
     ModelArtifact,
     load_artifact,
+    metadata_view_gate,
     metadata_views,
     save_artifact,
     update_metadata,
@@ -29,7 +30,7 @@ from bloodcell_core.artifacts import (
 )
 from bloodcell_core.calibration import TARGET_ACCURACY, apply_temperature, calibrate
 from bloodcell_core.dataset import DatasetIndex, audit, index_dataset, read_image_file
-from bloodcell_core.inference import check_views, predict_in_batches, predict_views
+from bloodcell_core.inference import check_view_gate, check_views, predict_in_batches, predict_views
 from bloodcell_core.metrics import classification_metrics, format_classification_report
 from bloodcell_core.plugin_manager import get_model_spec
 from bloodcell_core.preprocessing import PreprocessingConfig, Preprocessor, augment, scale
@@ -148,6 +149,7 @@ def train(
     preprocessing_steps: tuple[str, ...] | None = None,
     init_from: Path | str | None = None,
     views: tuple[str, ...] | None = None,
+    view_gate: float | None | Literal["default"] = "default",
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -156,7 +158,8 @@ def train(
     ``preprocessing_steps`` replaces the plugin's default steps (e.g. to add colour normalisation).
     ``init_from`` starts from that model directory's weights instead of random ones (a warm restart
     with a fresh learning-rate schedule); it must have the same plugin, classes, preprocessing and split.
-    ``views`` replaces the plugin's test-time views, which the model is calibrated and served with.
+    ``views`` replaces the plugin's test-time views, which the model is calibrated and served with, and
+    ``view_gate`` its view gate (None: every view for every cell; see ``inference.predict_views``).
     Returns the metadata written to OUT_DIR/metadata.json.
     """
     spec = get_model_spec(model_name)
@@ -165,6 +168,7 @@ def train(
     batch_size = batch_size or defaults.batch_size
     learning_rate = learning_rate or defaults.learning_rate
     views = check_views(views or defaults.test_time_views)
+    view_gate = check_view_gate(defaults.view_gate if view_gate == "default" else view_gate, views)
     out_dir = Path(out_dir)
     started = time.time()
     keras.utils.set_random_seed(seed)
@@ -226,9 +230,9 @@ def train(
     )
     history_lists = {key: [float(v) for v in values] for key, values in history.history.items()}
 
-    probabilities = {name: predict_views(model, scale(arrays[name]), views) for name in ("val", "test")}
+    probabilities = {name: predict_views(model, scale(arrays[name]), views, gate=view_gate) for name in ("val", "test")}
     calibration, calibrated = calibrate(probabilities["val"], labels["val"], probabilities["test"], labels["test"], classes,
-                                        views=views)
+                                        views=views, view_gate=view_gate)
     test_metrics = calibrated["after"]  # the served model is calibrated: same classes, calibrated confidences
     val_metrics = classification_metrics(labels["val"], apply_temperature(probabilities["val"], calibration["temperature"]),
                                          classes)
@@ -352,8 +356,9 @@ def write_test_report(out_dir: Path, metadata: dict[str, Any], test_metrics: dic
     """The served model's test-split classification report and confusion matrix."""
     report = out_dir / REPORT_DIR
     report.mkdir(exist_ok=True)
-    views = metadata_views(metadata)
+    views, gate = metadata_views(metadata), metadata_view_gate(metadata)
     averaged = f", averaged over {len(views)} test-time views" if len(views) > 1 else ""
+    averaged += f" where the first view's confidence is under {gate}" if averaged and gate is not None else ""
     (report / "classification_report.txt").write_text(
         f"{metadata['plugin']} on {metadata['dataset']['root']} (held-out test split, seed {metadata['split']['seed']}"
         f"{averaged})\n\n" + format_classification_report(test_metrics) + "\n"
@@ -376,10 +381,11 @@ def write_calibration_report(out_dir: Path, metadata: dict[str, Any], calibrated
 
 
 def recalibrate(model_dir: Path | str, target_accuracy: float = TARGET_ACCURACY, data_dir: Path | str | None = None,
-                views: tuple[str, ...] | None = None, progress: bool = True) -> dict[str, Any]:
+                views: tuple[str, ...] | None = None, view_gate: float | None | Literal["default"] = "default",
+                progress: bool = True) -> dict[str, Any]:
     """Fit temperature and review threshold for an existing model directory on its own validation split.
 
-    ``views`` sets the test-time views to serve with (default: the ones it has).
+    ``views`` sets the test-time views to serve with and ``view_gate`` their gate (default: the ones it has).
 
     Reads the split's images from DATA_DIR (default: the dataset root recorded in the metadata), checking
     each against the content hash in split.json; the weights do not change. The calibrated validation and
@@ -390,6 +396,7 @@ def recalibrate(model_dir: Path | str, target_accuracy: float = TARGET_ACCURACY,
 
     artifact = load_artifact(model_dir)
     views = check_views(views or artifact.views)
+    view_gate = check_view_gate(artifact.view_gate if view_gate == "default" else view_gate, views)
     split, classes = artifact.split(), artifact.classes
     root = Path(data_dir or artifact.metadata["dataset"]["root"])
     for item in split.parts["val"] + split.parts["test"]:
@@ -401,10 +408,10 @@ def recalibrate(model_dir: Path | str, target_accuracy: float = TARGET_ACCURACY,
     for name in ("val", "test"):
         items = split.parts[name]
         images = load_split_images(root, items, preprocessor, f"preprocessing {name}", progress)
-        probabilities[name] = predict_views(artifact.model, scale(images), views)  # uncalibrated: the model alone
+        probabilities[name] = predict_views(artifact.model, scale(images), views, gate=view_gate)  # uncalibrated
         labels[name] = np.array([classes.index(item.label) for item in items])
     record, calibrated = calibrate(probabilities["val"], labels["val"], probabilities["test"], labels["test"], classes,
-                                   target_accuracy, views)
+                                   target_accuracy, views, view_gate)
     val_metrics = classification_metrics(labels["val"], apply_temperature(probabilities["val"], record["temperature"]),
                                          classes)
     metrics = artifact.metadata["metrics"] | {"test": _summary(calibrated["after"]), "val": _summary(val_metrics)}

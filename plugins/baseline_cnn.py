@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import keras
 
 from bloodcell_core import ModelSpec, TrainingDefaults, hookimpl
@@ -30,7 +32,7 @@ def build(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
 
 
 @hookimpl
-def register_models(register):
+def register_models(register: Callable[[ModelSpec], None]) -> None:
     register(
         ModelSpec(
             name="baseline_cnn",

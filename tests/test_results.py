@@ -1,4 +1,4 @@
-"""`bloodcell results` trains what is missing, reuses what exists, and writes the table."""
+"""`bloodcell results` trains what is missing, reuses what exists, and writes the table; `--no-train` only tabulates."""
 
 import json
 from pathlib import Path
@@ -22,3 +22,9 @@ def test_results_table_trains_then_reuses(tmp_path: Path):
     assert {"accuracy", "macro_f1", "ece_calibrated", "coverage", "accepted_accuracy", "file_mb"} <= set(rows[0])
     again = run_cli(*args)
     assert "training" not in again.stderr and (tmp_path / "out" / "results.md").read_text().startswith("| dataset |")
+    partial = run_cli(*args[:4], "mobilenet_small,compact_cnn", *args[5:], "--no-train")
+    assert "| tiny5 | mobilenet_small |" in partial.stdout and "| tiny5 | compact_cnn |" not in partial.stdout
+    assert "not trained yet, left out: compact_cnn on tiny5" in partial.stderr
+    assert not (tmp_path / "out" / "tiny5" / "compact_cnn").exists()
+    unknown = run_cli(*args[:4], "mobilenet_small,no_such_model", *args[5:], "--no-train", check=False)
+    assert unknown.returncode != 0 and "unknown model plugin(s): no_such_model" in unknown.stderr

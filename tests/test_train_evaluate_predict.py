@@ -184,6 +184,36 @@ def test_test_time_views_average_log_probabilities_of_flipped_images(tiny_model:
     assert not np.allclose(averaged, per_view[0], atol=1e-3)  # the views do change the answer
 
 
+def test_a_view_gate_asks_the_other_views_only_for_cells_the_first_leaves_unsure(tiny_model: Path):
+    import numpy as np
+
+    from bloodcell_core.inference import predict_in_batches, predict_views
+
+    class CountingModel:  # the model, counting the images it is asked about
+        def __init__(self, model):
+            self.model, self.output_shape, self.images = model, model.output_shape, 0
+
+        def predict_on_batch(self, batch):
+            self.images += len(batch)
+            return self.model.predict_on_batch(batch)
+
+    model = CountingModel(load_artifact(tiny_model).model)
+    classifier = Classifier.from_dir(tiny_model)
+    images = np.stack([classifier.preprocessor(f.read_bytes()) for f in sorted((KAGGLE5 / "basophil").iterdir())[:70]])
+    views = ("identity", "flip_horizontal", "rotate_180")
+    first = predict_in_batches(model, images)
+    every = predict_views(model, images, views)
+    gate = float(np.median(first.max(axis=1)))
+    unsure = first.max(axis=1) < gate
+    assert 0 < unsure.sum() < 70
+    model.images = 0
+    gated = predict_views(model, images, views, gate=gate)
+    assert model.images == 70 + 2 * unsure.sum()  # one look at every cell, two more at each unsure one
+    assert gated[~unsure] == pytest.approx(first[~unsure], abs=1e-6)  # sure cells keep their one-look answer
+    assert gated[unsure] == pytest.approx(every[unsure], abs=1e-5)  # the others get the full average
+    assert predict_views(model, images, views, gate=1e-9) == pytest.approx(first, abs=1e-6)
+
+
 def test_calibrate_with_views_makes_a_new_version_that_serves_them(tiny_model: Path, tmp_path: Path):
     import shutil
 
@@ -202,7 +232,7 @@ def test_calibrate_with_views_makes_a_new_version_that_serves_them(tiny_model: P
     assert record["views"] == ["identity", "flip_horizontal"]
     assert version_id(copy) != version_id(tiny_model)
     metadata = json.loads((copy / "metadata.json").read_text())
-    assert metadata["format_version"] == 2  # code that knows no views refuses it rather than serve it with one
+    assert metadata["format_version"] == 3  # code that knows no views or gates refuses it rather than serve it otherwise
     report = json.loads((copy / "report" / "metrics.json").read_text())
     assert report["test"]["accuracy"] == metadata["metrics"]["test"]["accuracy"]
     assert "averaged over 2 test-time views" in (copy / "report" / "classification_report.txt").read_text()
@@ -219,9 +249,25 @@ def test_calibrate_with_views_makes_a_new_version_that_serves_them(tiny_model: P
     assert not np.allclose(list(served.probabilities.values()),
                            list(Classifier.from_dir(tiny_model).classify_one(data).probabilities.values()), atol=1e-4)
 
-    record["views"] = ["sideways"]
+    ungated = version_id(copy)
+    assert "'off'" in run_cli("calibrate", str(copy), "--view-gate", "high", check=False).stderr
+    assert "in (0, 1]" in run_cli("calibrate", str(copy), "--view-gate", "1.5", check=False).stderr
+    record = json.loads(run_cli("calibrate", str(copy), "--view-gate", "0.9").stdout)
+    assert record["view_gate"] == 0.9 and record["views"] == ["identity", "flip_horizontal"] and version_id(copy) != ungated
+    gated = Classifier.from_dir(copy)
+    assert gated.artifact.view_gate == 0.9
+    expected = apply_temperature(predict_views(gated.artifact.model, image, record["views"], gate=0.9), record["temperature"])
+    assert [gated.classify_one(data).probabilities[c] for c in gated.classes] == pytest.approx(expected[0].tolist(), abs=1e-5)
+    assert json.loads(run_cli("calibrate", str(copy), "--views", "identity").stdout)["view_gate"] is None  # one view: no gate
+    assert json.loads(run_cli("calibrate", str(copy), "--views", "identity,flip_horizontal").stdout)["view_gate"] is None
+    assert version_id(copy) == ungated  # the same views, no gate: the same version as before
+
     from bloodcell_core.artifacts import update_metadata
 
+    update_metadata(copy, calibration=record | {"view_gate": "high"})
+    with pytest.raises(ArtifactError, match="the view gate is a confidence"):
+        Classifier.from_dir(copy)
+    record["views"] = ["sideways"]
     update_metadata(copy, calibration=record)
     with pytest.raises(ArtifactError, match="unknown test-time views"):
         Classifier.from_dir(copy)
@@ -235,10 +281,12 @@ def test_training_can_start_from_a_model_with_the_same_split(tiny_model: Path, t
 
     warm = tmp_path / "warm"
     metadata = train("compact_cnn", KAGGLE5, warm, epochs=1, max_per_class=12, init_from=tiny_model,
-                     learning_rate=1e-5, views=("flip_horizontal", "identity"), progress=False, log=lambda _: None)
+                     learning_rate=1e-5, views=("flip_horizontal", "identity"), view_gate=0.5, progress=False,
+                     log=lambda _: None)
     assert metadata["training"]["initialised_from"] == {"directory": str(tiny_model.resolve()),
                                                         "version": version_id(tiny_model)}
     assert metadata["calibration"]["views"] == ["identity", "flip_horizontal"]  # one spelling per set of views
+    assert metadata["calibration"]["view_gate"] == 0.5 and metadata["format_version"] == 3
     # Adam moves a weight by about the learning rate per step: two steps at 1e-5 stay within 1e-4 of the start,
     # where the seed's fresh weights lie ~1e-3 away (the tiny model's own two steps at 1e-3)
     start, after = load_artifact(tiny_model).model.get_weights(), load_artifact(warm).model.get_weights()
