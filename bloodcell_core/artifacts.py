@@ -105,7 +105,7 @@ class ModelArtifact:
         return metadata_views(self.metadata)
 
     @property
-    def view_gate(self) -> float | None:
+    def view_gate(self) -> Any:
         return metadata_view_gate(self.metadata)
 
     @property
@@ -119,8 +119,9 @@ def metadata_views(metadata: dict[str, Any]) -> tuple[str, ...]:
     return tuple((metadata.get("calibration") or {}).get("views", ["identity"]))
 
 
-def metadata_view_gate(metadata: dict[str, Any]) -> float | None:
-    """First-view confidence at or above which the other test-time views are skipped (None: always asked)."""
+def metadata_view_gate(metadata: dict[str, Any]) -> Any:
+    """First-view confidence at or above which the other test-time views are skipped (None: always asked),
+    as stored: ``inference.check_view_gate`` checks it."""
     return (metadata.get("calibration") or {}).get("view_gate")
 
 

@@ -183,6 +183,8 @@ def results_command(data_dirs: tuple[Path, ...], model_names: str | None, out_di
                              log=lambda m: click.echo(m, err=True))
     except (PluginError, ValueError) as exc:
         _fail(str(exc))
+    except OSError as exc:  # the throughput figure reads test images from --data
+        _fail(f"{exc}: pass the dataset folders the models in {out_dir} were trained on")
     click.echo(markdown_table(rows))
 
 

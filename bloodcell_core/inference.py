@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -75,22 +76,21 @@ def check_views(views: Sequence[str]) -> tuple[str, ...]:
     return tuple(view for view in VIEWS if view in names)
 
 
-def check_view_gate(gate: float | None, views: Sequence[str]) -> float | None:
+def check_view_gate(gate: Any, views: Sequence[str]) -> float | None:
     """The gate in (0, 1], or None (every view for every cell); None with one view, where it means nothing."""
-    if gate is None or len(views) == 1:
+    if gate is None:
         return None
-    if isinstance(gate, bool) or not isinstance(gate, (int, float)) or not 0 < gate <= 1:
+    if isinstance(gate, bool) or not isinstance(gate, numbers.Real) or not 0 < gate <= 1:
         raise ValueError(f"the view gate is a confidence in (0, 1], or none; got {gate!r}")
-    return float(gate)
+    return None if len(views) == 1 else float(gate)
 
 
-def served_views(metadata: dict[str, Any], directory: Path | str) -> tuple[str, ...]:
-    """A model directory's test-time views (its view gate checked too), or ArtifactError: refused when
-    registered and when loaded."""
+def served_views(metadata: dict[str, Any], directory: Path | str) -> tuple[tuple[str, ...], float | None]:
+    """A model directory's test-time views in their canonical order and its view gate, or ArtifactError:
+    refused when registered and when loaded."""
     try:
         views = check_views(metadata_views(metadata))
-        check_view_gate(metadata_view_gate(metadata), views)
-        return views
+        return views, check_view_gate(metadata_view_gate(metadata), views)
     except ValueError as exc:
         raise ArtifactError(f"{directory}: {exc}") from None
 
@@ -118,6 +118,7 @@ def predict_views(model: "keras.Model", images: np.ndarray, views: Sequence[str]
     """
     if tuple(views) == ("identity",):
         return predict_in_batches(model, images, batch_size)
+    gate = None if len(views) == 1 else gate
     outputs = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
@@ -187,7 +188,7 @@ class Classifier:
     """A loaded model plus its preprocessing. Thread pool decodes; the model predicts in batches."""
 
     def __init__(self, artifact: ModelArtifact, threads: int = 2) -> None:
-        served_views(artifact.metadata, artifact.directory)
+        self.views, self.view_gate = served_views(artifact.metadata, artifact.directory)
         self.artifact = artifact
         self.classes = artifact.classes
         self.preprocessor = Preprocessor(artifact.preprocessing)
@@ -199,7 +200,7 @@ class Classifier:
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (n, classes) for preprocessed float32 images (n, h, w, 3)."""
-        probabilities = predict_views(self.artifact.model, images, self.artifact.views, gate=self.artifact.view_gate)
+        probabilities = predict_views(self.artifact.model, images, self.views, gate=self.view_gate)
         temperature = self.artifact.temperature
         return probabilities if temperature == 1.0 else apply_temperature(probabilities, temperature)
 

@@ -252,21 +252,29 @@ def test_calibrate_with_views_makes_a_new_version_that_serves_them(tiny_model: P
     ungated = version_id(copy)
     assert "'off'" in run_cli("calibrate", str(copy), "--view-gate", "high", check=False).stderr
     assert "in (0, 1]" in run_cli("calibrate", str(copy), "--view-gate", "1.5", check=False).stderr
-    record = json.loads(run_cli("calibrate", str(copy), "--view-gate", "0.9").stdout)
-    assert record["view_gate"] == 0.9 and record["views"] == ["identity", "flip_horizontal"] and version_id(copy) != ungated
+    # a gate just under this image's first-view confidence: the served answer is the first view's alone
+    first_view = predict_views(classifier.artifact.model, image)
+    gate = round(float(first_view.max()) * 0.99, 6)
+    record = json.loads(run_cli("calibrate", str(copy), "--view-gate", str(gate)).stdout)
+    assert record["view_gate"] == gate and record["views"] == ["identity", "flip_horizontal"] and version_id(copy) != ungated
     gated = Classifier.from_dir(copy)
-    assert gated.artifact.view_gate == 0.9
-    expected = apply_temperature(predict_views(gated.artifact.model, image, record["views"], gate=0.9), record["temperature"])
-    assert [gated.classify_one(data).probabilities[c] for c in gated.classes] == pytest.approx(expected[0].tolist(), abs=1e-5)
+    assert gated.view_gate == gate
+    served = [gated.classify_one(data).probabilities[c] for c in gated.classes]
+    assert served == pytest.approx(apply_temperature(first_view, record["temperature"])[0].tolist(), abs=1e-5)
+    every_view = apply_temperature(predict_views(gated.artifact.model, image, record["views"]), record["temperature"])
+    assert not np.allclose(served, every_view[0], atol=1e-4)
     assert json.loads(run_cli("calibrate", str(copy), "--views", "identity").stdout)["view_gate"] is None  # one view: no gate
     assert json.loads(run_cli("calibrate", str(copy), "--views", "identity,flip_horizontal").stdout)["view_gate"] is None
     assert version_id(copy) == ungated  # the same views, no gate: the same version as before
 
     from bloodcell_core.artifacts import update_metadata
 
-    update_metadata(copy, calibration=record | {"view_gate": "high"})
-    with pytest.raises(ArtifactError, match="the view gate is a confidence"):
-        Classifier.from_dir(copy)
+    for views in (["identity", "flip_horizontal"], ["flip_horizontal"]):  # a broken gate is refused, one view or more
+        update_metadata(copy, calibration=record | {"views": views, "view_gate": "high"})
+        with pytest.raises(ArtifactError, match="the view gate is a confidence"):
+            Classifier.from_dir(copy)
+    update_metadata(copy, calibration=record | {"views": ["flip_horizontal"], "view_gate": 0.9})
+    assert Classifier.from_dir(copy).classify_one(data).error is None  # one view: the gate means nothing
     record["views"] = ["sideways"]
     update_metadata(copy, calibration=record)
     with pytest.raises(ArtifactError, match="unknown test-time views"):
