@@ -21,13 +21,13 @@ def predict_throughput(model_dir: Path, data_dir: Path, images: int = 256) -> fl
     with a view gate the cost depends on how sure the model is."""
     from bloodcell_core.artifacts import load_artifact
     from bloodcell_core.inference import Classifier
-    from bloodcell_core.preprocessing import Preprocessor, scale
+    from bloodcell_core.preprocessing import scale
     from bloodcell_core.training import load_split_images
 
     artifact = load_artifact(model_dir)
     classifier = Classifier(artifact)
     items = artifact.split().parts["test"][:images]
-    batch = scale(load_split_images(data_dir, items, Preprocessor(artifact.preprocessing), "", progress=False))
+    batch = scale(load_split_images(data_dir, items, classifier.preprocessor, "", progress=False))
     classifier.predict_arrays(batch[:64])  # warm up
     start = time.perf_counter()
     classifier.predict_arrays(batch)
