@@ -1,12 +1,13 @@
 """Inference benchmark per model plugin; prints JSON.
 
-    python bench/bench_inference.py [--images 512] [--models compact_cnn,baseline_cnn]
+    python bench/bench_inference.py [--images 512] [--models compact_cnn,baseline_cnn] [--model-dir DIR ...]
 
 For each model plugin: preprocessing images/s (decode + steps + resize + scale, in memory,
 1 thread and the classifier's 2-thread pool), batch-64 predict images/s, the whole in-process
 pipeline (bytes -> probabilities) images/s, single-image latency p50/p99, model file size.
 A plugin with a trained model under models/ (metadata "plugin") is measured with it; the
-others with freshly built weights, which cost the same to run. A model served with several
+others with freshly built weights, which cost the same to run; --model-dir measures the given
+model directories instead. A model served with several
 test-time views is measured in the same run with its views, with one view and, when it has a view
 gate, with every view for every cell (untrained weights are never sure, so their gate never skips).
 """
@@ -72,8 +73,7 @@ def with_views(artifact: ModelArtifact, views: tuple[str, ...], gate: float | No
     return replace(artifact, metadata=artifact.metadata | {"calibration": calibration})
 
 
-def bench_models(name: str, images: list[tuple[str, bytes]], trained: dict[str, Path], workdir: Path) -> list[dict]:
-    artifact, weights = artifact_for(name, trained, workdir)
+def bench_models(name: str, images: list[tuple[str, bytes]], artifact: ModelArtifact, weights: str) -> list[dict]:
     served = (artifact.views, artifact.view_gate)
     variants = [served] + [(artifact.views, None)] * (served[1] is not None) + [(("identity",), None)] * (len(served[0]) > 1)
     return [bench_model(name, images, with_views(artifact, *variant), weights) for variant in variants]
@@ -138,12 +138,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512, help="real kaggle5 images to push through (default 512)")
     parser.add_argument("--models", help="comma-separated model plugins (default: all installed)")
+    parser.add_argument("--model-dir", type=Path, action="append", default=[],
+                        help="measure this model directory instead of plugins (repeat for several)")
     args = parser.parse_args()
-    names = args.models.split(",") if args.models else sorted(model_specs())
     images = load_images(args.images)
-    trained = trained_models()
-    with tempfile.TemporaryDirectory() as workdir:
-        results = [row for name in names for row in bench_models(name, images, trained, Path(workdir))]
+    if args.model_dir:
+        results = []
+        for directory in args.model_dir:
+            artifact = load_artifact(directory)
+            weights = str(directory.resolve().relative_to(PROJECT)) if directory.resolve().is_relative_to(PROJECT) \
+                else str(directory)
+            results += bench_models(artifact.metadata["plugin"], images, artifact, weights)
+    else:
+        names = args.models.split(",") if args.models else sorted(model_specs())
+        trained = trained_models()
+        with tempfile.TemporaryDirectory() as workdir:
+            results = [row for name in names
+                       for row in bench_models(name, images, *artifact_for(name, trained, Path(workdir)))]
     default = next((r for r in results if r["weights"] == "models/default"), None)  # with its own views
     report = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
