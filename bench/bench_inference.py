@@ -52,9 +52,15 @@ def trained_models() -> dict[str, Path]:
     return found
 
 
+def weights_label(directory: Path) -> str:
+    """The model directory as the report names it: relative to the project where it lies inside it."""
+    resolved = directory.resolve()
+    return str(resolved.relative_to(PROJECT)) if resolved.is_relative_to(PROJECT) else str(directory)
+
+
 def artifact_for(name: str, trained: dict[str, Path], workdir: Path) -> tuple[ModelArtifact, str]:
     if name in trained:
-        return load_artifact(trained[name]), str(trained[name].relative_to(PROJECT))
+        return load_artifact(trained[name]), weights_label(trained[name])
     spec = model_specs()[name]
     model = spec.build((*spec.input_size, 3), 5)
     model.save(workdir / f"{name}.keras")
@@ -143,12 +149,9 @@ def main() -> None:
     args = parser.parse_args()
     images = load_images(args.images)
     if args.model_dir:
-        results = []
-        for directory in args.model_dir:
-            artifact = load_artifact(directory)
-            weights = str(directory.resolve().relative_to(PROJECT)) if directory.resolve().is_relative_to(PROJECT) \
-                else str(directory)
-            results += bench_models(artifact.metadata["plugin"], images, artifact, weights)
+        artifacts = [(load_artifact(directory), weights_label(directory)) for directory in args.model_dir]
+        results = [row for artifact, weights in artifacts
+                   for row in bench_models(artifact.metadata["plugin"], images, artifact, weights)]
     else:
         names = args.models.split(",") if args.models else sorted(model_specs())
         trained = trained_models()
