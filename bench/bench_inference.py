@@ -7,9 +7,9 @@ For each model plugin: preprocessing images/s (decode + steps + resize + scale, 
 pipeline (bytes -> probabilities) images/s, single-image latency p50/p99, model file size.
 A plugin with a trained model under models/ (metadata "plugin") is measured with it; the
 others with freshly built weights, which cost the same to run; --model-dir measures the given
-model directories instead. A model served with several
-test-time views is measured in the same run with its views, with one view and, when it has a view
-gate, with every view for every cell (untrained weights are never sure, so their gate never skips).
+model directories instead. A model served with several test-time views is measured in the same
+run with its views, with one view and, when it has a view gate, with every view for every cell
+(untrained weights are never sure, so their gate never skips).
 """
 
 from __future__ import annotations
