@@ -51,7 +51,7 @@ def plugins(as_json: bool) -> None:
     for info in infos:
         provides = ", ".join(
             [f"model {m}" for m in info.models] + [f"preprocessing step {s}" for s in info.preprocessing_steps]
-            + [f"exporter {e}" for e in info.exporters]
+            + [f"cell locator {c}" for c in info.cell_locators] + [f"exporter {e}" for e in info.exporters]
         )
         click.echo(f"{info.name}\n  provides: {provides or 'nothing'}\n  hooks: {', '.join(info.hooks)}\n  from: {info.source}")
 
@@ -107,8 +107,12 @@ def dataset_export_reviewed(out_dir: Path) -> None:
 
 @cli.command("train")
 @click.option("--model", "model_name", required=True, help="Model plugin name (see `bloodcell plugins`).")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Folder-per-class training data.")
+@click.option("--data", "data_dirs", required=True, multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Folder-per-class training data; repeat to train on several folders as one dataset "
+                   "(identical images in two of them count once).")
+@click.option("--rename", "renames", multiple=True, metavar="FOLDER=CLASS",
+              help="Read a class folder as another class, e.g. seg_neutrophil=neutrophil; repeatable.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Model directory to write (model.keras, metadata.json, split.json, report/).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs (default: the plugin's); early stopping may end sooner.")
@@ -118,6 +122,9 @@ def dataset_export_reviewed(out_dir: Path) -> None:
 @click.option("--max-per-class", type=click.IntRange(min=3), help="Use only this many files per class (quick trials).")
 @click.option("--steps", help="Preprocessing steps before the resize, comma-separated (default: the plugin's), "
                               "e.g. center_crop,reinhard; `bloodcell plugins` lists them.")
+@click.option("--acquisition-augmentation", is_flag=True,
+              help="Add stain and acquisition augmentation (LAB colour shift, contrast, gamma, blur, noise, JPEG, "
+                   "lower resolution, washed-out colour) to the plugin's flips and turns: for other laboratories' images.")
 @click.option("--init-from", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Start from this model directory's weights (same plugin, data, --seed, --max-per-class and --steps) "
                    "with a fresh learning-rate schedule: more epochs for a model that was still improving.")
@@ -126,8 +133,8 @@ def dataset_export_reviewed(out_dir: Path) -> None:
 @click.option("--view-gate", "view_gate", callback=lambda ctx, param, value: _view_gate(value), metavar="CONFIDENCE|off",
               help="Ask the other views only for cells whose first-view confidence is under this, e.g. 0.999; "
                    "'off': every view for every cell (default: the plugin's).")
-def train_command(model_name, data_dir, out_dir, epochs, seed, batch_size, learning_rate, max_per_class, steps,
-                  init_from, views, view_gate) -> None:
+def train_command(model_name, data_dirs, renames, out_dir, epochs, seed, batch_size, learning_rate, max_per_class, steps,
+                  acquisition_augmentation, init_from, views, view_gate) -> None:
     """Train a model plugin, evaluate it on the held-out test split and write a model directory.
 
     The split is 70/15/15, stratified, deterministic from --seed, with identical images kept
@@ -137,15 +144,56 @@ def train_command(model_name, data_dir, out_dir, epochs, seed, batch_size, learn
     on the validation split (see `bloodcell calibrate`).
     """
     from bloodcell_core.artifacts import ArtifactError
+    from bloodcell_core.dataset import parse_renames
     from bloodcell_core.training import train
 
     if (out_dir / "metadata.json").exists():
         _fail(f"{out_dir} already holds a model; choose another --out or remove it")
     try:
-        train(model_name, data_dir, out_dir, epochs=epochs, seed=seed, batch_size=batch_size,
+        train(model_name, list(data_dirs), out_dir, epochs=epochs, seed=seed, batch_size=batch_size,
               learning_rate=learning_rate, max_per_class=max_per_class,
-              preprocessing_steps=tuple(steps.split(",")) if steps else None, init_from=init_from,
+              preprocessing_steps=tuple(steps.split(",")) if steps else None, renames=parse_renames(renames),
+              acquisition_augmentation=acquisition_augmentation, init_from=init_from,
               views=tuple(views.split(",")) if views else None, view_gate=view_gate, progress=True,
+              log=lambda message: click.echo(message, err=True))
+    except (ArtifactError, PluginError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@cli.command("adapt")
+@click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data", "lab_dirs", required=True, multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The laboratory's reviewed cells, folder per class (e.g. from `bloodcell dataset export-reviewed`); "
+                   "repeatable.")
+@click.option("--rename", "renames", multiple=True, metavar="FOLDER=CLASS", help="Read a class folder as another class.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Model directory to write.")
+@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True, help="Fine-tuning epochs (all run).")
+@click.option("--replay-per-class", type=click.IntRange(min=0), default=100, show_default=True,
+              help="Images per class of the model's own training split trained beside the lab's cells.")
+@click.option("--learning-rate", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def adapt_command(model_dir: Path, lab_dirs: tuple[Path, ...], renames: tuple[str, ...], out_dir: Path, epochs: int,
+                  replay_per_class: int, learning_rate: float, seed: int) -> None:
+    """Fine-tune MODEL_DIR on a laboratory's own reviewed cells: lab adaptation.
+
+    For a laboratory whose images differ from the training sources (other stain, microscope, camera).
+    Every lab cell trains, with a replay of the model's own training images so it forgets nothing; the
+    validation and test split stay the model's own, so its calibration and figures stay comparable.
+    Keep some of the lab's reviewed cells out of --data and score the new model on them
+    (`bloodcell evaluate OUT HELD_OUT_DIR`), or register them as the promotion gate's evaluation set
+    (`bloodcell models evaluation-set`) before promoting it.
+    """
+    from bloodcell_core.artifacts import ArtifactError
+    from bloodcell_core.dataset import parse_renames
+    from bloodcell_core.training import adapt
+
+    if (out_dir / "metadata.json").exists():
+        _fail(f"{out_dir} already holds a model; choose another --out or remove it")
+    try:
+        adapt(model_dir, list(lab_dirs), out_dir, renames=parse_renames(renames), epochs=epochs,
+              replay_per_class=replay_per_class, learning_rate=learning_rate, seed=seed, progress=sys.stderr.isatty(),
               log=lambda message: click.echo(message, err=True))
     except (ArtifactError, PluginError, ValueError) as exc:
         _fail(str(exc))
@@ -186,6 +234,35 @@ def results_command(data_dirs: tuple[Path, ...], model_names: str | None, out_di
     except OSError as exc:  # the throughput figure reads test images from --data
         _fail(f"{exc}: pass the dataset folders the models in {out_dir} were trained on")
     click.echo(markdown_table(rows))
+
+
+@cli.command("generalisation")
+@click.argument("model_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--data-root", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("../shared/data"),
+              show_default=True, help="The folder holding kaggle5/, pbc8/ and bccd/.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True, help="Writes OUT/generalisation.json and OUT/generalisation.md.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of the markdown table.")
+def generalisation_command(model_dirs: tuple[Path, ...], data_root: Path, out_dir: Path, as_json: bool) -> None:
+    """Score MODEL_DIRS beyond their own test split: the generalisation table.
+
+    Rows per model: its held-out test split (same source); neutrophils of each visible source it did not
+    train on (PBC pbc8/neutrophil, Munich kaggle5/seg_neutrophil: source swap, or leave-one-source-out for
+    a model that saw one of them); BCCD's test-split white cells cropped by their boxes (another
+    laboratory); blurred, stain-shifted and half-magnified copies of the test images and uniform noise
+    (synthetic shifts). Columns: accuracy, macro-F1, share accepted without review and its accuracy,
+    share flagged unfamiliar, and the out-of-distribution AUROC against the same-source test cells.
+    Everything goes through the serving path, review rule included.
+    """
+    from bloodcell_core.artifacts import ArtifactError
+    from bloodcell_core.generalisation import build_table, markdown_table
+
+    progress = sys.stderr.isatty() and not as_json
+    try:
+        rows = build_table(list(model_dirs), data_root, out_dir, log=lambda m: click.echo(m, err=True) if progress else None)
+    except (ArtifactError, PluginError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    click.echo(json.dumps(rows, indent=2) if as_json else markdown_table(rows))
 
 
 @cli.command("calibrate")
@@ -249,12 +326,15 @@ def _load_classifier(model_dir: Path):
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--include-seen", is_flag=True, help="Also score images from the model's own train/validation split.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (keys accuracy, macro_f1, ece, n, per_class, ...).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON (keys accuracy, macro_f1, ece, n, per_class, coverage, accepted_accuracy, unfamiliar_share, ...).")
 def evaluate_command(model_dir: Path, data_dir: Path, include_seen: bool, as_json: bool) -> None:
     """Score MODEL_DIR on a folder-per-class DATA_DIR (only classes the model knows).
 
-    Reports accuracy, macro-F1, per-class precision / recall / F1, the confusion matrix and the
-    expected calibration error; images the model trained on are left out unless --include-seen.
+    Reports accuracy, macro-F1, per-class precision / recall / F1, the confusion matrix, the
+    expected calibration error, and the share of cells accepted without review (coverage) with
+    their accuracy, decided exactly as the service decides review; images the model trained on
+    are left out unless --include-seen.
     """
     from bloodcell_core.evaluation import evaluate
     from bloodcell_core.metrics import format_classification_report
@@ -270,6 +350,9 @@ def evaluate_command(model_dir: Path, data_dir: Path, include_seen: bool, as_jso
     excluded = metrics["excluded"]
     click.echo(f"{model_dir} on {data_dir}\n")
     click.echo(format_classification_report(metrics))
+    accepted = "none" if metrics["accepted_accuracy"] is None else f"{metrics['accepted_accuracy']:.4f}"
+    click.echo(f"\naccepted without review: {metrics['coverage']:.1%} of cells, accuracy {accepted}; "
+               f"unlike the training images: {metrics['unfamiliar_share']:.1%}")
     click.echo("\nconfusion matrix (rows true, columns predicted; order as above):")
     for row in metrics["confusion_matrix"]:
         click.echo("  " + " ".join(f"{v:5d}" for v in row))
@@ -285,7 +368,8 @@ def evaluate_command(model_dir: Path, data_dir: Path, include_seen: bool, as_jso
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list with an entry per image.")
 def predict_command(model_dir: Path, images: tuple[Path, ...], as_json: bool) -> None:
-    """Classify IMAGES with MODEL_DIR: class, confidence and top 3 per image.
+    """Classify IMAGES with MODEL_DIR: class, confidence and top 3 per image, and whether a technologist
+    should review it, with the reasons (low confidence; unlike the training images), by the service's rule.
 
     A file that is missing or not an image gets an error entry of its own; the others are
     still classified. The exit status is 1 when any image failed.
@@ -310,7 +394,8 @@ def predict_command(model_dir: Path, images: tuple[Path, ...], as_json: bool) ->
                 click.echo(f"{r.name}\tERROR\t{r.error}")
             else:
                 top3 = ", ".join(f"{label} {p:.3f}" for label, p in r.top3)
-                click.echo(f"{r.name}\t{r.label}\t{r.confidence:.3f}\t(top 3: {top3})")
+                review = f"\tREVIEW: {', '.join(r.review_reasons)}" if r.needs_review else ""
+                click.echo(f"{r.name}\t{r.label}\t{r.confidence:.3f}\t(top 3: {top3}){review}")
     if any(r.error for r in results):
         sys.exit(1)
 
@@ -478,7 +563,11 @@ def _print_report(report: dict, as_json: bool) -> None:
     if report["counts"]:
         flag = "BLAST FLAG" if report["blast_flag"] else "no blast flag"
         click.echo(f"  {flag}: {report['blast_count']} blasts, {report['blast_percent']:.1f} %")
-        click.echo(f"  {len(report['needs_review'])} cell(s) below confidence {report['review_threshold']} for review")
+        unfamiliar = report.get("n_unfamiliar", 0)
+        click.echo(f"  {len(report['needs_review'])} cell(s) for review (below confidence {report['review_threshold']}"
+                   f" or unlike the training images: {unfamiliar})")
+        for warning in report.get("warnings", []):
+            click.echo(f"  WARNING: {warning}")
     for item in report.get("failed", []):
         click.echo(f"  FAILED {item['name']}: {item['error']}")
 
@@ -503,7 +592,8 @@ def cells(sample_id: str, needs_review: bool, as_json: bool) -> None:
         return
     for row in rows:
         confidence = "" if row["confidence"] is None else f"{row['confidence']:.3f}"
-        mark = " REVIEW" if row["needs_review"] else (f" (reviewed: {row['reviewed_label']})" if row["reviewed_label"] else "")
+        mark = f" REVIEW: {', '.join(row['review_reasons'])}" if row["needs_review"] else (
+            f" (reviewed: {row['reviewed_label']})" if row["reviewed_label"] else "")
         click.echo(f"{row['image_sha256'][:12]}  {row['label'] or row['error'] or row['status']:<16}{confidence:>7}  "
                    f"{row['name']}{mark}")
 

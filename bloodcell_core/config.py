@@ -34,6 +34,9 @@ class Settings:
     blast_count: int  # blast flag when myeloblasts reach this count ...
     blast_percent: float  # ... or this percent of classified cells
     blast_class: str
+    immature_classes: tuple[str, ...]  # immature-cell flag when these together reach ...
+    immature_percent: float  # ... this percent of classified cells
+    unfamiliar_share: float  # unfamiliar-image warning when more than this share of cells is unlike the training images
     flower_port: int
     flower_basic_auth: str  # "user:password"; empty: `bloodcell up` makes a one-off `ops` password per start
     redis_port: int  # the local redis-server `bloodcell up` starts
@@ -69,6 +72,9 @@ class Settings:
             blast_count=int(env("BLOODCELL_BLAST_COUNT", "5")),
             blast_percent=float(env("BLOODCELL_BLAST_PERCENT", "20")),
             blast_class=env("BLOODCELL_BLAST_CLASS", "myeloblast"),
+            immature_classes=tuple(c.strip() for c in env("BLOODCELL_IMMATURE_CLASSES", "ig,myeloblast").split(",") if c.strip()),
+            immature_percent=float(env("BLOODCELL_IMMATURE_PERCENT", "5")),
+            unfamiliar_share=float(env("BLOODCELL_UNFAMILIAR_SHARE", "0.1")),
             flower_port=int(env("BLOODCELL_FLOWER_PORT", "5555")),
             flower_basic_auth=env("BLOODCELL_FLOWER_BASIC_AUTH", ""),
             redis_port=redis_port,
@@ -95,4 +101,8 @@ class Settings:
             raise ValueError(f"BLOODCELL_CLASSIFY_QUEUE must be 'classify' or 'classify.gpu', got {self.classify_queue!r}")
         if self.review_threshold is not None and not 0.0 <= self.review_threshold <= 1.0:
             raise ValueError("BLOODCELL_REVIEW_THRESHOLD must be 'model' or a number between 0 and 1")
+        if not 0.0 <= self.unfamiliar_share <= 1.0:
+            raise ValueError(f"BLOODCELL_UNFAMILIAR_SHARE must be a share between 0 and 1, got {self.unfamiliar_share}")
+        if not 0.0 <= self.immature_percent <= 100.0:
+            raise ValueError(f"BLOODCELL_IMMATURE_PERCENT must be a percent between 0 and 100, got {self.immature_percent}")
 

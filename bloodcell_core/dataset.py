@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -56,6 +56,27 @@ def list_class_files(root: Path) -> list[tuple[str, Path]]:
     return entries
 
 
+def parse_renames(pairs: Iterable[str]) -> dict[str, str]:
+    """["seg_neutrophil=neutrophil", ...] -> {"seg_neutrophil": "neutrophil"}, or ValueError."""
+    renames = {}
+    for pair in pairs:
+        old, sep, new = pair.partition("=")
+        if not sep or not old.strip() or not new.strip():
+            raise ValueError(f"a class rename is OLD=NEW, got {pair!r}")
+        renames[old.strip()] = new.strip()
+    return renames
+
+
+def dataset_root(roots: Path | str | Sequence[Path | str]) -> tuple[Path, list[Path]]:
+    """(the folder file paths are relative to, the dataset folders): one folder is its own root; several
+    (e.g. kaggle5 and pbc8) are read as one dataset under their common parent."""
+    folders = [Path(roots)] if isinstance(roots, (str, Path)) else [Path(r) for r in roots]
+    if not folders:
+        raise ValueError("no dataset folder given")
+    if len(folders) == 1:
+        return folders[0], folders
+    relative = all(not f.is_absolute() for f in folders)  # kept relative, so a model's record holds in another clone
+    return Path(os.path.commonpath([os.path.normpath(f) if relative else os.path.abspath(f) for f in folders])), folders
 @dataclass
 class ImageEntry:
     """One file of a dataset, after reading and decoding it for real."""
@@ -73,7 +94,7 @@ class ImageEntry:
 def _inspect(root: Path, label: str, path: Path) -> ImageEntry:
     data = read_image_file(path)
     entry = ImageEntry(
-        path=str(path.relative_to(root)), label=label, sha256=hashlib.sha256(data).hexdigest(), n_bytes=len(data)
+        path=os.path.relpath(path, root), label=label, sha256=hashlib.sha256(data).hexdigest(), n_bytes=len(data)
     )
     try:
         image = decode_image(data)
@@ -115,10 +136,17 @@ class DatasetIndex:
         return hashlib.sha256("\n".join(pairs).encode()).hexdigest()
 
 
-def index_dataset(root: Path | str, classes: Iterable[str] | None = None, progress: bool = True) -> DatasetIndex:
-    """Read, hash and decode every file of ROOT/<class>/ (optionally only the given classes)."""
-    root = Path(root)
-    files = list_class_files(root)
+def index_dataset(roots: Path | str | Sequence[Path | str], classes: Iterable[str] | None = None,
+                  progress: bool = True, renames: dict[str, str] | None = None) -> DatasetIndex:
+    """Read, hash and decode every file of ROOT/<class>/ (optionally only the given classes).
+
+    Several ROOTS are one dataset: paths are relative to their common parent, and an image present in
+    two of them (the PBC files kaggle5 and pbc8 share) is one image, kept on one side of any split.
+    ``renames`` maps folder names to class names (kaggle5's seg_neutrophil is pbc8's neutrophil).
+    """
+    root, folders = dataset_root(roots)
+    renames = renames or {}
+    files = [(renames.get(label, label), path) for folder in folders for label, path in list_class_files(folder)]
     if classes is not None:
         wanted = set(classes)
         files = [(label, path) for label, path in files if label in wanted]
@@ -127,7 +155,7 @@ def index_dataset(root: Path | str, classes: Iterable[str] | None = None, progre
             tqdm(
                 pool.map(lambda item: _inspect(root, *item), files),
                 total=len(files),
-                desc=f"reading {root.name}",
+                desc=f"reading {', '.join(folder.name for folder in folders)}",
                 unit="img",
                 disable=not progress,
             )

@@ -158,6 +158,7 @@ class Prediction(Base):
     probabilities: Mapped[dict[str, Any]]
     preprocess_ms: Mapped[float] = mapped_column(Float)
     predict_ms: Mapped[float] = mapped_column(Float)
+    ood_score: Mapped[float | None] = mapped_column(Float)  # distance from the training images; None: no scorer
     worker: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -176,7 +177,10 @@ class SampleReport(Base):
     blast_percent: Mapped[float] = mapped_column(Float)
     blast_flag: Mapped[bool] = mapped_column(Boolean)
     review_threshold: Mapped[float] = mapped_column(Float)
-    needs_review: Mapped[list[Any]]  # names of cells under the review threshold
+    ood_threshold: Mapped[float | None] = mapped_column(Float)  # cells above it are unlike the training images
+    n_unfamiliar: Mapped[int] = mapped_column(Integer, default=0)
+    flags: Mapped[list[Any]] = mapped_column(JSON, default=list)  # blasts, immature_cells, unfamiliar_images
+    needs_review: Mapped[list[Any]]  # cells under the review threshold or unfamiliar, each with its reasons
     failed: Mapped[list[Any]]  # {"name", "error"} of cells that could not be classified
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     sample: Mapped[Sample] = relationship(back_populates="report")

@@ -12,6 +12,7 @@ import numpy as np
 from bloodcell_core.dataset import index_dataset, list_class_files, read_image_file
 from bloodcell_core.inference import Classifier
 from bloodcell_core.metrics import classification_metrics
+from bloodcell_core.ood import UNFAMILIAR_REASON
 
 
 def evaluate(classifier: Classifier, data_dir: Path | str, include_seen: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -45,6 +46,12 @@ def evaluate(classifier: Classifier, data_dir: Path | str, include_seen: bool = 
     y_true = np.array([classes.index(next(iter(labels_by_hash[sha]))) for sha, _ in good], dtype=np.int64)
     probabilities = np.array([[p.probabilities[c] for c in classes] for _, p in good]).reshape(-1, len(classes))
     metrics = classification_metrics(y_true, probabilities, classes)
+    # the service's review rule (ood.review_reasons) at the model's own thresholds
+    accepted = np.array([not p.needs_review for _, p in good], dtype=bool)
+    correct = probabilities.argmax(axis=1) == y_true
+    metrics["coverage"] = float(accepted.mean()) if len(good) else 0.0
+    metrics["accepted_accuracy"] = float(correct[accepted].mean()) if accepted.any() else None
+    metrics["unfamiliar_share"] = float(np.mean([UNFAMILIAR_REASON in p.review_reasons for _, p in good])) if good else 0.0
     metrics["excluded"] = {
         "unknown_class_folders": [label for label in folders if label not in classes],
         "unreadable": [{"path": e.path, "error": e.error} for e in index.unreadable],

@@ -9,7 +9,7 @@ from bloodcell_core.config import Settings
 from bloodcell_core.db import ModelVersion, Sample, SampleReport, session_scope
 from bloodcell_core.plugin_manager import get_exporter
 from bloodcell_core.plugin_types import DifferentialRow, ReportDocument
-from bloodcell_core.service import Conflict, find_sample, latest_reviews
+from bloodcell_core.service import BLASTS, FLAG_TEXT, Conflict, find_sample, latest_reviews
 
 
 def conclusion_text(report: SampleReport, blast_class: str, n_reviewed: int) -> str:
@@ -19,10 +19,13 @@ def conclusion_text(report: SampleReport, blast_class: str, n_reviewed: int) -> 
     if n_reviewed:
         parts.append(f"{n_reviewed} cells relabelled by a technologist")
     if report.needs_review:
-        parts.append(f"{len(report.needs_review)} low-confidence cells await review")
+        parts.append(f"{len(report.needs_review)} cells await review")
+    if report.n_unfamiliar:
+        parts.append(f"{report.n_unfamiliar} cells unlike the training images")
     flag = (f"BLAST FLAG: {report.blast_count} {blast_class} cells ({report.blast_percent:.1f}%), "
             "smear review recommended" if report.blast_flag else "no blast flag")
-    return f"{'; '.join(parts)}. {flag}."
+    others = [f"WARNING: {FLAG_TEXT[f]}" for f in report.flags if f != BLASTS]
+    return f"{'; '.join(parts)}. {flag}." + "".join(f" {text}." for text in others)
 
 
 def report_document(session: Session, settings: Settings, sample: Sample) -> ReportDocument:
@@ -50,6 +53,10 @@ def report_document(session: Session, settings: Settings, sample: Sample) -> Rep
         conclusion=conclusion_text(report, settings.blast_class, n_reviewed),
         signed_off_by=sample.signed_off_by,
         signed_off_at=sample.signed_off_at,
+        flags=tuple(report.flags),
+        warnings=tuple(FLAG_TEXT[flag] for flag in report.flags),
+        immature_classes=settings.immature_classes,
+        n_unfamiliar=report.n_unfamiliar,
     )
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from bloodcell_core.plugin_types import Exporter, ModelSpec, PreprocessingStep
+    from bloodcell_core.plugin_types import CellLocator, Exporter, ModelSpec, PreprocessingStep
 
 hookspec = pluggy.HookspecMarker("bloodcell")
 hookimpl = pluggy.HookimplMarker("bloodcell")
@@ -32,6 +32,15 @@ def register_preprocessing_steps(register: Callable[["PreprocessingStep"], None]
     and serving applies the same steps.
     """
 
+
+@hookspec
+def register_cell_locators(register: Callable[["CellLocator"], None]) -> None:
+    """Register white-cell locators: ``register(CellLocator(...))``.
+
+    ``CellLocator.locate`` maps an RGB uint8 image (a single-cell crop or a whole smear field) to the
+    white cells it finds, as ``CellBox`` es in pixels of that image. The ``locate_cell`` preprocessing
+    step crops single-cell images with one, and whole fields are cut into cells with one.
+    """
 
 
 @hookspec

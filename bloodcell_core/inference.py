@@ -15,6 +15,7 @@ import numpy as np
 from bloodcell_core.artifacts import ArtifactError, ModelArtifact, load_artifact, metadata_view_gate, metadata_views
 from bloodcell_core.calibration import EPSILON, apply_temperature, softmax
 from bloodcell_core.image_header import image_dimensions
+from bloodcell_core.ood import FALLBACK_REVIEW_THRESHOLD, feature_model, load_scorer, review_reasons
 from bloodcell_core.preprocessing import ImageDecodeError, Preprocessor, scale
 
 BATCH_SIZE = 64
@@ -95,6 +96,26 @@ def served_views(metadata: dict[str, Any], directory: Path | str) -> tuple[tuple
         raise ArtifactError(f"{directory}: {exc}") from None
 
 
+def features_and_probabilities(two_outputs: "keras.Model", images: np.ndarray,
+                               batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(features, probabilities) from ``ood.feature_model``'s two outputs, in batches like ``predict_in_batches``."""
+    import keras
+
+    pad = keras.backend.backend() == "jax"
+    features, probabilities = [], []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        padding = padded_size(len(chunk), batch_size) - len(chunk) if pad else 0
+        if padding:
+            chunk = np.concatenate([chunk, np.zeros((padding, *chunk.shape[1:]), chunk.dtype)])
+        f, p = two_outputs.predict_on_batch(chunk)
+        features.append(np.asarray(f)[: len(chunk) - padding])
+        probabilities.append(np.asarray(p)[: len(chunk) - padding])
+    if not features:
+        return np.zeros((0, two_outputs.output_shape[0][-1]), np.float32), np.zeros((0, two_outputs.output_shape[1][-1]), np.float32)
+    return np.concatenate(features), np.concatenate(probabilities)
+
+
 def view_probabilities(model: "keras.Model", images: np.ndarray, views: Sequence[str], batch_size: int) -> np.ndarray:
     """The model's probabilities for each view of each image, (views, n, classes)."""
     stacked = np.concatenate([VIEWS[view](images) for view in views])  # a copy: contiguous
@@ -108,29 +129,39 @@ def average_over_views(probabilities: np.ndarray) -> np.ndarray:
 
 
 def predict_views(model: "keras.Model", images: np.ndarray, views: Sequence[str] = ("identity",),
-                  batch_size: int = BATCH_SIZE, gate: float | None = None) -> np.ndarray:
+                  batch_size: int = BATCH_SIZE, gate: float | None = None, first: np.ndarray | None = None) -> np.ndarray:
     """Probabilities (n, classes) averaged over test-time VIEWS of each image (``average_over_views``).
 
     With a ``gate``, the model first sees only the first view, and the other views are asked for the
     cells whose first-view confidence is under the gate: a cell it is sure of at one look keeps that
     answer. The extra views pay off on the unsure cells, so the gate keeps their accuracy at a
     fraction of the passes. Views of batch_size images run together, so memory stays at one chunk.
+    ``first``: the first view's probabilities when the caller has them already (from the pass that
+    also gave the features for the out-of-distribution score).
     """
     if tuple(views) == ("identity",):
-        return predict_in_batches(model, images, batch_size)
+        return first if first is not None else predict_in_batches(model, images, batch_size)
     gate = None if len(views) == 1 else gate
     outputs = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        if gate is None:
+        known = first is not None and views[0] == "identity"  # VIEWS order: identity is first when present
+        if gate is None and not known:
             outputs.append(average_over_views(view_probabilities(model, chunk, views, batch_size)))
             continue
-        first = view_probabilities(model, chunk, views[:1], batch_size)[0]
-        unsure = first.max(axis=1) < gate
+        if known:
+            chunk_first = np.array(first[start : start + batch_size])
+        else:
+            chunk_first = view_probabilities(model, chunk, views[:1], batch_size)[0]
+        if gate is None:
+            others = view_probabilities(model, chunk, views[1:], batch_size)
+            outputs.append(average_over_views(np.concatenate([chunk_first[None], others])))
+            continue
+        unsure = chunk_first.max(axis=1) < gate
         if unsure.any():
             others = view_probabilities(model, chunk[unsure], views[1:], batch_size)
-            first[unsure] = average_over_views(np.concatenate([first[unsure][None], others]))
-        outputs.append(first)
+            chunk_first[unsure] = average_over_views(np.concatenate([chunk_first[unsure][None], others]))
+        outputs.append(chunk_first)
     return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
 
 
@@ -144,8 +175,14 @@ class Prediction:
     top3: list[tuple[str, float]] = field(default_factory=list)
     probabilities: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    ood_score: float | None = None  # distance from the training images (ood.py); None for a model without one
+    review_reasons: list[str] = field(default_factory=list)  # empty: accepted at the model's own thresholds
     preprocess_ms: float = 0.0  # this image's decode + preprocessing time
     predict_ms: float = 0.0  # its share of the batch's model time
+
+    @property
+    def needs_review(self) -> bool:
+        return bool(self.review_reasons)
 
     def to_json(self) -> dict:
         if self.error is not None:
@@ -156,6 +193,9 @@ class Prediction:
             "confidence": self.confidence,
             "top3": [{"label": label, "probability": p} for label, p in self.top3],
             "probabilities": self.probabilities,
+            "ood_score": self.ood_score,
+            "needs_review": self.needs_review,
+            "review_reasons": self.review_reasons,
         }
 
 
@@ -192,6 +232,10 @@ class Classifier:
         self.artifact = artifact
         self.classes = artifact.classes
         self.preprocessor = Preprocessor(artifact.preprocessing)
+        calibration = artifact.metadata.get("calibration") or {}
+        self.review_threshold = float(calibration.get("review_threshold", FALLBACK_REVIEW_THRESHOLD))
+        self.ood = load_scorer(artifact.directory, calibration.get("ood"))
+        self._features = feature_model(artifact.model) if self.ood is not None else None
         self._pool = ThreadPoolExecutor(max_workers=threads)
 
     @classmethod
@@ -200,9 +244,20 @@ class Classifier:
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (n, classes) for preprocessed float32 images (n, h, w, 3)."""
-        probabilities = predict_views(self.artifact.model, images, self.views, gate=self.view_gate)
+        return self.predict_with_scores(images)[0]
+
+    def predict_with_scores(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities (n, classes) and out-of-distribution scores (n,) (None without a scorer).
+
+        The scores come from the identity view's features, in the same pass as its probabilities.
+        """
+        first, scores = None, None
+        if self._features is not None:
+            features, first = features_and_probabilities(self._features, images)
+            scores = self.ood.score(features)
+        probabilities = predict_views(self.artifact.model, images, self.views, gate=self.view_gate, first=first)
         temperature = self.artifact.temperature
-        return probabilities if temperature == 1.0 else apply_temperature(probabilities, temperature)
+        return (probabilities if temperature == 1.0 else apply_temperature(probabilities, temperature)), scores
 
     def _preprocess(self, data: bytes) -> tuple[np.ndarray | str, float]:
         start = time.perf_counter()
@@ -218,14 +273,18 @@ class Classifier:
             result = f"preprocessing failed: {type(exc).__name__}: {exc}"
         return result, (time.perf_counter() - start) * 1000
 
-    def _result(self, name: str, probabilities: np.ndarray) -> Prediction:
+    def _result(self, name: str, probabilities: np.ndarray, ood_score: float | None) -> Prediction:
         order = np.argsort(probabilities)[::-1]
+        confidence = float(probabilities[order[0]])
         return Prediction(
             name=name,
             label=self.classes[order[0]],
-            confidence=float(probabilities[order[0]]),
+            confidence=confidence,
             top3=[(self.classes[k], float(probabilities[k])) for k in order[:3]],
             probabilities={label: float(p) for label, p in zip(self.classes, probabilities)},
+            ood_score=ood_score,
+            review_reasons=review_reasons(confidence, self.review_threshold, ood_score,
+                                          self.ood.threshold if self.ood is not None else None),
         )
 
     def classify(self, images: Iterable[tuple[str, bytes]]) -> list[Prediction]:
@@ -243,12 +302,13 @@ class Classifier:
                 pending = self._pool.map(self._preprocess, [data for _, data in chunks[k + 1]])
             good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
             start = time.perf_counter()
-            probabilities = self.predict_arrays(np.stack([prepared[i] for i in good])) if good else []
+            probabilities, scores = self.predict_with_scores(np.stack([prepared[i] for i in good])) if good else ([], None)
             predict_ms = (time.perf_counter() - start) * 1000 / max(len(good), 1)
-            by_position = dict(zip(good, probabilities))
+            by_position = {i: (p, None if scores is None else float(scores[k]))
+                           for k, (i, p) in enumerate(zip(good, probabilities))}
             for i, (name, _) in enumerate(chunk):
                 if i in by_position:
-                    result = self._result(name, by_position[i])
+                    result = self._result(name, *by_position[i])
                     result.predict_ms = predict_ms
                 else:
                     result = Prediction(name=name, error=prepared[i])
@@ -261,6 +321,7 @@ class Classifier:
         if isinstance(prepared, str):
             return Prediction(name=name, error=prepared, preprocess_ms=preprocess_ms)
         start = time.perf_counter()
-        result = self._result(name, self.predict_arrays(prepared[None])[0])
+        probabilities, scores = self.predict_with_scores(prepared[None])
+        result = self._result(name, probabilities[0], None if scores is None else float(scores[0]))
         result.preprocess_ms, result.predict_ms = preprocess_ms, (time.perf_counter() - start) * 1000
         return result

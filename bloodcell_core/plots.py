@@ -109,3 +109,22 @@ def image_grid_png(rows: list[list[np.ndarray]], row_labels: list[str], path: Pa
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def learning_curve_png(points: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Accuracy (and accuracy of the accepted cells) against the number of a laboratory's cells fine-tuned on."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    x = [p["lab_cells"] for p in points]
+    ax.plot(x, [p["accuracy"] for p in points], "o-", label="accuracy")
+    ax.plot(x, [p["coverage"] for p in points], "s--", label="share accepted without review")
+    ax.set_xscale("symlog", linthresh=25)
+    ax.set_xticks(x, [str(v) for v in x])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("laboratory cells fine-tuned on")
+    ax.set_ylabel("share of the laboratory's test cells")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pluggy
 
 from bloodcell_core import hookspecs
-from bloodcell_core.plugin_types import Exporter, ModelSpec, PreprocessingStep
+from bloodcell_core.plugin_types import CellLocator, Exporter, ModelSpec, PreprocessingStep
 
 ENTRY_POINT_GROUP = "bloodcell"
 
@@ -37,6 +37,7 @@ class PluginInfo:
     hooks: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
     preprocessing_steps: list[str] = field(default_factory=list)
+    cell_locators: list[str] = field(default_factory=list)
     exporters: list[str] = field(default_factory=list)
 
 
@@ -111,6 +112,10 @@ def preprocessing_steps() -> dict[str, PreprocessingStep]:
     return {name: step for name, (_, step) in _collect("register_preprocessing_steps", PreprocessingStep).items()}
 
 
+def cell_locators() -> dict[str, CellLocator]:
+    return {name: locator for name, (_, locator) in _collect("register_cell_locators", CellLocator).items()}
+
+
 def exporters() -> dict[str, Exporter]:
     return {name: exporter for name, (_, exporter) in _collect("register_exporters", Exporter).items()}
 
@@ -128,6 +133,10 @@ def get_model_spec(name: str) -> ModelSpec:
 
 def get_preprocessing_step(name: str) -> PreprocessingStep:
     return _lookup("preprocessing step", name, preprocessing_steps())
+
+
+def get_cell_locator(name: str) -> CellLocator:
+    return _lookup("cell locator", name, cell_locators())
 
 
 def get_exporter(name: str) -> Exporter:
@@ -148,6 +157,7 @@ def describe_plugins() -> list[PluginInfo]:
     hooks: list[tuple[str, type, Callable[[PluginInfo], list[str]]]] = [
         ("register_models", ModelSpec, lambda info: info.models),
         ("register_preprocessing_steps", PreprocessingStep, lambda info: info.preprocessing_steps),
+        ("register_cell_locators", CellLocator, lambda info: info.cell_locators),
         ("register_exporters", Exporter, lambda info: info.exporters),
     ]
     for hook_name, kind, bucket in hooks:

@@ -1,4 +1,4 @@
-"""What plugins register: model architectures, preprocessing steps and result exporters."""
+"""What plugins register: model architectures, preprocessing steps, cell locators and result exporters."""
 
 from __future__ import annotations
 
@@ -27,9 +27,29 @@ class Augmentation:
     zoom: float = 0.1
     horizontal_flip: bool = True
     vertical_flip: bool = False
+    # Stain and acquisition augmentation (all off by default): how other laboratories' stains,
+    # microscopes and cameras differ. See ``preprocessing.acquisition_jitter``.
+    stain: float = 0.0  # std of the per-image shift of LAB a and b (0..255 scale), and of L scaled by 1.5
+    contrast: float = 0.0  # std of the log contrast factor, per channel half of it
+    gamma: float = 0.0  # std of log gamma
+    blur: float = 0.0  # probability of a Gaussian blur with sigma in [0.3, 1.5] pixels
+    noise: float = 0.0  # probability of Gaussian pixel noise with std in [2, 8]
+    jpeg: float = 0.0  # probability of a JPEG re-encode at quality 30-90
+    low_resolution: float = 0.0  # probability of a down- and up-scale by 1.5-3x
+    grayscale: float = 0.0  # probability of mixing towards grey (0.3-1.0 of the way)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def acquisition(self) -> bool:
+        return any((self.stain, self.contrast, self.gamma, self.blur, self.noise, self.jpeg, self.low_resolution,
+                    self.grayscale))
+
+
+# What `bloodcell train --acquisition-augmentation` adds to a plugin's geometric augmentation.
+ACQUISITION_AUGMENTATION = {"stain": 8.0, "contrast": 0.15, "gamma": 0.15, "blur": 0.3, "noise": 0.3, "jpeg": 0.3,
+                            "low_resolution": 0.3, "grayscale": 0.1}
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,34 @@ class PreprocessingStep:
 
 
 @dataclass(frozen=True)
+class CellBox:
+    """A white cell found in an image: its box in pixels, and whether the image's edge cuts it."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    stained_area: int  # pixels of nucleus stain inside the box
+    touches_edge: bool = False
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return self.x + self.width / 2.0, self.y + self.height / 2.0
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class CellLocator:
+    """Finds white cells in an RGB uint8 image: ``locate(image) -> list[CellBox]``, largest first."""
+
+    name: str
+    description: str
+    locate: Callable[[np.ndarray], list[CellBox]]
+
+
+@dataclass(frozen=True)
 class DifferentialRow:
     cell_type: str
     count: int
@@ -99,6 +147,12 @@ class ReportDocument:
     blast_flag: bool
     conclusion: str
     signed_off_by: str | None = None
+    # Sample-level flags, each of which sent the sample to review: "blasts", "immature_cells",
+    # "unfamiliar_images"; ``warnings`` holds their text, in the same order.
+    flags: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    immature_classes: tuple[str, ...] = ()  # the classes the immature-cell flag counts
+    n_unfamiliar: int = 0  # cells unlike the training images, not reviewed yet
     signed_off_at: datetime | None = None
 
 

@@ -104,6 +104,20 @@ class Preprocessor:
         return scale(self.to_uint8(data))
 
 
+def square_crop(image: np.ndarray, cx: float, cy: float, side: int) -> np.ndarray:
+    """A side x side crop centred on (cx, cy); parts outside the image are filled by reflection."""
+    side = max(8, int(side))
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    height, width = image.shape[:2]
+    pad = max(0, -x0, -y0, x0 + side - width, y0 + side - height)
+    if pad:
+        # reflection needs the padding smaller than the image; a crop much larger than it is padded with edge pixels
+        border = cv2.BORDER_REFLECT_101 if pad < min(height, width) else cv2.BORDER_REPLICATE
+        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, border)
+        x0, y0 = x0 + pad, y0 + pad
+    return image[y0 : y0 + side, x0 : x0 + side]
+
+
 def scale(images: np.ndarray) -> np.ndarray:
     """uint8 images -> float32 in [0, 1] (any leading shape)."""
     return images.astype(np.float32) * np.float32(1.0 / 255.0)
@@ -125,8 +139,44 @@ def random_affine(augmentation: Augmentation, size: tuple[int, int], rng: np.ran
     return np.hstack([linear, offset[:, None]])
 
 
+def acquisition_jitter(image: np.ndarray, augmentation: Augmentation, rng: np.random.Generator) -> np.ndarray:
+    """Training-only stain and acquisition changes of one uint8 RGB image: what another laboratory's stain,
+    lamp, optics and camera do to the same cell (LAB shift, contrast, gamma, blur, noise, JPEG, lower
+    resolution, washed-out colour). Each is drawn independently; with all zero the image is returned as it is."""
+    a = augmentation
+    height, width = image.shape[:2]
+    out = image
+    if a.stain or a.contrast:
+        lab = cv2.cvtColor(out, cv2.COLOR_RGB2LAB).astype(np.float32)
+        mean = lab.reshape(-1, 3).mean(axis=0)
+        shift = rng.normal(0.0, a.stain, 3) * np.array([1.5, 1.0, 1.0])
+        gain = np.exp(rng.normal(0.0, a.contrast) + rng.normal(0.0, a.contrast / 2, 3))
+        lab = (lab - mean) * gain + mean + shift
+        out = cv2.cvtColor(np.clip(lab, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    if a.gamma:
+        table = 255.0 * (np.arange(256) / 255.0) ** np.exp(rng.normal(0.0, a.gamma))
+        out = cv2.LUT(out, np.clip(table, 0, 255).astype(np.uint8))
+    if rng.random() < a.grayscale:
+        grey = cv2.cvtColor(cv2.cvtColor(out, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
+        out = cv2.addWeighted(out, 1.0 - (w := rng.uniform(0.3, 1.0)), grey, w, 0.0)
+    if rng.random() < a.low_resolution:
+        factor = rng.uniform(1.5, 3.0)
+        small = cv2.resize(out, (max(4, round(width / factor)), max(4, round(height / factor))), interpolation=cv2.INTER_AREA)
+        out = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    if rng.random() < a.blur:
+        out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.3, 1.5))
+    if rng.random() < a.noise:
+        out = np.clip(out + rng.normal(0.0, rng.uniform(2.0, 8.0), out.shape), 0, 255).astype(np.uint8)
+    if rng.random() < a.jpeg:
+        quality = int(rng.integers(30, 91))
+        ok, encoded = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, quality])  # channel order is irrelevant here
+        out = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) if ok else out
+    return out
+
+
 def augment(image: np.ndarray, augmentation: Augmentation, rng: np.random.Generator) -> np.ndarray:
-    """Training-only random affine augmentation of one uint8 image; borders are reflected."""
+    """Training-only random augmentation of one uint8 image: affine (borders reflected), then stain and acquisition."""
     height, width = image.shape[:2]
     matrix = random_affine(augmentation, (height, width), rng)
-    return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    moved = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    return acquisition_jitter(moved, augmentation, rng) if augmentation.acquisition else moved

@@ -18,6 +18,7 @@ from bloodcell_core.config import Settings
 from bloodcell_core.dataset import list_class_files
 from bloodcell_core.db import CellReview, ModelVersion, Prediction, ReportStatus, Sample, SampleReport, SampleStatus, session_scope
 from bloodcell_core.image_store import image_store
+from bloodcell_core.ood import review_reasons
 from bloodcell_core.service import Conflict, NotFound, ServiceError, audit, build_report, find_sample, latest_reviews
 
 
@@ -38,10 +39,13 @@ def cell_results(session: Session, sample: Sample) -> list[dict[str, Any]]:
             Prediction.image_sha256.in_([c.image_sha256 for c in sample.cells])))}
     reviews = latest_reviews(session, sample.id)
     threshold = report.review_threshold if report is not None else 1.0
+    unfamiliar_above = report.ood_threshold if report is not None else None
     rows = []
     for cell in sample.cells:
         prediction, review = predictions.get(cell.image_sha256), reviews.get(cell.image_sha256)
         top = sorted(prediction.probabilities.items(), key=lambda kv: -kv[1])[:3] if prediction else []
+        reasons = review_reasons(prediction.confidence, threshold, prediction.ood_score, unfamiliar_above) \
+            if prediction and not review else []
         rows.append({
             "name": cell.name,
             "image_sha256": cell.image_sha256,
@@ -53,7 +57,9 @@ def cell_results(session: Session, sample: Sample) -> list[dict[str, Any]]:
             "reviewed_label": review.label if review else None,
             "reviewed_by": review.reviewer if review else None,
             "label": review.label if review else (prediction.label if prediction else None),
-            "needs_review": bool(prediction and not review and prediction.confidence < threshold),
+            "ood_score": round(prediction.ood_score, 2) if prediction and prediction.ood_score is not None else None,
+            "needs_review": bool(reasons),
+            "review_reasons": reasons,
         })
     return rows
 
@@ -116,7 +122,8 @@ def sign_off(settings: Settings, accession_id: str, reviewer: str, comment: str,
         version = _report_version(session, sample)
         report = build_report(session, settings, sample, version.id)
         if report["needs_review"]:
-            raise Conflict(f"{len(report['needs_review'])} low-confidence cells still need review before sign-off")
+            raise Conflict(f"{len(report['needs_review'])} cells still need review (low confidence or unlike the "
+                           "training images) before sign-off")
         if sample.status == SampleStatus.FAILED:
             raise Conflict(f"sample {accession_id!r} failed: {sample.error}")
         if sample.report_status == ReportStatus.PRELIMINARY:

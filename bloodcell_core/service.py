@@ -41,6 +41,7 @@ from bloodcell_core.db import (
 )
 from bloodcell_core.image_header import ImageDecodeError, image_dimensions
 from bloodcell_core.image_store import image_store, sha256_of
+from bloodcell_core.ood import FALLBACK_REVIEW_THRESHOLD, UNFAMILIAR_REASON, review_reasons
 
 if TYPE_CHECKING:
     from bloodcell_core.inference import Classifier
@@ -298,6 +299,7 @@ def prediction_row(image_sha256: str, version_id: int, result: Any, worker: str)
         "probabilities": result.probabilities,
         "preprocess_ms": result.preprocess_ms,
         "predict_ms": result.predict_ms,
+        "ood_score": result.ood_score,
         "worker": worker,
     }
 
@@ -387,14 +389,44 @@ def store_image(settings: Settings, data: bytes) -> str:
         return image_store(settings).put(session, data)
 
 
-FALLBACK_REVIEW_THRESHOLD = 0.80  # for a model without calibration
-
-
 def review_threshold(settings: Settings, version: ModelVersion) -> float:
     """BLOODCELL_REVIEW_THRESHOLD if set to a number, else the threshold calibrated with the model."""
     if settings.review_threshold is not None:
         return settings.review_threshold
     return float((version.metrics.get("calibration") or {}).get("review_threshold", FALLBACK_REVIEW_THRESHOLD))
+
+
+def ood_threshold(version: ModelVersion) -> float | None:
+    """The out-of-distribution threshold calibrated with the model (None: it has no scorer)."""
+    record = (version.metrics.get("calibration") or {}).get("ood")
+    return float(record["threshold"]) if record else None
+
+
+BLASTS, IMMATURE_CELLS, UNFAMILIAR_IMAGES = "blasts", "immature_cells", "unfamiliar_images"
+FLAG_TEXT = {
+    BLASTS: "blast cells found: review the smear",
+    IMMATURE_CELLS: "immature granulocytes or blasts above the configured share",
+    UNFAMILIAR_IMAGES: "many cells are unlike the images the model was trained on: its differential may not hold "
+                       "for these images; review them",
+}
+
+
+def sample_flags(settings: Settings, counts: dict[str, int], n: int, n_unfamiliar: int) -> list[str]:
+    """The sample-level flags, each of which sends the sample to review: blasts (count or percent of
+    BLOODCELL_BLAST_CLASS), immature cells (BLOODCELL_IMMATURE_CLASSES over BLOODCELL_IMMATURE_PERCENT),
+    unfamiliar images (more than BLOODCELL_UNFAMILIAR_SHARE of cells unlike the training images)."""
+    if not n:
+        return []
+    flags = []
+    blasts = counts.get(settings.blast_class, 0)
+    if blasts >= settings.blast_count or 100.0 * blasts / n >= settings.blast_percent:
+        flags.append(BLASTS)
+    immature = sum(counts.get(label, 0) for label in settings.immature_classes)
+    if immature and 100.0 * immature / n > settings.immature_percent:
+        flags.append(IMMATURE_CELLS)
+    if n_unfamiliar / n > settings.unfamiliar_share:
+        flags.append(UNFAMILIAR_IMAGES)
+    return flags
 
 
 def latest_reviews(session: Session, sample_id: int) -> dict[str, CellReview]:
@@ -421,7 +453,7 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
         )
     }
     classified = [(c, predictions[c.image_sha256]) for c in cells if c.image_sha256 in predictions]
-    threshold = review_threshold(settings, version)
+    threshold, unfamiliar_above = review_threshold(settings, version), ood_threshold(version)
     reviews = latest_reviews(session, sample.id)
     counts = {label: 0 for label in version.classes}
     for c, p in classified:
@@ -430,23 +462,28 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
     percent = {label: round(100.0 * k / n, 2) if n else 0.0 for label, k in counts.items()}
     blast_count = counts.get(settings.blast_class, 0)
     blast_percent = percent.get(settings.blast_class, 0.0)
+    reasons = {c.image_sha256: review_reasons(p.confidence, threshold, p.ood_score, unfamiliar_above) for c, p in classified}
     review = [
-        {"name": c.name, "image_sha256": c.image_sha256, "label": p.label, "confidence": round(p.confidence, 4)}
+        {"name": c.name, "image_sha256": c.image_sha256, "label": p.label, "confidence": round(p.confidence, 4),
+         "reasons": reasons[c.image_sha256]}
         for c, p in classified
-        if p.confidence < threshold and c.image_sha256 not in reviews
+        if reasons[c.image_sha256] and c.image_sha256 not in reviews
     ]
+    # a cell a technologist labelled is familiar now: the warning is about what nobody has looked at
+    n_unfamiliar = sum(UNFAMILIAR_REASON in reasons[c.image_sha256] and c.image_sha256 not in reviews for c, _ in classified)
+    flags = sample_flags(settings, counts, n, n_unfamiliar)
     failed = [{"name": c.name, "image_sha256": c.image_sha256, "error": c.error} for c in cells if c.status == "failed"]
     if not classified:
         sample.status, sample.error = SampleStatus.FAILED, "no image of the sample could be classified"
-    elif review or failed:
+    elif review or failed or flags:
         sample.status, sample.error = SampleStatus.NEEDS_REVIEW, None
     else:
         sample.status, sample.error = SampleStatus.DONE, None
     values = dict(
         model_version_id=version_id, n_cells=len(cells), n_classified=n, n_failed=len(failed), counts=counts,
         percent=percent, blast_count=blast_count, blast_percent=blast_percent,
-        blast_flag=bool(n) and (blast_count >= settings.blast_count or blast_percent >= settings.blast_percent),
-        review_threshold=threshold, needs_review=review, failed=failed,
+        blast_flag=BLASTS in flags, review_threshold=threshold, ood_threshold=unfamiliar_above,
+        n_unfamiliar=n_unfamiliar, flags=flags, needs_review=review, failed=failed,
     )
     row = session.scalar(select(SampleReport).where(SampleReport.sample_id == sample.id))
     if row is not None and sample.report_status != ReportStatus.PRELIMINARY and row.counts != counts:
@@ -468,8 +505,8 @@ def report_json(session: Session, sample: Sample) -> dict[str, Any]:
             "signed_off_at": sample.signed_off_at.isoformat() if sample.signed_off_at else None,
             "n_reviewed": len(latest_reviews(session, sample.id))}
     if report is None:
-        return base | {"counts": {}, "percent": {}, "blast_flag": False, "needs_review": [], "failed": [],
-                       "model_version": None}
+        return base | {"counts": {}, "percent": {}, "blast_flag": False, "flags": [], "warnings": [], "needs_review": [],
+                       "failed": [], "model_version": None}
     return base | {
         "model_version": session.get(ModelVersion, report.model_version_id).version,
         "n_classified": report.n_classified,
@@ -479,7 +516,11 @@ def report_json(session: Session, sample: Sample) -> dict[str, Any]:
         "blast_count": report.blast_count,
         "blast_percent": report.blast_percent,
         "blast_flag": report.blast_flag,
+        "flags": report.flags,
+        "warnings": [FLAG_TEXT[flag] for flag in report.flags],
+        "n_unfamiliar": report.n_unfamiliar,
         "review_threshold": report.review_threshold,
+        "ood_threshold": report.ood_threshold,
         "needs_review": report.needs_review,
         "failed": report.failed,
     }

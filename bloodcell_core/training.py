@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import math
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import keras
 import numpy as np
@@ -29,10 +32,19 @@ from bloodcell_core.artifacts import (
     version_id,
 )
 from bloodcell_core.calibration import TARGET_ACCURACY, apply_temperature, calibrate
-from bloodcell_core.dataset import DatasetIndex, audit, index_dataset, read_image_file
-from bloodcell_core.inference import check_view_gate, check_views, predict_in_batches, predict_views
+from bloodcell_core.dataset import DatasetIndex, audit, dataset_root, index_dataset, read_image_file
+from bloodcell_core.inference import (
+    check_view_gate,
+    check_views,
+    features_and_probabilities,
+    predict_in_batches,
+    predict_views,
+    served_views,
+)
 from bloodcell_core.metrics import classification_metrics, format_classification_report
+from bloodcell_core.ood import feature_model, fit_scorer, write_scorer
 from bloodcell_core.plugin_manager import get_model_spec
+from bloodcell_core.plugin_types import ACQUISITION_AUGMENTATION, Augmentation, ModelSpec
 from bloodcell_core.preprocessing import PreprocessingConfig, Preprocessor, augment, scale
 from bloodcell_core.shortcuts import colour_only_baseline
 from bloodcell_core.splits import Split, SplitItem, make_split
@@ -137,7 +149,7 @@ def limit_per_class(index: DatasetIndex, limit: int) -> DatasetIndex:
 
 def train(
     model_name: str,
-    data_dir: Path | str,
+    data_dir: Path | str | Sequence[Path | str],
     out_dir: Path | str,
     *,
     epochs: int | None = None,
@@ -147,6 +159,8 @@ def train(
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
     max_per_class: int | None = None,
     preprocessing_steps: tuple[str, ...] | None = None,
+    renames: dict[str, str] | None = None,
+    acquisition_augmentation: bool = False,
     init_from: Path | str | None = None,
     views: tuple[str, ...] | None = None,
     view_gate: float | None | Literal["default"] = "default",
@@ -155,7 +169,10 @@ def train(
 ) -> dict[str, Any]:
     """Train ``model_name`` on DATA_DIR, evaluate on the held-out test split, write OUT_DIR.
 
-    ``preprocessing_steps`` replaces the plugin's default steps (e.g. to add colour normalisation).
+    DATA_DIR may be several dataset folders read as one (``dataset.index_dataset``), with ``renames``
+    mapping folder names to class names. ``preprocessing_steps`` replaces the plugin's default steps
+    (e.g. to add colour normalisation); ``acquisition_augmentation`` adds stain and acquisition
+    augmentation (``plugin_types.ACQUISITION_AUGMENTATION``) to the plugin's geometric one.
     ``init_from`` starts from that model directory's weights instead of random ones (a warm restart
     with a fresh learning-rate schedule); it must have the same plugin, classes, preprocessing and split.
     ``views`` replaces the plugin's test-time views, which the model is calibrated and served with, and
@@ -173,7 +190,7 @@ def train(
     started = time.time()
     keras.utils.set_random_seed(seed)
 
-    index = index_dataset(data_dir, progress=progress)
+    index = index_dataset(data_dir, progress=progress, renames=renames)
     if max_per_class:
         index = limit_per_class(index, max_per_class)
     data_audit = audit(index)
@@ -195,16 +212,57 @@ def train(
     arrays = {name: load_split_images(index.root, items, preprocessor, f"preprocessing {name}", progress)
               for name, items in split.parts.items()}
     labels = {name: np.array([classes.index(i.label) for i in items]) for name, items in split.parts.items()}
+    augmentation = defaults.augmentation
+    if acquisition_augmentation:
+        augmentation = dataclasses.replace(augmentation, **ACQUISITION_AUGMENTATION)
+    dataset_record = {
+        "root": str(index.root),
+        "sources": [str(folder) for folder in dataset_root(data_dir)[1]],
+        "renames": renames or {},
+        "fingerprint": data_audit["fingerprint"],
+        "files": data_audit["files"],
+        "unique_images": data_audit["unique_images"],
+        "unreadable": data_audit["unreadable"],
+        "duplicate_groups": len(data_audit["duplicate_groups"]),
+        "max_per_class": max_per_class,
+        "shortcut_warnings": data_audit["shortcuts"]["warnings"],
+    }
+    return fit_and_write(spec, Prepared(split, arrays, labels, classes, config, dataset_record), out_dir,
+                         augmentation=augmentation, epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                         seed=seed, views=views, view_gate=view_gate, start_from=start_from, started=started,
+                         progress=progress, log=log)
+
+
+@dataclass
+class Prepared:
+    """A run's data, preprocessed: the split, its uint8 images and class indices per part, and what to record."""
+
+    split: Split
+    arrays: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    classes: list[str]
+    config: PreprocessingConfig
+    dataset_record: dict[str, Any]  # metadata["dataset"]
+
+
+def fit_and_write(spec: ModelSpec, data: Prepared, out_dir: Path, *, augmentation: Augmentation, epochs: int,
+                  batch_size: int, learning_rate: float, seed: int, views: tuple[str, ...], view_gate: float | None,
+                  start_from: ModelArtifact | None, started: float, progress: bool, log: Callable[[str], None],
+                  early_stopping: bool = True, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit SPEC on the prepared data (from START_FROM's weights if given), calibrate it, fit its out-of-distribution
+    scorer, and write the model directory with its report; ``extra`` joins the metadata. Without ``early_stopping``
+    every epoch runs and the last one is kept. Returns the metadata."""
+    model_name, defaults = spec.name, spec.defaults
+    split, arrays, labels, classes, config = data.split, data.arrays, data.labels, data.classes, data.config
     onehot = {name: keras.utils.to_categorical(y, len(classes)) for name, y in labels.items()}
     class_weight = balanced_class_weights(labels["train"], len(classes))
-
     model = spec.build((*spec.input_size, 3), len(classes))
     initialised_from = None
     if start_from is not None:
         model.set_weights(start_from.model.get_weights())
         initialised_from = {"directory": str(start_from.directory.resolve()), "version": version_id(start_from.directory)}
-        log(f"starting from the weights of {init_from} ({initialised_from['version']})")
-    train_batches = AugmentedBatches(arrays["train"], onehot["train"], batch_size, defaults.augmentation, seed)
+        log(f"starting from the weights of {start_from.directory} ({initialised_from['version']})")
+    train_batches = AugmentedBatches(arrays["train"], onehot["train"], batch_size, augmentation, seed)
     # Cosine decay to zero: the last epochs take small steps, so weights and batch-norm
     # statistics settle instead of ending on a noisy, high-learning-rate epoch.
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * len(train_batches))
@@ -215,10 +273,9 @@ def train(
     )
     patience = defaults.early_stopping_patience
     batch_norm_images = scale(arrays["train"][np.random.default_rng(seed).permutation(len(arrays["train"]))[:CALIBRATION_IMAGES]])
-    callbacks = [
-        PreciseValidation(batch_norm_images, scale(arrays["val"]), onehot["val"]),
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True),
-    ]
+    callbacks = [PreciseValidation(batch_norm_images, scale(arrays["val"]), onehot["val"])]
+    if early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True))
     log(f"training {model_name} on {len(arrays['train'])} images, validating on {len(arrays['val'])}, "
         f"up to {epochs} epochs")
     history = model.fit(
@@ -233,6 +290,8 @@ def train(
     probabilities = {name: predict_views(model, scale(arrays[name]), views, gate=view_gate) for name in ("val", "test")}
     calibration, calibrated = calibrate(probabilities["val"], labels["val"], probabilities["test"], labels["test"], classes,
                                         views=views, view_gate=view_gate)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    calibration["ood"] = fit_ood(model, arrays, labels, len(classes), out_dir)
     test_metrics = calibrated["after"]  # the served model is calibrated: same classes, calibrated confidences
     val_metrics = classification_metrics(labels["val"], apply_temperature(probabilities["val"], calibration["temperature"]),
                                          classes)
@@ -247,7 +306,8 @@ def train(
         "training": {
             "epochs_requested": epochs,
             "epochs_run": len(history_lists["loss"]),
-            "best_epoch": int(np.argmin(history_lists["val_loss"])) + 1,
+            # the epoch whose weights were kept: the best validation loss, or the last without early stopping
+            "best_epoch": int(np.argmin(history_lists["val_loss"])) + 1 if early_stopping else len(history_lists["loss"]),
             "batch_size": batch_size,
             "optimizer": "adam",
             "learning_rate": learning_rate,
@@ -256,22 +316,14 @@ def train(
             "seed": seed,
             "initialised_from": initialised_from,
             "class_weight": {classes[k]: w for k, w in class_weight.items()},
-            "early_stopping": {"monitor": "val_loss", "patience": patience, "restore_best_weights": True},
+            "early_stopping": {"monitor": "val_loss", "patience": patience, "restore_best_weights": True}
+            if early_stopping else None,
             "batch_norm": f"moving statistics re-estimated each epoch on {len(batch_norm_images)} clean training images",
-            "augmentation": defaults.augmentation.to_json(),
+            "augmentation": augmentation.to_json(),
             "seconds": round(time.time() - started, 1),
             "parameters": int(model.count_params()),
         },
-        "dataset": {
-            "root": str(data_dir),
-            "fingerprint": data_audit["fingerprint"],
-            "files": data_audit["files"],
-            "unique_images": data_audit["unique_images"],
-            "unreadable": data_audit["unreadable"],
-            "duplicate_groups": len(data_audit["duplicate_groups"]),
-            "max_per_class": max_per_class,
-            "shortcut_warnings": data_audit["shortcuts"]["warnings"],
-        },
+        "dataset": data.dataset_record,
         "split": {key: value for key, value in split.to_json().items() if key in ("seed", "fractions", "unit", "counts", "excluded")},
         "calibration": calibration,
         "metrics": {
@@ -279,12 +331,12 @@ def train(
             "val": _summary(val_metrics),
             "colour_only_baseline_test": baseline,
         },
-    }
+    } | (extra or {})
     serving = spec.build((*spec.input_size, 3), len(classes))  # uncompiled: carries no optimiser state
     serving.set_weights(model.get_weights())
     save_artifact(serving, metadata, split, out_dir)
     write_report(out_dir, metadata, test_metrics, val_metrics, history_lists, arrays["train"], labels["train"], classes,
-                 defaults.augmentation, seed)
+                 augmentation, seed)
     write_calibration_report(out_dir, metadata, calibrated)
     log(f"test accuracy {test_metrics['accuracy']:.4f}, macro-F1 {test_metrics['macro_f1']:.4f}, "
         f"ECE {calibration['test']['ece_before']:.4f} -> {calibration['test']['ece_after']:.4f} after temperature "
@@ -292,6 +344,93 @@ def train(
         f"{calibration['test']['coverage']:.1%} of test cells at accuracy {calibration['test']['accepted_accuracy']} "
         f"(n={test_metrics['n']}); colour-only baseline accuracy {baseline['accuracy']:.4f}; model written to {out_dir}")
     return json.loads((out_dir / "metadata.json").read_text())
+
+
+def adapt(
+    model_dir: Path | str,
+    lab_dirs: Path | str | Sequence[Path | str],
+    out_dir: Path | str,
+    *,
+    renames: dict[str, str] | None = None,
+    epochs: int = 8,
+    replay_per_class: int = 100,
+    learning_rate: float = 3e-4,
+    seed: int = 0,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Fine-tune MODEL_DIR on a laboratory's reviewed cells (folder-per-class LAB_DIRS), write OUT_DIR.
+
+    Every lab cell trains, beside a replay of ``replay_per_class`` of the model's own training images per
+    class, so the model learns the lab's images without forgetting the others; the lab's cells are repeated
+    until they are about half of each epoch. Same plugin, classes, preprocessing, augmentation and views;
+    validation and test stay the original split's (calibration, threshold and test figures remain in-source
+    and comparable), and every epoch runs (no early stopping on another source's loss). Lab cells that are
+    images of that validation or test split are left out. Score the result on the lab's own held-out cells
+    (`bloodcell evaluate`, or an evaluation set for the promotion gate). Returns the metadata.
+    """
+    started = time.time()
+    keras.utils.set_random_seed(seed)
+    base = load_artifact(model_dir)
+    spec, classes, metadata = get_model_spec(base.metadata["plugin"]), base.classes, base.metadata
+    lab = index_dataset(lab_dirs, progress=progress, renames=renames)
+    unknown = sorted(set(lab.classes) - set(classes))
+    if unknown:
+        raise ValueError(f"the lab data has classes the model does not know: {unknown} (model: {classes}); use --rename")
+    base_root, base_split = Path(metadata["dataset"]["root"]), base.split()
+    held_out = base_split.hashes("val", "test")
+    lab_cells = [item for item in make_split(lab, seed=seed, fractions=(1.0, 0.0, 0.0)).parts["train"]
+                 if item.sha256 not in held_out]
+    if not lab_cells:
+        raise ValueError(f"no usable lab cells in {lab_dirs}")
+    root = dataset_root([base_root, lab.root])[0]
+
+    def moved(item: SplitItem, old_root: Path) -> SplitItem:
+        return SplitItem(item.sha256, item.label, tuple(os.path.relpath(old_root / p, root) for p in item.paths))
+
+    replay = [item for label in classes for item in
+              sorted((i for i in base_split.parts["train"] if i.label == label),
+                     key=lambda i: hashlib.sha256(f"{seed}:{i.sha256}".encode()).hexdigest())[:replay_per_class]]
+    split = Split(seed=base_split.seed, fractions=base_split.fractions, excluded=base_split.excluded, parts={
+        "train": [moved(i, base_root) for i in replay] + [moved(i, lab.root) for i in lab_cells],
+        "val": [moved(i, base_root) for i in base_split.parts["val"]],
+        "test": [moved(i, base_root) for i in base_split.parts["test"]],
+    })
+    preprocessor = Preprocessor(base.preprocessing)
+    arrays = {name: load_split_images(root, items, preprocessor, f"preprocessing {name}", progress)
+              for name, items in split.parts.items()}
+    labels = {name: np.array([classes.index(i.label) for i in items]) for name, items in split.parts.items()}
+    repeats = max(1, math.ceil(len(replay) / len(lab_cells)))
+    lab_part = slice(len(replay), None)
+    arrays["train"] = np.concatenate([arrays["train"][: len(replay)]] + [arrays["train"][lab_part]] * repeats)
+    labels["train"] = np.concatenate([labels["train"][: len(replay)]] + [labels["train"][lab_part]] * repeats)
+    lab_audit = audit(lab)
+    dataset_record = metadata["dataset"] | {
+        "root": str(root),
+        "sources": list(metadata["dataset"].get("sources", [str(base_root)])) + [str(d) for d in dataset_root(lab_dirs)[1]],
+    }
+    adaptation = {"adapted_from": {"directory": str(Path(model_dir).resolve()), "version": version_id(model_dir)},
+                  "lab_sources": [str(d) for d in dataset_root(lab_dirs)[1]], "lab_fingerprint": lab_audit["fingerprint"],
+                  "lab_cells": len(lab_cells), "lab_repeats": repeats, "replay_per_class": replay_per_class}
+    views, gate = served_views(metadata, model_dir)
+    log(f"adapting {metadata['plugin']} to {len(lab_cells)} lab cells (x{repeats}) with {len(replay)} replayed images")
+    return fit_and_write(spec, Prepared(split, arrays, labels, classes, base.preprocessing, dataset_record), Path(out_dir),
+                         augmentation=Augmentation(**metadata["training"]["augmentation"]), epochs=epochs,
+                         batch_size=spec.defaults.batch_size, learning_rate=learning_rate, seed=seed, views=views,
+                         view_gate=gate, start_from=base, started=started, progress=progress, log=log,
+                         early_stopping=False, extra={"adaptation": adaptation})
+
+
+def fit_ood(model: keras.Model, arrays: dict[str, np.ndarray], labels: dict[str, np.ndarray], n_classes: int,
+            out_dir: Path) -> dict[str, Any]:
+    """Fit the out-of-distribution scorer (``ood.py``) on the clean training images, its threshold on the
+    validation split; write it to OUT_DIR. Returns its calibration record, with the share of validation
+    and test cells it lets through."""
+    two_outputs = feature_model(model)
+    features = {name: features_and_probabilities(two_outputs, scale(arrays[name]))[0] for name in ("train", "val", "test")}
+    scorer = fit_scorer(features["train"], labels["train"], features["val"], n_classes)
+    kept = {name: round(float((scorer.score(features[name]) <= scorer.threshold).mean()), 5) for name in ("val", "test")}
+    return write_scorer(out_dir, scorer) | {"val_kept": kept["val"], "test_kept": kept["test"]}
 
 
 def compatible_start(init_from: Path | str, model_name: str, classes: list[str], config: PreprocessingConfig,
@@ -383,7 +522,8 @@ def write_calibration_report(out_dir: Path, metadata: dict[str, Any], calibrated
 def recalibrate(model_dir: Path | str, target_accuracy: float = TARGET_ACCURACY, data_dir: Path | str | None = None,
                 views: tuple[str, ...] | None = None, view_gate: float | None | Literal["default"] = "default",
                 progress: bool = True) -> dict[str, Any]:
-    """Fit temperature and review threshold for an existing model directory on its own validation split.
+    """Fit temperature, review threshold and the out-of-distribution scorer for an existing model directory on
+    its own split (the scorer on its training images, everything else on validation).
 
     ``views`` sets the test-time views to serve with and ``view_gate`` their gate (default: the ones it has).
 
@@ -392,26 +532,26 @@ def recalibrate(model_dir: Path | str, target_accuracy: float = TARGET_ACCURACY,
     test metrics replace ``metrics.val`` and ``metrics.test`` and the report's figures, as after training.
     Returns the calibration record written to the metadata.
     """
-    import hashlib
-
     artifact = load_artifact(model_dir)
     views = check_views(views or artifact.views)
     view_gate = check_view_gate(artifact.view_gate if view_gate == "default" else view_gate, views)
     split, classes = artifact.split(), artifact.classes
     root = Path(data_dir or artifact.metadata["dataset"]["root"])
-    for item in split.parts["val"] + split.parts["test"]:
+    for item in split.parts["train"] + split.parts["val"] + split.parts["test"]:
         path = root / item.paths[0]
         if not path.is_file() or hashlib.sha256(read_image_file(path)).hexdigest() != item.sha256:
             raise ValueError(f"{path} is missing or is not the image the model was split with: pass the dataset folder")
     preprocessor = Preprocessor(artifact.preprocessing)
-    probabilities, labels = {}, {}
-    for name in ("val", "test"):
+    probabilities, labels, arrays = {}, {}, {}
+    for name in ("train", "val", "test"):
         items = split.parts[name]
-        images = load_split_images(root, items, preprocessor, f"preprocessing {name}", progress)
-        probabilities[name] = predict_views(artifact.model, scale(images), views, gate=view_gate)  # uncalibrated
+        arrays[name] = load_split_images(root, items, preprocessor, f"preprocessing {name}", progress)
         labels[name] = np.array([classes.index(item.label) for item in items])
+    for name in ("val", "test"):
+        probabilities[name] = predict_views(artifact.model, scale(arrays[name]), views, gate=view_gate)  # uncalibrated
     record, calibrated = calibrate(probabilities["val"], labels["val"], probabilities["test"], labels["test"], classes,
                                    target_accuracy, views, view_gate)
+    record["ood"] = fit_ood(artifact.model, arrays, labels, len(classes), Path(model_dir))
     val_metrics = classification_metrics(labels["val"], apply_temperature(probabilities["val"], record["temperature"]),
                                          classes)
     metrics = artifact.metadata["metrics"] | {"test": _summary(calibrated["after"]), "val": _summary(val_metrics)}

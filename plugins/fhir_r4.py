@@ -19,6 +19,7 @@ CELL_TYPE_SYSTEM = "urn:bloodcell:cell-type"
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 DIAGNOSTIC_SERVICE = "http://terminology.hl7.org/CodeSystem/v2-0074"
 INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+FLAG_SYSTEM = "urn:bloodcell:flag"  # blasts, immature_cells, unfamiliar_images
 
 
 def _urn(document: ReportDocument, part: str) -> str:
@@ -41,8 +42,13 @@ def _observation(document: ReportDocument, row, device_urn: str) -> dict[str, An
         "device": {"reference": device_urn},
         "note": [{"text": f"{row.count} of {document.n_classified} classified cells"}],
     }
-    if row.cell_type == document.blast_class and document.blast_flag:
+    blasts = row.cell_type == document.blast_class and document.blast_flag
+    immature = row.cell_type in document.immature_classes and "immature_cells" in document.flags
+    if blasts or immature:
         observation["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": "A", "display": "Abnormal"}]}]
+    if "unfamiliar_images" in document.flags:  # the count itself may not hold: say so beside every value
+        observation["note"].append({"text": f"WARNING: {document.n_unfamiliar} of {document.n_classified} cells are "
+                                            "unlike the images the model was trained on; this value may not hold"})
     return observation
 
 
@@ -62,6 +68,9 @@ def render(document: ReportDocument) -> str:
         "result": [{"reference": urn} for urn, _ in observations],
         "conclusion": document.conclusion,
     }
+    if document.flags:
+        report["conclusionCode"] = [{"coding": [{"system": FLAG_SYSTEM, "code": flag, "display": text}], "text": text}
+                                    for flag, text in zip(document.flags, document.warnings)]
     if document.signed_off_by:
         report["resultsInterpreter"] = [{"display": document.signed_off_by}]
     device = {

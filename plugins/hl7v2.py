@@ -47,7 +47,7 @@ def render(document: ReportDocument) -> str:
     order.obr.obr_22 = issued
     order.obr.obr_24 = "HM"
     order.obr.obr_25 = status
-    notes = [document.conclusion]
+    notes = [document.conclusion] + [f"FLAG {flag}: {text}" for flag, text in zip(document.flags, document.warnings)]
     if document.signed_off_by:
         notes.append(f"Signed off by {document.signed_off_by} at {document.signed_off_at.isoformat()}")
     for k, text in enumerate(notes, start=1):
@@ -63,7 +63,9 @@ def render(document: ReportDocument) -> str:
         obx.obx_3 = f"{code.code}^{code.display}^LN^{local}" if code else local
         obx.obx_5 = f"{row.percent:g}"
         obx.obx_6 = "%^percent^UCUM"
-        if row.cell_type == document.blast_class and document.blast_flag:
+        blasts = row.cell_type == document.blast_class and document.blast_flag
+        immature = row.cell_type in document.immature_classes and "immature_cells" in document.flags
+        if blasts or immature:
             obx.obx_8 = "A"
         obx.obx_11 = status
         obx.obx_14 = issued
@@ -77,7 +79,7 @@ def render(document: ReportDocument) -> str:
 def register_exporters(register) -> None:
     register(Exporter(
         name="hl7v2",
-        description="HL7 v2.5 ORU^R01: OBR for LOINC 69738-3, one OBX (NM, %) per cell type, NTE conclusion",
+        description="HL7 v2.5 ORU^R01: OBR for LOINC 69738-3, one OBX (NM, %) per cell type, NTE conclusion and flags",
         media_type="application/hl7-v2",
         render=render,
     ))

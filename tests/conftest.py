@@ -23,7 +23,8 @@ PROJECT = Path(__file__).resolve().parent.parent
 DATA = PROJECT.parent / "shared" / "data"
 KAGGLE5 = DATA / "kaggle5"
 PBC8 = DATA / "pbc8"
-DEFAULT_MODEL = PROJECT / "models" / "default"
+DEFAULT_MODEL = PROJECT / "models" / "default"  # the 9-class differential, trained on kaggle5 + pbc8
+KAGGLE5_MODEL = PROJECT / "models" / "kaggle5"  # the notebook's 5 classes
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -89,7 +90,9 @@ def postgres_server():
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def unseen_images(label: str | None, count: int) -> list[Path]:
-    """Images (of one class, or any) from the shipped model's test split: never trained or early-stopped on."""
+def unseen_images(label: str | None, count: int, source: str | None = None) -> list[Path]:
+    """Images (of one class, or any; from one source folder such as "kaggle5", or any) from the shipped default
+    model's test split: never trained or early-stopped on. Its split's paths are relative to ../shared/data."""
     split = json.loads((DEFAULT_MODEL / "split.json").read_text())
-    return [KAGGLE5 / item["paths"][0] for item in split["test"] if label in (None, item["label"])][:count]
+    return [DATA / item["paths"][0] for item in split["test"]
+            if label in (None, item["label"]) and (source is None or item["paths"][0].startswith(f"{source}/"))][:count]

@@ -116,7 +116,7 @@ def api(redis_server, postgres_server, tmp_path_factory):
 
 def cell_files(per_class: int) -> list[tuple[str, tuple[str, bytes, str]]]:
     """Unseen test-split images of four classes, as multipart file parts."""
-    paths = [p for label in ("basophil", "monocyte", "myeloblast", "seg_neutrophil") for p in unseen_images(label, per_class)]
+    paths = [p for label in ("basophil", "monocyte", "myeloblast", "neutrophil") for p in unseen_images(label, per_class)]
     return [("images", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
 
 
@@ -360,6 +360,7 @@ def test_cli_over_http(api: Api, tmp_path: Path):
            "BLOODCELL_HOME": str(tmp_path / "elsewhere"), "BLOODCELL_DATABASE_URL": "sqlite:////nonexistent/x.db"}
     report = json.loads(run_cli("submit", "--sample-id", "CLI-HTTP-1", "--wait", "--json", str(tmp_path), env=env).stdout)
     assert report["n_classified"] == 3 and report["counts"]["myeloblast"] == 3
+    assert {"blasts", "immature_cells"} <= set(report["flags"]) and report["status"] == "needs_review"  # over HTTP too
     assert run_cli("export", "CLI-HTTP-1", "--format", "hl7v2", env=env).stdout.startswith("MSH|^~\\&|BLOODCELL")
     assert len(json.loads(run_cli("cells", "CLI-HTTP-1", "--json", env=env).stdout)) == 3
     denied = run_cli("review", "list", env=env, check=False)
@@ -374,7 +375,7 @@ def test_readme_curl_examples(api: Api, tmp_path: Path):
     block = readme.split("<!-- curl-examples -->")[1].split("<!-- /curl-examples -->")[0]
     script = block.split("```bash\n")[1].split("```")[0].replace("API=http://127.0.0.1:8000", f"API={api.url}")
     # two cells the model is sure of (no review pending), so the walk-through can sign off
-    pool = unseen_images("monocyte", 4) + unseen_images("seg_neutrophil", 4)
+    pool = unseen_images("monocyte", 4) + unseen_images("neutrophil", 4)
     confident = [p for p in pool if confidence_of(api, p) >= 0.9999][:2]
     assert len(confident) == 2
     (tmp_path / "cells").mkdir()

@@ -68,3 +68,32 @@ def test_audit_cli_text_and_json(tmp_path: Path):
 def test_audit_cli_rejects_a_folder_without_classes(tmp_path: Path):
     result = run_cli("dataset", "audit", str(tmp_path), check=False)
     assert result.returncode != 0 and "no class folders" in result.stderr
+
+
+def test_kaggle5_and_pbc8_read_as_one_nine_class_dataset():
+    """The differential's training data: the PBC files the two folders share count once, and Munich's
+    seg_neutrophil is PBC's neutrophil; paths are relative to the folders' common parent."""
+    from bloodcell_core.dataset import parse_renames
+    from bloodcell_core.splits import make_split
+
+    index = index_dataset([KAGGLE5, PBC8], renames=parse_renames(["seg_neutrophil=neutrophil"]), progress=False)
+    assert index.root == KAGGLE5.parent
+    assert index.classes == ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "myeloblast",
+                             "neutrophil", "platelet"]
+    assert {e.path.split("/")[0] for e in index.entries} == {"kaggle5", "pbc8"}
+    assert all((index.root / e.path).exists() for e in index.entries[::500])
+    shared = {e.sha256 for e in index.valid if e.path.startswith("kaggle5/")} & {e.sha256 for e in index.valid
+                                                                                 if e.path.startswith("pbc8/")}
+    assert len(shared) > 2000  # basophil, erythroblast and monocyte of both folders are the same PBC files
+    split = make_split(index)
+    sides = [split.hashes(name) for name in ("train", "val", "test")]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    neutrophil_sources = {item.paths[0].split("/")[0] for item in split.parts["test"] if item.label == "neutrophil"}
+    assert neutrophil_sources == {"kaggle5", "pbc8"}
+
+
+def test_a_rename_must_be_old_equals_new():
+    from bloodcell_core.dataset import parse_renames
+
+    with pytest.raises(ValueError, match="OLD=NEW"):
+        parse_renames(["seg_neutrophil"])

@@ -59,3 +59,30 @@ def test_webhook_signature_rejects_tampering_replay_and_a_wrong_secret():
     old = str(int(time.time()) - 3600)
     assert not webhooks.verify_signature("secret", old, body, webhooks.sign("secret", old, body))
     assert not webhooks.verify_signature("secret", "not-a-time", body, signature)
+
+
+FLAGGED = DOCUMENT.__class__(**{
+    **DOCUMENT.__dict__,
+    "differential": (DifferentialRow("ig", 30, 30.0), DifferentialRow("lymphocyte", 60, 60.0),
+                     DifferentialRow("myeloblast", 10, 10.0)),
+    "blast_flag": True, "immature_classes": ("ig", "myeloblast"), "n_unfamiliar": 40,
+    "flags": ("blasts", "immature_cells", "unfamiliar_images"),
+    "warnings": ("blast cells found", "immature cells above the share", "cells unlike the training images"),
+})
+
+
+def test_fhir_carries_every_flag_as_conclusion_code_interpretation_and_note():
+    bundle = Bundle.model_validate_json(exporters()["fhir-r4"].render(FLAGGED))
+    report, ig, lymphocyte, myeloblast, _ = (entry.resource for entry in bundle.entry)
+    assert [c.coding[0].code for c in report.conclusionCode] == list(FLAGGED.flags)
+    assert ig.interpretation[0].coding[0].code == myeloblast.interpretation[0].coding[0].code == "A"
+    assert lymphocyte.interpretation is None
+    assert all(any("unlike the images the model was trained on" in n.text for n in o.note) for o in (ig, lymphocyte, myeloblast))
+
+
+def test_hl7_carries_every_flag_as_abnormal_flag_and_nte():
+    text = exporters()["hl7v2"].render(FLAGGED)
+    order = parse_message(text.strip(), validation_level=VALIDATION_LEVEL.STRICT).oru_r01_patient_result.oru_r01_order_observation
+    assert [obs.obx.obx_8.value for obs in order.oru_r01_observation] == ["A", "", "A"]
+    notes = [nte.nte_3.value for nte in order.nte]
+    assert any(n.startswith("FLAG unfamiliar_images") for n in notes) and any(n.startswith("FLAG immature_cells") for n in notes)

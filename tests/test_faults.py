@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEFAULT_MODEL, KAGGLE5, encode, run_cli
+from conftest import DATA, DEFAULT_MODEL, encode, run_cli
 from redis import Redis
 from servers import PostgresServer, RedisServer, Stack, settings_for
 from sqlalchemy import func, select
@@ -49,7 +49,7 @@ MAGENTA = encode(np.full((96, 96, 3), (255, 0, 255), np.uint8))
 def held_out_images() -> list[Path]:
     """The shipped model's validation and test images (about 1,270, distinct files)."""
     split = json.loads((DEFAULT_MODEL / "split.json").read_text())
-    return [KAGGLE5 / item["paths"][0] for part in ("val", "test") for item in split[part]]
+    return [DATA / item["paths"][0] for part in ("val", "test") for item in split[part]]
 
 
 IMAGES = held_out_images()
@@ -63,12 +63,12 @@ def images(start: int, count: int) -> list[tuple[str, bytes]]:
 
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory):
-    """A stack whose production model runs the crashing step after center_crop; its own Redis and PostgreSQL."""
+    """A stack whose production model runs the crashing step before its own steps; its own Redis and PostgreSQL."""
     home = tmp_path_factory.mktemp("home-faults")
     model = home / "model-with-crashing-step"
     shutil.copytree(DEFAULT_MODEL, model, ignore=shutil.ignore_patterns("report"))
     metadata = json.loads((model / "metadata.json").read_text())
-    metadata["preprocessing"]["steps"].append("crash_on_magenta")
+    metadata["preprocessing"]["steps"].insert(0, "crash_on_magenta")
     (model / "metadata.json").write_text(json.dumps(metadata))
     site = home / "site"
     site.mkdir()

@@ -57,7 +57,7 @@ pytestmark = pytest.mark.hostile
 Part = tuple[bytes, bytes, "bytes | None"]  # (file name as sent, image bytes, Content-Type of the part or None)
 TABLES = (db.Sample, db.SampleImage, db.Image, db.Prediction)
 REFERENCE = unseen_images("basophil", 1)[0]  # a real test-split cell the shipped model classifies as basophil
-COMPANION = unseen_images("seg_neutrophil", 1)[0]  # the normal cell submitted beside each accepted hostile image
+COMPANION = unseen_images("neutrophil", 1)[0]  # the normal cell submitted beside each accepted hostile image
 
 
 # --- generated images ------------------------------------------------------------------------------
@@ -229,7 +229,7 @@ CASES = [
     Case("1x1", one(b"dot.png", lambda: encode(np.full((1, 1, 3), (200, 120, 180), np.uint8))), fails("too small to show a cell")),
     Case("1x900-aspect", one(b"line.png", lambda: encode(np.full((1, 900, 3), (200, 120, 180), np.uint8))),
          fails("too small to show a cell")),
-    # the models only saw stained colour smears and label any grayscale cell seg_neutrophil, confidently: refused
+    # the models only saw stained colour smears and label a grayscale cell confidently: refused
     Case("grayscale", one(b"gray.png", gray), fails("colourless image")),
     Case("rgba", one(b"rgba.png", rgba), classified(), label="basophil"),
     Case("16-bit-png", one(b"deep.png", lambda: deep(".png")), classified(), label="basophil"),
@@ -452,7 +452,7 @@ def test_accepted_image_fails_alone_or_is_classified(hostile: Hostile, submitted
     assert len(hostile_cells) == case.cells
     if case.companion:
         companion = next(c for c in cells if c["name"] == COMPANION.name)
-        assert companion["status"] == "done" and companion["label"] == "seg_neutrophil", companion
+        assert companion["status"] == "done" and companion["label"] == "neutrophil", companion
     if expect.outcome == "fails":
         assert report["n_failed"] == len(report["failed"]) == case.cells, report
         assert report["n_classified"] == int(case.companion)

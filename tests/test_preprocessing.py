@@ -83,3 +83,20 @@ def test_augmentation_is_seeded_and_identity_without_ranges():
     a = augment(image, notebook, np.random.default_rng(1))
     b = augment(image, notebook, np.random.default_rng(1))
     assert a.shape == image.shape and np.array_equal(a, b) and not np.array_equal(a, image)
+
+
+def test_acquisition_augmentation_changes_colour_and_sharpness_and_is_seeded():
+    """Stain and acquisition jitter (for other laboratories' images): off by default, seeded, within bounds."""
+    from bloodcell_core.plugin_types import ACQUISITION_AUGMENTATION
+    from bloodcell_core.preprocessing import acquisition_jitter
+
+    image = cv2.resize(decode_image(read_image_file(next((KAGGLE5 / "basophil").iterdir()))), (64, 64))
+    assert not Augmentation().acquisition
+    strong = Augmentation(**ACQUISITION_AUGMENTATION)
+    outputs = [acquisition_jitter(image, strong, np.random.default_rng(k)) for k in range(8)]
+    again = acquisition_jitter(image, strong, np.random.default_rng(3))
+    assert np.array_equal(outputs[3], again)
+    assert all(o.shape == image.shape and o.dtype == np.uint8 for o in outputs)
+    mean_shift = [np.abs(o.reshape(-1, 3).mean(axis=0) - image.reshape(-1, 3).mean(axis=0)).max() for o in outputs]
+    assert max(mean_shift) > 5 and np.mean(mean_shift) < 60  # colour moves, the cell stays a cell
+    assert acquisition_jitter(image, Augmentation(), np.random.default_rng(0)) is image

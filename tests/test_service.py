@@ -148,12 +148,13 @@ def test_retrain_gate_shadow_and_forced_promotion(stack: Stack, sample_dir: Path
         client.promote(candidate, actor="test")
     evaluation_dir = tmp_path_factory.mktemp("evaluation")  # images neither model trained or early-stopped on
     seen_by_candidate = Classifier.from_dir(versions[candidate]["artifact"]).artifact.split().hashes("train", "val")
-    for label in ("basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"):
+    # the classes both know (the candidate's seg_neutrophil is production's neutrophil): both are scored on the same images
+    for label in ("basophil", "erythroblast", "monocyte", "myeloblast"):
         (evaluation_dir / label).mkdir(parents=True)
         fresh = [p for p in unseen_images(label, 40) if hashlib.sha256(p.read_bytes()).hexdigest() not in seen_by_candidate]
         for path in fresh[:6]:
             (evaluation_dir / label / path.name).symlink_to(path)
-    assert client.register_evaluation_set("default", str(evaluation_dir), actor="test")["n_images"] == 30
+    assert client.register_evaluation_set("default", str(evaluation_dir), actor="test")["n_images"] == 24
     scores = {v: client.evaluate(v, "default") for v in (candidate, production)}
     assert scores[production]["accuracy"] > scores[candidate]["accuracy"]  # one epoch on 40 images
     with pytest.raises(promotion.Conflict, match="does not beat production"):
@@ -284,3 +285,40 @@ def test_each_queue_receives_only_its_own_messages(redis_server, tmp_path: Path)
     client._send("bloodcell.classify_sample", [2], "classify.gpu")
     redis = Redis.from_url(env["BLOODCELL_BROKER_URL"])
     assert [redis.llen(queue) for queue in ("classify", "classify.gpu", "train")] == [1, 1, 1]
+
+
+def test_flags_and_the_unfamiliar_image_warning_reach_the_report_and_both_exports(stack: Stack, tmp_path: Path):
+    """Blasts, immature cells and images unlike anything the model knows (noise here) each send the sample to
+    review, with the reason per cell, and travel to the LIMS: FHIR conclusion codes, notes and interpretation,
+    HL7 NTE segments and abnormal flags."""
+    import numpy as np
+    from conftest import encode
+    from fhir.resources.R4B.bundle import Bundle
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+
+    rng = np.random.default_rng(7)
+    for k in range(4):
+        (tmp_path / f"noise{k}.png").write_bytes(encode(rng.integers(0, 256, (363, 360, 3), dtype=np.uint8)))
+    for path in unseen_images("myeloblast", 3):
+        (tmp_path / path.name).symlink_to(path)
+    report = submit(stack, "S-FLAGS-1", tmp_path)
+    assert report["status"] == "needs_review" and report["n_classified"] == 7
+    assert {"blasts", "immature_cells", "unfamiliar_images"} <= set(report["flags"]) and report["blast_flag"] is True
+    assert report["n_unfamiliar"] >= 4 and len(report["warnings"]) == len(report["flags"])
+    noise = [cell for cell in report["needs_review"] if cell["name"].startswith("noise")]
+    assert len(noise) == 4 and all("unlike the training images" in cell["reasons"] for cell in noise)
+
+    bundle = Bundle.model_validate_json(run_cli("export", "S-FLAGS-1", env=stack.env).stdout)
+    diagnostic = bundle.entry[0].resource
+    assert {c.coding[0].code for c in diagnostic.conclusionCode} == set(report["flags"])
+    assert "unlike the training images" in diagnostic.conclusion
+    myeloblast = next(e.resource for e in bundle.entry[1:] if e.resource.code.coding[-1].code == "myeloblast")
+    assert myeloblast.interpretation[0].coding[0].code == "A"
+    assert any("unlike the images the model was trained on" in note.text for note in myeloblast.note)
+    hl7 = run_cli("export", "S-FLAGS-1", "--format", "hl7v2", env=stack.env).stdout.replace("\n", "\r")
+    order = parse_message(hl7.strip(), validation_level=VALIDATION_LEVEL.STRICT).oru_r01_patient_result.oru_r01_order_observation
+    assert any(nte.nte_3.value.startswith("FLAG unfamiliar_images") for nte in order.nte)
+    cells = json.loads(run_cli("cells", "S-FLAGS-1", "--needs-review", "--json", env=stack.env).stdout)
+    assert {c["name"] for c in noise} <= {c["name"] for c in cells}
+    assert all(c["review_reasons"] for c in cells)
