@@ -326,9 +326,11 @@ def _load_classifier(model_dir: Path):
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--include-seen", is_flag=True, help="Also score images from the model's own train/validation split.")
+@click.option("--rename", "renames", multiple=True, metavar="FOLDER=CLASS",
+              help="Score a class folder as one of the model's classes, e.g. seg_neutrophil=neutrophil; repeatable.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print JSON (keys accuracy, macro_f1, ece, n, per_class, coverage, accepted_accuracy, unfamiliar_share, ...).")
-def evaluate_command(model_dir: Path, data_dir: Path, include_seen: bool, as_json: bool) -> None:
+def evaluate_command(model_dir: Path, data_dir: Path, include_seen: bool, renames: tuple[str, ...], as_json: bool) -> None:
     """Score MODEL_DIR on a folder-per-class DATA_DIR (only classes the model knows).
 
     Reports accuracy, macro-F1, per-class precision / recall / F1, the confusion matrix, the
@@ -336,12 +338,14 @@ def evaluate_command(model_dir: Path, data_dir: Path, include_seen: bool, as_jso
     their accuracy, decided exactly as the service decides review; images the model trained on
     are left out unless --include-seen.
     """
+    from bloodcell_core.dataset import parse_renames
     from bloodcell_core.evaluation import evaluate
     from bloodcell_core.metrics import format_classification_report
 
     classifier = _load_classifier(model_dir)
     try:
-        metrics = evaluate(classifier, data_dir, include_seen=include_seen, progress=not as_json and sys.stderr.isatty())
+        metrics = evaluate(classifier, data_dir, include_seen=include_seen, progress=not as_json and sys.stderr.isatty(),
+                           renames=parse_renames(renames))
     except ValueError as exc:
         _fail(str(exc))
     if as_json:

@@ -34,6 +34,7 @@ class Settings:
     blast_count: int  # blast flag when myeloblasts reach this count ...
     blast_percent: float  # ... or this percent of classified cells
     blast_class: str
+    non_leukocyte_classes: tuple[str, ...]  # counted, but not towards the 100 leukocytes of the differential
     immature_classes: tuple[str, ...]  # immature-cell flag when these together reach ...
     immature_percent: float  # ... this percent of classified cells
     unfamiliar_share: float  # unfamiliar-image warning when more than this share of cells is unlike the training images
@@ -72,6 +73,8 @@ class Settings:
             blast_count=int(env("BLOODCELL_BLAST_COUNT", "5")),
             blast_percent=float(env("BLOODCELL_BLAST_PERCENT", "20")),
             blast_class=env("BLOODCELL_BLAST_CLASS", "myeloblast"),
+            non_leukocyte_classes=tuple(c.strip() for c in env("BLOODCELL_NON_LEUKOCYTE_CLASSES", "erythroblast,platelet").split(",")
+                                        if c.strip()),
             immature_classes=tuple(c.strip() for c in env("BLOODCELL_IMMATURE_CLASSES", "ig,myeloblast").split(",") if c.strip()),
             immature_percent=float(env("BLOODCELL_IMMATURE_PERCENT", "5")),
             unfamiliar_share=float(env("BLOODCELL_UNFAMILIAR_SHARE", "0.1")),

@@ -15,21 +15,23 @@ from bloodcell_core.metrics import classification_metrics
 from bloodcell_core.ood import UNFAMILIAR_REASON
 
 
-def evaluate(classifier: Classifier, data_dir: Path | str, include_seen: bool = False, progress: bool = True) -> dict[str, Any]:
+def evaluate(classifier: Classifier, data_dir: Path | str, include_seen: bool = False, progress: bool = True,
+             renames: dict[str, str] | None = None) -> dict[str, Any]:
     """Metrics on the classes the model knows; the report says what was left out and why.
 
-    Images the model trained or early-stopped on (same bytes as its train or validation split)
+    ``renames`` maps folder names to the model's classes (kaggle5's seg_neutrophil is the differential's
+    neutrophil). Images the model trained or early-stopped on (same bytes as its train or validation split)
     are excluded unless ``include_seen``: a dataset that overlaps the training data (the PBC
     images shared by kaggle5 and pbc8) would otherwise flatter the model. Duplicates count once,
     and images filed under two classes are excluded.
     """
-    data_dir = Path(data_dir)
+    data_dir, renames = Path(data_dir), renames or {}
     classes = classifier.classes
-    folders = sorted({label for label, _ in list_class_files(data_dir)})
+    folders = sorted({renames.get(label, label) for label, _ in list_class_files(data_dir)})
     known = [label for label in folders if label in classes]
     if not known:
         raise ValueError(f"{data_dir} has no class folder the model knows (model: {classes}; folders: {folders})")
-    index = index_dataset(data_dir, classes=known, progress=progress)
+    index = index_dataset(data_dir, classes=known, progress=progress, renames=renames)
     seen = set() if include_seen else classifier.artifact.split().hashes("train", "val")
 
     labels_by_hash: dict[str, set[str]] = defaultdict(set)

@@ -9,7 +9,7 @@ from bloodcell_core.config import Settings
 from bloodcell_core.db import ModelVersion, Sample, SampleReport, session_scope
 from bloodcell_core.plugin_manager import get_exporter
 from bloodcell_core.plugin_types import DifferentialRow, ReportDocument
-from bloodcell_core.service import BLASTS, FLAG_TEXT, Conflict, find_sample, latest_reviews
+from bloodcell_core.service import BLASTS, FLAG_TEXT, Conflict, differential_percent, find_sample, latest_reviews
 
 
 def conclusion_text(report: SampleReport, blast_class: str, n_reviewed: int) -> str:
@@ -57,6 +57,7 @@ def report_document(session: Session, settings: Settings, sample: Sample) -> Rep
         warnings=tuple(FLAG_TEXT[flag] for flag in report.flags),
         immature_classes=settings.immature_classes,
         n_unfamiliar=report.n_unfamiliar,
+        n_leukocytes=differential_percent(settings, report.counts)[1],
     )
 
 

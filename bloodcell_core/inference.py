@@ -39,17 +39,32 @@ def predict_in_batches(model: "keras.Model", images: np.ndarray, batch_size: int
     log2(batch_size) + 1 programs instead of one per sample size. TensorFlow relaxes the batch
     dimension after one retrace and PyTorch runs eagerly, so they get no padding (it would cost work).
     """
+    return _outputs_in_batches(model, images, batch_size)[0]
+
+
+def features_and_probabilities(two_outputs: "keras.Model", images: np.ndarray,
+                               batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """(features, probabilities) from ``ood.feature_model``'s two outputs, in batches like ``predict_in_batches``."""
+    features, probabilities = _outputs_in_batches(two_outputs, images, batch_size)
+    return features, probabilities
+
+
+def _outputs_in_batches(model: "keras.Model", images: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Each of the model's outputs for every image, run in chunks (padded on JAX: see ``predict_in_batches``)."""
     import keras
 
     pad = keras.backend.backend() == "jax"
-    outputs = []
+    shapes = model.output_shape if isinstance(model.output_shape, list) else [model.output_shape]
+    outputs: list[list[np.ndarray]] = [[] for _ in shapes]
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
         padding = padded_size(len(chunk), batch_size) - len(chunk) if pad else 0
         if padding:
             chunk = np.concatenate([chunk, np.zeros((padding, *chunk.shape[1:]), chunk.dtype)])
-        outputs.append(np.asarray(model.predict_on_batch(chunk))[: len(chunk) - padding])
-    return np.concatenate(outputs) if outputs else np.zeros((0, model.output_shape[-1]), np.float32)
+        answer = model.predict_on_batch(chunk)
+        for k, value in enumerate(answer if len(shapes) > 1 else [answer]):
+            outputs[k].append(np.asarray(value)[: len(chunk) - padding])
+    return [np.concatenate(parts) if parts else np.zeros((0, shape[-1]), np.float32) for parts, shape in zip(outputs, shapes)]
 
 
 # A white cell in a smear has no up, down, left or right, so the models train on flipped and turned
@@ -94,26 +109,6 @@ def served_views(metadata: dict[str, Any], directory: Path | str) -> tuple[tuple
         return views, check_view_gate(metadata_view_gate(metadata), views)
     except ValueError as exc:
         raise ArtifactError(f"{directory}: {exc}") from None
-
-
-def features_and_probabilities(two_outputs: "keras.Model", images: np.ndarray,
-                               batch_size: int = BATCH_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """(features, probabilities) from ``ood.feature_model``'s two outputs, in batches like ``predict_in_batches``."""
-    import keras
-
-    pad = keras.backend.backend() == "jax"
-    features, probabilities = [], []
-    for start in range(0, len(images), batch_size):
-        chunk = images[start : start + batch_size]
-        padding = padded_size(len(chunk), batch_size) - len(chunk) if pad else 0
-        if padding:
-            chunk = np.concatenate([chunk, np.zeros((padding, *chunk.shape[1:]), chunk.dtype)])
-        f, p = two_outputs.predict_on_batch(chunk)
-        features.append(np.asarray(f)[: len(chunk) - padding])
-        probabilities.append(np.asarray(p)[: len(chunk) - padding])
-    if not features:
-        return np.zeros((0, two_outputs.output_shape[0][-1]), np.float32), np.zeros((0, two_outputs.output_shape[1][-1]), np.float32)
-    return np.concatenate(features), np.concatenate(probabilities)
 
 
 def view_probabilities(model: "keras.Model", images: np.ndarray, views: Sequence[str], batch_size: int) -> np.ndarray:

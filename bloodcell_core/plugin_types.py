@@ -153,6 +153,7 @@ class ReportDocument:
     warnings: tuple[str, ...] = ()
     immature_classes: tuple[str, ...] = ()  # the classes the immature-cell flag counts
     n_unfamiliar: int = 0  # cells unlike the training images, not reviewed yet
+    n_leukocytes: int = 0  # the differential's denominator: classified cells less nucleated red cells and platelets
     signed_off_at: datetime | None = None
 
 

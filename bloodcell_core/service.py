@@ -411,18 +411,29 @@ FLAG_TEXT = {
 }
 
 
-def sample_flags(settings: Settings, counts: dict[str, int], n: int, n_unfamiliar: int) -> list[str]:
+def differential_percent(settings: Settings, counts: dict[str, int]) -> tuple[dict[str, float], int]:
+    """(percent per class, leukocytes counted): as a laboratory reports a differential, per 100 leukocytes.
+
+    Nucleated red cells and platelets (BLOODCELL_NON_LEUKOCYTE_CLASSES) are not leukocytes: they do not
+    count towards the 100, and their figure is per 100 leukocytes too (LOINC's "nucleated erythrocytes/100
+    leukocytes"). A sample without any leukocyte has no differential: every figure is 0.
+    """
+    leukocytes = sum(k for label, k in counts.items() if label not in settings.non_leukocyte_classes)
+    return {label: round(100.0 * k / leukocytes, 2) if leukocytes else 0.0 for label, k in counts.items()}, leukocytes
+
+
+def sample_flags(settings: Settings, counts: dict[str, int], percent: dict[str, float], n: int,
+                 n_unfamiliar: int) -> list[str]:
     """The sample-level flags, each of which sends the sample to review: blasts (count or percent of
-    BLOODCELL_BLAST_CLASS), immature cells (BLOODCELL_IMMATURE_CLASSES over BLOODCELL_IMMATURE_PERCENT),
-    unfamiliar images (more than BLOODCELL_UNFAMILIAR_SHARE of cells unlike the training images)."""
+    BLOODCELL_BLAST_CLASS), immature cells (BLOODCELL_IMMATURE_CLASSES over BLOODCELL_IMMATURE_PERCENT of the
+    leukocytes), unfamiliar images (more than BLOODCELL_UNFAMILIAR_SHARE of the classified cells unlike the
+    training images)."""
     if not n:
         return []
     flags = []
-    blasts = counts.get(settings.blast_class, 0)
-    if blasts >= settings.blast_count or 100.0 * blasts / n >= settings.blast_percent:
+    if counts.get(settings.blast_class, 0) >= settings.blast_count or percent.get(settings.blast_class, 0.0) >= settings.blast_percent:
         flags.append(BLASTS)
-    immature = sum(counts.get(label, 0) for label in settings.immature_classes)
-    if immature and 100.0 * immature / n > settings.immature_percent:
+    if sum(percent.get(label, 0.0) for label in settings.immature_classes) > settings.immature_percent:
         flags.append(IMMATURE_CELLS)
     if n_unfamiliar / n > settings.unfamiliar_share:
         flags.append(UNFAMILIAR_IMAGES)
@@ -459,7 +470,7 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
     for c, p in classified:
         counts[reviews[c.image_sha256].label if c.image_sha256 in reviews else p.label] += 1
     n = len(classified)
-    percent = {label: round(100.0 * k / n, 2) if n else 0.0 for label, k in counts.items()}
+    percent, n_leukocytes = differential_percent(settings, counts)
     blast_count = counts.get(settings.blast_class, 0)
     blast_percent = percent.get(settings.blast_class, 0.0)
     reasons = {c.image_sha256: review_reasons(p.confidence, threshold, p.ood_score, unfamiliar_above) for c, p in classified}
@@ -471,7 +482,7 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
     ]
     # a cell a technologist labelled is familiar now: the warning is about what nobody has looked at
     n_unfamiliar = sum(UNFAMILIAR_REASON in reasons[c.image_sha256] and c.image_sha256 not in reviews for c, _ in classified)
-    flags = sample_flags(settings, counts, n, n_unfamiliar)
+    flags = sample_flags(settings, counts, percent, n, n_unfamiliar)
     failed = [{"name": c.name, "image_sha256": c.image_sha256, "error": c.error} for c in cells if c.status == "failed"]
     if not classified:
         sample.status, sample.error = SampleStatus.FAILED, "no image of the sample could be classified"
@@ -494,10 +505,10 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
         for key, value in values.items():
             setattr(row, key, value)
     session.flush()
-    return report_json(session, sample)
+    return report_json(session, settings, sample)
 
 
-def report_json(session: Session, sample: Sample) -> dict[str, Any]:
+def report_json(session: Session, settings: Settings, sample: Sample) -> dict[str, Any]:
     report = session.scalar(select(SampleReport).where(SampleReport.sample_id == sample.id))
     base = {"sample_id": sample.accession_id, "status": sample.status, "error": sample.error,
             "n_cells": len(sample.cells), "report_status": sample.report_status,
@@ -510,6 +521,7 @@ def report_json(session: Session, sample: Sample) -> dict[str, Any]:
     return base | {
         "model_version": session.get(ModelVersion, report.model_version_id).version,
         "n_classified": report.n_classified,
+        "n_leukocytes": differential_percent(settings, report.counts)[1],
         "n_failed": report.n_failed,
         "counts": report.counts,
         "percent": report.percent,
@@ -552,7 +564,7 @@ def find_sample(session: Session, accession_id: str, lock: bool = False) -> Samp
 
 def get_report(settings: Settings, accession_id: str) -> dict[str, Any]:
     with session_scope(settings.database_url) as session:
-        return report_json(session, find_sample(session, accession_id))
+        return report_json(session, settings, find_sample(session, accession_id))
 
 
 def audit_events(settings: Settings, subject: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

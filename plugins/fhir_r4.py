@@ -35,12 +35,13 @@ def _observation(document: ReportDocument, row, device_urn: str) -> dict[str, An
         "resourceType": "Observation",
         "status": document.report_status,
         "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory"}]}],
-        "code": {"coding": coding, "text": f"{row.cell_type} / 100 classified cells"},
+        "code": {"coding": coding, "text": f"{row.cell_type} / 100 leukocytes"},
         "issued": document.issued.isoformat(),
         "valueQuantity": {"value": row.percent, "unit": "%", "system": loinc.UCUM, "code": "%"},
         "method": {"text": f"image classification, model {document.model_version}"},
         "device": {"reference": device_urn},
-        "note": [{"text": f"{row.count} of {document.n_classified} classified cells"}],
+        "note": [{"text": f"{row.count} cells; {document.n_leukocytes} leukocytes of {document.n_classified} classified "
+                          "cells (nucleated red cells and platelets are not leukocytes)"}],
     }
     blasts = row.cell_type == document.blast_class and document.blast_flag
     immature = row.cell_type in document.immature_classes and "immature_cells" in document.flags

@@ -7,23 +7,33 @@ import zipfile
 import h5py
 import numpy as np
 import pytest
-from conftest import DEFAULT_MODEL, KAGGLE5, PBC8
+from conftest import DATA, DEFAULT_MODEL, KAGGLE5, KAGGLE5_MODEL, PBC8
 
 from bloodcell_core.dataset import read_image_file
 from bloodcell_core.inference import Classifier
 from bloodcell_core.metrics import classification_metrics
+from bloodcell_core.ood import UNFAMILIAR_REASON
 
-# model directory, its dataset, the accuracy and macro-F1 it keeps (the issue's targets), whether it meets
-# the abstention target (the pbc8 model does not yet: 94.0% of its test cells clear its review threshold,
-# at accuracy 0.9948, where the target is 95% at 0.995; see the README)
-SHIPPED = [(DEFAULT_MODEL, KAGGLE5, 0.99, True), (DEFAULT_MODEL.parent / "pbc8", PBC8, 0.97, False)]
-SHIPPED = [entry for entry in SHIPPED if (entry[0] / "metadata.json").exists()]
+# model directory, the folder its split's paths are relative to, the accuracy and macro-F1 it keeps, and the
+# review target it keeps: (share of test cells accepted at its confidence threshold, their accuracy). The
+# 5-class model meets its targets (95% at 0.995); the others stay where they got to, below the targets of
+# 0.98 (9 classes) and 95% at 0.995 (see the README): the 9-class differential reached 0.9677 and 83.5% at 0.9953.
+SHIPPED = [
+    (DEFAULT_MODEL, DATA, 0.96, (0.83, 0.994)),
+    (KAGGLE5_MODEL, KAGGLE5, 0.99, (0.95, 0.995)),
+    (DEFAULT_MODEL.parent / "pbc8", PBC8, 0.97, (0.93, 0.994)),
+]
+
+
+def test_every_shipped_model_is_there():
+    """A missing model directory fails here instead of dropping its tests."""
+    assert [entry[0].name for entry in SHIPPED if not (entry[0] / "metadata.json").is_file()] == []
 
 
 @pytest.fixture(scope="module", params=SHIPPED, ids=[entry[0].name for entry in SHIPPED])
 def shipped(request):
-    model_dir, data_dir, floor, abstains_well = request.param
-    return Classifier.from_dir(model_dir), data_dir, floor, abstains_well
+    model_dir, data_dir, floor, review = request.param
+    return Classifier.from_dir(model_dir), data_dir, floor, review
 
 
 def test_shipped_models_are_small_and_documented(shipped):
@@ -39,7 +49,7 @@ def test_shipped_models_are_small_and_documented(shipped):
 
 def test_shipped_models_meet_their_targets_on_their_test_split(shipped):
     """Re-scores the recorded test split through today's preprocessing, inference and calibration."""
-    classifier, data_dir, floor, abstains_well = shipped
+    classifier, data_dir, floor, (min_coverage, min_accepted_accuracy) = shipped
     test = classifier.artifact.split().parts["test"]
     images = [(item.paths[0], read_image_file(data_dir / item.paths[0])) for item in test]
     predictions = classifier.classify(images)
@@ -51,13 +61,11 @@ def test_shipped_models_meet_their_targets_on_their_test_split(shipped):
     assert metrics["accuracy"] >= floor and metrics["macro_f1"] >= floor
     recorded = classifier.artifact.metadata
     assert metrics["accuracy"] == pytest.approx(recorded["metrics"]["test"]["accuracy"], abs=0.002)
-    # calibration and abstention: ECE <= 0.02; where the model meets the target, the cells over the review
-    # threshold are >= 99.5% right and >= 95% of all cells; where it does not, it stays where it got to
+    # calibration and abstention: ECE <= 0.02, and the cells over the review threshold stay where each model got to
     assert metrics["ece"] <= 0.02
     accepted = probabilities.max(axis=1) >= recorded["calibration"]["review_threshold"]
     accepted_accuracy = (probabilities.argmax(axis=1) == y)[accepted].mean()
-    if abstains_well:
-        assert accepted_accuracy >= 0.995 and accepted.mean() >= 0.95
-    else:
-        assert accepted_accuracy >= 0.994 and accepted.mean() >= 0.93
+    assert accepted_accuracy >= min_accepted_accuracy and accepted.mean() >= min_coverage
     assert json.loads((classifier.artifact.directory / "report" / "calibration.json").read_text())["temperature"] > 0
+    # the out-of-distribution threshold lets about 99% of the model's own test cells through
+    assert np.mean([UNFAMILIAR_REASON not in p.review_reasons for p in predictions]) >= 0.98

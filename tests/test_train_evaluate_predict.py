@@ -137,9 +137,21 @@ def test_evaluate_cli_json_keys(tiny_model: Path, tmp_path: Path):
         for f in sorted((KAGGLE5 / label).iterdir())[-15:]:
             (subset / label / f.name).symlink_to(f)
     report = json.loads(run_cli("evaluate", str(tiny_model), str(subset), "--json", "--include-seen").stdout)
-    assert {"accuracy", "macro_f1", "ece", "n", "per_class", "confusion_matrix"} <= set(report)
-    assert report["n"] == 30
-    assert "macro F1" in run_cli("evaluate", str(tiny_model), str(subset)).stdout
+    assert {"accuracy", "macro_f1", "ece", "n", "per_class", "confusion_matrix", "coverage", "accepted_accuracy",
+            "unfamiliar_share"} <= set(report)
+    assert report["n"] == 30 and 0.0 <= report["coverage"] <= 1.0
+    # coverage is the service's review rule: the cells predict --json says need no review
+    predicted = json.loads(run_cli("predict", str(tiny_model), *map(str, sorted(subset.rglob("*.jpg"))), "--json").stdout)
+    assert report["coverage"] == pytest.approx(sum(not p["needs_review"] for p in predicted) / 30)
+    assert all({"needs_review", "review_reasons", "ood_score"} <= set(p) for p in predicted)
+    assert "accepted without review" in run_cli("evaluate", str(tiny_model), str(subset)).stdout
+    # a folder named otherwise is scored as the model's class with --rename
+    renamed = tmp_path / "renamed" / "neutrophil"
+    renamed.parent.mkdir()
+    renamed.symlink_to(subset / "seg_neutrophil")
+    swapped = json.loads(run_cli("evaluate", str(tiny_model), str(renamed.parent), "--json", "--include-seen",
+                                 "--rename", "neutrophil=seg_neutrophil").stdout)
+    assert swapped["n"] == 15 and swapped["excluded"]["unknown_class_folders"] == []
 
 
 def test_train_refuses_to_overwrite_a_model(tiny_model: Path):
