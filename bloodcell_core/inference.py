@@ -16,7 +16,7 @@ from bloodcell_core.artifacts import ArtifactError, ModelArtifact, load_artifact
 from bloodcell_core.calibration import EPSILON, apply_temperature, softmax
 from bloodcell_core.image_header import image_dimensions
 from bloodcell_core.ood import FALLBACK_REVIEW_THRESHOLD, feature_model, load_scorer, review_reasons
-from bloodcell_core.preprocessing import ImageDecodeError, Preprocessor, scale
+from bloodcell_core.preprocessing import ImageDecodeError, Preprocessor, decode_image, scale
 
 BATCH_SIZE = 64
 log = logging.getLogger(__name__)
@@ -259,8 +259,9 @@ class Classifier:
         try:
             result: np.ndarray | str | None = too_small_error(data)  # from the header, before any decoding
             if result is None:
-                image = self.preprocessor.to_uint8(data)
-                result = colourless_error(image) or scale(image)
+                # judged on the image as sent: colour normalisation (reinhard) would colour a grayscale image
+                image = decode_image(data)
+                result = colourless_error(image) or scale(self.preprocessor.from_decoded(image))
         except ImageDecodeError as exc:
             result = str(exc)
         except Exception as exc:  # a bug in a preprocessing step fails this image, not its whole sample

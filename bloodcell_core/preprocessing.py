@@ -91,7 +91,10 @@ class Preprocessor:
 
     def to_uint8(self, data: bytes) -> np.ndarray:
         """Decode, apply the steps and resize: (height, width, 3) uint8, ready to augment or scale."""
-        image = decode_image(data)
+        return self.from_decoded(decode_image(data))
+
+    def from_decoded(self, image: np.ndarray) -> np.ndarray:
+        """Apply the steps to a decoded RGB uint8 image and resize it (the second half of ``to_uint8``)."""
         for step in self._steps:
             image = step(image)
         height, width = self.config.input_size
