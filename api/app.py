@@ -20,19 +20,29 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import Caller, authenticated, require
-from bloodcell_core import __version__, service, webhooks
-from bloodcell_core.client import Client
+from bloodcell_core import __version__
+from bloodcell_core.clients.local import Client
 from bloodcell_core.config import Settings
-from bloodcell_core.db import Scope
-from bloodcell_core.exports import export_sample
-from bloodcell_core.image_store import ImageNotFound
 from bloodcell_core.plugin_manager import UnknownPlugin, exporters
+from bloodcell_core.service import samples, webhooks
+from bloodcell_core.service.audit_log import audit_events
+from bloodcell_core.service.errors import Conflict, LimitExceeded, NotFound, ServiceError
+from bloodcell_core.service.exports import export_sample
+from bloodcell_core.service.image_store import ImageNotFound
+from bloodcell_core.service.states import Scope
+from bloodcell_core.service.submission import check_accession_id, check_image_limits
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 SUBMIT_FIELDS = {"accession_id", "images", "image_sha256"}
-ERROR_STATUS = [(service.NotFound, 404), (service.Conflict, 409), (service.LimitExceeded, 413),
-                (service.ServiceError, 422), (UnknownPlugin, 404), (ImageNotFound, 404)]
+ERROR_STATUS = [
+    (NotFound, 404),
+    (Conflict, 409),
+    (LimitExceeded, 413),
+    (ServiceError, 422),
+    (UnknownPlugin, 404),
+    (ImageNotFound, 404),
+]
 
 
 class Relabel(BaseModel):
@@ -64,17 +74,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="bloodcell",
         version=__version__,
         description="White-blood-cell classification for laboratory systems: submit a sample's cell images, "
-                    "read the differential, export FHIR R4 / HL7 v2, review and sign off. Tokens: "
-                    "`bloodcell tokens create NAME --scope submit --scope read`.",
+        "read the differential, export FHIR R4 / HL7 v2, review and sign off. Tokens: "
+        "`bloodcell tokens create NAME --scope submit --scope read`.",
         # FastAPI would serve these without a token: the routes below serve them behind one
-        docs_url=None, redoc_url=None, openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     app.state.client = Client(settings)  # checks the database migration; sends tasks by name
 
     for error_type, status in ERROR_STATUS:
+
         def handler(_request: Request, exc: Exception, status: int = status) -> JSONResponse:
             return JSONResponse({"detail": str(exc).strip("'\"")}, status_code=status)
+
         app.add_exception_handler(error_type, handler)
 
     @app.exception_handler(DataError)
@@ -103,26 +117,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # The page needs the token too, so a plain browser gets 401: open it through something that adds
         # the Authorization header (curl -o, a proxy, a header extension). The schema is embedded in the
         # page, because the page's own request for /openapi.json would carry no token.
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="bloodcell API",
-                                   swagger_ui_parameters={"spec": app.openapi()})
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="bloodcell API", swagger_ui_parameters={"spec": app.openapi()})
 
-    @app.post("/v1/samples", tags=["samples"], status_code=202,
-              summary="Submit a sample (scope: submit)",
-              description="multipart/form-data: `accession_id` (the LIMS accession id), `images` (one file part per "
-                          "cell image) and/or `image_sha256` (images already stored). Returns 202 when cells were "
-                          "queued, 200 when the same sample and images (or the same Idempotency-Key) came before.",
-              responses={200: {"description": "Nothing new: the existing sample"}, 409: {"description": "Conflict"},
-                         411: {"description": "Length required"}, 413: {"description": "Over a limit"},
-                         415: {"description": "Not multipart"}, 422: {"description": "Invalid fields"}})
-    async def submit(request: Request, response: Response, caller: Caller = Depends(require(Scope.SUBMIT)),
-                     idempotency_key: str | None = Header(None, description="Retries with the same key return the same sample")
-                     ) -> dict[str, Any]:
+    @app.post(
+        "/v1/samples",
+        tags=["samples"],
+        status_code=202,
+        summary="Submit a sample (scope: submit)",
+        description="multipart/form-data: `accession_id` (the LIMS accession id), `images` (one file part per "
+        "cell image) and/or `image_sha256` (images already stored). Returns 202 when cells were "
+        "queued, 200 when the same sample and images (or the same Idempotency-Key) came before.",
+        responses={
+            200: {"description": "Nothing new: the existing sample"},
+            409: {"description": "Conflict"},
+            411: {"description": "Length required"},
+            413: {"description": "Over a limit"},
+            415: {"description": "Not multipart"},
+            422: {"description": "Invalid fields"},
+        },
+    )
+    async def submit(
+        request: Request,
+        response: Response,
+        caller: Caller = Depends(require(Scope.SUBMIT)),
+        idempotency_key: str | None = Header(None, description="Retries with the same key return the same sample"),
+    ) -> dict[str, Any]:
         length = request.headers.get("content-length")
         if length is None or not length.isdigit():
             raise HTTPException(411, "a Content-Length header is required")
         if int(length) > settings.max_request_bytes:
-            raise HTTPException(413, f"request of {int(length):,} bytes exceeds {settings.max_request_bytes:,} "
-                                     "(BLOODCELL_MAX_REQUEST_BYTES)")
+            raise HTTPException(
+                413, f"request of {int(length):,} bytes exceeds {settings.max_request_bytes:,} (BLOODCELL_MAX_REQUEST_BYTES)"
+            )
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(415, "send multipart/form-data with accession_id and images (files)")
         if idempotency_key is not None and not IDEMPOTENCY_KEY.match(idempotency_key):
@@ -132,8 +158,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             form = await request.form(max_files=limit + 1, max_fields=limit + 10)
         except StarletteHTTPException as exc:  # Starlette's multipart parser: malformed body, or over its part counts
             if "Too many" in str(exc.detail):
-                raise HTTPException(413, f"more than {limit} images or fields in one request "
-                                         "(BLOODCELL_MAX_IMAGES_PER_SAMPLE)") from None
+                raise HTTPException(
+                    413, f"more than {limit} images or fields in one request (BLOODCELL_MAX_IMAGES_PER_SAMPLE)"
+                ) from None
             reason = getattr(exc.__context__, "__cause__", None)  # python-multipart's own words, e.g. a header too long
             raise HTTPException(400, f"malformed multipart/form-data body: {reason or exc.detail}") from None
         unknown = sorted(set(form.keys()) - SUBMIT_FIELDS)
@@ -141,21 +168,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(422, f"unknown form fields {unknown}; expected accession_id, images, image_sha256")
         accession = form.getlist("accession_id")
         if len(accession) != 1 or not isinstance(accession[0], str):
-            raise HTTPException(422, "exactly one accession_id text field is required"
-                                if accession else "missing field accession_id")
+            raise HTTPException(422, "exactly one accession_id text field is required" if accession else "missing field accession_id")
         accession_id = accession[0]
-        await run_in_threadpool(service.check_accession_id, accession_id)
+        await run_in_threadpool(check_accession_id, accession_id)
         uploads, references = form.getlist("images"), form.getlist("image_sha256")
         if len(uploads) + len(references) > limit:
-            raise HTTPException(413, f"{len(uploads) + len(references)} images exceed {limit} per sample "
-                                     "(BLOODCELL_MAX_IMAGES_PER_SAMPLE)")
+            raise HTTPException(
+                413, f"{len(uploads) + len(references)} images exceed {limit} per sample (BLOODCELL_MAX_IMAGES_PER_SAMPLE)"
+            )
         images = []
         for k, upload in enumerate(uploads):
             if not isinstance(upload, UploadFile):
                 raise HTTPException(422, f"images part {k} is a text field, not a file")
             name = safe_name(upload.filename, k)
             data = await upload.read(settings.max_image_bytes + 1)  # never more than one byte over the limit
-            service.check_image_limits(settings, name, data)
+            check_image_limits(settings, name, data)
             images.append((name, data))
         stored = []
         for k, reference in enumerate(references):
@@ -164,25 +191,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stored.append((reference, reference))
         if not images and not stored:
             raise HTTPException(422, "a sample needs at least one image (images or image_sha256)")
-        submission = await run_in_threadpool(client.submit, accession_id, images, f"api:{caller.name}", stored,
-                                             caller.client_id, idempotency_key)
+        submission = await run_in_threadpool(
+            client.submit, accession_id, images, f"api:{caller.name}", stored, caller.client_id, idempotency_key
+        )
         if not submission.new_cells:
             response.status_code = 200
-        return {"sample_id": submission.accession_id, "status": submission.status,
-                "new_cells": submission.new_cells, "n_cells": submission.n_cells, "replayed": submission.replayed,
-                "links": _links(submission.accession_id)}
+        return {
+            "sample_id": submission.accession_id,
+            "status": submission.status,
+            "new_cells": submission.new_cells,
+            "n_cells": submission.n_cells,
+            "replayed": submission.replayed,
+            "links": _links(submission.accession_id),
+        }
 
     @app.get("/v1/samples/{sample_id}", tags=["samples"], summary="Sample status and report (scope: read)")
     def get_sample(sample_id: str, _: Caller = Depends(require(Scope.READ))) -> dict[str, Any]:
         return client.report(sample_id) | {"links": _links(sample_id)}
 
     @app.get("/v1/samples/{sample_id}/cells", tags=["samples"], summary="Per-cell results (scope: read)")
-    def get_cells(sample_id: str, needs_review: bool = Query(False, description="Only cells waiting for review"),
-                  _: Caller = Depends(require(Scope.READ))) -> list[dict[str, Any]]:
+    def get_cells(
+        sample_id: str,
+        needs_review: bool = Query(False, description="Only cells waiting for review"),
+        _: Caller = Depends(require(Scope.READ)),
+    ) -> list[dict[str, Any]]:
         return client.cells(sample_id, needs_review)
 
-    @app.get("/v1/samples/{sample_id}/export/{format_name}", tags=["exports"],
-             summary="The report as FHIR R4 (fhir-r4), HL7 v2 ORU^R01 (hl7v2) or a plugin's format (scope: read)")
+    @app.get(
+        "/v1/samples/{sample_id}/export/{format_name}",
+        tags=["exports"],
+        summary="The report as FHIR R4 (fhir-r4), HL7 v2 ORU^R01 (hl7v2) or a plugin's format (scope: read)",
+    )
     def export(sample_id: str, format_name: str, _: Caller = Depends(require(Scope.READ))) -> Response:
         media_type, body = export_sample(settings, sample_id, format_name)
         return Response(body, media_type=media_type)
@@ -195,21 +234,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def get_image(image_sha256: str, _: Caller = Depends(require(Scope.READ))) -> Response:
         if not SHA256.match(image_sha256):
             raise HTTPException(422, "not a sha256 (64 lowercase hex digits)")
-        return Response(service.get_image(settings, image_sha256), media_type="application/octet-stream",
-                        headers={"ETag": f'"{image_sha256}"', "Cache-Control": "private, max-age=86400"})
+        return Response(
+            samples.get_image(settings, image_sha256),
+            media_type="application/octet-stream",
+            headers={"ETag": f'"{image_sha256}"', "Cache-Control": "private, max-age=86400"},
+        )
 
     @app.get("/v1/review", tags=["review"], summary="Samples and cells waiting for review (scope: review)")
     def review_queue(limit: int = Query(100, ge=1, le=1000), _: Caller = Depends(require(Scope.REVIEW))) -> list[dict[str, Any]]:
         return client.review_queue(limit)
 
-    @app.post("/v1/samples/{sample_id}/cells/{image_sha256}/label", tags=["review"],
-              summary="Reclassify a cell; audited, report recomputed (scope: review)")
-    def relabel(sample_id: str, image_sha256: str, body: Relabel,
-                caller: Caller = Depends(require(Scope.REVIEW))) -> dict[str, Any]:
+    @app.post(
+        "/v1/samples/{sample_id}/cells/{image_sha256}/label",
+        tags=["review"],
+        summary="Reclassify a cell; audited, report recomputed (scope: review)",
+    )
+    def relabel(sample_id: str, image_sha256: str, body: Relabel, caller: Caller = Depends(require(Scope.REVIEW))) -> dict[str, Any]:
         return client.relabel(sample_id, image_sha256, body.label, body.reviewer, body.reason, f"api:{caller.name}")
 
-    @app.post("/v1/samples/{sample_id}/sign-off", tags=["review"],
-              summary="Sign off: the report becomes final (amended after a later change) (scope: review)")
+    @app.post(
+        "/v1/samples/{sample_id}/sign-off",
+        tags=["review"],
+        summary="Sign off: the report becomes final (amended after a later change) (scope: review)",
+    )
     def sign_off(sample_id: str, body: SignOff, caller: Caller = Depends(require(Scope.REVIEW))) -> dict[str, Any]:
         return client.sign_off(sample_id, body.reviewer, body.comment, f"api:{caller.name}")
 
@@ -221,12 +268,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/v1/exporters", tags=["exports"], summary="Export formats (scope: read)")
     def list_exporters(_: Caller = Depends(require(Scope.READ))) -> list[dict[str, str]]:
-        return [{"name": e.name, "media_type": e.media_type, "description": e.description}
-                for e in exporters().values()]
+        return [{"name": e.name, "media_type": e.media_type, "description": e.description} for e in exporters().values()]
 
     @app.get("/v1/audit", tags=["admin"], summary="The audit log, newest first (scope: admin)")
-    def audit_log(subject: str | None = None, limit: int = Query(100, ge=1, le=1000),
-                  _: Caller = Depends(require(Scope.ADMIN))) -> list[dict[str, Any]]:
-        return service.audit_events(settings, subject, limit)
+    def audit_log(
+        subject: str | None = None, limit: int = Query(100, ge=1, le=1000), _: Caller = Depends(require(Scope.ADMIN))
+    ) -> list[dict[str, Any]]:
+        return audit_events(settings, subject, limit)
 
     return app

@@ -1,6 +1,6 @@
 """Bearer-token authentication with scopes: 401 without a valid token, 403 without the route's scope.
 
-Every route but /health and /health/ready depends on one of these (tests/test_api.py walks them all)."""
+Every route but /health and /health/ready depends on one of these (tests/integration/test_api.py walks them all)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Callable
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from bloodcell_core.api_clients import authenticate
-from bloodcell_core.db import session_scope
+from bloodcell_core.service.api_clients import authenticate
+from bloodcell_core.service.db import session_scope
 
 bearer = HTTPBearer(auto_error=False, description="A token from `bloodcell tokens create`")
 
@@ -26,8 +26,7 @@ class Caller:
 def authenticated(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
     """A dependency that admits any active token, whatever its scopes (the API documentation)."""
     if credentials is None:
-        raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)",
-                            headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(401, "missing bearer token (Authorization: Bearer <token>)", headers={"WWW-Authenticate": "Bearer"})
     with session_scope(request.app.state.settings.database_url) as session:
         client = authenticate(session, credentials.credentials)
         if client is None:

@@ -22,11 +22,11 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from bloodcell_core.generalisation import score_set  # noqa: E402
-from bloodcell_core.inference import Classifier  # noqa: E402
-from bloodcell_core.plots import learning_curve_png  # noqa: E402
-from bloodcell_core.smear_fields import typed_cell_crops  # noqa: E402
-from bloodcell_core.training import adapt  # noqa: E402
+from bloodcell_core.ml.generalisation import score_set  # noqa: E402
+from bloodcell_core.ml.inference import Classifier  # noqa: E402
+from bloodcell_core.ml.plots import learning_curve_png  # noqa: E402
+from bloodcell_core.ml.smear_fields import typed_cell_crops  # noqa: E402
+from bloodcell_core.ml.training import adapt  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
 BCCD = PROJECT.parent / "shared" / "data" / "bccd"
@@ -39,7 +39,7 @@ def write_cells(cells: list[tuple[str, bytes, str]], folder: Path) -> None:
 
 
 def own_test(classifier: Classifier) -> list[tuple[str, bytes, str]]:
-    from bloodcell_core.dataset import read_image_file
+    from bloodcell_core.ml.dataset import read_image_file
 
     root = Path(classifier.artifact.metadata["dataset"]["root"])
     return [(item.paths[0], read_image_file(root / item.paths[0]), item.label) for item in classifier.artifact.split().parts["test"]]
@@ -49,8 +49,13 @@ def point(model_dir: Path, lab_cells: int, bccd_test: list[tuple[str, bytes, str
     classifier = Classifier.from_dir(model_dir)
     row = {key: value for key, value in score_set(classifier, bccd_test).items() if key != "_scores"}
     own = score_set(classifier, own_test(classifier))
-    return {"lab_cells": lab_cells, "model_dir": str(model_dir), **row,
-            "own_test_accuracy": own["accuracy"], "own_test_coverage": own["coverage"]}
+    return {
+        "lab_cells": lab_cells,
+        "model_dir": str(model_dir),
+        **row,
+        "own_test_accuracy": own["accuracy"],
+        "own_test_coverage": own["coverage"],
+    }
 
 
 def main() -> None:
@@ -70,15 +75,31 @@ def main() -> None:
         lab_dir, model_dir = args.out / f"lab_{n}", args.out / f"model_{n}"
         if not (model_dir / "metadata.json").exists():
             write_cells(trainval[:n], lab_dir)
-            adapt(args.model, lab_dir, model_dir, epochs=args.epochs, replay_per_class=args.replay_per_class,
-                  progress=False, log=lambda message: print(message, file=sys.stderr))
+            adapt(
+                args.model,
+                lab_dir,
+                model_dir,
+                epochs=args.epochs,
+                replay_per_class=args.replay_per_class,
+                progress=False,
+                log=lambda message: print(message, file=sys.stderr),
+            )
         points.append(point(model_dir, n, bccd_test))
         print(json.dumps(points[-1]), file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    learning_curve_png(points, args.out / "learning_curve.png",
-                       f"BCCD test cells (n={points[0]['n']}) after fine-tuning {args.model.name} on BCCD trainval cells")
-    result = {"benchmark": "adaptation", "model": str(args.model), "epochs": args.epochs,
-              "replay_per_class": args.replay_per_class, "bccd_trainval_cells": len(trainval), "points": points}
+    learning_curve_png(
+        points,
+        args.out / "learning_curve.png",
+        f"BCCD test cells (n={points[0]['n']}) after fine-tuning {args.model.name} on BCCD trainval cells",
+    )
+    result = {
+        "benchmark": "adaptation",
+        "model": str(args.model),
+        "epochs": args.epochs,
+        "replay_per_class": args.replay_per_class,
+        "bccd_trainval_cells": len(trainval),
+        "points": points,
+    }
     (args.out / "adaptation.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(result, indent=1))
 

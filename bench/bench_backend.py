@@ -23,7 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bloodcell_core.inference import BATCH_SIZE, Classifier  # noqa: E402
+from bloodcell_core.ml.inference import BATCH_SIZE, Classifier  # noqa: E402
 
 
 def devices() -> list[str]:
@@ -85,8 +85,7 @@ def main() -> None:
         expected = json.loads(args.expected.read_text())
         same = [max(answers[n], key=answers[n].get) == max(expected[n], key=expected[n].get) for n in expected]
         result["same_class"] = f"{sum(same)}/{len(same)}"
-        result["max_probability_difference"] = max(
-            abs(answers[n][c] - expected[n][c]) for n in expected for c in expected[n])
+        result["max_probability_difference"] = max(abs(answers[n][c] - expected[n][c]) for n in expected for c in expected[n])
     json.dump(result, sys.stdout, indent=2)
     print()
 

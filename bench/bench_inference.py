@@ -28,11 +28,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from bloodcell_core.artifacts import MODEL_FILE, ModelArtifact, load_artifact, read_metadata  # noqa: E402
-from bloodcell_core.dataset import list_class_files, read_image_file  # noqa: E402
-from bloodcell_core.inference import VIEWS, Classifier, predict_in_batches  # noqa: E402
+from bloodcell_core.ml.artifacts import MODEL_FILE, ModelArtifact, load_artifact, read_metadata  # noqa: E402
+from bloodcell_core.ml.dataset import list_class_files, read_image_file  # noqa: E402
+from bloodcell_core.ml.inference import VIEWS, Classifier, predict_in_batches  # noqa: E402
+from bloodcell_core.ml.preprocessing import PreprocessingConfig, Preprocessor  # noqa: E402
 from bloodcell_core.plugin_manager import model_specs  # noqa: E402
-from bloodcell_core.preprocessing import PreprocessingConfig, Preprocessor  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parent.parent
 DATA = PROJECT.parent / "shared" / "data" / "kaggle5"
@@ -65,8 +65,11 @@ def artifact_for(name: str, trained: dict[str, Path], workdir: Path) -> tuple[Mo
     model = spec.build((*spec.input_size, 3), 5)
     model.save(workdir / f"{name}.keras")
     config = PreprocessingConfig(input_size=spec.input_size, steps=spec.defaults.preprocessing_steps)
-    metadata = {"classes": [f"class{k}" for k in range(5)], "preprocessing": config.to_json(),
-                "calibration": {"views": list(spec.defaults.test_time_views), "view_gate": spec.defaults.view_gate}}
+    metadata = {
+        "classes": [f"class{k}" for k in range(5)],
+        "preprocessing": config.to_json(),
+        "calibration": {"views": list(spec.defaults.test_time_views), "view_gate": spec.defaults.view_gate},
+    }
     return ModelArtifact(directory=workdir, metadata=metadata, model=model), "untrained weights"
 
 
@@ -144,25 +147,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512, help="real kaggle5 images to push through (default 512)")
     parser.add_argument("--models", help="comma-separated model plugins (default: all installed)")
-    parser.add_argument("--model-dir", type=Path, action="append", default=[],
-                        help="measure this model directory instead of plugins (repeat for several)")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        action="append",
+        default=[],
+        help="measure this model directory instead of plugins (repeat for several)",
+    )
     args = parser.parse_args()
     images = load_images(args.images)
     if args.model_dir:
         artifacts = [(load_artifact(directory), weights_label(directory)) for directory in args.model_dir]
-        results = [row for artifact, weights in artifacts
-                   for row in bench_models(artifact.metadata["plugin"], images, artifact, weights)]
+        results = [
+            row for artifact, weights in artifacts for row in bench_models(artifact.metadata["plugin"], images, artifact, weights)
+        ]
     else:
         names = args.models.split(",") if args.models else sorted(model_specs())
         trained = trained_models()
         with tempfile.TemporaryDirectory() as workdir:
-            results = [row for name in names
-                       for row in bench_models(name, images, *artifact_for(name, trained, Path(workdir)))]
+            results = [row for name in names for row in bench_models(name, images, *artifact_for(name, trained, Path(workdir)))]
     default = next((r for r in results if r["weights"] == "models/default"), None)  # with its own views
     report = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "targets_for_default_model": TARGETS,
-        "default_model_meets_targets": None if default is None else (
+        "default_model_meets_targets": None
+        if default is None
+        else (
             default["pipeline_images_per_s"] >= TARGETS["pipeline_images_per_s"]
             and default["single_image_latency_ms_p50"] <= TARGETS["single_image_p50_ms"]
         ),

@@ -34,10 +34,10 @@ from bench_queue import LocalStack, percentile  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bloodcell_core import db  # noqa: E402
-from bloodcell_core.api_clients import create_client  # noqa: E402
-from bloodcell_core.dataset import list_class_files, read_image_file  # noqa: E402
-from bloodcell_core.http_client import HttpApiError, HttpClient  # noqa: E402
+from bloodcell_core.clients.http import HttpApiError, HttpClient  # noqa: E402
+from bloodcell_core.ml.dataset import list_class_files, read_image_file  # noqa: E402
+from bloodcell_core.service import db, models  # noqa: E402
+from bloodcell_core.service.api_clients import create_client  # noqa: E402
 
 DATA = PROJECT.parent / "shared" / "data"
 
@@ -79,8 +79,10 @@ def main() -> None:
     ids = [f"LOAD-{k:05d}" for k in range(len(samples))]
     errors: list[str] = []
     post_s: list[float] = []
-    with tempfile.TemporaryDirectory(prefix="bench-load-") as home, \
-            LocalStack(Path(home), args.model, workers=args.workers, api=True) as local:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-load-") as home,
+        LocalStack(Path(home), args.model, workers=args.workers, api=True) as local,
+    ):
         settings = local.settings
         with db.session_scope(settings.database_url) as session:
             token = create_client(session, "load", ["submit", "read"], None, "bench").token
@@ -115,22 +117,37 @@ def main() -> None:
                     time.sleep(0.5)
         elapsed = time.perf_counter() - start
         with db.session_scope(settings.database_url) as session:
-            counts = {"samples": count(session, db.Sample), "cells": count(session, db.SampleImage),
-                      "images": count(session, db.Image), "predictions": count(session, db.Prediction),
-                      "failed_cells": session.scalar(select(func.count()).select_from(db.SampleImage)
-                                                     .where(db.SampleImage.status == "failed"))}
-    expected = {"samples": len(samples), "cells": len(images), "images": len(images), "predictions": len(images),
-                "failed_cells": 0}
-    print(json.dumps({
-        "images": len(images), "samples": len(samples), "senders": args.senders, "workers": args.workers,
-        "model": str(args.model), "cpu_count": os.cpu_count(),
-        "seconds_all_posted": round(posted, 1), "seconds_all_classified": round(elapsed, 1),
-        "images_per_s": round(len(images) / elapsed, 1),
-        "post_seconds": {"p50": round(statistics.median(post_s), 3), "p99": round(percentile(post_s, 99), 3)},
-        "statuses": {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))},
-        "database": counts, "database_matches_submitted": counts == expected,
-        "http_errors": errors,
-    }, indent=2))
+            counts = {
+                "samples": count(session, models.Sample),
+                "cells": count(session, models.SampleImage),
+                "images": count(session, models.Image),
+                "predictions": count(session, models.Prediction),
+                "failed_cells": session.scalar(
+                    select(func.count()).select_from(models.SampleImage).where(models.SampleImage.status == "failed")
+                ),
+            }
+    expected = {"samples": len(samples), "cells": len(images), "images": len(images), "predictions": len(images), "failed_cells": 0}
+    print(
+        json.dumps(
+            {
+                "images": len(images),
+                "samples": len(samples),
+                "senders": args.senders,
+                "workers": args.workers,
+                "model": str(args.model),
+                "cpu_count": os.cpu_count(),
+                "seconds_all_posted": round(posted, 1),
+                "seconds_all_classified": round(elapsed, 1),
+                "images_per_s": round(len(images) / elapsed, 1),
+                "post_seconds": {"p50": round(statistics.median(post_s), 3), "p99": round(percentile(post_s, 99), 3)},
+                "statuses": {s: list(statuses.values()).count(s) for s in sorted(set(statuses.values()))},
+                "database": counts,
+                "database_matches_submitted": counts == expected,
+                "http_errors": errors,
+            },
+            indent=2,
+        )
+    )
     if counts != expected or errors:
         sys.exit(1)
 

@@ -40,11 +40,13 @@ from sqlalchemy import select  # noqa: E402
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))  # the workers package, for a run from a source checkout
 
-from bloodcell_core import stack  # noqa: E402
+from bloodcell_core.cli import stack  # noqa: E402
 from bloodcell_core.config import Settings  # noqa: E402
-from bloodcell_core.dataset import list_class_files, read_image_file  # noqa: E402
-from bloodcell_core.db import Sample, SampleStatus, session_scope  # noqa: E402
-from bloodcell_core.inference import Classifier  # noqa: E402
+from bloodcell_core.ml.dataset import list_class_files, read_image_file  # noqa: E402
+from bloodcell_core.ml.inference import Classifier  # noqa: E402
+from bloodcell_core.service.db import session_scope  # noqa: E402
+from bloodcell_core.service.models import Sample  # noqa: E402
+from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES  # noqa: E402
 
 DATA = PROJECT.parent / "shared" / "data" / "kaggle5"
 
@@ -88,7 +90,7 @@ def wait_final(settings: Settings, accession_ids: list[str], timeout: float = 60
     while pending:
         with session_scope(settings.database_url) as session:
             rows = session.execute(select(Sample.accession_id, Sample.status).where(Sample.accession_id.in_(pending)))
-            pending -= {accession_id for accession_id, status in rows if status in SampleStatus.FINAL}
+            pending -= {accession_id for accession_id, status in rows if status in FINAL_SAMPLE_STATUSES}
         if time.monotonic() > deadline:
             raise TimeoutError(f"samples not classified after {timeout} s: {sorted(pending)}")
         if pending:
@@ -114,8 +116,12 @@ class LocalStack:
     """`bloodcell up` without Flower (and without the HTTP API unless asked), in a temporary home, with N workers."""
 
     def __init__(self, home: Path, model: Path, workers: int, api: bool = False) -> None:
-        env = {"BLOODCELL_HOME": str(home), "BLOODCELL_REDIS_PORT": str(free_port()),
-               "BLOODCELL_API_PORT": str(free_port()), "BLOODCELL_DEFAULT_MODEL": str(model)}
+        env = {
+            "BLOODCELL_HOME": str(home),
+            "BLOODCELL_REDIS_PORT": str(free_port()),
+            "BLOODCELL_API_PORT": str(free_port()),
+            "BLOODCELL_DEFAULT_MODEL": str(model),
+        }
         self.patch = mock.patch.dict(os.environ, env)
         self.patch.start()
         self.settings = Settings.from_env()
@@ -127,7 +133,7 @@ class LocalStack:
         except BaseException:  # stop what did start, and the environment patch
             self.__exit__()
             raise
-        from bloodcell_core.client import Client
+        from bloodcell_core.clients.local import Client
 
         self.client = Client(self.settings)
         return self
@@ -177,11 +183,9 @@ def main() -> None:
 
     classifier = Classifier.from_dir(args.model)
     classifier.classify(warm)
-    result: dict = {"model": str(args.model), "images": n, "rounds": rounds, "batch_size": 64,
-                    "cpu_count": os.cpu_count()}
+    result: dict = {"model": str(args.model), "images": n, "rounds": rounds, "batch_size": 64, "cpu_count": os.cpu_count()}
     in_process_s, queue_s = [], []
-    with tempfile.TemporaryDirectory(prefix="bench-queue-") as home, \
-            LocalStack(Path(home), args.model, workers=1) as local:
+    with tempfile.TemporaryDirectory(prefix="bench-queue-") as home, LocalStack(Path(home), args.model, workers=1) as local:
         local.run_samples("WARM", [warm])
         for k, round_set in enumerate(round_sets):  # alternate, so both see the same machine load
             start = time.perf_counter()
@@ -200,8 +204,10 @@ def main() -> None:
             assert "label" in answer, answer
         pid = local.worker_pids()[0]
         pool = children(pid)
-        result["worker_memory_mib"] = {"pool_process_with_model": round(sum(rss_mib(p) for p in pool), 1),
-                                       "whole_worker": round(rss_mib(pid) + sum(rss_mib(p) for p in pool), 1)}
+        result["worker_memory_mib"] = {
+            "pool_process_with_model": round(sum(rss_mib(p) for p in pool), 1),
+            "whole_worker": round(rss_mib(pid) + sum(rss_mib(p) for p in pool), 1),
+        }
     in_process_median, queue_median = statistics.median(in_process_s), statistics.median(queue_s)
     result["throughput"] = {
         "in_process_images_per_s": round(n / in_process_median, 1),
@@ -217,8 +223,7 @@ def main() -> None:
 
     scaling = {}
     for workers, (warm_up, samples) in scaling_sets.items():
-        with tempfile.TemporaryDirectory(prefix="bench-queue-") as home, \
-                LocalStack(Path(home), args.model, workers=workers) as local:
+        with tempfile.TemporaryDirectory(prefix="bench-queue-") as home, LocalStack(Path(home), args.model, workers=workers) as local:
             local.run_samples("WARM", [warm_up[: len(warm_up) // 2], warm_up[len(warm_up) // 2 :]])
             elapsed = local.run_samples("SCALE", samples)
         scaling[f"{workers}_worker{'s' if workers > 1 else ''}"] = round(s * per_sample / elapsed, 1)

@@ -21,10 +21,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bloodcell_core.dataset import list_class_files, read_image_file  # noqa: E402
+from bloodcell_core.ml.dataset import list_class_files, read_image_file  # noqa: E402
+from bloodcell_core.ml.preprocessing import PreprocessingConfig, Preprocessor  # noqa: E402
+from bloodcell_core.ml.training import AugmentedBatches  # noqa: E402
 from bloodcell_core.plugin_manager import get_model_spec, model_specs  # noqa: E402
-from bloodcell_core.preprocessing import PreprocessingConfig, Preprocessor  # noqa: E402
-from bloodcell_core.training import AugmentedBatches  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "kaggle5"
 TRAIN_IMAGES = {"kaggle5": 2971, "pbc8": 4748}
@@ -42,9 +42,13 @@ def measure(name: str, images: np.ndarray, steps: int) -> dict:
     for step in range(steps):
         model.train_on_batch(*batches[(step + 1) % len(batches)])
     per_s = steps * defaults.batch_size / (time.perf_counter() - start)
-    return {"model": name, "parameters": int(model.count_params()), "batch_size": defaults.batch_size,
-            "train_images_per_s": round(per_s, 1),
-            "minutes_per_epoch": {data: round(n / per_s / 60, 2) for data, n in TRAIN_IMAGES.items()}}
+    return {
+        "model": name,
+        "parameters": int(model.count_params()),
+        "batch_size": defaults.batch_size,
+        "train_images_per_s": round(per_s, 1),
+        "minutes_per_epoch": {data: round(n / per_s / 60, 2) for data, n in TRAIN_IMAGES.items()},
+    }
 
 
 def main() -> None:
@@ -58,8 +62,7 @@ def main() -> None:
     preprocessor = Preprocessor(PreprocessingConfig(input_size=(128, 128), steps=("center_crop",)))
     images = np.stack([preprocessor.to_uint8(read_image_file(path)) for path in chosen])
     results = [measure(name, images, args.steps) for name in names]
-    json.dump({"steps": args.steps, "images": len(images), "cpu_count": os.cpu_count(), "results": results}, sys.stdout,
-              indent=2)
+    json.dump({"steps": args.steps, "images": len(images), "cpu_count": os.cpu_count(), "results": results}, sys.stdout, indent=2)
     print()
 
 

@@ -73,8 +73,9 @@ class Settings:
             blast_count=int(env("BLOODCELL_BLAST_COUNT", "5")),
             blast_percent=float(env("BLOODCELL_BLAST_PERCENT", "20")),
             blast_class=env("BLOODCELL_BLAST_CLASS", "myeloblast"),
-            non_leukocyte_classes=tuple(c.strip() for c in env("BLOODCELL_NON_LEUKOCYTE_CLASSES", "erythroblast,platelet").split(",")
-                                        if c.strip()),
+            non_leukocyte_classes=tuple(
+                c.strip() for c in env("BLOODCELL_NON_LEUKOCYTE_CLASSES", "erythroblast,platelet").split(",") if c.strip()
+            ),
             immature_classes=tuple(c.strip() for c in env("BLOODCELL_IMMATURE_CLASSES", "ig,myeloblast").split(",") if c.strip()),
             immature_percent=float(env("BLOODCELL_IMMATURE_PERCENT", "5")),
             unfamiliar_share=float(env("BLOODCELL_UNFAMILIAR_SHARE", "0.1")),
@@ -108,4 +109,3 @@ class Settings:
             raise ValueError(f"BLOODCELL_UNFAMILIAR_SHARE must be a share between 0 and 1, got {self.unfamiliar_share}")
         if not 0.0 <= self.immature_percent <= 100.0:
             raise ValueError(f"BLOODCELL_IMMATURE_PERCENT must be a percent between 0 and 100, got {self.immature_percent}")
-

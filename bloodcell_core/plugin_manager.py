@@ -90,8 +90,7 @@ def _collect(hook_name: str, kind: type) -> dict[str, tuple[str, Any]]:
                 raise PluginError(f"plugin {plugin_name!r} registered {item!r}, expected a {kind.__name__}")
             if item.name in found:
                 raise PluginError(
-                    f"{kind.__name__} {item.name!r} is registered by both plugin "
-                    f"{found[item.name][0]!r} and plugin {plugin_name!r}"
+                    f"{kind.__name__} {item.name!r} is registered by both plugin {found[item.name][0]!r} and plugin {plugin_name!r}"
                 )
             found[item.name] = (plugin_name, item)
 
@@ -151,9 +150,7 @@ def describe_plugins() -> list[PluginInfo]:
         for name, _ in manager.list_name_plugin()
     }
     for name, plugin in manager.list_name_plugin():
-        infos[name].hooks = sorted(
-            caller.name for caller in manager.get_hookcallers(plugin) or []
-        )
+        infos[name].hooks = sorted(caller.name for caller in manager.get_hookcallers(plugin) or [])
     hooks: list[tuple[str, type, Callable[[PluginInfo], list[str]]]] = [
         ("register_models", ModelSpec, lambda info: info.models),
         ("register_preprocessing_steps", PreprocessingStep, lambda info: info.preprocessing_steps),

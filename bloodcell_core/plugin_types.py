@@ -43,13 +43,20 @@ class Augmentation:
 
     @property
     def acquisition(self) -> bool:
-        return any((self.stain, self.contrast, self.gamma, self.blur, self.noise, self.jpeg, self.low_resolution,
-                    self.grayscale))
+        return any((self.stain, self.contrast, self.gamma, self.blur, self.noise, self.jpeg, self.low_resolution, self.grayscale))
 
 
 # What `bloodcell train --acquisition-augmentation` adds to a plugin's geometric augmentation.
-ACQUISITION_AUGMENTATION = {"stain": 8.0, "contrast": 0.15, "gamma": 0.15, "blur": 0.3, "noise": 0.3, "jpeg": 0.3,
-                            "low_resolution": 0.3, "grayscale": 0.1}
+ACQUISITION_AUGMENTATION = {
+    "stain": 8.0,
+    "contrast": 0.15,
+    "gamma": 0.15,
+    "blur": 0.3,
+    "noise": 0.3,
+    "jpeg": 0.3,
+    "low_resolution": 0.3,
+    "grayscale": 0.1,
+}
 
 
 @dataclass(frozen=True)
@@ -62,7 +69,7 @@ class TrainingDefaults:
     early_stopping_patience: int = 5
     preprocessing_steps: tuple[str, ...] = ()
     augmentation: Augmentation = field(default_factory=Augmentation)
-    # Test-time views (bloodcell_core.inference.VIEWS) the trained model is calibrated and served with.
+    # Test-time views (bloodcell_core.ml.inference.VIEWS) the trained model is calibrated and served with.
     test_time_views: tuple[str, ...] = ("identity",)
     # With several views: the other views only for cells whose first-view confidence is under this (None: always).
     view_gate: float | None = None

@@ -1,24 +1,24 @@
-"""Alembic environment: migrations run against the URL bloodcell passes in (see bloodcell_core.db.upgrade)."""
+"""Alembic environment: migrations run against the URL bloodcell passes in (see bloodcell_core.service.db.upgrade)."""
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from bloodcell_core.db import Base
+from bloodcell_core.service.models import Base
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def run_migrations_offline() -> None:
-    context.configure(url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata,
-                      literal_binds=True, render_as_batch=True)
+    context.configure(
+        url=config.get_main_option("sqlalchemy.url"), target_metadata=target_metadata, literal_binds=True, render_as_batch=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 
 
 def run_migrations_online() -> None:
-    connectable = engine_from_config(config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.",
-                                     poolclass=pool.NullPool)
+    connectable = engine_from_config(config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.", poolclass=pool.NullPool)
     with connectable.connect() as connection:
         # batch mode lets later migrations alter tables on SQLite too
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from bloodcell_core import CellBox, CellLocator, PreprocessingStep, hookimpl
-from bloodcell_core.preprocessing import square_crop
+from bloodcell_core.ml.preprocessing import square_crop
 
 WORK_SIDE = 256  # the score is computed on a copy scaled to this longer side: same cost for any image size
 MIN_SCORE = 30  # blue minus green, 0..255: no stained nucleus in view scores under this
@@ -65,11 +65,16 @@ def locate_white_cells(image: np.ndarray) -> list[CellBox]:
             continue
         x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
         edge = x0 == 0 or y0 == 0 or x1 == small.shape[1] or y1 == small.shape[0]
-        boxes.append(CellBox(
-            x=int(x0 / factor), y=int(y0 / factor),
-            width=max(1, round((x1 - x0) / factor)), height=max(1, round((y1 - y0) / factor)),
-            stained_area=round(len(xs) / factor**2), touches_edge=bool(edge),
-        ))
+        boxes.append(
+            CellBox(
+                x=int(x0 / factor),
+                y=int(y0 / factor),
+                width=max(1, round((x1 - x0) / factor)),
+                height=max(1, round((y1 - y0) / factor)),
+                stained_area=round(len(xs) / factor**2),
+                touches_edge=bool(edge),
+            )
+        )
     return sorted(boxes, key=lambda box: -box.stained_area)
 
 
@@ -100,17 +105,21 @@ def locate_cell(image: np.ndarray) -> np.ndarray:
 
 @hookimpl
 def register_cell_locators(register: Callable[[CellLocator], None]) -> None:
-    register(CellLocator(
-        name="stain_nucleus",
-        description="OpenCV: Otsu threshold on blue-minus-green nuclear stain, pieces of one cell joined.",
-        locate=locate_white_cells,
-    ))
+    register(
+        CellLocator(
+            name="stain_nucleus",
+            description="OpenCV: Otsu threshold on blue-minus-green nuclear stain, pieces of one cell joined.",
+            locate=locate_white_cells,
+        )
+    )
 
 
 @hookimpl
 def register_preprocessing_steps(register: Callable[[PreprocessingStep], None]) -> None:
-    register(PreprocessingStep(
-        name="locate_cell",
-        description=f"Crop to the central white cell, square, {CROP_SCALE}x its stained extent (fixed cell scale).",
-        apply=locate_cell,
-    ))
+    register(
+        PreprocessingStep(
+            name="locate_cell",
+            description=f"Crop to the central white cell, square, {CROP_SCALE}x its stained extent (fixed cell scale).",
+            apply=locate_cell,
+        )
+    )

@@ -32,8 +32,10 @@ def reinhard(image: np.ndarray) -> np.ndarray:
 
 @hookimpl
 def register_preprocessing_steps(register: Callable[[PreprocessingStep], None]) -> None:
-    register(PreprocessingStep(
-        name="reinhard",
-        description="Reinhard colour normalisation: LAB mean and spread matched to a fixed reference.",
-        apply=reinhard,
-    ))
+    register(
+        PreprocessingStep(
+            name="reinhard",
+            description="Reinhard colour normalisation: LAB mean and spread matched to a fixed reference.",
+            apply=reinhard,
+        )
+    )

@@ -40,38 +40,48 @@ def _observation(document: ReportDocument, row, device_urn: str) -> dict[str, An
         "valueQuantity": {"value": row.percent, "unit": "%", "system": loinc.UCUM, "code": "%"},
         "method": {"text": f"image classification, model {document.model_version}"},
         "device": {"reference": device_urn},
-        "note": [{"text": f"{row.count} cells; {document.n_leukocytes} leukocytes of {document.n_classified} classified "
-                          "cells (nucleated red cells and platelets are not leukocytes)"}],
+        "note": [
+            {
+                "text": f"{row.count} cells; {document.n_leukocytes} leukocytes of {document.n_classified} classified "
+                "cells (nucleated red cells and platelets are not leukocytes)"
+            }
+        ],
     }
     blasts = row.cell_type == document.blast_class and document.blast_flag
     immature = row.cell_type in document.immature_classes and "immature_cells" in document.flags
     if blasts or immature:
         observation["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": "A", "display": "Abnormal"}]}]
     if "unfamiliar_images" in document.flags:  # the count itself may not hold: say so beside every value
-        observation["note"].append({"text": f"WARNING: {document.n_unfamiliar} of {document.n_classified} cells are "
-                                            "unlike the images the model was trained on; this value may not hold"})
+        observation["note"].append(
+            {
+                "text": f"WARNING: {document.n_unfamiliar} of {document.n_classified} cells are "
+                "unlike the images the model was trained on; this value may not hold"
+            }
+        )
     return observation
 
 
 def render(document: ReportDocument) -> str:
     device_urn = _urn(document, "device")
-    observations = [(_urn(document, f"obs-{row.cell_type}"), _observation(document, row, device_urn))
-                    for row in document.differential]
+    observations = [(_urn(document, f"obs-{row.cell_type}"), _observation(document, row, device_urn)) for row in document.differential]
     report: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "identifier": [{"system": document.accession_system, "value": document.accession_id}],
         "status": document.report_status,
         "category": [{"coding": [{"system": DIAGNOSTIC_SERVICE, "code": "HM", "display": "Hematology"}]}],
-        "code": {"coding": [{"system": loinc.SYSTEM, "code": loinc.DIFFERENTIAL_PANEL.code,
-                             "display": loinc.DIFFERENTIAL_PANEL.display}],
-                 "text": "Leukocyte differential by image classification"},
+        "code": {
+            "coding": [{"system": loinc.SYSTEM, "code": loinc.DIFFERENTIAL_PANEL.code, "display": loinc.DIFFERENTIAL_PANEL.display}],
+            "text": "Leukocyte differential by image classification",
+        },
         "issued": document.issued.isoformat(),
         "result": [{"reference": urn} for urn, _ in observations],
         "conclusion": document.conclusion,
     }
     if document.flags:
-        report["conclusionCode"] = [{"coding": [{"system": FLAG_SYSTEM, "code": flag, "display": text}], "text": text}
-                                    for flag, text in zip(document.flags, document.warnings)]
+        report["conclusionCode"] = [
+            {"coding": [{"system": FLAG_SYSTEM, "code": flag, "display": text}], "text": text}
+            for flag, text in zip(document.flags, document.warnings)
+        ]
     if document.signed_off_by:
         report["resultsInterpreter"] = [{"display": document.signed_off_by}]
     device = {
@@ -80,21 +90,25 @@ def render(document: ReportDocument) -> str:
         "version": [{"value": document.model_version}],
     }
     entries = [(_urn(document, "report"), report), *observations, (device_urn, device)]
-    bundle = Bundle.model_validate({
-        "resourceType": "Bundle",
-        "type": "collection",
-        "timestamp": document.issued.isoformat(),
-        "identifier": {"system": document.accession_system, "value": f"{document.accession_id}-{document.report_status}"},
-        "entry": [{"fullUrl": urn, "resource": resource} for urn, resource in entries],
-    })
+    bundle = Bundle.model_validate(
+        {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "timestamp": document.issued.isoformat(),
+            "identifier": {"system": document.accession_system, "value": f"{document.accession_id}-{document.report_status}"},
+            "entry": [{"fullUrl": urn, "resource": resource} for urn, resource in entries],
+        }
+    )
     return bundle.model_dump_json(indent=2)
 
 
 @hookimpl
 def register_exporters(register) -> None:
-    register(Exporter(
-        name="fhir-r4",
-        description="FHIR R4 Bundle: DiagnosticReport (LOINC 69738-3) + one Observation per cell type (% , UCUM) + Device",
-        media_type="application/fhir+json",
-        render=render,
-    ))
+    register(
+        Exporter(
+            name="fhir-r4",
+            description="FHIR R4 Bundle: DiagnosticReport (LOINC 69738-3) + one Observation per cell type (% , UCUM) + Device",
+            media_type="application/fhir+json",
+            render=render,
+        )
+    )

@@ -77,9 +77,11 @@ def render(document: ReportDocument) -> str:
 
 @hookimpl
 def register_exporters(register) -> None:
-    register(Exporter(
-        name="hl7v2",
-        description="HL7 v2.5 ORU^R01: OBR for LOINC 69738-3, one OBX (NM, %) per cell type, NTE conclusion and flags",
-        media_type="application/hl7-v2",
-        render=render,
-    ))
+    register(
+        Exporter(
+            name="hl7v2",
+            description="HL7 v2.5 ORU^R01: OBR for LOINC 69738-3, one OBX (NM, %) per cell type, NTE conclusion and flags",
+            media_type="application/hl7-v2",
+            render=render,
+        )
+    )

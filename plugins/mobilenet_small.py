@@ -46,12 +46,19 @@ def build(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
 
 @hookimpl
 def register_models(register: Callable[[ModelSpec], None]) -> None:
-    register(ModelSpec(
-        name="mobilenet_small",
-        description="MobileNetV2-style inverted residuals with depthwise convolutions (~0.3 M parameters).",
-        build=build,
-        input_size=(128, 128),
-        defaults=TrainingDefaults(epochs=30, batch_size=32, learning_rate=2e-3, early_stopping_patience=10,
-                                  preprocessing_steps=("center_crop",),
-                                  augmentation=Augmentation(rotation_degrees=180.0, vertical_flip=True)),
-    ))
+    register(
+        ModelSpec(
+            name="mobilenet_small",
+            description="MobileNetV2-style inverted residuals with depthwise convolutions (~0.3 M parameters).",
+            build=build,
+            input_size=(128, 128),
+            defaults=TrainingDefaults(
+                epochs=30,
+                batch_size=32,
+                learning_rate=2e-3,
+                early_stopping_patience=10,
+                preprocessing_steps=("center_crop",),
+                augmentation=Augmentation(rotation_degrees=180.0, vertical_flip=True),
+            ),
+        )
+    )

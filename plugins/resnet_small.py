@@ -42,18 +42,25 @@ def build(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
 
 @hookimpl
 def register_models(register: Callable[[ModelSpec], None]) -> None:
-    register(ModelSpec(
-        name="resnet_small",
-        description="Small residual network: stem + 4 basic residual blocks (~1.8 M parameters).",
-        build=build,
-        input_size=(128, 128),
-        defaults=TrainingDefaults(epochs=30, batch_size=32, learning_rate=1e-3, early_stopping_patience=10,
-                                  preprocessing_steps=("center_crop",),
-                                  augmentation=Augmentation(rotation_degrees=180.0, vertical_flip=True),
-                                  # trained on every flip and turn, so each of these views is a cell it knows
-                                  test_time_views=("identity", "flip_horizontal", "flip_vertical", "rotate_180"),
-                                  # the other three only where one look leaves it unsure: on both datasets'
-                                  # validation splits the same accuracy and coverage as always asking them,
-                                  # with 20-31% of cells asked
-                                  view_gate=0.999),
-    ))
+    register(
+        ModelSpec(
+            name="resnet_small",
+            description="Small residual network: stem + 4 basic residual blocks (~1.8 M parameters).",
+            build=build,
+            input_size=(128, 128),
+            defaults=TrainingDefaults(
+                epochs=30,
+                batch_size=32,
+                learning_rate=1e-3,
+                early_stopping_patience=10,
+                preprocessing_steps=("center_crop",),
+                augmentation=Augmentation(rotation_degrees=180.0, vertical_flip=True),
+                # trained on every flip and turn, so each of these views is a cell it knows
+                test_time_views=("identity", "flip_horizontal", "flip_vertical", "rotate_180"),
+                # the other three only where one look leaves it unsure: on both datasets'
+                # validation splits the same accuracy and coverage as always asking them,
+                # with 20-31% of cells asked
+                view_gate=0.999,
+            ),
+        )
+    )

@@ -46,12 +46,19 @@ def build(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
 
 @hookimpl
 def register_models(register: Callable[[ModelSpec], None]) -> None:
-    register(ModelSpec(
-        name="vit_small",
-        description="Small Vision Transformer: 16x16 patches, 6 blocks of width 128 (~0.9 M parameters).",
-        build=build,
-        input_size=(128, 128),
-        defaults=TrainingDefaults(epochs=40, batch_size=32, learning_rate=5e-4, early_stopping_patience=12,
-                                  preprocessing_steps=("center_crop",),
-                                  augmentation=Augmentation(rotation_degrees=180.0, vertical_flip=True)),
-    ))
+    register(
+        ModelSpec(
+            name="vit_small",
+            description="Small Vision Transformer: 16x16 patches, 6 blocks of width 128 (~0.9 M parameters).",
+            build=build,
+            input_size=(128, 128),
+            defaults=TrainingDefaults(
+                epochs=40,
+                batch_size=32,
+                learning_rate=5e-4,
+                early_stopping_patience=12,
+                preprocessing_steps=("center_crop",),
+                augmentation=Augmentation(rotation_degrees=180.0, vertical_flip=True),
+            ),
+        )
+    )

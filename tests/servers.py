@@ -21,8 +21,8 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import func, select
 
-from bloodcell_core import db
 from bloodcell_core.config import Settings
+from bloodcell_core.service import db
 
 
 def free_port() -> int:
@@ -56,9 +56,21 @@ class RedisServer:
         assert binary, "redis-server is missing: run scripts/install-services"
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--save", ""],
-            stdout=open(self.directory / "redis.log", "ab"), stderr=subprocess.STDOUT,
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--save",
+                "",
+            ],
+            stdout=open(self.directory / "redis.log", "ab"),
+            stderr=subprocess.STDOUT,
         )
         wait_port(self.port)
         return self
@@ -105,8 +117,17 @@ class PostgresServer:
 
     def resume(self) -> "PostgresServer":
         """Start the server on its existing data directory (after ``stop``)."""
-        self._run(_pg_bin("pg_ctl"), "-D", str(self.directory / "data"), "-l", str(self.directory / "postgres.log"),
-                  "-w", "start", "-o", f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory}")
+        self._run(
+            _pg_bin("pg_ctl"),
+            "-D",
+            str(self.directory / "data"),
+            "-l",
+            str(self.directory / "postgres.log"),
+            "-w",
+            "start",
+            "-o",
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory}",
+        )
         return self
 
     def create_database(self, name: str) -> str:
@@ -130,8 +151,12 @@ class Stack:
 
     def start_worker(self, name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(Path(self.env["BLOODCELL_HOME"]) / f"{name}.log", "ab")
-        process = subprocess.Popen([str(Path(sys.executable).parent / "bloodcell"), "worker", "--name", name],
-                                   env={**os.environ, **self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "bloodcell"), "worker", "--name", name],
+            env={**os.environ, **self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         self.workers.append(process)
         self.wait_for_workers(len(self.workers))
         return process
@@ -161,7 +186,7 @@ class Stack:
         self.workers.clear()
 
     def client(self):
-        from bloodcell_core.client import Client
+        from bloodcell_core.clients.local import Client
 
         return Client(self.settings)
 

@@ -14,9 +14,9 @@ from celery import Celery  # noqa: E402
 from celery.signals import worker_init  # noqa: E402
 
 from bloodcell_core.config import Settings  # noqa: E402
-from bloodcell_core.db import DatabaseNotMigrated, require_migrated  # noqa: E402
-from bloodcell_core.queues import CLASSIFY_QUEUE, TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues  # noqa: E402
-from bloodcell_core.service import ensure_production_model  # noqa: E402
+from bloodcell_core.service.db import DatabaseNotMigrated, require_migrated  # noqa: E402
+from bloodcell_core.service.queues import CLASSIFY_QUEUE, TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues  # noqa: E402
+from bloodcell_core.service.versions import ensure_production_model  # noqa: E402
 
 settings = Settings.from_env()
 app = Celery("bloodcell", broker=settings.broker_url, backend=settings.result_backend, include=["workers.tasks"])
@@ -68,4 +68,3 @@ def check_database(**_) -> None:
         print(f"bloodcell worker refuses to start: {exc}", file=sys.stderr, flush=True)
         os._exit(2)  # Celery logs and swallows exceptions raised in signal handlers
     ensure_production_model(settings)
-

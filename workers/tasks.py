@@ -12,10 +12,15 @@ from celery.signals import worker_process_init
 from redis import Redis
 from sqlalchemy.exc import OperationalError
 
-from bloodcell_core import promotion, service, webhooks
-from bloodcell_core.db import ModelVersion
-from bloodcell_core.inference import Classifier
-from bloodcell_core.queues import WEBHOOK_QUEUE
+from bloodcell_core.ml.serving import Classifier
+from bloodcell_core.service import classification, promotion, webhooks
+from bloodcell_core.service.db import session_scope
+from bloodcell_core.service.models import ModelVersion
+from bloodcell_core.service.queues import WEBHOOK_QUEUE
+from bloodcell_core.service.samples import mark_sample_failed
+from bloodcell_core.service.states import DeliveryStatus
+from bloodcell_core.service.training_runs import run_training
+from bloodcell_core.service.versions import load_classifier, production_version
 from workers.app import app, settings
 
 log = logging.getLogger(__name__)
@@ -35,18 +40,16 @@ def classifier_for(version: ModelVersion) -> Classifier:
         log.info("loading model %s from %s", version.version, version.artifact_path)
         while len(_models) >= MODELS_IN_MEMORY:
             _models.pop(next(iter(_models)))  # the least recently loaded
-        _models[version.version] = service.load_classifier(version)
+        _models[version.version] = load_classifier(version)
     return _models[version.version]
 
 
 @worker_process_init.connect
 def load_production_model(**_) -> None:
     """Load the model in each freshly forked process, so the first sample does not wait for it."""
-    from bloodcell_core.db import session_scope
-
     try:
         with session_scope(settings.database_url) as session:
-            version = service.production_version(session)
+            version = production_version(session)
             session.expunge(version)
         classifier_for(version)
     except Exception:  # the first task will load it, or report why it cannot
@@ -76,15 +79,14 @@ def count_delivery(task: Task) -> int:
     return int(count)
 
 
-@app.task(bind=True, name="bloodcell.classify_sample", autoretry_for=TRANSIENT, retry_backoff=2,
-          retry_backoff_max=60, max_retries=8)
+@app.task(bind=True, name="bloodcell.classify_sample", autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=8)
 def classify_sample(self: Task, sample_pk: int) -> dict:
     deliveries = count_delivery(self)
     if deliveries > MAX_DELIVERIES:
         error = f"gave up after {MAX_DELIVERIES} deliveries that did not finish (a worker died each time)"
-        service.mark_sample_failed(settings, sample_pk, error, worker_name(self))
+        mark_sample_failed(settings, sample_pk, error, worker_name(self))
         raise Reject(error, requeue=False)
-    report = service.classify_sample(settings, sample_pk, classifier_for, worker_name(self))
+    report = classification.classify_sample(settings, sample_pk, classifier_for, worker_name(self))
     for delivery_id in webhooks.pending_deliveries(settings, sample_pk):  # recorded with the report
         deliver_webhook.apply_async(args=[delivery_id], queue=WEBHOOK_QUEUE)
     if settings.shadow:
@@ -99,30 +101,44 @@ def classify_sample(self: Task, sample_pk: int) -> dict:
 def deliver_webhook(self: Task, delivery_id: int) -> str:
     """POST one event; retried with exponential backoff up to BLOODCELL_WEBHOOK_ATTEMPTS attempts."""
     if webhooks.attempt_delivery(settings, delivery_id):
-        return "delivered"
+        return DeliveryStatus.DELIVERED
     if self.request.retries + 1 >= settings.webhook_attempts:
         webhooks.mark_failed(settings, delivery_id)
-        return "failed"
+        return DeliveryStatus.FAILED
     raise self.retry(countdown=min(WEBHOOK_BACKOFF_S * 2**self.request.retries, 3600))
 
 
 @app.task(bind=True, name="bloodcell.classify_image", autoretry_for=TRANSIENT, retry_backoff=2, max_retries=8)
 def classify_image(self: Task, image_sha256: str) -> dict:
     """One stored image, without a sample: the prediction is persisted and returned."""
-    return service.classify_image(settings, image_sha256, classifier_for, worker_name(self))
+    return classification.classify_image(settings, image_sha256, classifier_for, worker_name(self))
 
 
-@app.task(bind=True, name="bloodcell.retrain", autoretry_for=TRANSIENT, retry_backoff=10, max_retries=3,
-          soft_time_limit=2 * 3600 - 300, time_limit=2 * 3600 - 60)
+@app.task(
+    bind=True,
+    name="bloodcell.retrain",
+    autoretry_for=TRANSIENT,
+    retry_backoff=10,
+    max_retries=3,
+    soft_time_limit=2 * 3600 - 300,
+    time_limit=2 * 3600 - 60,
+)
 def retrain(self: Task, run_id: int) -> str:
     if count_delivery(self) > MAX_DELIVERIES:
         raise Reject(f"training run {run_id} abandoned after {MAX_DELIVERIES} deliveries", requeue=False)
-    candidate = service.run_training(settings, run_id, worker_name(self))
+    candidate = run_training(settings, run_id, worker_name(self))
     promotion.evaluate_for_gate(settings, candidate, worker_name(self))
     return candidate
 
 
-@app.task(bind=True, name="bloodcell.evaluate_version", autoretry_for=TRANSIENT, retry_backoff=10, max_retries=3,
-          soft_time_limit=3600, time_limit=3700)
+@app.task(
+    bind=True,
+    name="bloodcell.evaluate_version",
+    autoretry_for=TRANSIENT,
+    retry_backoff=10,
+    max_retries=3,
+    soft_time_limit=3600,
+    time_limit=3700,
+)
 def evaluate_version(self: Task, version: str, set_name: str) -> dict:
     return promotion.evaluate_on_set(settings, version, set_name, worker_name(self))

@@ -1,0 +1,1 @@
+"""The `bloodcell` command line (``main.cli``) and the embedded local stack it runs (``stack``)."""

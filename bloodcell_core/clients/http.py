@@ -1,0 +1,78 @@
+"""The HTTP API's Python client, for programs on other machines than the database and Redis.
+
+    from bloodcell_core.clients.http import HttpClient
+    api = HttpClient("http://bloodcell.lab:8000", token)
+    api.submit("S-2026-0001", [("cell1.jpg", data1)], idempotency_key="order-4711")
+    report = api.wait("S-2026-0001")
+    fhir_bundle = api.export("S-2026-0001", "fhir-r4")
+
+It offers the methods of the in-process ``Client`` that the CLI uses, so the CLI can talk to either;
+their ``actor`` arguments are ignored here: the API records the token's client as the actor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from bloodcell_core.clients.waiting import wait_until_classified
+from bloodcell_core.service.receipts import Submission
+
+
+class HttpApiError(RuntimeError):
+    def __init__(self, status_code: int, detail: Any) -> None:
+        super().__init__(f"HTTP {status_code}: {detail}")
+        self.status_code, self.detail = status_code, detail
+
+
+class HttpClient:
+    def __init__(self, base_url: str, token: str, timeout: float = 120) -> None:
+        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout, headers={"Authorization": f"Bearer {token}"})
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise HttpApiError(response.status_code, detail)
+        return response
+
+    def submit(
+        self, accession_id: str, images: list[tuple[str, bytes]], actor: str = "", idempotency_key: str | None = None
+    ) -> Submission:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        files = [("images", (name, data, "application/octet-stream")) for name, data in images]
+        body = self._request("POST", "/v1/samples", data={"accession_id": accession_id}, files=files, headers=headers).json()
+        return Submission(None, body["sample_id"], body["new_cells"], body["status"], body["n_cells"], body["replayed"])
+
+    def report(self, accession_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/samples/{accession_id}").json()
+
+    def wait(self, accession_id: str, timeout: float = 600, poll: float = 0.5) -> dict[str, Any]:
+        """Poll until the sample reaches done, needs_review or failed."""
+        return wait_until_classified(self.report, accession_id, timeout, poll)
+
+    def cells(self, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
+        return self._request("GET", f"/v1/samples/{accession_id}/cells", params={"needs_review": str(needs_review).lower()}).json()
+
+    def export(self, accession_id: str, format_name: str) -> str:
+        return self._request("GET", f"/v1/samples/{accession_id}/export/{format_name}").text
+
+    def review_queue(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/review", params={"limit": limit}).json()
+
+    def relabel(self, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str, actor: str = "") -> dict[str, Any]:
+        return self._request(
+            "POST",
+            f"/v1/samples/{accession_id}/cells/{image_sha256}/label",
+            json={"label": label, "reviewer": reviewer, "reason": reason},
+        ).json()
+
+    def sign_off(self, accession_id: str, reviewer: str, comment: str = "", actor: str = "") -> dict[str, Any]:
+        return self._request("POST", f"/v1/samples/{accession_id}/sign-off", json={"reviewer": reviewer, "comment": comment}).json()
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/models").json()["versions"]

@@ -1,0 +1,168 @@
+"""The producer's Python client: submit samples and single images, read reports, request retraining.
+
+    from bloodcell_core.clients.local import Client
+    client = Client()                                   # settings from BLOODCELL_* variables
+    client.submit("S-2026-0001", [("cell1.jpg", data1), ("cell2.jpg", data2)])
+    report = client.wait("S-2026-0001", timeout=300)
+
+Tasks are sent by name, so producers need neither the workers' code nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from bloodcell_core.clients.waiting import wait_until_classified
+from bloodcell_core.config import Settings
+from bloodcell_core.service import promotion, review, webhooks
+from bloodcell_core.service.db import require_migrated, session_scope
+from bloodcell_core.service.queues import TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues
+from bloodcell_core.service.receipts import Submission
+from bloodcell_core.service.samples import find_sample, get_report
+from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, ModelStatus
+from bloodcell_core.service.submission import store_image, submit_sample
+from bloodcell_core.service.training_runs import FINAL_TRAINING_RUN_STATUSES, create_training_run, training_run_status
+from bloodcell_core.service.versions import list_versions, register_model_version
+
+log = logging.getLogger(__name__)
+class Client:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self.settings.validate()
+        require_migrated(self.settings.database_url)
+        self._celery = Celery("bloodcell-producer", broker=self.settings.broker_url, backend=self.settings.result_backend)
+        self._celery.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json", task_queues=task_queues())
+
+    def _send(self, name: str, args: list[Any], queue: str):
+        return self._celery.send_task(name, args=args, queue=queue)
+
+    def submit(
+        self,
+        accession_id: str,
+        images: list[tuple[str, bytes]],
+        actor: str = "client",
+        stored: list[tuple[str, str]] = (),
+        client_id: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Submission:
+        """Store and enqueue a sample; resubmitting the same sample and images enqueues nothing new.
+
+        ``stored``: (name, sha256) of images already in the store. ``idempotency_key`` (with the API
+        client's id): a retry with the same key returns the first submission's sample, and queues its
+        classification again if it has not finished (the first attempt may have failed to reach Redis).
+        """
+        submission = submit_sample(self.settings, accession_id, images, actor, stored, client_id, idempotency_key)
+        if submission.new_cells or submission.status not in FINAL_SAMPLE_STATUSES:
+            self._send("bloodcell.classify_sample", [submission.sample_pk], self.settings.classify_queue)
+        return submission
+
+    def report(self, accession_id: str) -> dict[str, Any]:
+        return get_report(self.settings, accession_id)
+
+    def cells(self, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
+        return review.get_cells(self.settings, accession_id, needs_review)
+
+    def export(self, accession_id: str, format_name: str) -> str:
+        from bloodcell_core.service.exports import export_sample
+
+        return export_sample(self.settings, accession_id, format_name)[1]
+
+    def review_queue(self, limit: int = 100) -> list[dict[str, Any]]:
+        return review.review_queue(self.settings, limit)
+
+    def relabel(
+        self, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str, actor: str = "client"
+    ) -> dict[str, Any]:
+        report = review.relabel_cell(self.settings, accession_id, image_sha256, label, reviewer, reason, actor)
+        self._send_webhooks(accession_id)
+        return report
+
+    def sign_off(self, accession_id: str, reviewer: str, comment: str = "", actor: str = "client") -> dict[str, Any]:
+        """Release the report (final, or amended after a change) and tell the client's webhook."""
+        report = review.sign_off(self.settings, accession_id, reviewer, comment, actor)
+        self._send_webhooks(accession_id)
+        return report
+
+    def _send_webhooks(self, accession_id: str) -> None:
+        """Hand the sample's pending webhook deliveries to the webhook queue.
+
+        The change is committed already: a broker error here is logged, not raised, and the delivery
+        stays pending in the database until the sample's next event sends it.
+        """
+        with session_scope(self.settings.database_url) as session:
+            sample_pk = find_sample(session, accession_id).id
+        try:
+            for delivery_id in webhooks.pending_deliveries(self.settings, sample_pk):
+                self._send("bloodcell.deliver_webhook", [delivery_id], WEBHOOK_QUEUE)
+        except Exception:
+            log.exception("could not queue the webhook deliveries of sample %s", accession_id)
+
+    def readiness(self, timeout: float = 1.0) -> dict[str, Any]:
+        """Whether the database (migrated), Redis and at least one worker answer; details go to the log."""
+        checks: dict[str, Any] = {"database": "ok", "redis": "ok", "workers": []}
+        try:
+            require_migrated(self.settings.database_url)
+        except Exception:
+            log.exception("readiness: database")
+            checks["database"] = "unavailable"
+        try:
+            replies = self._celery.control.ping(timeout=timeout) or []
+            checks["workers"] = sorted(name for reply in replies for name in reply)
+        except Exception:
+            log.exception("readiness: redis")
+            checks["redis"] = "unavailable"
+        checks["ready"] = checks["database"] == checks["redis"] == "ok" and bool(checks["workers"])
+        return checks
+
+    def wait(self, accession_id: str, timeout: float = 600, poll: float = 0.2) -> dict[str, Any]:
+        """Poll until the sample reaches done, needs_review or failed."""
+        return wait_until_classified(self.report, accession_id, timeout, poll)
+
+    def classify_image(self, data: bytes, timeout: float = 60) -> dict[str, Any]:
+        """Classify one image through the queue and wait for its result."""
+        sha256 = store_image(self.settings, data)
+        return self._send("bloodcell.classify_image", [sha256], self.settings.classify_queue).get(timeout=timeout)
+
+    def retrain(self, plugin: str, data_dir: str, parameters: dict[str, Any], actor: str = "client") -> int:
+        """Queue a retraining run on the training queue; returns the run id."""
+        run_id = create_training_run(self.settings, plugin, data_dir, parameters, actor)
+        self._send("bloodcell.retrain", [run_id], TRAIN_QUEUE)
+        return run_id
+
+    def wait_training(self, run_id: int, timeout: float = 7200, poll: float = 1.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = training_run_status(self.settings, run_id)
+            if status["status"] in FINAL_TRAINING_RUN_STATUSES:
+                return status
+            time.sleep(poll)
+        raise TimeoutError(f"training run {run_id} not finished after {timeout:.0f} s")
+
+    def evaluate(self, version: str, set_name: str, timeout: float = 3600) -> dict[str, Any]:
+        """Score VERSION on a registered evaluation set, through the training queue."""
+        return self._send("bloodcell.evaluate_version", [version, set_name], TRAIN_QUEUE).get(timeout=timeout)
+
+    def register(self, model_dir: str, actor: str = "client") -> str:
+        """Register a model directory as a candidate version (a new version if its weights or calibration changed)."""
+        with session_scope(self.settings.database_url) as session:
+            return register_model_version(session, Path(model_dir), ModelStatus.CANDIDATE, actor).version
+
+    def register_evaluation_set(self, name: str, data_dir: str, actor: str = "client") -> dict[str, Any]:
+        return promotion.register_evaluation_set(self.settings, name, data_dir, actor)
+
+    def shadow_report(self, version: str) -> dict[str, Any]:
+        return promotion.shadow_report(self.settings, version)
+
+    def models(self) -> list[dict[str, Any]]:
+        with session_scope(self.settings.database_url) as session:
+            return list_versions(session)
+
+    def promote(self, version: str, actor: str = "client", force: bool = False, reason: str = "") -> str:
+        """Make VERSION production if it passes the promotion gate (or ``force`` with a reason, audited)."""
+        with session_scope(self.settings.database_url) as session:
+            return promotion.promote(session, self.settings, version, actor, force, reason).version

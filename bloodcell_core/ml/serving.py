@@ -1,0 +1,43 @@
+"""The machine-learning side's public API for the service: everything `bloodcell_core.service` may use.
+
+The service imports nothing else from `bloodcell_core.ml` (a test reads the imports). Importing this
+module does not import Keras or TensorFlow, so producers stay light: Keras loads when a classifier
+is built (``Classifier.from_dir``) or a model is trained (``train``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bloodcell_core.ml.artifacts import ArtifactError, read_metadata, version_id
+from bloodcell_core.ml.dataset import index_dataset, list_class_files
+from bloodcell_core.ml.evaluation import evaluate
+from bloodcell_core.ml.image_header import ImageDecodeError, image_dimensions
+from bloodcell_core.ml.inference import CellPrediction, Classifier, served_views
+from bloodcell_core.ml.ood import FALLBACK_REVIEW_THRESHOLD, UNFAMILIAR_REASON, review_reasons
+
+__all__ = [
+    "ArtifactError",
+    "CellPrediction",
+    "Classifier",
+    "FALLBACK_REVIEW_THRESHOLD",
+    "ImageDecodeError",
+    "UNFAMILIAR_REASON",
+    "evaluate",
+    "image_dimensions",
+    "index_dataset",
+    "list_class_files",
+    "read_metadata",
+    "review_reasons",
+    "served_views",
+    "train",
+    "version_id",
+]
+
+
+def train(model_name: str, data_dir: Path | str, out_dir: Path | str, **options: Any) -> Path:
+    """``bloodcell_core.ml.training.train``, imported on first use: it imports Keras."""
+    from bloodcell_core.ml.training import train as train_model
+
+    return train_model(model_name, data_dir, out_dir, **options)

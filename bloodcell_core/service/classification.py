@@ -1,0 +1,127 @@
+"""Classification of a sample's cells (or one image) by the production model, persisted once per version."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bloodcell_core.config import Settings
+from bloodcell_core.service import webhooks
+from bloodcell_core.service.audit_log import record_event
+from bloodcell_core.service.db import insert_new, session_scope
+from bloodcell_core.service.errors import NotFound
+from bloodcell_core.service.image_store import image_store
+from bloodcell_core.service.models import ModelVersion, Prediction, Sample
+from bloodcell_core.service.samples import build_report
+from bloodcell_core.service.states import SampleStatus
+from bloodcell_core.service.versions import production_version
+
+if TYPE_CHECKING:
+    from bloodcell_core.ml.serving import Classifier
+
+
+def prediction_row(image_sha256: str, version_id: int, result: Any, worker: str) -> dict[str, Any]:
+    """A ``predictions`` row from an inference.Prediction."""
+    return {
+        "image_sha256": image_sha256,
+        "model_version_id": version_id,
+        "label": result.label,
+        "confidence": result.confidence,
+        "probabilities": result.probabilities,
+        "preprocess_ms": result.preprocess_ms,
+        "predict_ms": result.predict_ms,
+        "ood_score": result.ood_score,
+        "worker": worker,
+    }
+
+
+def insert_predictions(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Bulk insert predictions; a row that already exists (redelivered task) is left as it is."""
+    insert_new(session, Prediction, rows, key=["image_sha256", "model_version_id"])
+
+
+def classify_sample(
+    settings: Settings, sample_pk: int, classifier_for: Callable[[ModelVersion], "Classifier"], worker: str
+) -> dict[str, Any]:
+    """Classify every cell of a sample that has no prediction by the production model yet; write the report."""
+    store = image_store(settings)
+    with session_scope(settings.database_url) as session:
+        sample = session.get(Sample, sample_pk)
+        if sample is None:
+            raise NotFound(f"no sample with id {sample_pk}")
+        sample.status = SampleStatus.RUNNING
+        version = production_version(session)
+        version_id = version.id
+    classifier = classifier_for(version)
+
+    with session_scope(settings.database_url) as session:
+        sample = session.get(Sample, sample_pk, with_for_update=True)  # a concurrent review waits for the report
+        cells = list(sample.cells)
+        done = set(
+            session.scalars(
+                select(Prediction.image_sha256).where(
+                    Prediction.model_version_id == version_id,
+                    Prediction.image_sha256.in_([c.image_sha256 for c in cells]),
+                )
+            )
+        )
+        stored = store.get_many(session, [c.image_sha256 for c in cells if c.image_sha256 not in done])
+        todo, images = [], []
+        for cell in cells:
+            if cell.image_sha256 in done:
+                continue
+            if cell.image_sha256 in stored:
+                images.append((cell.name, stored[cell.image_sha256]))
+                todo.append(cell)
+            else:
+                cell.status, cell.error = "failed", store.missing_message(cell.image_sha256)
+        results = classifier.classify(images)
+        rows = []
+        for cell, result in zip(todo, results):
+            if result.error is not None:
+                cell.status, cell.error = "failed", result.error
+                continue
+            cell.status, cell.error = "done", None
+            rows.append(prediction_row(cell.image_sha256, version_id, result, worker))
+        insert_predictions(session, rows)
+        for cell in cells:
+            if cell.image_sha256 in done:
+                cell.status, cell.error = "done", None
+        report = build_report(session, settings, sample, version_id)
+        record_event(
+            session,
+            worker,
+            "sample.classified",
+            sample.accession_id,
+            status=sample.status,
+            model_version=version.version,
+            newly_classified=len(rows),
+        )
+        webhooks.queue_event(session, sample, "sample.classified")
+        return report
+
+
+def classify_image(
+    settings: Settings, image_sha256: str, classifier_for: Callable[[ModelVersion], "Classifier"], worker: str
+) -> dict[str, Any]:
+    """Classify one stored image with the production model; the prediction is persisted once."""
+    store = image_store(settings)
+    with session_scope(settings.database_url) as session:
+        version = production_version(session)
+        stored = select(Prediction).where(Prediction.image_sha256 == image_sha256, Prediction.model_version_id == version.id)
+        existing = session.scalar(stored)
+        if existing is None:
+            result = classifier_for(version).classify_one(store.get(session, image_sha256), name=image_sha256)
+            if result.error is not None:
+                return {"image_sha256": image_sha256, "error": result.error, "model_version": version.version}
+            insert_predictions(session, [prediction_row(image_sha256, version.id, result, worker)])
+            existing = session.scalar(stored)  # this insert's row, or a concurrent worker's
+        return {
+            "image_sha256": image_sha256,
+            "label": existing.label,
+            "confidence": existing.confidence,
+            "probabilities": existing.probabilities,
+            "model_version": version.version,
+        }

@@ -1,0 +1,95 @@
+"""Database engines, sessions and migrations (the tables are in ``models.py``)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import cache
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import (
+    create_engine,
+    event,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from bloodcell_core.config import PROJECT_ROOT
+from bloodcell_core.service.models import Base
+
+MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+
+
+class DatabaseNotMigrated(RuntimeError):
+    pass
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers (the LIMS) do not block the writing worker
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def insert_new(session: Session, model: type[Base], rows: list[dict[str, Any]], key: list[str]) -> None:
+    """Bulk insert; a row whose KEY exists already (a redelivery, a concurrent submission) is left as it is."""
+    if not rows:
+        return
+    dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    session.execute(dialect_insert(model).on_conflict_do_nothing(index_elements=key), rows)
+
+
+@cache
+def get_engine(url: str) -> Engine:
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+@contextmanager
+def session_scope(url: str) -> Iterator[Session]:
+    """A transaction: committed when the block ends, rolled back on an exception."""
+    session = sessionmaker(get_engine(url), expire_on_commit=False)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+def alembic_config(url: str):
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str) -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")
+
+
+def require_migrated(url: str) -> None:
+    """Refuse to run against a database whose schema is not at the latest migration."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+    with get_engine(url).connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current != head:
+        raise DatabaseNotMigrated(
+            f"the database {get_engine(url).url.render_as_string(hide_password=True)} is at migration "
+            f"{current or 'none (empty)'}, this bloodcell needs {head}: run `bloodcell db upgrade`"
+        )

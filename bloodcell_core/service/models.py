@@ -1,0 +1,248 @@
+"""Database models (SQLAlchemy 2): the tables a LIMS reads. The schema is created only by Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, event
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+from bloodcell_core.service.states import CellStatus, DeliveryStatus, ModelStatus, ReportStatus, SampleStatus, TrainingRunStatus
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """A timestamp that reads back timezone-aware in UTC: SQLite stores none and returns naive values."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class ApiClient(Base):
+    """A system (LIMS) or person calling the HTTP API. Only the token's sha256 is stored."""
+
+    __tablename__ = "api_clients"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    token_prefix: Mapped[str] = mapped_column(String(16))  # to recognise a token in logs without revealing it
+    scopes: Mapped[list[Any]]
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))  # HMAC key; the server must hold it to sign
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Sample(Base):
+    """A blood sample from the LIMS: many cell images, one report."""
+
+    __tablename__ = "samples"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    accession_id: Mapped[str] = mapped_column(String(128), unique=True, index=True)
+    status: Mapped[str] = mapped_column(String(16), default=SampleStatus.QUEUED, index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"))  # whose webhook hears of it
+    report_status: Mapped[str] = mapped_column(String(16), default=ReportStatus.PRELIMINARY)
+    signed_off_by: Mapped[str | None] = mapped_column(String(255))
+    signed_off_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    cells: Mapped[list["SampleImage"]] = relationship(back_populates="sample", order_by="SampleImage.id")
+    report: Mapped["SampleReport | None"] = relationship(back_populates="sample")
+
+
+class Image(Base):
+    """Image bytes are addressed by their sha256; ``content`` is set only by the database image store."""
+
+    __tablename__ = "images"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    n_bytes: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SampleImage(Base):
+    """One cell image of a sample, with the outcome of its classification."""
+
+    __tablename__ = "sample_images"
+    __table_args__ = (UniqueConstraint("sample_id", "image_sha256"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"))
+    name: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(16), default=CellStatus.QUEUED)
+    error: Mapped[str | None] = mapped_column(Text)
+    sample: Mapped[Sample] = relationship(back_populates="cells")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version: Mapped[str] = mapped_column(String(128), unique=True)
+    plugin: Mapped[str] = mapped_column(String(128))
+    artifact_path: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16), default=ModelStatus.CANDIDATE, index=True)
+    classes: Mapped[list[Any]]
+    metrics: Mapped[dict[str, Any]]
+    data_fingerprint: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Prediction(Base):
+    """A model version's output for one image; unique per (image, model version), so redelivery adds nothing."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("image_sha256", "model_version_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    label: Mapped[str] = mapped_column(String(64))
+    confidence: Mapped[float] = mapped_column(Float)
+    probabilities: Mapped[dict[str, Any]]
+    preprocess_ms: Mapped[float] = mapped_column(Float)
+    predict_ms: Mapped[float] = mapped_column(Float)
+    ood_score: Mapped[float | None] = mapped_column(Float)  # distance from the training images; None: no scorer
+    worker: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SampleReport(Base):
+    __tablename__ = "sample_reports"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), unique=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    n_cells: Mapped[int] = mapped_column(Integer)
+    n_classified: Mapped[int] = mapped_column(Integer)
+    n_failed: Mapped[int] = mapped_column(Integer)
+    counts: Mapped[dict[str, Any]]
+    percent: Mapped[dict[str, Any]]
+    blast_count: Mapped[int] = mapped_column(Integer)
+    blast_percent: Mapped[float] = mapped_column(Float)
+    blast_flag: Mapped[bool] = mapped_column(Boolean)
+    review_threshold: Mapped[float] = mapped_column(Float)
+    ood_threshold: Mapped[float | None] = mapped_column(Float)  # cells above it are unlike the training images
+    n_unfamiliar: Mapped[int] = mapped_column(Integer, default=0)
+    flags: Mapped[list[Any]] = mapped_column(JSON, default=list)  # blasts, immature_cells, unfamiliar_images
+    needs_review: Mapped[list[Any]]  # cells under the review threshold or unfamiliar, each with its reasons
+    failed: Mapped[list[Any]]  # {"name", "error"} of cells that could not be classified
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    sample: Mapped[Sample] = relationship(back_populates="report")
+
+
+class TrainingRun(Base):
+    __tablename__ = "training_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    plugin: Mapped[str] = mapped_column(String(128))
+    data_dir: Mapped[str] = mapped_column(String(1024))
+    parameters: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default=TrainingRunStatus.QUEUED)
+    error: Mapped[str | None] = mapped_column(Text)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class IdempotencyKey(Base):
+    """An Idempotency-Key header seen from a client: a retry returns the same sample."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("client_id", "key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("api_clients.id"))
+    key: Mapped[str] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))  # the same key with another request is refused
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CellReview(Base):
+    """A technologist's label for one cell of a sample; the latest per cell counts. Also training data."""
+
+    __tablename__ = "cell_reviews"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
+    previous_label: Mapped[str | None] = mapped_column(String(64))
+    label: Mapped[str] = mapped_column(String(64))
+    reviewer: Mapped[str] = mapped_column(String(255))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one client's webhook, with the outcome of its latest attempt."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("api_clients.id"), index=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
+    event: Mapped[str] = mapped_column(String(64))
+    url: Mapped[str] = mapped_column(String(2048))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class EvaluationSet(Base):
+    """A fixed folder-per-class dataset that candidates and the production model are compared on."""
+
+    __tablename__ = "evaluation_sets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    data_dir: Mapped[str] = mapped_column(String(1024))
+    fingerprint: Mapped[str] = mapped_column(String(64))  # of the images: a changed folder is refused
+    n_images: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ModelEvaluation(Base):
+    """One model version's scores on one evaluation set (the images it never trained on)."""
+
+    __tablename__ = "model_evaluations"
+    __table_args__ = (UniqueConstraint("model_version_id", "evaluation_set_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    evaluation_set_id: Mapped[int] = mapped_column(ForeignKey("evaluation_sets.id"))
+    n: Mapped[int] = mapped_column(Integer)
+    accuracy: Mapped[float] = mapped_column(Float)
+    macro_f1: Mapped[float] = mapped_column(Float)
+    ece: Mapped[float] = mapped_column(Float)
+    images_digest: Mapped[str] = mapped_column(String(64))  # sha256 over the scored images' hashes
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEvent(Base):
+    """Append-only: rows are only ever inserted (updates and deletes raise)."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(255))
+    details: Mapped[dict[str, Any]]
+
+
+@event.listens_for(AuditEvent, "before_update")
+@event.listens_for(AuditEvent, "before_delete")
+def _audit_log_is_append_only(mapper, connection, target) -> None:
+    raise PermissionError("the audit log is append-only")

@@ -1,0 +1,15 @@
+"""What a submission returns to its producer; light enough for the HTTP client to import."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Submission:
+    sample_pk: int | None  # None where the submission went through the HTTP API
+    accession_id: str
+    new_cells: int  # 0 when the same sample and images were submitted before
+    status: str
+    n_cells: int = 0
+    replayed: bool = False  # an Idempotency-Key seen before: the earlier submission's sample

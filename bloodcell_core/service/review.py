@@ -1,0 +1,217 @@
+"""Technologist review: per-cell results, relabelling with an audit trail, sign-off, reviewed labels as training data."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import PIL.Image
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bloodcell_core.config import Settings
+from bloodcell_core.ml.serving import list_class_files
+from bloodcell_core.service import webhooks
+from bloodcell_core.service.audit_log import record_event
+from bloodcell_core.service.db import session_scope
+from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
+from bloodcell_core.service.image_store import image_store
+from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample
+from bloodcell_core.service.samples import (
+    build_report,
+    cell_review_reasons,
+    find_sample,
+    latest_reviews,
+    report_row,
+    version_predictions,
+)
+from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, CellStatus, ReportStatus, SampleStatus
+
+
+def _report_version(session: Session, sample: Sample) -> ModelVersion:
+    report = report_row(session, sample)
+    if report is None:
+        raise Conflict(f"sample {sample.accession_id!r} is not classified yet (status {sample.status})")
+    return session.get(ModelVersion, report.model_version_id)
+
+
+def cell_results(session: Session, sample: Sample) -> list[dict[str, Any]]:
+    """Every cell of a sample: the model's label and confidence, a reviewer's label, the label that counts."""
+    report = report_row(session, sample)
+    predictions = (
+        {} if report is None else version_predictions(session, report.model_version_id, [c.image_sha256 for c in sample.cells])
+    )
+    reviews = latest_reviews(session, sample.id)
+    threshold = report.review_threshold if report is not None else 1.0
+    unfamiliar_above = report.ood_threshold if report is not None else None
+    rows = []
+    for cell in sample.cells:
+        prediction, review = predictions.get(cell.image_sha256), reviews.get(cell.image_sha256)
+        top = sorted(prediction.probabilities.items(), key=lambda kv: -kv[1])[:3] if prediction else []
+        reasons = cell_review_reasons(prediction, threshold, unfamiliar_above, review is not None) if prediction else []
+        rows.append(
+            {
+                "name": cell.name,
+                "image_sha256": cell.image_sha256,
+                "status": cell.status,
+                "error": cell.error,
+                "model_label": prediction.label if prediction else None,
+                "confidence": round(prediction.confidence, 4) if prediction else None,
+                "top3": [{"label": label, "probability": round(p, 4)} for label, p in top],
+                "reviewed_label": review.label if review else None,
+                "reviewed_by": review.reviewer if review else None,
+                "label": review.label if review else (prediction.label if prediction else None),
+                "ood_score": round(prediction.ood_score, 2) if prediction and prediction.ood_score is not None else None,
+                "needs_review": bool(reasons),
+                "review_reasons": reasons,
+            }
+        )
+    return rows
+
+
+def get_cells(settings: Settings, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
+    with session_scope(settings.database_url) as session:
+        rows = cell_results(session, find_sample(session, accession_id))
+    return [row for row in rows if row["needs_review"]] if needs_review else rows
+
+
+def review_queue(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
+    """Samples waiting for a technologist, oldest first, with the cells that need a look."""
+    with session_scope(settings.database_url) as session:
+        samples = session.scalars(
+            select(Sample).where(Sample.status == SampleStatus.NEEDS_REVIEW).order_by(Sample.created_at).limit(limit)
+        )
+        return [
+            {
+                "sample_id": s.accession_id,
+                "cells": [c for c in cell_results(session, s) if c["needs_review"]],
+                "failed": [{"name": c.name, "error": c.error} for c in s.cells if c.status == CellStatus.FAILED],
+            }
+            for s in samples
+        ]
+
+
+def relabel_cell(
+    settings: Settings, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str, actor: str
+) -> dict[str, Any]:
+    """Set a technologist's label for one cell; the report is recomputed and the change audited."""
+    if not reviewer.strip() or not reason.strip():
+        raise ServiceError("a review needs the reviewer's name and a reason")
+    with session_scope(settings.database_url) as session:
+        sample = find_sample(session, accession_id, lock=True)
+        version = _report_version(session, sample)
+        if label not in version.classes:
+            raise ServiceError(f"unknown label {label[:64]!r}; this report's classes: {', '.join(version.classes)}")
+        cell = next((c for c in sample.cells if c.image_sha256 == image_sha256), None)
+        if cell is None:
+            raise NotFound(f"sample {accession_id!r} has no cell with image {image_sha256[:80]!r}")
+        if cell.status != CellStatus.DONE:
+            raise Conflict(f"cell {cell.name!r} has no classification to review ({cell.error or cell.status})")
+        previous = latest_reviews(session, sample.id).get(image_sha256)
+        model_label = session.scalar(
+            select(Prediction.label).where(Prediction.image_sha256 == image_sha256, Prediction.model_version_id == version.id)
+        )
+        previous_label = previous.label if previous else model_label
+        session.add(
+            CellReview(
+                sample_id=sample.id,
+                image_sha256=image_sha256,
+                previous_label=previous_label,
+                label=label,
+                reviewer=reviewer,
+                reason=reason,
+            )
+        )
+        session.flush()
+        record_event(
+            session,
+            actor,
+            "cell.relabelled",
+            accession_id,
+            image_sha256=image_sha256,
+            cell=cell.name,
+            reviewer=reviewer,
+            old=previous_label,
+            new=label,
+            reason=reason,
+        )
+        was_amended = sample.report_status == ReportStatus.AMENDED
+        report = build_report(session, settings, sample, version.id)
+        if sample.report_status == ReportStatus.AMENDED and not was_amended:
+            webhooks.queue_event(session, sample, "sample.amended")
+        return report
+
+
+def sign_off(settings: Settings, accession_id: str, reviewer: str, comment: str, actor: str) -> dict[str, Any]:
+    """A technologist releases the report: preliminary -> final (a changed signed-off report stays amended)."""
+    if not reviewer.strip():
+        raise ServiceError("sign-off needs the reviewer's name")
+    with session_scope(settings.database_url) as session:
+        sample = find_sample(session, accession_id, lock=True)
+        if sample.status not in FINAL_SAMPLE_STATUSES:
+            raise Conflict(f"sample {accession_id!r} is still {sample.status}: sign off once it is classified")
+        version = _report_version(session, sample)
+        report = build_report(session, settings, sample, version.id)
+        if report["needs_review"]:
+            raise Conflict(
+                f"{len(report['needs_review'])} cells still need review (low confidence or unlike the training images) before sign-off"
+            )
+        if sample.status == SampleStatus.FAILED:
+            raise Conflict(f"sample {accession_id!r} failed: {sample.error}")
+        if sample.report_status == ReportStatus.PRELIMINARY:
+            sample.report_status = ReportStatus.FINAL
+        sample.signed_off_by, sample.signed_off_at = reviewer, datetime.now(timezone.utc)
+        record_event(
+            session,
+            actor,
+            "sample.signed_off",
+            accession_id,
+            reviewer=reviewer,
+            comment=comment,
+            report_status=sample.report_status,
+            counts=report["counts"],
+        )
+        webhooks.queue_event(session, sample, "sample.signed_off")
+        session.flush()
+        return build_report(session, settings, sample, version.id)
+
+
+def _image_suffix(data: bytes) -> str:
+    try:
+        with PIL.Image.open(io.BytesIO(data)) as image:
+            return "." + (image.format or "img").lower().replace("jpeg", "jpg")
+    except Exception:
+        return ".img"
+
+
+def export_reviewed_labels(settings: Settings, out_dir: Path) -> dict[str, int]:
+    """Write every reviewed cell image, under its latest reviewed label, as OUT/<label>/<sha256>.<ext>."""
+    store = image_store(settings)
+    counts: dict[str, int] = {}
+    with session_scope(settings.database_url) as session:
+        latest: dict[str, CellReview] = {}
+        for review in session.scalars(select(CellReview).order_by(CellReview.id)):
+            latest[review.image_sha256] = review
+        for sha256, review in sorted(latest.items()):
+            data = store.get(session, sha256)
+            target = out_dir / review.label / f"{sha256}{_image_suffix(data)}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            counts[review.label] = counts.get(review.label, 0) + 1
+    return counts
+
+
+def training_data_with_reviews(settings: Settings, data_dir: Path, out_dir: Path) -> Path:
+    """A folder-per-class dataset of DATA_DIR (linked, not copied) plus the reviewed cells, built afresh."""
+    shutil.rmtree(out_dir, ignore_errors=True)  # a redelivered task sees the labels as they are now
+    for label, path in list_class_files(data_dir):
+        link = out_dir / label / path.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            os.symlink(path.resolve(), link)
+    export_reviewed_labels(settings, out_dir)
+    return out_dir

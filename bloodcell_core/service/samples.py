@@ -1,0 +1,223 @@
+"""Samples and their reports: the differential per 100 leukocytes, flags, cells for review, report status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from bloodcell_core.config import Settings
+from bloodcell_core.ml.serving import UNFAMILIAR_REASON, review_reasons
+from bloodcell_core.service.audit_log import record_event
+from bloodcell_core.service.db import session_scope
+from bloodcell_core.service.errors import NotFound
+from bloodcell_core.service.image_store import image_store
+from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleReport
+from bloodcell_core.service.states import CellStatus, ReportStatus, SampleFlag, SampleStatus
+from bloodcell_core.service.submission import valid_accession_id
+from bloodcell_core.service.versions import ood_threshold, review_threshold
+
+FLAG_TEXT = {
+    SampleFlag.BLASTS: "blast cells found: review the smear",
+    SampleFlag.IMMATURE_CELLS: "immature granulocytes or blasts above the configured share",
+    SampleFlag.UNFAMILIAR_IMAGES: "many cells are unlike the images the model was trained on: its differential may not hold "
+    "for these images; review them",
+}
+
+
+def differential_percent(settings: Settings, counts: dict[str, int]) -> tuple[dict[str, float], int]:
+    """(percent per class, leukocytes counted): as a laboratory reports a differential, per 100 leukocytes.
+
+    Nucleated red cells and platelets (BLOODCELL_NON_LEUKOCYTE_CLASSES) are not leukocytes: they do not
+    count towards the 100, and their figure is per 100 leukocytes too (LOINC's "nucleated erythrocytes/100
+    leukocytes"). A sample without any leukocyte has no differential: every figure is 0.
+    """
+    leukocytes = sum(k for label, k in counts.items() if label not in settings.non_leukocyte_classes)
+    return {label: round(100.0 * k / leukocytes, 2) if leukocytes else 0.0 for label, k in counts.items()}, leukocytes
+
+
+def sample_flags(settings: Settings, counts: dict[str, int], percent: dict[str, float], n: int, n_unfamiliar: int) -> list[str]:
+    """The sample-level flags, each of which sends the sample to review: blasts (count or percent of
+    BLOODCELL_BLAST_CLASS), immature cells (BLOODCELL_IMMATURE_CLASSES over BLOODCELL_IMMATURE_PERCENT of the
+    leukocytes), unfamiliar images (more than BLOODCELL_UNFAMILIAR_SHARE of the classified cells unlike the
+    training images)."""
+    if not n:
+        return []
+    flags = []
+    if counts.get(settings.blast_class, 0) >= settings.blast_count or percent.get(settings.blast_class, 0.0) >= settings.blast_percent:
+        flags.append(SampleFlag.BLASTS)
+    if sum(percent.get(label, 0.0) for label in settings.immature_classes) > settings.immature_percent:
+        flags.append(SampleFlag.IMMATURE_CELLS)
+    if n_unfamiliar / n > settings.unfamiliar_share:
+        flags.append(SampleFlag.UNFAMILIAR_IMAGES)
+    return flags
+
+
+def latest_reviews(session: Session, sample_id: int) -> dict[str, CellReview]:
+    """The technologist's latest label per cell (image sha256) of a sample."""
+    reviews = session.scalars(select(CellReview).where(CellReview.sample_id == sample_id).order_by(CellReview.id))
+    return {review.image_sha256: review for review in reviews}
+
+
+def report_row(session: Session, sample: Sample) -> SampleReport | None:
+    """The sample's stored report (None before its first classification)."""
+    return session.scalar(select(SampleReport).where(SampleReport.sample_id == sample.id))
+
+
+def version_predictions(session: Session, version_id: int, image_sha256s: list[str]) -> dict[str, Prediction]:
+    """The predictions of one model version for these images, by image sha256."""
+    rows = session.scalars(
+        select(Prediction).where(Prediction.model_version_id == version_id, Prediction.image_sha256.in_(image_sha256s))
+    )
+    return {p.image_sha256: p for p in rows}
+
+
+def cell_review_reasons(prediction: Prediction, review_above: float, unfamiliar_above: float | None, reviewed: bool) -> list[str]:
+    """Why a classified cell needs a technologist (empty: it does not): the model's own rule
+    (``review_reasons``), and a cell a technologist has labelled needs nobody else."""
+    if reviewed:
+        return []
+    return review_reasons(prediction.confidence, review_above, prediction.ood_score, unfamiliar_above)
+
+
+def find_sample(session: Session, accession_id: str, lock: bool = False) -> Sample:
+    """The sample by accession id; ``lock`` holds its row until the transaction ends (PostgreSQL)."""
+    if not valid_accession_id(accession_id):  # no such id can exist; NUL bytes and the like never reach SQL
+        raise NotFound(f"no sample {accession_id[:200]!r}")
+    query = select(Sample).where(Sample.accession_id == accession_id)
+    sample = session.scalar(query.with_for_update() if lock else query)
+    if sample is None:
+        raise NotFound(f"no sample {accession_id[:200]!r}")
+    return sample
+
+
+def build_report(session: Session, settings: Settings, sample: Sample, version_id: int) -> dict[str, Any]:
+    """Differential count and percent, blast flag, cells for review; sets the sample's final status.
+
+    A technologist's label replaces the model's for its cell, and a reviewed cell needs no more review.
+    A change to the counts of a signed-off report makes it ``amended``.
+    """
+    version = session.get(ModelVersion, version_id)
+    cells = list(sample.cells)
+    predictions = version_predictions(session, version_id, [c.image_sha256 for c in cells])
+    classified = [(c, predictions[c.image_sha256]) for c in cells if c.image_sha256 in predictions]
+    threshold, unfamiliar_above = review_threshold(settings, version), ood_threshold(version)
+    reviews = latest_reviews(session, sample.id)
+    counts = {label: 0 for label in version.classes}
+    for c, p in classified:
+        counts[reviews[c.image_sha256].label if c.image_sha256 in reviews else p.label] += 1
+    n = len(classified)
+    percent, n_leukocytes = differential_percent(settings, counts)
+    blast_count = counts.get(settings.blast_class, 0)
+    blast_percent = percent.get(settings.blast_class, 0.0)
+    reasons = {c.image_sha256: cell_review_reasons(p, threshold, unfamiliar_above, c.image_sha256 in reviews) for c, p in classified}
+    review = [
+        {
+            "name": c.name,
+            "image_sha256": c.image_sha256,
+            "label": p.label,
+            "confidence": round(p.confidence, 4),
+            "reasons": reasons[c.image_sha256],
+        }
+        for c, p in classified
+        if reasons[c.image_sha256]
+    ]
+    # a cell a technologist labelled is familiar now: the warning is about what nobody has looked at
+    n_unfamiliar = sum(UNFAMILIAR_REASON in reasons[c.image_sha256] for c, _ in classified)
+    flags = sample_flags(settings, counts, percent, n, n_unfamiliar)
+    failed = [{"name": c.name, "image_sha256": c.image_sha256, "error": c.error} for c in cells if c.status == CellStatus.FAILED]
+    if not classified:
+        sample.status, sample.error = SampleStatus.FAILED, "no image of the sample could be classified"
+    elif review or failed or flags:
+        sample.status, sample.error = SampleStatus.NEEDS_REVIEW, None
+    else:
+        sample.status, sample.error = SampleStatus.DONE, None
+    values = dict(
+        model_version_id=version_id,
+        n_cells=len(cells),
+        n_classified=n,
+        n_failed=len(failed),
+        counts=counts,
+        percent=percent,
+        blast_count=blast_count,
+        blast_percent=blast_percent,
+        blast_flag=SampleFlag.BLASTS in flags,
+        review_threshold=threshold,
+        ood_threshold=unfamiliar_above,
+        n_unfamiliar=n_unfamiliar,
+        flags=flags,
+        needs_review=review,
+        failed=failed,
+    )
+    row = report_row(session, sample)
+    if row is not None and sample.report_status != ReportStatus.PRELIMINARY and row.counts != counts:
+        sample.report_status = ReportStatus.AMENDED
+    if row is None:
+        session.add(SampleReport(sample_id=sample.id, **values))
+    else:
+        for key, value in values.items():
+            setattr(row, key, value)
+    session.flush()
+    return report_json(session, settings, sample)
+
+
+def report_json(session: Session, settings: Settings, sample: Sample) -> dict[str, Any]:
+    report = report_row(session, sample)
+    base = {
+        "sample_id": sample.accession_id,
+        "status": sample.status,
+        "error": sample.error,
+        "n_cells": len(sample.cells),
+        "report_status": sample.report_status,
+        "signed_off_by": sample.signed_off_by,
+        "signed_off_at": sample.signed_off_at.isoformat() if sample.signed_off_at else None,
+        "n_reviewed": len(latest_reviews(session, sample.id)),
+    }
+    if report is None:
+        return base | {
+            "counts": {},
+            "percent": {},
+            "blast_flag": False,
+            "flags": [],
+            "warnings": [],
+            "needs_review": [],
+            "failed": [],
+            "model_version": None,
+        }
+    return base | {
+        "model_version": session.get(ModelVersion, report.model_version_id).version,
+        "n_classified": report.n_classified,
+        "n_leukocytes": differential_percent(settings, report.counts)[1],
+        "n_failed": report.n_failed,
+        "counts": report.counts,
+        "percent": report.percent,
+        "blast_count": report.blast_count,
+        "blast_percent": report.blast_percent,
+        "blast_flag": report.blast_flag,
+        "flags": report.flags,
+        "warnings": [FLAG_TEXT[flag] for flag in report.flags],
+        "n_unfamiliar": report.n_unfamiliar,
+        "review_threshold": report.review_threshold,
+        "ood_threshold": report.ood_threshold,
+        "needs_review": report.needs_review,
+        "failed": report.failed,
+    }
+
+
+def get_report(settings: Settings, accession_id: str) -> dict[str, Any]:
+    with session_scope(settings.database_url) as session:
+        return report_json(session, settings, find_sample(session, accession_id))
+
+
+def get_image(settings: Settings, image_sha256: str) -> bytes:
+    with session_scope(settings.database_url) as session:
+        return image_store(settings).get(session, image_sha256)
+
+
+def mark_sample_failed(settings: Settings, sample_pk: int, error: str, actor: str) -> None:
+    with session_scope(settings.database_url) as session:
+        sample = session.get(Sample, sample_pk)
+        if sample is not None:
+            sample.status, sample.error = SampleStatus.FAILED, error
+            record_event(session, actor, "sample.failed", sample.accession_id, error=error)

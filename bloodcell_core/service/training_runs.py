@@ -1,0 +1,73 @@
+"""Retraining runs: requested by a producer, trained by a worker on the training queue, registered as candidates."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bloodcell_core.config import Settings
+from bloodcell_core.ml.serving import train
+from bloodcell_core.service.audit_log import record_event
+from bloodcell_core.service.db import session_scope
+from bloodcell_core.service.errors import NotFound
+from bloodcell_core.service.models import ModelVersion, TrainingRun
+from bloodcell_core.service.review import training_data_with_reviews
+from bloodcell_core.service.states import ModelStatus, TrainingRunStatus
+from bloodcell_core.service.versions import register_model_version
+
+FINAL_TRAINING_RUN_STATUSES = frozenset({TrainingRunStatus.DONE, TrainingRunStatus.FAILED})
+
+
+def training_run_status(settings: Settings, run_id: int) -> dict[str, Any]:
+    """A run's status, its error, and the model version it made (None until done)."""
+    with session_scope(settings.database_url) as session:
+        run = session.get(TrainingRun, run_id)
+        if run is None:
+            raise NotFound(f"no training run {run_id}")
+        version = session.get(ModelVersion, run.model_version_id) if run.model_version_id else None
+        return {"run": run_id, "status": run.status, "error": run.error, "version": version.version if version else None}
+
+
+def create_training_run(settings: Settings, plugin: str, data_dir: str, parameters: dict[str, Any], actor: str) -> int:
+    with session_scope(settings.database_url) as session:
+        run = TrainingRun(plugin=plugin, data_dir=data_dir, parameters=parameters)
+        session.add(run)
+        session.flush()
+        record_event(session, actor, "training.requested", f"run {run.id}", plugin=plugin, data_dir=data_dir, parameters=parameters)
+        return run.id
+
+
+def run_training(settings: Settings, run_id: int, actor: str) -> str:
+    """Train the run's plugin into BLOODCELL_MODELS_DIR and register the result as a candidate.
+
+    With the parameter ``include_reviewed`` the technologists' reviewed cells join the dataset.
+    """
+    with session_scope(settings.database_url) as session:
+        run = session.get(TrainingRun, run_id)
+        if run is None:
+            raise NotFound(f"no training run {run_id}")
+        if run.status == TrainingRunStatus.DONE:  # a redelivered task: the candidate exists already
+            return session.get(ModelVersion, run.model_version_id).version
+        run.status = TrainingRunStatus.RUNNING
+        plugin, data_dir, parameters = run.plugin, run.data_dir, dict(run.parameters)
+    out_dir = settings.models_dir / f"run-{run_id}-{plugin}"
+    try:
+        if parameters.pop("include_reviewed", False):
+            data_dir = training_data_with_reviews(settings, Path(data_dir), settings.models_dir / f"run-{run_id}-data")
+        if not (out_dir / "metadata.json").exists():
+            train(plugin, data_dir, out_dir, progress=False, log=lambda _: None, **parameters)
+    except Exception as exc:
+        with session_scope(settings.database_url) as session:
+            run = session.get(TrainingRun, run_id)
+            run.status, run.error, run.finished_at = (
+                TrainingRunStatus.FAILED,
+                f"{type(exc).__name__}: {exc}",
+                datetime.now(timezone.utc),
+            )
+        raise
+    with session_scope(settings.database_url) as session:
+        version = register_model_version(session, out_dir, ModelStatus.CANDIDATE, actor)
+        run = session.get(TrainingRun, run_id)
+        run.status, run.model_version_id, run.finished_at = TrainingRunStatus.DONE, version.id, datetime.now(timezone.utc)
+        return version.version

@@ -1,0 +1,46 @@
+"""The benchmarks still run and report what they claim to (on a few images: their figures are not checked)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import DEFAULT_MODEL, KAGGLE5, PROJECT
+
+pytestmark = pytest.mark.real_data
+
+GATED_MODEL = DEFAULT_MODEL.parent / "pbc8"  # the shipped model served with four views behind a gate
+
+
+def run_bench(*args: str) -> dict:
+    result = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=PROJECT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+@pytest.mark.slow
+def test_inference_benchmark_measures_a_gated_model_as_served_with_every_view_and_with_one():
+    served = json.loads((GATED_MODEL / "metadata.json").read_text())["calibration"]
+    assert served["view_gate"] is not None and len(served["views"]) > 1  # what this test is about
+    report = run_bench("bench/bench_inference.py", "--images", "16", "--model-dir", "models/pbc8")
+    rows = [(r["test_time_views"], r["view_gate"], r["share_of_images_given_every_view"]) for r in report["results"]]
+    assert [row[:2] for row in rows] == [(4, served["view_gate"]), (4, None), (1, None)]
+    assert 0 <= rows[0][2] <= 1 and rows[1][2] == 1.0 and rows[2][2] is None
+    assert all(r["pipeline_images_per_s"] > 0 and r["weights"] == "models/pbc8" for r in report["results"])
+    assert report["default_model_meets_targets"] is None  # models/default was not among those measured
+
+
+@pytest.mark.slow
+def test_backend_benchmark_compares_answers_across_runs(tmp_path: Path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for path in sorted((KAGGLE5 / "monocyte").iterdir())[:4]:
+        (images / path.name).symlink_to(path)
+    expected = tmp_path / "expected.json"
+    first = run_bench("bench/bench_backend.py", str(GATED_MODEL), str(images), "--repeat", "2", "--write-expected", str(expected))
+    served = json.loads((GATED_MODEL / "metadata.json").read_text())["calibration"]
+    assert first["images"] == 4 and first["view_gate"] == served["view_gate"]
+    assert first["test_time_views"] == len(served["views"])
+    again = run_bench("bench/bench_backend.py", str(GATED_MODEL), str(images), "--repeat", "2", "--expected", str(expected))
+    assert again["same_class"] == "4/4" and again["max_probability_difference"] < 1e-5

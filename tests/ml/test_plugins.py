@@ -1,0 +1,149 @@
+"""The plugin system, including a third-party plugin discovered through its entry point."""
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+from helpers import KAGGLE5, run_cli
+
+from bloodcell_core import plugin_manager
+
+THROWAWAY_PLUGIN = """
+import keras
+from bloodcell_core import ModelSpec, PreprocessingStep, TrainingDefaults, hookimpl
+
+pytestmark = pytest.mark.real_data
+
+
+def build(input_shape, num_classes):
+    inputs = keras.Input(shape=input_shape)
+    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
+
+
+def invert(image):
+    return 255 - image
+
+
+@hookimpl
+def register_models(register):
+    register(ModelSpec(name="throwaway_net", description="test only", build=build, input_size=(48, 48),
+                       defaults=TrainingDefaults(epochs=1, batch_size=8, preprocessing_steps=("invert",))))
+
+
+@hookimpl
+def register_preprocessing_steps(register):
+    register(PreprocessingStep(name="invert", description="test only", apply=invert))
+"""
+
+
+def install_fake_distribution(site: Path, module: str, source: str) -> dict[str, str]:
+    """A real installed distribution (dist-info with entry_points.txt) on a path of its own."""
+    (site / f"{module}.py").write_text(source)
+    dist_info = site / f"{module}-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(f"[bloodcell]\n{module} = {module}\n")
+    return {"PYTHONPATH": str(site)}
+
+
+def test_builtin_plugins_come_from_entry_points():
+    infos = {info.name: info for info in plugin_manager.describe_plugins()}
+    assert infos["baseline_cnn"].models == ["baseline_cnn"]
+    assert infos["compact_cnn"].models == ["compact_cnn"]
+    assert infos["center_crop"].preprocessing_steps == ["center_crop"]
+    assert all("from bloodcell" in info.source for info in infos.values())
+
+
+def test_plugins_command_lists_what_each_provides():
+    listed = {p["name"]: p for p in json.loads(run_cli("plugins", "--json").stdout)}
+    assert listed["compact_cnn"]["hooks"] == ["register_models"]
+    assert "provides: model baseline_cnn" in run_cli("plugins").stdout
+
+
+def test_unknown_model_is_a_clear_error(tmp_path: Path):
+    with pytest.raises(plugin_manager.PluginError, match="unknown model plugin 'resnet9000'; installed: baseline_cnn"):
+        plugin_manager.get_model_spec("resnet9000")
+    result = run_cli("train", "--model", "resnet9000", "--data", str(KAGGLE5), "--out", str(tmp_path / "m"), check=False)
+    assert result.returncode == 1 and "unknown model plugin 'resnet9000'" in result.stderr
+
+
+def test_broken_plugin_is_named(tmp_path: Path):
+    env = install_fake_distribution(tmp_path, "broken_plugin", "raise RuntimeError('missing licence key')\n")
+    result = run_cli("plugins", env=env, check=False)
+    assert result.returncode == 1
+    assert "plugin 'broken_plugin'" in result.stderr and "missing licence key" in result.stderr
+
+
+def test_plugin_with_a_misspelt_hook_is_named(tmp_path: Path):
+    source = "from bloodcell_core import hookimpl\n\n@hookimpl\ndef register_model(register):\n    pass\n"
+    env = install_fake_distribution(tmp_path, "typo_plugin", source)
+    result = run_cli("plugins", env=env, check=False)
+    assert result.returncode == 1 and "plugin 'typo_plugin'" in result.stderr and "register_model" in result.stderr
+
+
+def test_third_party_model_plugin_trains_and_predicts(tmp_path: Path):
+    (tmp_path / "site").mkdir()
+    env = install_fake_distribution(tmp_path / "site", "throwaway_plugin", textwrap.dedent(THROWAWAY_PLUGIN))
+    listed = {p["name"]: p for p in json.loads(run_cli("plugins", "--json", env=env).stdout)}
+    assert listed["throwaway_plugin"]["models"] == ["throwaway_net"]
+    assert listed["throwaway_plugin"]["source"] == "entry point 'throwaway_plugin' from throwaway_plugin 0.1"
+
+    model_dir = tmp_path / "throwaway_model"
+    run_cli("train", "--model", "throwaway_net", "--data", str(KAGGLE5), "--out", str(model_dir), "--max-per-class", "8", env=env)
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    assert metadata["plugin"] == "throwaway_net" and metadata["input_shape"] == [48, 48, 3]
+    assert metadata["preprocessing"]["steps"] == ["invert"]
+
+    image = next((KAGGLE5 / "monocyte").iterdir())
+    predictions = json.loads(run_cli("predict", str(model_dir), str(image), "--json", env=env).stdout)
+    assert predictions[0]["label"] in metadata["classes"]
+    assert sum(predictions[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("name", sorted(plugin_manager.model_specs()))
+def test_every_model_plugin_keeps_the_contract(name: str, tmp_path: Path):
+    """Builds for any class count, ends in a softmax over float images in [0, 1], and round-trips through a .keras file."""
+    import keras
+    import numpy as np
+
+    spec = plugin_manager.get_model_spec(name)
+    model = spec.build((*spec.input_size, 3), 8)
+    images = np.random.default_rng(0).random((2, *spec.input_size, 3), dtype=np.float32)
+    probabilities = np.asarray(model(images, training=False))
+    assert probabilities.shape == (2, 8) and probabilities.sum(axis=1) == pytest.approx(1.0, abs=1e-4)
+    model.save(tmp_path / "m.keras")
+    reloaded = keras.saving.load_model(tmp_path / "m.keras", compile=False)
+    assert np.asarray(reloaded(images, training=False)) == pytest.approx(probabilities, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(plugin_manager.preprocessing_steps()))
+def test_every_preprocessing_step_maps_rgb_uint8_to_rgb_uint8(name: str):
+    import numpy as np
+
+    image = np.random.default_rng(0).integers(0, 256, size=(50, 70, 3), dtype=np.uint8)
+    result = plugin_manager.get_preprocessing_step(name).apply(image)
+    assert result.dtype == np.uint8 and result.ndim == 3 and result.shape[2] == 3
+
+
+def test_reinhard_removes_a_colour_cast():
+    import cv2
+    import numpy as np
+    from helpers import KAGGLE5
+
+    from bloodcell_core.ml.preprocessing import decode_image
+    from plugins.colour_norm import reinhard
+
+    image = decode_image(next((KAGGLE5 / "monocyte").iterdir()).read_bytes())
+    cast = np.clip(image.astype(np.int16) + np.array([40, -20, 25]), 0, 255).astype(np.uint8)  # another stain/scanner
+    lab = [cv2.cvtColor(reinhard(x), cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(axis=0) for x in (image, cast)]
+    assert np.abs(lab[0] - lab[1]).max() < 3.0
+    assert (
+        np.abs(
+            cv2.cvtColor(image, cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(0)
+            - cv2.cvtColor(cast, cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(0)
+        ).max()
+        > 10
+    )

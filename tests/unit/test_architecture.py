@@ -1,0 +1,158 @@
+"""The import rules of the architecture, read from the source (AST), and the import weight of producers.
+
+Rooms: bloodcell_core's top level is the plugin API and the settings; ``ml`` trains and serves models;
+``service`` owns the database and the laboratory workflow; ``clients`` are the producers' Python
+clients; ``cli`` is the command line. ``api`` and ``workers`` are thin adapters; ``plugins`` are the
+built-in plugins.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import PROJECT
+
+PACKAGES = ("bloodcell_core", "api", "workers", "plugins")
+TOP_LEVEL = {"bloodcell_core", "bloodcell_core.config", "bloodcell_core.hookspecs", "bloodcell_core.loinc",
+             "bloodcell_core.plugin_manager", "bloodcell_core.plugin_types"}  # fmt: skip
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PROJECT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for package in PACKAGES for p in sorted((PROJECT / package).rglob("*.py"))}
+
+
+def imports_of(module: str) -> set[str]:
+    """The project modules MODULE imports, anywhere in it (function-level imports included)."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # `from package import module` imports the module; `from module import name` the module
+            names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in MODULES:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                found.add(name)
+    return found
+
+
+GRAPH = {module: imports_of(module) for module in MODULES}
+
+
+def in_room(module: str, room: str) -> bool:
+    return module == room or module.startswith(room + ".")
+
+
+def offending(room: str, allowed) -> list[str]:
+    return sorted(f"{m} imports {i}" for m in GRAPH if in_room(m, room) for i in GRAPH[m] if not allowed(i))
+
+
+def test_the_module_list_is_read():
+    assert {"bloodcell_core.ml.training", "bloodcell_core.service.samples", "bloodcell_core.clients.http",
+            "bloodcell_core.cli.main", "api.app", "workers.tasks", "plugins.compact_cnn"} <= set(MODULES)  # fmt: skip
+    assert "bloodcell_core.ml.serving" in GRAPH["bloodcell_core.service.versions"]
+
+
+def test_top_level_is_the_plugin_api_and_imports_no_room():
+    assert sorted(f"{m} imports {i}" for m in TOP_LEVEL for i in GRAPH[m] - TOP_LEVEL) == []
+
+
+def test_ml_never_imports_the_service_the_clients_or_the_adapters():
+    assert offending("bloodcell_core.ml", lambda i: i in TOP_LEVEL or in_room(i, "bloodcell_core.ml") or in_room(i, "plugins")) == []
+
+
+def test_service_uses_only_the_ml_serving_api():
+    def allowed(i: str) -> bool:
+        return i in TOP_LEVEL or in_room(i, "bloodcell_core.service") or i == "bloodcell_core.ml.serving"
+
+    assert offending("bloodcell_core.service", allowed) == []
+
+
+def test_clients_never_import_the_database_models_or_ml():
+    def allowed(i: str) -> bool:
+        return (
+            i in TOP_LEVEL
+            or in_room(i, "bloodcell_core.clients")
+            or (in_room(i, "bloodcell_core.service") and i != "bloodcell_core.service.models")
+        )
+
+    assert offending("bloodcell_core.clients", allowed) == []
+    # the HTTP client runs on other machines: only the light contracts of the service
+    assert GRAPH["bloodcell_core.clients.http"] <= {"bloodcell_core.clients.waiting", "bloodcell_core.service.receipts",
+                                                     "bloodcell_core.service.states"}  # fmt: skip
+
+
+def test_adapters_and_plugins_stay_in_their_rooms():
+    assert offending("api", lambda i: not in_room(i, "workers") and not in_room(i, "bloodcell_core.cli")) == []
+    assert offending("workers", lambda i: not in_room(i, "api") and not in_room(i, "bloodcell_core.cli")) == []
+    plugin_rooms = ("bloodcell_core.service", "bloodcell_core.clients", "bloodcell_core.cli", "api", "workers")
+    assert offending("plugins", lambda i: not any(in_room(i, room) for room in plugin_rooms)) == []
+
+
+def test_no_import_cycle():
+    """Depth-first search for a back edge over every import, function-level ones included."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        state[module] = 1
+        path.append(module)
+        for target in sorted(GRAPH[module]):
+            if state.get(target) == 1:
+                return path[path.index(target) :] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        path.pop()
+        state[module] = 2
+        return None
+
+    cycles = [cycle for module in sorted(GRAPH) if module not in state and (cycle := visit(module))]
+    assert cycles == [], " -> ".join(cycles[0])
+
+
+def modules_loaded_by(code: str, env: dict[str, str] | None = None) -> set[str]:
+    result = subprocess.run(
+        [sys.executable, "-c", code + "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"],
+        capture_output=True, text=True, cwd=PROJECT, env={**os.environ, **(env or {})}, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return {name.split(".")[0] for name in json.loads(result.stdout.splitlines()[-1])}
+
+
+HEAVY = {"keras", "tensorflow", "jax", "torch"}
+
+
+def test_the_http_client_imports_neither_keras_nor_the_database():
+    loaded = modules_loaded_by("import bloodcell_core.clients.http")
+    assert loaded & (HEAVY | {"sqlalchemy", "cv2", "celery"}) == set()
+
+
+@pytest.mark.parametrize("via", ["http", "local"])
+def test_the_cli_submit_path_never_imports_keras(tmp_path, via):
+    """`bloodcell submit` as a user runs it, up to the point where it reaches the API or the database."""
+    image = tmp_path / "cell.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    env = {"BLOODCELL_DATABASE_URL": f"sqlite:///{tmp_path}/empty.db", "BLOODCELL_DATA_DIR": str(tmp_path)}
+    if via == "http":  # a port nothing listens on: the submission fails after the whole client path has loaded
+        env |= {"BLOODCELL_API_URL": "http://127.0.0.1:9", "BLOODCELL_API_TOKEN": "x"}
+    code = (
+        "from bloodcell_core.cli.main import cli\n"
+        f"try:\n    cli(['submit', '--sample-id', 'S-1', {str(image)!r}], standalone_mode=False)\n"
+        "except BaseException:\n    pass\n"
+    )
+    loaded = modules_loaded_by(code, env)
+    assert "bloodcell_core" in loaded and loaded & HEAVY == set()
