@@ -13,12 +13,12 @@ from typing import Any
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, Field
 from sqlalchemy.exc import DataError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import schemas
 from api.auth import Caller, authenticated, require
 from bloodcell_core import __version__
 from bloodcell_core.clients.local import Client
@@ -43,17 +43,6 @@ ERROR_STATUS = [
     (UnknownPlugin, 404),
     (ImageNotFound, 404),
 ]
-
-
-class Relabel(BaseModel):
-    label: str = Field(max_length=64, description="One of the report's classes")
-    reviewer: str = Field(min_length=1, max_length=255, description="The technologist making the change")
-    reason: str = Field(min_length=1, max_length=2000)
-
-
-class SignOff(BaseModel):
-    reviewer: str = Field(min_length=1, max_length=255)
-    comment: str = Field(default="", max_length=2000)
 
 
 def safe_name(filename: str | None, index: int) -> str:
@@ -99,11 +88,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     client: Client = app.state.client
 
-    @app.get("/health", tags=["health"], summary="Liveness (no token)")
+    @app.get("/health", response_model=schemas.Health, tags=["health"], summary="Liveness (no token)")
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
-    @app.get("/health/ready", tags=["health"], summary="Readiness: database, Redis and workers (no token)")
+    @app.get(
+        "/health/ready",
+        responses={200: {"model": schemas.Readiness}, 503: {"model": schemas.Readiness}},
+        tags=["health"],
+        summary="Readiness: database, Redis and workers (no token)",
+    )
     def ready() -> JSONResponse:
         checks = client.readiness()
         return JSONResponse(checks, status_code=200 if checks["ready"] else 503)
@@ -121,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(
         "/v1/samples",
+        response_model=schemas.SubmissionReceipt,
         tags=["samples"],
         status_code=202,
         summary="Submit a sample (scope: submit)",
@@ -128,7 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "cell image) and/or `image_sha256` (images already stored). Returns 202 when cells were "
         "queued, 200 when the same sample and images (or the same Idempotency-Key) came before.",
         responses={
-            200: {"description": "Nothing new: the existing sample"},
+            200: {"description": "Nothing new: the existing sample", "model": schemas.SubmissionReceipt},
             409: {"description": "Conflict"},
             411: {"description": "Length required"},
             413: {"description": "Over a limit"},
@@ -205,11 +200,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "links": _links(submission.accession_id),
         }
 
-    @app.get("/v1/samples/{sample_id}", tags=["samples"], summary="Sample status and report (scope: read)")
+    @app.get(
+        "/v1/samples/{sample_id}",
+        response_model=schemas.SampleReport,
+        tags=["samples"],
+        summary="Sample status and report (scope: read)",
+    )
     def get_sample(sample_id: str, _: Caller = Depends(require(Scope.READ))) -> dict[str, Any]:
         return client.report(sample_id) | {"links": _links(sample_id)}
 
-    @app.get("/v1/samples/{sample_id}/cells", tags=["samples"], summary="Per-cell results (scope: read)")
+    @app.get(
+        "/v1/samples/{sample_id}/cells", response_model=list[schemas.Cell], tags=["samples"], summary="Per-cell results (scope: read)"
+    )
     def get_cells(
         sample_id: str,
         needs_review: bool = Query(False, description="Only cells waiting for review"),
@@ -226,7 +228,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         media_type, body = export_sample(settings, sample_id, format_name)
         return Response(body, media_type=media_type)
 
-    @app.get("/v1/samples/{sample_id}/webhooks", tags=["samples"], summary="Webhook deliveries (scope: read)")
+    @app.get(
+        "/v1/samples/{sample_id}/webhooks",
+        response_model=list[schemas.WebhookDelivery],
+        tags=["samples"],
+        summary="Webhook deliveries (scope: read)",
+    )
     def get_deliveries(sample_id: str, _: Caller = Depends(require(Scope.READ))) -> list[dict[str, Any]]:
         return webhooks.get_deliveries(settings, sample_id)
 
@@ -240,37 +247,53 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"ETag": f'"{image_sha256}"', "Cache-Control": "private, max-age=86400"},
         )
 
-    @app.get("/v1/review", tags=["review"], summary="Samples and cells waiting for review (scope: review)")
+    @app.get(
+        "/v1/review",
+        response_model=list[schemas.SampleForReview],
+        tags=["review"],
+        summary="Samples and cells waiting for review (scope: review)",
+    )
     def review_queue(limit: int = Query(100, ge=1, le=1000), _: Caller = Depends(require(Scope.REVIEW))) -> list[dict[str, Any]]:
         return client.review_queue(limit)
 
     @app.post(
         "/v1/samples/{sample_id}/cells/{image_sha256}/label",
+        response_model=schemas.Report,
         tags=["review"],
         summary="Reclassify a cell; audited, report recomputed (scope: review)",
     )
-    def relabel(sample_id: str, image_sha256: str, body: Relabel, caller: Caller = Depends(require(Scope.REVIEW))) -> dict[str, Any]:
+    def relabel(
+        sample_id: str, image_sha256: str, body: schemas.Relabel, caller: Caller = Depends(require(Scope.REVIEW))
+    ) -> dict[str, Any]:
         return client.relabel(sample_id, image_sha256, body.label, body.reviewer, body.reason, f"api:{caller.name}")
 
     @app.post(
         "/v1/samples/{sample_id}/sign-off",
+        response_model=schemas.Report,
         tags=["review"],
         summary="Sign off: the report becomes final (amended after a later change) (scope: review)",
     )
-    def sign_off(sample_id: str, body: SignOff, caller: Caller = Depends(require(Scope.REVIEW))) -> dict[str, Any]:
+    def sign_off(sample_id: str, body: schemas.SignOff, caller: Caller = Depends(require(Scope.REVIEW))) -> dict[str, Any]:
         return client.sign_off(sample_id, body.reviewer, body.comment, f"api:{caller.name}")
 
-    @app.get("/v1/models", tags=["models"], summary="Model versions and the production one (scope: read)")
+    @app.get(
+        "/v1/models",
+        response_model=schemas.ModelRegistry,
+        tags=["models"],
+        summary="Model versions and the production one (scope: read)",
+    )
     def models(_: Caller = Depends(require(Scope.READ))) -> dict[str, Any]:
         versions = client.models()
         production = next((v["version"] for v in versions if v["status"] == "production"), None)
         return {"production": production, "versions": versions}
 
-    @app.get("/v1/exporters", tags=["exports"], summary="Export formats (scope: read)")
+    @app.get("/v1/exporters", response_model=list[schemas.Exporter], tags=["exports"], summary="Export formats (scope: read)")
     def list_exporters(_: Caller = Depends(require(Scope.READ))) -> list[dict[str, str]]:
         return [{"name": e.name, "media_type": e.media_type, "description": e.description} for e in exporters().values()]
 
-    @app.get("/v1/audit", tags=["admin"], summary="The audit log, newest first (scope: admin)")
+    @app.get(
+        "/v1/audit", response_model=list[schemas.AuditEvent], tags=["admin"], summary="The audit log, newest first (scope: admin)"
+    )
     def audit_log(
         subject: str | None = None, limit: int = Query(100, ge=1, le=1000), _: Caller = Depends(require(Scope.ADMIN))
     ) -> list[dict[str, Any]]:

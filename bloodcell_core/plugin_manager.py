@@ -65,7 +65,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
         manager.check_pending()  # a hookimpl whose name matches no hook spec, e.g. a typo
     except pluggy.PluginValidationError as exc:
         name = manager.get_name(exc.plugin)
-        raise PluginError(f"plugin {name!r} ({_plugin_sources.get(name)}) is invalid: {exc}") from exc
+        raise PluginError(f"plugin {name!r} ({_plugin_sources.get(name) if name else None}) is invalid: {exc}") from exc
     return manager
 
 
@@ -78,7 +78,7 @@ def register_plugin(manager: pluggy.PluginManager, plugin: Any, name: str, sourc
     _plugin_sources[name] = source
 
 
-def _collect(hook_name: str, kind: type) -> dict[str, tuple[str, Any]]:
+def _collect(hook_name: str, kind: type[Any]) -> dict[str, tuple[str, Any]]:
     """Call one registration hook plugin by plugin; return {registered name: (plugin name, item)}."""
     manager = get_plugin_manager()
     found: dict[str, tuple[str, Any]] = {}

@@ -47,7 +47,7 @@ class Augmentation:
 
 
 # What `bloodcell train --acquisition-augmentation` adds to a plugin's geometric augmentation.
-ACQUISITION_AUGMENTATION = {
+ACQUISITION_AUGMENTATION: dict[str, Any] = {
     "stain": 8.0,
     "contrast": 0.15,
     "gamma": 0.15,

@@ -44,7 +44,7 @@ def locate_white_cells(image: np.ndarray) -> list[CellBox]:
     if int(score.max()) < MIN_SCORE:
         return []
     otsu, _ = cv2.threshold(score, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    mask = (score > max(otsu, MIN_SCORE)).astype(np.uint8)
+    mask: np.ndarray = (score > max(otsu, MIN_SCORE)).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
     if n <= 1:

@@ -49,7 +49,8 @@ def render(document: ReportDocument) -> str:
     order.obr.obr_25 = status
     notes = [document.conclusion] + [f"FLAG {flag}: {text}" for flag, text in zip(document.flags, document.warnings)]
     if document.signed_off_by:
-        notes.append(f"Signed off by {document.signed_off_by} at {document.signed_off_at.isoformat()}")
+        at = f" at {document.signed_off_at.isoformat()}" if document.signed_off_at is not None else ""
+        notes.append(f"Signed off by {document.signed_off_by}{at}")
     for k, text in enumerate(notes, start=1):
         note = order.add_segment("NTE")
         note.nte_1 = str(k)

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Literal, NoReturn, TypeVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter off the terminal
 
@@ -17,7 +17,7 @@ from bloodcell_core.plugin_manager import PluginError  # noqa: E402
 T = TypeVar("T")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
@@ -413,7 +413,7 @@ def generalisation_command(model_dirs: tuple[Path, ...], data_root: Path, out_di
     "'off': every view for every cell (default: the model's current gate).",
 )
 def calibrate_command(
-    model_dir: Path, target_accuracy: float, data_dir: Path | None, views: str | None, view_gate: float | None | str
+    model_dir: Path, target_accuracy: float, data_dir: Path | None, views: str | None, view_gate: float | None | Literal["default"]
 ) -> None:
     """Fit temperature scaling and the review threshold on MODEL_DIR's own validation split.
 
@@ -438,7 +438,7 @@ def calibrate_command(
     click.echo(json.dumps(record, indent=2))
 
 
-def _view_gate(value: str | None) -> float | None | str:
+def _view_gate(value: str | None) -> float | None | Literal["default"]:
     """--view-gate: "default" when not given (the plugin's or the model's), None for "off", else a confidence."""
     if value is None:
         return "default"
@@ -706,7 +706,7 @@ def submit(sample_id: str, wait: bool, timeout: float, as_json: bool, paths: tup
         return
     try:
         report = client.wait(sample_id, timeout=timeout)
-    except (TimeoutError, *_user_errors()) as exc:
+    except (TimeoutError,) + _user_errors() as exc:
         _fail(str(exc))
     _print_report(report, as_json)
 
@@ -999,7 +999,7 @@ def models_register(model_dir: Path) -> None:
 
     try:
         click.echo(f"candidate: {_client().register(str(model_dir.resolve()), actor=_actor())}")
-    except (ArtifactError, *_user_errors()) as exc:
+    except (ArtifactError,) + _user_errors() as exc:
         _fail(str(exc))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from celery import Celery
 
@@ -30,6 +30,8 @@ from bloodcell_core.service.training_runs import FINAL_TRAINING_RUN_STATUSES, cr
 from bloodcell_core.service.versions import list_versions, register_model_version
 
 log = logging.getLogger(__name__)
+
+
 class Client:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
@@ -46,7 +48,7 @@ class Client:
         accession_id: str,
         images: list[tuple[str, bytes]],
         actor: str = "client",
-        stored: list[tuple[str, str]] = (),
+        stored: Sequence[tuple[str, str]] = (),
         client_id: int | None = None,
         idempotency_key: str | None = None,
     ) -> Submission:

@@ -10,7 +10,7 @@ metadata and applied by the Classifier, so every serving path sees calibrated pr
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Sequence, TypedDict
 
 import numpy as np
 from scipy.stats import beta
@@ -21,6 +21,12 @@ TARGET_ACCURACY = 0.995
 DELTA = 0.1  # each threshold's binomial test is at 90% confidence
 EPSILON = float(np.finfo(np.float32).tiny)  # keeps log() finite without capping logit gaps
 REVIEW_ALL = 2.0  # a threshold above any probability: every cell goes to review
+
+
+class ChosenThreshold(TypedDict):
+    threshold: float
+    coverage: float
+    accuracy: float | None  # None when no threshold passes and every cell goes to review
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -78,7 +84,7 @@ def error_upper_bound(errors: int, n: int, delta: float = DELTA) -> float:
     return 1.0 if errors >= n else float(beta.ppf(1 - delta, errors + 1, n - errors))
 
 
-def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target_accuracy: float, delta: float = DELTA) -> dict[str, float]:
+def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target_accuracy: float, delta: float = DELTA) -> ChosenThreshold:
     """The lowest threshold whose accepted validation cells pass a binomial test of the target accuracy.
 
     The raw validation accuracy is too optimistic with few errors (3 in 638 gives a threshold that
@@ -97,7 +103,8 @@ def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target_accur
     ]
     if not passing:  # too few validation cells for the rule: review everything
         return {"threshold": REVIEW_ALL, "coverage": 0.0, "accuracy": None}
-    return max(passing, key=lambda p: p["coverage"])
+    best = max(passing, key=lambda p: p["coverage"])
+    return {"threshold": best["threshold"], "coverage": best["coverage"], "accuracy": best["accuracy"]}
 
 
 def at_threshold(probabilities: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float | None]:

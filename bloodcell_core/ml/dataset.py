@@ -103,7 +103,8 @@ def _inspect(root: Path, label: str, path: Path) -> ImageEntry:
         return entry
     entry.height, entry.width = image.shape[:2]
     corners = [image[:CORNER, :CORNER], image[:CORNER, -CORNER:], image[-CORNER:, :CORNER], image[-CORNER:, -CORNER:]]
-    entry.background_rgb = tuple(float(v) for v in np.concatenate([c.reshape(-1, 3) for c in corners]).mean(axis=0))
+    red, green, blue = (float(v) for v in np.concatenate([c.reshape(-1, 3) for c in corners]).mean(axis=0))
+    entry.background_rgb = (red, green, blue)
     return entry
 
 

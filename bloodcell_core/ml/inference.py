@@ -8,7 +8,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -97,7 +97,7 @@ def check_view_gate(gate: Any, views: Sequence[str]) -> float | None:
     """The gate in (0, 1], or None (every view for every cell); None with one view, where it means nothing."""
     if gate is None:
         return None
-    if isinstance(gate, bool) or not isinstance(gate, numbers.Real) or not 0 < gate <= 1:
+    if isinstance(gate, bool) or not isinstance(gate, numbers.Real) or not 0 < float(gate) <= 1:
         raise ValueError(f"the view gate is a confidence in (0, 1], or none; got {gate!r}")
     return None if len(views) == 1 else float(gate)
 
@@ -151,7 +151,7 @@ def predict_views(
         if gate is None and not known:
             outputs.append(average_over_views(view_probabilities(model, chunk, views, batch_size)))
             continue
-        if known:
+        if known and first is not None:
             chunk_first = np.array(first[start : start + batch_size])
         else:
             chunk_first = view_probabilities(model, chunk, views[:1], batch_size)[0]
@@ -256,7 +256,7 @@ class Classifier:
         The scores come from the identity view's features, in the same pass as its probabilities.
         """
         first, scores = None, None
-        if self._features is not None:
+        if self._features is not None and self.ood is not None:  # the feature model exists for the scorer
             features, first = features_and_probabilities(self._features, images)
             scores = self.ood.score(features)
         probabilities = predict_views(self.artifact.model, images, self.views, gate=self.view_gate, first=first)
@@ -301,14 +301,19 @@ class Classifier:
         items = list(images)
         chunks = [items[start : start + BATCH_SIZE] for start in range(0, len(items), BATCH_SIZE)]
         results: list[CellPrediction] = []
-        pending = self._pool.map(self._preprocess, [data for _, data in chunks[0]]) if chunks else None
+        pending: Iterator[tuple[np.ndarray | str, float]] = iter(())
+        if chunks:
+            pending = self._pool.map(self._preprocess, [data for _, data in chunks[0]])
         for k, chunk in enumerate(chunks):
             prepared, preprocess_ms = zip(*pending)
             if k + 1 < len(chunks):
                 pending = self._pool.map(self._preprocess, [data for _, data in chunks[k + 1]])
             good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
             start = time.perf_counter()
-            probabilities, scores = self.predict_with_scores(np.stack([prepared[i] for i in good])) if good else ([], None)
+            probabilities: np.ndarray | list[np.ndarray] = []
+            scores: np.ndarray | None = None
+            if good:
+                probabilities, scores = self.predict_with_scores(np.stack([prepared[i] for i in good]))
             predict_ms = (time.perf_counter() - start) * 1000 / max(len(good), 1)
             by_position = {i: (p, None if scores is None else float(scores[k])) for k, (i, p) in enumerate(zip(good, probabilities))}
             for i, (name, _) in enumerate(chunk):

@@ -43,7 +43,7 @@ def decode_image(data: bytes) -> np.ndarray:
     if image is None:
         raise ImageDecodeError(f"not a decodable image ({len(data)} bytes, starts with {bytes(data[:8])!r})")
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        image = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:
         image = np.clip(image.astype(np.float32) * (255.0 if image.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
     if image.ndim == 2 or image.shape[2] == 1:
@@ -173,7 +173,8 @@ def acquisition_jitter(image: np.ndarray, augmentation: Augmentation, rng: np.ra
     if rng.random() < a.jpeg:
         quality = int(rng.integers(30, 91))
         ok, encoded = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, quality])  # channel order is irrelevant here
-        out = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) if ok else out
+        decoded = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED) if ok else None
+        out = out if decoded is None else decoded
     return out
 
 

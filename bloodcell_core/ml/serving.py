@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 
-def train(model_name: str, data_dir: Path | str, out_dir: Path | str, **options: Any) -> Path:
+def train(model_name: str, data_dir: Path | str, out_dir: Path | str, **options: Any) -> dict[str, Any]:
     """``bloodcell_core.ml.training.train``, imported on first use: it imports Keras."""
     from bloodcell_core.ml.training import train as train_model
 

@@ -56,7 +56,9 @@ def _boxes(annotation: Path) -> tuple[Box, ...]:
         if (obj.findtext("name") or "").strip() != WHITE_CELL:
             continue
         bndbox = obj.find("bndbox")
-        xmin, ymin, xmax, ymax = (int(float(bndbox.findtext(key))) for key in ("xmin", "ymin", "xmax", "ymax"))
+        if bndbox is None:
+            raise ValueError(f"{annotation}: a {WHITE_CELL} object without a bndbox")
+        xmin, ymin, xmax, ymax = (int(float(bndbox.findtext(key, ""))) for key in ("xmin", "ymin", "xmax", "ymax"))
         boxes.append(Box(xmin, ymin, xmax, ymax))
     return tuple(boxes)
 

@@ -98,7 +98,7 @@ def make_split(index: DatasetIndex, seed: int = 0, fractions: tuple[float, float
         parts["train"] += items[:n_train]
         parts["val"] += items[n_train : n_train + n_val]
         parts["test"] += items[n_train + n_val :]
-    return Split(seed=seed, fractions=tuple(fractions), parts=parts, excluded=excluded)
+    return Split(seed=seed, fractions=(fractions[0], fractions[1], fractions[2]), parts=parts, excluded=excluded)
 
 
 def load_split_images(root: Path, items: list[SplitItem], preprocessor: Preprocessor, desc: str, progress: bool) -> np.ndarray:

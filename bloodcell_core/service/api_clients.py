@@ -52,7 +52,7 @@ def create_client(session: Session, name: str, scopes: list[str], webhook_url: s
         raise Conflict(f"an API client named {name!r} exists already (revoke it or pick another name)")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     secret = secrets.token_hex(32) if webhook_url else None
-    scopes = sorted(set(scopes), key=list(Scope).index)
+    scopes = sorted(set(scopes), key=[scope.value for scope in Scope].index)
     session.add(
         ApiClient(
             name=name,

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from bloodcell_core.config import Settings
 from bloodcell_core.service import webhooks
 from bloodcell_core.service.audit_log import record_event
-from bloodcell_core.service.db import insert_new, session_scope
+from bloodcell_core.service.db import get_row, insert_new, session_scope
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.image_store import image_store
 from bloodcell_core.service.models import ModelVersion, Prediction, Sample
@@ -57,7 +57,7 @@ def classify_sample(
     classifier = classifier_for(version)
 
     with session_scope(settings.database_url) as session:
-        sample = session.get(Sample, sample_pk, with_for_update=True)  # a concurrent review waits for the report
+        sample = get_row(session, Sample, sample_pk, with_for_update=True)  # a concurrent review waits for the report
         cells = list(sample.cells)
         done = set(
             session.scalars(
@@ -117,7 +117,7 @@ def classify_image(
             if result.error is not None:
                 return {"image_sha256": image_sha256, "error": result.error, "model_version": version.version}
             insert_predictions(session, [prediction_row(image_sha256, version.id, result, worker)])
-            existing = session.scalar(stored)  # this insert's row, or a concurrent worker's
+            existing = session.scalars(stored).one()  # this insert's row, or a concurrent worker's
         return {
             "image_sha256": image_sha256,
             "label": existing.label,

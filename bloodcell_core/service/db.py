@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, TypeVar
 
 from sqlalchemy import (
     create_engine,
@@ -19,6 +19,8 @@ from bloodcell_core.config import PROJECT_ROOT
 from bloodcell_core.service.models import Base
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+
+RowT = TypeVar("RowT", bound=Base)
 
 
 class DatabaseNotMigrated(RuntimeError):
@@ -39,6 +41,14 @@ def insert_new(session: Session, model: type[Base], rows: list[dict[str, Any]], 
         return
     dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     session.execute(dialect_insert(model).on_conflict_do_nothing(index_elements=key), rows)
+
+
+def get_row(session: Session, model: type[RowT], key: Any, **options: Any) -> RowT:
+    """``session.get`` for a row that must exist (a foreign key points at it): LookupError when it does not."""
+    row = session.get(model, key, **options)
+    if row is None:
+        raise LookupError(f"no {model.__tablename__} row {key!r}")
+    return row
 
 
 @cache

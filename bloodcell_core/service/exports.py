@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 from bloodcell_core.config import Settings
 from bloodcell_core.plugin_manager import get_exporter
 from bloodcell_core.plugin_types import DifferentialRow, ReportDocument
-from bloodcell_core.service.db import session_scope
+from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict
 from bloodcell_core.service.models import ModelVersion, Sample, SampleReport
 from bloodcell_core.service.samples import FLAG_TEXT, differential_percent, find_sample, latest_reviews, report_row
@@ -37,7 +37,7 @@ def report_document(session: Session, settings: Settings, sample: Sample) -> Rep
     report = report_row(session, sample)
     if report is None:
         raise Conflict(f"sample {sample.accession_id!r} has no report yet (status {sample.status})")
-    version = session.get(ModelVersion, report.model_version_id)
+    version = get_row(session, ModelVersion, report.model_version_id)
     n_reviewed = len(latest_reviews(session, sample.id))
     issued = max(filter(None, [report.created_at, sample.signed_off_at]))
     return ReportDocument(

@@ -115,8 +115,8 @@ def gate(session: Session, settings: Settings, candidate: ModelVersion, producti
     """Why the candidate may not replace production; an empty list means it may."""
     evaluation_set = _find_set(session, settings.evaluation_set)
     new, old = _scores(session, candidate, evaluation_set), _scores(session, production, evaluation_set)
-    missing = [v.version for v, score in ((candidate, new), (production, old)) if score is None]
-    if missing:
+    if new is None or old is None:
+        missing = [v.version for v, score in ((candidate, new), (production, old)) if score is None]
         return [
             f"not evaluated on set {evaluation_set.name!r}: {', '.join(missing)} "
             f"(`bloodcell models evaluate VERSION --set {evaluation_set.name}`)"

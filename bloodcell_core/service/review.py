@@ -17,7 +17,7 @@ from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import list_class_files
 from bloodcell_core.service import webhooks
 from bloodcell_core.service.audit_log import record_event
-from bloodcell_core.service.db import session_scope
+from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store
 from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample
@@ -36,7 +36,7 @@ def _report_version(session: Session, sample: Sample) -> ModelVersion:
     report = report_row(session, sample)
     if report is None:
         raise Conflict(f"sample {sample.accession_id!r} is not classified yet (status {sample.status})")
-    return session.get(ModelVersion, report.model_version_id)
+    return get_row(session, ModelVersion, report.model_version_id)
 
 
 def cell_results(session: Session, sample: Sample) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import UNFAMILIAR_REASON, review_reasons
 from bloodcell_core.service.audit_log import record_event
-from bloodcell_core.service.db import session_scope
+from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.image_store import image_store
 from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleReport
@@ -44,7 +44,7 @@ def sample_flags(settings: Settings, counts: dict[str, int], percent: dict[str, 
     training images)."""
     if not n:
         return []
-    flags = []
+    flags: list[str] = []
     if counts.get(settings.blast_class, 0) >= settings.blast_count or percent.get(settings.blast_class, 0.0) >= settings.blast_percent:
         flags.append(SampleFlag.BLASTS)
     if sum(percent.get(label, 0.0) for label in settings.immature_classes) > settings.immature_percent:
@@ -98,7 +98,7 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
     A technologist's label replaces the model's for its cell, and a reviewed cell needs no more review.
     A change to the counts of a signed-off report makes it ``amended``.
     """
-    version = session.get(ModelVersion, version_id)
+    version = get_row(session, ModelVersion, version_id)
     cells = list(sample.cells)
     predictions = version_predictions(session, version_id, [c.image_sha256 for c in cells])
     classified = [(c, predictions[c.image_sha256]) for c in cells if c.image_sha256 in predictions]
@@ -186,7 +186,7 @@ def report_json(session: Session, settings: Settings, sample: Sample) -> dict[st
             "model_version": None,
         }
     return base | {
-        "model_version": session.get(ModelVersion, report.model_version_id).version,
+        "model_version": get_row(session, ModelVersion, report.model_version_id).version,
         "n_classified": report.n_classified,
         "n_leukocytes": differential_percent(settings, report.counts)[1],
         "n_failed": report.n_failed,

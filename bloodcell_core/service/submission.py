@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from typing import Sequence
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
@@ -11,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import ImageDecodeError, image_dimensions
 from bloodcell_core.service.audit_log import record_event
-from bloodcell_core.service.db import session_scope
+from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict, LimitExceeded, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store, sha256_of
 from bloodcell_core.service.models import IdempotencyKey, Image, Sample, SampleImage
@@ -63,7 +64,7 @@ def submit_sample(
     accession_id: str,
     images: list[tuple[str, bytes]],
     actor: str,
-    stored: list[tuple[str, str]] = (),
+    stored: Sequence[tuple[str, str]] = (),
     client_id: int | None = None,
     idempotency_key: str | None = None,
 ) -> Submission:
@@ -94,8 +95,8 @@ def submit_sample(
                 if seen is not None:
                     if seen.request_sha256 != fingerprint:
                         raise Conflict(f"Idempotency-Key {idempotency_key[:80]!r} was used before for a different request")
-                    sample = session.get(Sample, seen.sample_id)
-                    return Submission(sample.id, sample.accession_id, 0, sample.status, len(sample.cells), replayed=True)
+                    first = get_row(session, Sample, seen.sample_id)
+                    return Submission(first.id, first.accession_id, 0, first.status, len(first.cells), replayed=True)
             referenced = {sha for _, sha in stored}
             missing = referenced - set(session.scalars(select(Image.sha256).where(Image.sha256.in_(referenced))))
             if missing:

@@ -9,7 +9,7 @@ from typing import Any
 from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import train
 from bloodcell_core.service.audit_log import record_event
-from bloodcell_core.service.db import session_scope
+from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.models import ModelVersion, TrainingRun
 from bloodcell_core.service.review import training_data_with_reviews
@@ -48,9 +48,10 @@ def run_training(settings: Settings, run_id: int, actor: str) -> str:
         if run is None:
             raise NotFound(f"no training run {run_id}")
         if run.status == TrainingRunStatus.DONE:  # a redelivered task: the candidate exists already
-            return session.get(ModelVersion, run.model_version_id).version
+            return get_row(session, ModelVersion, run.model_version_id).version
         run.status = TrainingRunStatus.RUNNING
-        plugin, data_dir, parameters = run.plugin, run.data_dir, dict(run.parameters)
+        plugin, parameters = run.plugin, dict(run.parameters)
+        data_dir: Path | str = run.data_dir
     out_dir = settings.models_dir / f"run-{run_id}-{plugin}"
     try:
         if parameters.pop("include_reviewed", False):
@@ -59,7 +60,7 @@ def run_training(settings: Settings, run_id: int, actor: str) -> str:
             train(plugin, data_dir, out_dir, progress=False, log=lambda _: None, **parameters)
     except Exception as exc:
         with session_scope(settings.database_url) as session:
-            run = session.get(TrainingRun, run_id)
+            run = get_row(session, TrainingRun, run_id)
             run.status, run.error, run.finished_at = (
                 TrainingRunStatus.FAILED,
                 f"{type(exc).__name__}: {exc}",
@@ -68,6 +69,6 @@ def run_training(settings: Settings, run_id: int, actor: str) -> str:
         raise
     with session_scope(settings.database_url) as session:
         version = register_model_version(session, out_dir, ModelStatus.CANDIDATE, actor)
-        run = session.get(TrainingRun, run_id)
+        run = get_row(session, TrainingRun, run_id)
         run.status, run.model_version_id, run.finished_at = TrainingRunStatus.DONE, version.id, datetime.now(timezone.utc)
         return version.version

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bloodcell_core.config import Settings
-from bloodcell_core.service.db import session_scope
+from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.models import ApiClient, Sample, WebhookDelivery
 from bloodcell_core.service.samples import find_sample
 from bloodcell_core.service.states import DeliveryStatus
@@ -92,7 +92,9 @@ def attempt_delivery(settings: Settings, delivery_id: int) -> bool:
         delivery = session.get(WebhookDelivery, delivery_id)
         if delivery is None or delivery.status == DeliveryStatus.DELIVERED:
             return delivery is not None
-        secret = session.get(ApiClient, delivery.client_id).webhook_secret
+        secret = get_row(session, ApiClient, delivery.client_id).webhook_secret
+        if secret is None:  # create_client gives every client with a webhook URL a secret
+            raise LookupError(f"API client {delivery.client_id} has no webhook secret to sign delivery {delivery_id} with")
         url, event = delivery.url, delivery.event
         body = json.dumps({**delivery.payload, "delivery_id": delivery_id}, sort_keys=True).encode()
     timestamp = str(int(time.time()))
@@ -113,7 +115,7 @@ def attempt_delivery(settings: Settings, delivery_id: int) -> bool:
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"
     with session_scope(settings.database_url) as session:
-        delivery = session.get(WebhookDelivery, delivery_id)
+        delivery = get_row(session, WebhookDelivery, delivery_id)
         delivery.attempts += 1
         delivery.last_status_code, delivery.last_error = status_code, error
         if error is None:

@@ -9,11 +9,11 @@ from helpers import KAGGLE5, run_cli
 
 from bloodcell_core import plugin_manager
 
+pytestmark = pytest.mark.real_data
+
 THROWAWAY_PLUGIN = """
 import keras
 from bloodcell_core import ModelSpec, PreprocessingStep, TrainingDefaults, hookimpl
-
-pytestmark = pytest.mark.real_data
 
 
 def build(input_shape, num_classes):

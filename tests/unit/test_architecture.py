@@ -156,3 +156,28 @@ def test_the_cli_submit_path_never_imports_keras(tmp_path, via):
     )
     loaded = modules_loaded_by(code, env)
     assert "bloodcell_core" in loaded and loaded & HEAVY == set()
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    """Imported by the project's code (tests aside) means named in pyproject.toml's dependencies."""
+    import importlib.metadata
+    import re
+    import tomllib
+
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[\[<>=!;~ ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in project["dependencies"]}
+    distributions = importlib.metadata.packages_distributions()
+    first_party = {"bloodcell_core", "api", "workers", "plugins"}
+    undeclared = set()
+    for path in MODULES.values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for top in {name.split(".")[0] for name in names} - first_party - set(sys.stdlib_module_names):
+                if not {d.lower().replace("_", "-") for d in distributions.get(top, [top])} & declared:
+                    undeclared.add(f"{top} ({path.relative_to(PROJECT)})")
+    assert sorted(undeclared) == []

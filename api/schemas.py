@@ -1,0 +1,168 @@
+"""The HTTP API's contract: request bodies and the response model of every route (shown in /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from bloodcell_core.service.states import DeliveryStatus, ModelStatus, ReportStatus, SampleFlag, SampleStatus
+
+
+class Relabel(BaseModel):
+    label: str = Field(max_length=64, description="One of the report's classes")
+    reviewer: str = Field(min_length=1, max_length=255, description="The technologist making the change")
+    reason: str = Field(min_length=1, max_length=2000)
+
+
+class SignOff(BaseModel):
+    reviewer: str = Field(min_length=1, max_length=255)
+    comment: str = Field(default="", max_length=2000)
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+
+
+class Readiness(BaseModel):
+    database: str = Field(description="ok, or unavailable (also when not migrated)")
+    redis: str
+    workers: list[str] = Field(description="Workers that answered a ping")
+    ready: bool
+
+
+class SampleLinks(BaseModel):
+    report: str
+    cells: str
+    fhir: str
+    hl7: str
+
+
+class SubmissionReceipt(BaseModel):
+    sample_id: str = Field(description="The accession id")
+    status: SampleStatus
+    new_cells: int = Field(description="Cells queued by this request (0: nothing new)")
+    n_cells: int
+    replayed: bool = Field(description="An Idempotency-Key seen before: the first request's sample")
+    links: SampleLinks
+
+
+class CellForReview(BaseModel):
+    name: str
+    image_sha256: str
+    label: str
+    confidence: float
+    reasons: list[str] = Field(description="Why it needs a technologist: low confidence, unlike the training images")
+
+
+class FailedCell(BaseModel):
+    name: str
+    image_sha256: str | None = None
+    error: str | None
+
+
+class Report(BaseModel):
+    """A sample's status and differential; the figures after `model_version` exist once it is classified."""
+
+    sample_id: str
+    status: SampleStatus
+    error: str | None
+    n_cells: int
+    report_status: ReportStatus
+    signed_off_by: str | None
+    signed_off_at: str | None
+    n_reviewed: int
+    model_version: str | None
+    counts: dict[str, int]
+    percent: dict[str, float] = Field(description="Per 100 leukocytes")
+    blast_flag: bool
+    flags: list[SampleFlag]
+    warnings: list[str]
+    needs_review: list[CellForReview]
+    failed: list[FailedCell]
+    n_classified: int | None = None
+    n_leukocytes: int | None = None
+    n_failed: int | None = None
+    blast_count: int | None = None
+    blast_percent: float | None = None
+    n_unfamiliar: int | None = Field(None, description="Unreviewed cells unlike the training images")
+    review_threshold: float | None = None
+    ood_threshold: float | None = None
+
+
+class SampleReport(Report):
+    links: SampleLinks
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class Cell(BaseModel):
+    name: str
+    image_sha256: str
+    status: str
+    error: str | None
+    model_label: str | None
+    confidence: float | None
+    top3: list[LabelProbability]
+    reviewed_label: str | None
+    reviewed_by: str | None
+    label: str | None = Field(description="The label that counts: the technologist's, else the model's")
+    ood_score: float | None
+    needs_review: bool
+    review_reasons: list[str]
+
+
+class ReviewFailedCell(BaseModel):
+    name: str
+    error: str | None
+
+
+class SampleForReview(BaseModel):
+    sample_id: str
+    cells: list[Cell]
+    failed: list[ReviewFailedCell]
+
+
+class WebhookDelivery(BaseModel):
+    id: int
+    event: str
+    url: str
+    status: DeliveryStatus
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: str
+    delivered_at: str | None
+
+
+class ModelVersion(BaseModel):
+    version: str
+    plugin: str
+    status: ModelStatus
+    created_at: str
+    test_accuracy: float | None
+    test_macro_f1: float | None
+    artifact: str
+
+
+class ModelRegistry(BaseModel):
+    production: str | None
+    versions: list[ModelVersion]
+
+
+class Exporter(BaseModel):
+    name: str
+    media_type: str
+    description: str
+
+
+class AuditEvent(BaseModel):
+    at: str
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any]
