@@ -41,7 +41,7 @@ def write_cells(cells: list[tuple[str, bytes, str]], folder: Path) -> None:
 def own_test(classifier: Classifier) -> list[tuple[str, bytes, str]]:
     from bloodcell_core.ml.dataset import read_image_file
 
-    root = Path(classifier.artifact.metadata["dataset"]["root"])
+    root = classifier.artifact.metadata.dataset_root
     return [(item.paths[0], read_image_file(root / item.paths[0]), item.label) for item in classifier.artifact.split().parts["test"]]
 
 

@@ -28,7 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from bloodcell_core.ml.artifacts import MODEL_FILE, ModelArtifact, load_artifact, read_metadata  # noqa: E402
+from bloodcell_core.ml.artifacts import MODEL_FILE, ModelArtifact, ModelMetadata, load_artifact, read_metadata  # noqa: E402
 from bloodcell_core.ml.dataset import list_class_files, read_image_file  # noqa: E402
 from bloodcell_core.ml.inference import VIEWS, Classifier, predict_in_batches  # noqa: E402
 from bloodcell_core.ml.preprocessing import PreprocessingConfig, Preprocessor  # noqa: E402
@@ -48,7 +48,7 @@ def load_images(count: int) -> list[tuple[str, bytes]]:
 def trained_models() -> dict[str, Path]:
     found = {}
     for metadata_file in sorted((PROJECT / "models").glob("*/metadata.json")):
-        found.setdefault(read_metadata(metadata_file.parent)["plugin"], metadata_file.parent)
+        found.setdefault(read_metadata(metadata_file.parent).plugin, metadata_file.parent)
     return found
 
 
@@ -65,11 +65,19 @@ def artifact_for(name: str, trained: dict[str, Path], workdir: Path) -> tuple[Mo
     model = spec.build((*spec.input_size, 3), 5)
     model.save(workdir / f"{name}.keras")
     config = PreprocessingConfig(input_size=spec.input_size, steps=spec.defaults.preprocessing_steps)
-    metadata = {
-        "classes": [f"class{k}" for k in range(5)],
-        "preprocessing": config.to_json(),
-        "calibration": {"views": list(spec.defaults.test_time_views), "view_gate": spec.defaults.view_gate},
-    }
+    metadata = ModelMetadata(  # untrained: only what serving reads is filled in
+        name=name,
+        plugin=name,
+        classes=[f"class{k}" for k in range(5)],
+        input_shape=[*spec.input_size, 3],
+        preprocessing=config.to_json(),
+        created_at="",
+        training={},
+        dataset={},
+        split={},
+        calibration={"views": list(spec.defaults.test_time_views), "view_gate": spec.defaults.view_gate},
+        metrics={},
+    )
     return ModelArtifact(directory=workdir, metadata=metadata, model=model), "untrained weights"
 
 
@@ -78,8 +86,8 @@ def rate(count: int, seconds: float) -> float:
 
 
 def with_views(artifact: ModelArtifact, views: tuple[str, ...], gate: float | None) -> ModelArtifact:
-    calibration = (artifact.metadata.get("calibration") or {}) | {"views": list(views), "view_gate": gate}
-    return replace(artifact, metadata=artifact.metadata | {"calibration": calibration})
+    calibration = (artifact.metadata.calibration or {}) | {"views": list(views), "view_gate": gate}
+    return replace(artifact, metadata=replace(artifact.metadata, calibration=calibration))
 
 
 def bench_models(name: str, images: list[tuple[str, bytes]], artifact: ModelArtifact, weights: str) -> list[dict]:
@@ -158,9 +166,7 @@ def main() -> None:
     images = load_images(args.images)
     if args.model_dir:
         artifacts = [(load_artifact(directory), weights_label(directory)) for directory in args.model_dir]
-        results = [
-            row for artifact, weights in artifacts for row in bench_models(artifact.metadata["plugin"], images, artifact, weights)
-        ]
+        results = [row for artifact, weights in artifacts for row in bench_models(artifact.metadata.plugin, images, artifact, weights)]
     else:
         names = args.models.split(",") if args.models else sorted(model_specs())
         trained = trained_models()

@@ -69,9 +69,9 @@ def dataset() -> None:
 def dataset_audit(data_dir: Path, as_json: bool) -> None:
     """Decode every file for real and report counts, unreadable files, duplicates
     (also across classes) and image-size / background-colour shortcuts."""
-    from bloodcell_core.ml.dataset import audit, format_audit, index_dataset
+    from bloodcell_core.ml.dataset import audit_dataset, format_audit, index_dataset
 
-    report = audit(index_dataset(data_dir, progress=not as_json and sys.stderr.isatty()))
+    report = audit_dataset(index_dataset(data_dir, progress=not as_json and sys.stderr.isatty()))
     click.echo(json.dumps(report, indent=2) if as_json else format_audit(report))
 
 
@@ -98,7 +98,7 @@ def dataset_shortcuts(data_dir: Path, model_dir: Path | None, seed: int | None, 
 
     metadata = read_metadata(model_dir) if model_dir else None
     if seed is None:
-        seed = metadata["split"]["seed"] if metadata else 0
+        seed = metadata.split["seed"] if metadata else 0
     report = shortcut_audit(
         data_dir, seed, metadata, tuple(steps.split(",")) if steps else None, progress=not as_json and sys.stderr.isatty()
     )

@@ -199,7 +199,7 @@ def _background_only_accuracy(valid: list[ImageEntry], classes: list[str]) -> fl
     return float((predicted == labels).mean())
 
 
-def audit(index: DatasetIndex) -> dict[str, Any]:
+def audit_dataset(index: DatasetIndex) -> dict[str, Any]:
     """The audit report: counts, unreadable files, duplicates, label conflicts, source shortcuts."""
     valid = index.valid
     per_class: dict[str, dict[str, Any]] = {}

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from bloodcell_core.ml.artifacts import ModelMetadata
 from bloodcell_core.ml.dataset import read_image_file
 from bloodcell_core.ml.metrics import classification_metrics
 from bloodcell_core.ml.ood import UNFAMILIAR_REASON, auroc
@@ -79,12 +80,12 @@ SHIFTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 
-def evaluation_sets(metadata: dict[str, Any], split: Any, data_root: Path) -> list[EvaluationSet]:
+def evaluation_sets(metadata: ModelMetadata, split: Any, data_root: Path) -> list[EvaluationSet]:
     """The sets of the table for one model; folders missing under DATA_ROOT are left out."""
     from bloodcell_core.ml.preprocessing import ImageDecodeError, decode_image
     from bloodcell_core.ml.smear_fields import typed_cell_crops
 
-    own_root = Path(metadata["dataset"]["root"])
+    own_root = metadata.dataset_root
     test = [(item.paths[0], read_image_file(own_root / item.paths[0]), item.label) for item in split.parts["test"]]
     sets = [EvaluationSet("held-out test split", "same source", test)]
     seen = split.hashes("train", "val")
@@ -214,8 +215,8 @@ def model_rows(model_dir: Path, data_root: Path, log: Callable[[str], None] = pr
             {
                 "model": model_dir.name,
                 "model_dir": str(model_dir),
-                "plugin": metadata["plugin"],
-                "steps": metadata["preprocessing"]["steps"],
+                "plugin": metadata.plugin,
+                "steps": metadata.preprocessing["steps"],
                 "set": evaluation.name,
                 "kind": evaluation.kind,
             }

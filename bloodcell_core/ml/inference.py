@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from bloodcell_core.ml.artifacts import ArtifactError, ModelArtifact, load_artifact, metadata_view_gate, metadata_views
+from bloodcell_core.ml.artifacts import ArtifactError, ModelArtifact, ModelMetadata, load_artifact
 from bloodcell_core.ml.calibration import EPSILON, apply_temperature, softmax
 from bloodcell_core.ml.image_header import image_dimensions
 from bloodcell_core.ml.ood import FALLBACK_REVIEW_THRESHOLD, feature_model, load_scorer, review_reasons
@@ -102,12 +102,12 @@ def check_view_gate(gate: Any, views: Sequence[str]) -> float | None:
     return None if len(views) == 1 else float(gate)
 
 
-def served_views(metadata: dict[str, Any], directory: Path | str) -> tuple[tuple[str, ...], float | None]:
+def served_views(metadata: ModelMetadata, directory: Path | str) -> tuple[tuple[str, ...], float | None]:
     """A model directory's test-time views in their canonical order and its view gate, or ArtifactError:
     refused when registered and when loaded."""
     try:
-        views = check_views(metadata_views(metadata))
-        return views, check_view_gate(metadata_view_gate(metadata), views)
+        views = check_views(metadata.views)
+        return views, check_view_gate(metadata.view_gate, views)
     except ValueError as exc:
         raise ArtifactError(f"{directory}: {exc}") from None
 
@@ -236,7 +236,7 @@ class Classifier:
         self.artifact = artifact
         self.classes = artifact.classes
         self.preprocessor = Preprocessor(artifact.preprocessing)
-        calibration = artifact.metadata.get("calibration") or {}
+        calibration = artifact.metadata.calibration or {}
         self.review_threshold = float(calibration.get("review_threshold", FALLBACK_REVIEW_THRESHOLD))
         self.ood = load_scorer(artifact.directory, calibration.get("ood"))
         self._features = feature_model(artifact.model) if self.ood is not None else None

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from bloodcell_core.ml.artifacts import MODEL_FILE, metadata_view_gate, metadata_views, read_metadata
+from bloodcell_core.ml.artifacts import MODEL_FILE, read_metadata
 
 
 def predict_throughput(model_dir: Path, data_dir: Path, images: int = 256) -> float:
@@ -36,24 +36,24 @@ def predict_throughput(model_dir: Path, data_dir: Path, images: int = 256) -> fl
 
 def result_row(data_dir: Path, model_dir: Path) -> dict[str, Any]:
     metadata = read_metadata(model_dir)
-    test, calibration = metadata["metrics"]["test"], metadata.get("calibration") or {}
+    test, calibration = metadata.metrics["test"], metadata.calibration or {}
     return {
         "dataset": data_dir.name,
-        "plugin": metadata["plugin"],
-        "test_time_views": len(metadata_views(metadata)),
-        "view_gate": metadata_view_gate(metadata),
+        "plugin": metadata.plugin,
+        "test_time_views": len(metadata.views),
+        "view_gate": metadata.view_gate,
         "accuracy": round(test["accuracy"], 4),
         "macro_f1": round(test["macro_f1"], 4),
         "ece_calibrated": calibration.get("test", {}).get("ece_after"),
         "coverage": calibration.get("test", {}).get("coverage"),
         "accepted_accuracy": calibration.get("test", {}).get("accepted_accuracy"),
-        "parameters": metadata["training"]["parameters"],
-        "file_mb": round(metadata["files"][MODEL_FILE]["bytes"] / 2**20, 2),
+        "parameters": metadata.training["parameters"],
+        "file_mb": round(metadata.files[MODEL_FILE]["bytes"] / 2**20, 2),
         "images_per_s": round(predict_throughput(model_dir, data_dir)),
-        "train_minutes": round(metadata["training"]["seconds"] / 60, 1),
-        "epochs": metadata["training"]["epochs_run"],
+        "train_minutes": round(metadata.training["seconds"] / 60, 1),
+        "epochs": metadata.training["epochs_run"],
         "n_test": test["n"],
-        "steps": metadata["preprocessing"]["steps"],
+        "steps": metadata.preprocessing["steps"],
         "model_dir": str(model_dir),
     }
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bloodcell_core.ml.artifacts import ArtifactError, read_metadata, version_id
+from bloodcell_core.ml.artifacts import ArtifactError, ModelMetadata, read_metadata, version_id
 from bloodcell_core.ml.dataset import index_dataset, list_class_files
 from bloodcell_core.ml.evaluation import evaluate
 from bloodcell_core.ml.image_header import ImageDecodeError, image_dimensions
@@ -23,6 +23,7 @@ __all__ = [
     "Classifier",
     "FALLBACK_REVIEW_THRESHOLD",
     "ImageDecodeError",
+    "ModelMetadata",
     "UNFAMILIAR_REASON",
     "evaluate",
     "image_dimensions",
@@ -36,7 +37,7 @@ __all__ = [
 ]
 
 
-def train(model_name: str, data_dir: Path | str, out_dir: Path | str, **options: Any) -> dict[str, Any]:
+def train(model_name: str, data_dir: Path | str, out_dir: Path | str, **options: Any) -> ModelMetadata:
     """``bloodcell_core.ml.training.train``, imported on first use: it imports Keras."""
     from bloodcell_core.ml.training import train as train_model
 

@@ -16,6 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.tree import DecisionTreeClassifier
 
+from bloodcell_core.ml.artifacts import ModelMetadata
 from bloodcell_core.ml.dataset import index_dataset
 from bloodcell_core.ml.metrics import classification_metrics
 from bloodcell_core.ml.preprocessing import PreprocessingConfig, Preprocessor
@@ -65,7 +66,7 @@ def colour_only_baseline(
 def shortcut_audit(
     data_dir: Path | str,
     seed: int = 0,
-    model_metadata: dict[str, Any] | None = None,
+    model_metadata: ModelMetadata | None = None,
     steps: tuple[str, ...] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -79,8 +80,9 @@ def shortcut_audit(
     index = index_dataset(data_dir, progress=progress)
     fractions, input_size = (0.7, 0.15, 0.15), (128, 128)
     if model_metadata is not None:
-        fractions, input_size = tuple(model_metadata["split"]["fractions"]), tuple(model_metadata["input_shape"][:2])
-        steps = steps if steps is not None else tuple(model_metadata["preprocessing"]["steps"])
+        fractions = tuple(model_metadata.split["fractions"])
+        input_size = (model_metadata.input_shape[0], model_metadata.input_shape[1])
+        steps = steps if steps is not None else tuple(model_metadata.preprocessing["steps"])
     steps = steps if steps is not None else SERVING_STEPS
     split = make_split(index, seed=seed, fractions=fractions)
     classes = sorted({item.label for items in split.parts.values() for item in items})
@@ -133,11 +135,11 @@ def shortcut_audit(
         "model": None,
     }
     if model_metadata is not None:
-        same_split = model_metadata["dataset"]["fingerprint"] == report["fingerprint"] and model_metadata["split"]["seed"] == seed
-        accuracy = model_metadata["metrics"]["test"]["accuracy"]
+        same_split = model_metadata.dataset_fingerprint == report["fingerprint"] and model_metadata.split["seed"] == seed
+        accuracy = model_metadata.metrics["test"]["accuracy"]
         best = max(r["accuracy"] for r in results.values())
         report["model"] = {
-            "plugin": model_metadata["plugin"],
+            "plugin": model_metadata.plugin,
             "test_accuracy": round(accuracy, 4),
             "same_split": same_split,
             "best_shortcut_accuracy": best,

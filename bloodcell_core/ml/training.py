@@ -22,15 +22,15 @@ from bloodcell_core.ml.artifacts import (
     FORMAT_VERSION,
     REPORT_DIR,
     ModelArtifact,
+    ModelMetadata,
     load_artifact,
-    metadata_view_gate,
-    metadata_views,
+    read_metadata,
     save_artifact,
     update_metadata,
     version_id,
 )
 from bloodcell_core.ml.calibration import TARGET_ACCURACY, apply_temperature, calibrate
-from bloodcell_core.ml.dataset import DatasetIndex, audit, dataset_root, index_dataset, read_image_file
+from bloodcell_core.ml.dataset import DatasetIndex, audit_dataset, dataset_root, index_dataset, read_image_file
 from bloodcell_core.ml.inference import (
     check_view_gate,
     check_views,
@@ -150,7 +150,7 @@ def train(
     view_gate: float | None | Literal["default"] = "default",
     progress: bool = True,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> ModelMetadata:
     """Train ``model_name`` on DATA_DIR, evaluate on the held-out test split, write OUT_DIR.
 
     DATA_DIR may be several dataset folders read as one (``dataset.index_dataset``), with ``renames``
@@ -177,7 +177,7 @@ def train(
     index = index_dataset(data_dir, progress=progress, renames=renames)
     if max_per_class:
         index = limit_per_class(index, max_per_class)
-    data_audit = audit(index)
+    data_audit = audit_dataset(index)
     for item in data_audit["unreadable"]:
         log(f"skipping unreadable file {item['path']}: {item['error']}")
     split = make_split(index, seed=seed, fractions=fractions)
@@ -240,7 +240,7 @@ class Prepared:
     labels: dict[str, np.ndarray]
     classes: list[str]
     config: PreprocessingConfig
-    dataset_record: dict[str, Any]  # metadata["dataset"]
+    dataset_record: dict[str, Any]  # ModelMetadata.dataset
 
 
 def fit_and_write(
@@ -260,11 +260,11 @@ def fit_and_write(
     progress: bool,
     log: Callable[[str], None],
     early_stopping: bool = True,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    adaptation: dict[str, Any] | None = None,
+) -> ModelMetadata:
     """Fit SPEC on the prepared data (from START_FROM's weights if given), calibrate it, fit its out-of-distribution
-    scorer, and write the model directory with its report; ``extra`` joins the metadata. Without ``early_stopping``
-    every epoch runs and the last one is kept. Returns the metadata."""
+    scorer, and write the model directory with its report; ``adaptation`` (from ``adapt``) joins the metadata.
+    Without ``early_stopping`` every epoch runs and the last one is kept. Returns the metadata."""
     model_name, defaults = spec.name, spec.defaults
     split, arrays, labels, classes, config = data.split, data.arrays, data.labels, data.classes, data.config
     onehot = {name: keras.utils.to_categorical(y, len(classes)) for name, y in labels.items()}
@@ -308,14 +308,14 @@ def fit_and_write(
     test_metrics = calibrated["after"]  # the served model is calibrated: same classes, calibrated confidences
     val_metrics = classification_metrics(labels["val"], apply_temperature(probabilities["val"], calibration["temperature"]), classes)
     baseline = colour_only_baseline(arrays["train"], labels["train"], arrays["test"], labels["test"], classes)
-    metadata = {
-        "name": out_dir.name,
-        "plugin": model_name,
-        "classes": classes,
-        "input_shape": [*spec.input_size, 3],
-        "preprocessing": config.to_json(),
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "training": {
+    metadata = ModelMetadata(
+        name=out_dir.name,
+        plugin=model_name,
+        classes=classes,
+        input_shape=[*spec.input_size, 3],
+        preprocessing=config.to_json(),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        training={
             "epochs_requested": epochs,
             "epochs_run": len(history_lists["loss"]),
             # the epoch whose weights were kept: the best validation loss, or the last without early stopping
@@ -334,18 +334,20 @@ def fit_and_write(
             "seconds": round(time.time() - started, 1),
             "parameters": int(model.count_params()),
         },
-        "dataset": data.dataset_record,
-        "split": {key: value for key, value in split.to_json().items() if key in ("seed", "fractions", "unit", "counts", "excluded")},
-        "calibration": calibration,
-        "metrics": {
+        dataset=data.dataset_record,
+        split={key: value for key, value in split.to_json().items() if key in ("seed", "fractions", "unit", "counts", "excluded")},
+        calibration=calibration,
+        metrics={
             "test": _summary(test_metrics),
             "val": _summary(val_metrics),
             "colour_only_baseline_test": baseline,
         },
-    } | (extra or {})
+        adaptation=adaptation,
+    )
     serving = spec.build((*spec.input_size, 3), len(classes))  # uncompiled: carries no optimiser state
     serving.set_weights(model.get_weights())
     save_artifact(serving, metadata, split, out_dir)
+    metadata = read_metadata(out_dir)  # as written: with the files' digests and the library versions
     write_report(
         out_dir, metadata, test_metrics, val_metrics, history_lists, arrays["train"], labels["train"], classes, augmentation, seed
     )
@@ -357,7 +359,7 @@ def fit_and_write(
         f"{calibration['test']['coverage']:.1%} of test cells at accuracy {calibration['test']['accepted_accuracy']} "
         f"(n={test_metrics['n']}); colour-only baseline accuracy {baseline['accuracy']:.4f}; model written to {out_dir}"
     )
-    return json.loads((out_dir / "metadata.json").read_text())
+    return metadata
 
 
 def adapt(
@@ -372,7 +374,7 @@ def adapt(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] = print,
-) -> dict[str, Any]:
+) -> ModelMetadata:
     """Fine-tune MODEL_DIR on a laboratory's reviewed cells (folder-per-class LAB_DIRS), write OUT_DIR.
 
     Every lab cell trains, beside a replay of ``replay_per_class`` of the model's own training images per
@@ -386,12 +388,12 @@ def adapt(
     started = time.time()
     keras.utils.set_random_seed(seed)
     base = load_artifact(model_dir)
-    spec, classes, metadata = get_model_spec(base.metadata["plugin"]), base.classes, base.metadata
+    spec, classes, metadata = get_model_spec(base.metadata.plugin), base.classes, base.metadata
     lab = index_dataset(lab_dirs, progress=progress, renames=renames)
     unknown = sorted(set(lab.classes) - set(classes))
     if unknown:
         raise ValueError(f"the lab data has classes the model does not know: {unknown} (model: {classes}); use --rename")
-    base_root, base_split = Path(metadata["dataset"]["root"]), base.split()
+    base_root, base_split = metadata.dataset_root, base.split()
     held_out = base_split.hashes("val", "test")
     lab_cells = [item for item in make_split(lab, seed=seed, fractions=(1.0, 0.0, 0.0)).parts["train"] if item.sha256 not in held_out]
     if not lab_cells:
@@ -428,10 +430,10 @@ def adapt(
     lab_part = slice(len(replay), None)
     arrays["train"] = np.concatenate([arrays["train"][: len(replay)]] + [arrays["train"][lab_part]] * repeats)
     labels["train"] = np.concatenate([labels["train"][: len(replay)]] + [labels["train"][lab_part]] * repeats)
-    lab_audit = audit(lab)
-    dataset_record = metadata["dataset"] | {
+    lab_audit = audit_dataset(lab)
+    dataset_record = metadata.dataset | {
         "root": str(root),
-        "sources": list(metadata["dataset"].get("sources", [str(base_root)])) + [str(d) for d in dataset_root(lab_dirs)[1]],
+        "sources": list(metadata.dataset.get("sources", [str(base_root)])) + [str(d) for d in dataset_root(lab_dirs)[1]],
     }
     adaptation = {
         "adapted_from": {"directory": str(Path(model_dir).resolve()), "version": version_id(model_dir)},
@@ -442,12 +444,12 @@ def adapt(
         "replay_per_class": replay_per_class,
     }
     views, gate = served_views(metadata, model_dir)
-    log(f"adapting {metadata['plugin']} to {len(lab_cells)} lab cells (x{repeats}) with {len(replay)} replayed images")
+    log(f"adapting {metadata.plugin} to {len(lab_cells)} lab cells (x{repeats}) with {len(replay)} replayed images")
     return fit_and_write(
         spec,
         Prepared(split, arrays, labels, classes, base.preprocessing, dataset_record),
         Path(out_dir),
-        augmentation=Augmentation(**metadata["training"]["augmentation"]),
+        augmentation=Augmentation(**metadata.training["augmentation"]),
         epochs=epochs,
         batch_size=spec.defaults.batch_size,
         learning_rate=learning_rate,
@@ -459,7 +461,7 @@ def adapt(
         progress=progress,
         log=log,
         early_stopping=False,
-        extra={"adaptation": adaptation},
+        adaptation=adaptation,
     )
 
 
@@ -488,9 +490,9 @@ def compatible_start(
     mismatches = [
         what
         for what, same in (
-            ("plugin", artifact.metadata["plugin"] == model_name),
+            ("plugin", artifact.metadata.plugin == model_name),
             ("classes", artifact.classes == classes),
-            ("preprocessing", artifact.metadata["preprocessing"] == config.to_json()),
+            ("preprocessing", artifact.metadata.preprocessing == config.to_json()),
             ("split", all(artifact.split().hashes(part) == split.hashes(part) for part in ("train", "val", "test"))),
         )
         if not same
@@ -511,7 +513,7 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def write_report(
     out_dir: Path,
-    metadata: dict[str, Any],
+    metadata: ModelMetadata,
     test_metrics: dict[str, Any],
     val_metrics: dict[str, Any],
     history: dict[str, list[float]],
@@ -529,7 +531,7 @@ def write_report(
                 "test": test_metrics,
                 "val": val_metrics,
                 "history": history,
-                "colour_only_baseline_test": metadata["metrics"]["colour_only_baseline_test"],
+                "colour_only_baseline_test": metadata.metrics["colour_only_baseline_test"],
             },
             indent=1,
         )
@@ -553,26 +555,26 @@ def write_report(
     )
 
 
-def write_test_report(out_dir: Path, metadata: dict[str, Any], test_metrics: dict[str, Any]) -> None:
+def write_test_report(out_dir: Path, metadata: ModelMetadata, test_metrics: dict[str, Any]) -> None:
     """The served model's test-split classification report and confusion matrix."""
     report = out_dir / REPORT_DIR
     report.mkdir(exist_ok=True)
-    views, gate = metadata_views(metadata), metadata_view_gate(metadata)
+    views, gate = metadata.views, metadata.view_gate
     averaged = f", averaged over {len(views)} test-time views" if len(views) > 1 else ""
     averaged += f" where the first view's confidence is under {gate}" if averaged and gate is not None else ""
     (report / "classification_report.txt").write_text(
-        f"{metadata['plugin']} on {metadata['dataset']['root']} (held-out test split, seed {metadata['split']['seed']}"
+        f"{metadata.plugin} on {metadata.dataset['root']} (held-out test split, seed {metadata.split['seed']}"
         f"{averaged})\n\n" + format_classification_report(test_metrics) + "\n"
     )
-    plots.confusion_matrix_png(test_metrics, report / "confusion_matrix.png", f"{metadata['plugin']}: held-out test split{averaged}")
+    plots.confusion_matrix_png(test_metrics, report / "confusion_matrix.png", f"{metadata.plugin}: held-out test split{averaged}")
 
 
-def write_calibration_report(out_dir: Path, metadata: dict[str, Any], calibrated: dict[str, Any]) -> None:
+def write_calibration_report(out_dir: Path, metadata: ModelMetadata, calibrated: dict[str, Any]) -> None:
     """Reliability before and after temperature scaling, and coverage against accuracy, on the test split."""
     report = out_dir / REPORT_DIR
     report.mkdir(exist_ok=True)
-    record = metadata["calibration"]
-    title = f"{metadata['plugin']}: held-out test split"
+    record = metadata.calibration or {}
+    title = f"{metadata.plugin}: held-out test split"
     plots.reliability_png(calibrated["before"], report / "reliability_uncalibrated.png", f"{title}, uncalibrated")
     plots.reliability_png(calibrated["after"], report / "reliability.png", f"{title}, temperature {record['temperature']}")
     plots.coverage_png(calibrated["coverage_curve"], record, report / "coverage.png", title)
@@ -603,7 +605,7 @@ def recalibrate(
     views = check_views(views or artifact.views)
     view_gate = check_view_gate(artifact.view_gate if view_gate == "default" else view_gate, views)
     split, classes = artifact.split(), artifact.classes
-    root = Path(data_dir or artifact.metadata["dataset"]["root"])
+    root = Path(data_dir or artifact.metadata.dataset_root)
     for item in split.parts["train"] + split.parts["val"] + split.parts["test"]:
         path = root / item.paths[0]
         if not path.is_file() or hashlib.sha256(read_image_file(path)).hexdigest() != item.sha256:
@@ -621,7 +623,7 @@ def recalibrate(
     )
     record["ood"] = fit_ood(artifact.model, arrays, labels, len(classes), Path(model_dir))
     val_metrics = classification_metrics(labels["val"], apply_temperature(probabilities["val"], record["temperature"]), classes)
-    metrics = artifact.metadata["metrics"] | {"test": _summary(calibrated["after"]), "val": _summary(val_metrics)}
+    metrics = artifact.metadata.metrics | {"test": _summary(calibrated["after"]), "val": _summary(val_metrics)}
     metadata = update_metadata(model_dir, calibration=record, metrics=metrics, format_version=FORMAT_VERSION)
     metrics_file = Path(model_dir) / REPORT_DIR / "metrics.json"
     if metrics_file.is_file():

@@ -26,7 +26,7 @@ from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store
 from bloodcell_core.service.models import CellReview, EvaluationSet, ModelEvaluation, ModelVersion, Prediction, Sample
 from bloodcell_core.service.states import CellStatus, ModelStatus
-from bloodcell_core.service.versions import find_version, load_classifier
+from bloodcell_core.service.versions import current_production, find_version, load_classifier
 
 if TYPE_CHECKING:
     from bloodcell_core.ml.serving import Classifier
@@ -89,7 +89,7 @@ def evaluate_for_gate(settings: Settings, candidate: str, actor: str) -> list[di
         evaluation_set = session.scalar(select(EvaluationSet).where(EvaluationSet.name == settings.evaluation_set))
         if evaluation_set is None:
             return []
-        production = session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.PRODUCTION))
+        production = current_production(session)
         todo = [candidate]
         if production is not None and _scores(session, production, evaluation_set) is None:
             todo.append(production.version)
@@ -137,7 +137,7 @@ def gate(session: Session, settings: Settings, candidate: ModelVersion, producti
 def promote(session: Session, settings: Settings, version: str, actor: str, force: bool = False, reason: str = "") -> ModelVersion:
     """Make VERSION production if it passes the gate; ``force`` (with a reason) overrides it, audited."""
     row = find_version(session, version)
-    previous = session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.PRODUCTION))
+    previous = current_production(session)
     refusals = []
     if previous is not None and previous.id != row.id:
         try:
@@ -198,7 +198,7 @@ def shadow_report(settings: Settings, version: str) -> dict[str, Any]:
     """How a candidate's shadow predictions compare with production's on the same live cells, and with reviews."""
     with session_scope(settings.database_url) as session:
         candidate = find_version(session, version)
-        production = session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.PRODUCTION))
+        production = current_production(session)
         if production is None or production.id == candidate.id:
             raise Conflict("shadow scoring compares a candidate with a different production model")
         mine, theirs = aliased(Prediction), aliased(Prediction)

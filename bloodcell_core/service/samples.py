@@ -54,9 +54,9 @@ def sample_flags(settings: Settings, counts: dict[str, int], percent: dict[str, 
     return flags
 
 
-def latest_reviews(session: Session, sample_id: int) -> dict[str, CellReview]:
+def latest_reviews(session: Session, sample_pk: int) -> dict[str, CellReview]:
     """The technologist's latest label per cell (image sha256) of a sample."""
-    reviews = session.scalars(select(CellReview).where(CellReview.sample_id == sample_id).order_by(CellReview.id))
+    reviews = session.scalars(select(CellReview).where(CellReview.sample_id == sample_pk).order_by(CellReview.id))
     return {review.image_sha256: review for review in reviews}
 
 

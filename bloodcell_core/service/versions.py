@@ -29,12 +29,12 @@ def register_model_version(session: Session, artifact_dir: Path, status: str, ac
         return existing
     row = ModelVersion(
         version=version,
-        plugin=metadata["plugin"],
+        plugin=metadata.plugin,
         artifact_path=str(artifact_dir.resolve()),
         status=status,
-        classes=metadata["classes"],
-        metrics={"training": metadata["metrics"], "calibration": metadata.get("calibration")},
-        data_fingerprint=metadata["dataset"]["fingerprint"],
+        classes=metadata.classes,
+        metrics={"training": metadata.metrics, "calibration": metadata.calibration},
+        data_fingerprint=metadata.dataset_fingerprint,
         promoted_at=datetime.now(timezone.utc) if status == ModelStatus.PRODUCTION else None,
     )
     session.add(row)
@@ -58,8 +58,13 @@ def load_classifier(version: ModelVersion) -> Classifier:
     return Classifier.from_dir(version.artifact_path)
 
 
+def current_production(session: Session) -> ModelVersion | None:
+    """The production version, or None on an empty registry (the one query for it)."""
+    return session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.PRODUCTION))
+
+
 def production_version(session: Session) -> ModelVersion:
-    row = session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.PRODUCTION))
+    row = current_production(session)
     if row is None:
         raise ServiceError("no production model: run `bloodcell up` or `bloodcell models promote VERSION`")
     return row
@@ -73,7 +78,7 @@ def ensure_production_model(settings: Settings) -> str:
     for _ in range(2):
         try:
             with session_scope(settings.database_url) as session:
-                current = session.scalar(select(ModelVersion).where(ModelVersion.status == ModelStatus.PRODUCTION))
+                current = current_production(session)
                 if current is None:
                     current = register_model_version(session, settings.default_model, ModelStatus.PRODUCTION, "system")
                 return current.version

@@ -335,9 +335,9 @@ def test_training_can_start_from_a_model_with_the_same_split(tiny_model: Path, t
         progress=False,
         log=lambda _: None,
     )
-    assert metadata["training"]["initialised_from"] == {"directory": str(tiny_model.resolve()), "version": version_id(tiny_model)}
-    assert metadata["calibration"]["views"] == ["identity", "flip_horizontal"]  # one spelling per set of views
-    assert metadata["calibration"]["view_gate"] == 0.5 and metadata["format_version"] == 3
+    assert metadata.training["initialised_from"] == {"directory": str(tiny_model.resolve()), "version": version_id(tiny_model)}
+    assert metadata.calibration["views"] == ["identity", "flip_horizontal"]  # one spelling per set of views
+    assert metadata.calibration["view_gate"] == 0.5 and metadata.format_version == 3
     # Adam moves a weight by about the learning rate per step: two steps at 1e-5 stay within 1e-4 of the start,
     # where the seed's fresh weights lie ~1e-3 away (the tiny model's own two steps at 1e-3)
     start, after = load_artifact(tiny_model).model.get_weights(), load_artifact(warm).model.get_weights()

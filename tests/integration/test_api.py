@@ -171,7 +171,7 @@ def test_scopes_and_revoked_tokens(api: Api):
     assert api.call("POST", "/v1/samples", token="reader", data={"accession_id": "S-SCOPE"}, files=files).status_code == 403
     assert api.call("GET", "/v1/review", token="reader").status_code == 403
     assert api.call("GET", "/v1/audit", token="lims").status_code == 403
-    assert api.call("GET", "/v1/models", token="reader").json()["production"].startswith(read_metadata(DEFAULT_MODEL)["plugin"] + "-")
+    assert api.call("GET", "/v1/models", token="reader").json()["production"].startswith(read_metadata(DEFAULT_MODEL).plugin + "-")
     temporary = create_token(api.stack.env, "temporary", "read")["token"]
     assert api.call("GET", "/v1/exporters", token=temporary).status_code == 200
     run_cli("tokens", "revoke", "temporary", env=api.stack.env)

@@ -24,6 +24,7 @@ from servers import PostgresServer, RedisServer, Stack, settings_for
 from sqlalchemy import func, select
 from test_plugins import install_fake_distribution
 
+from bloodcell_core.ml.artifacts import read_metadata, update_metadata
 from bloodcell_core.service import db, models
 
 pytestmark = [pytest.mark.faults, pytest.mark.real_data]
@@ -67,9 +68,8 @@ def faults(tmp_path_factory):
     home = tmp_path_factory.mktemp("home-faults")
     model = home / "model-with-crashing-step"
     shutil.copytree(DEFAULT_MODEL, model, ignore=shutil.ignore_patterns("report"))
-    metadata = json.loads((model / "metadata.json").read_text())
-    metadata["preprocessing"]["steps"].insert(0, "crash_on_magenta")
-    (model / "metadata.json").write_text(json.dumps(metadata))
+    preprocessing = read_metadata(model).preprocessing
+    update_metadata(model, preprocessing=preprocessing | {"steps": ["crash_on_magenta", *preprocessing["steps"]]})
     site = home / "site"
     site.mkdir()
     redis = RedisServer(home / "redis").start()

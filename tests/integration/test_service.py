@@ -69,8 +69,8 @@ def test_sample_end_to_end(stack: Stack, sample_dir: Path):
     assert report["status"] == "needs_review"  # a failed image always asks for a person
     assert [f["name"].endswith("broken.jpg") for f in report["failed"]] == [True]
     assert "not a decodable image" in report["failed"][0]["error"]
-    assert report["model_version"].startswith(read_metadata(DEFAULT_MODEL)["plugin"] + "-")
-    assert report["review_threshold"] == read_metadata(DEFAULT_MODEL)["calibration"]["review_threshold"]
+    assert report["model_version"].startswith(read_metadata(DEFAULT_MODEL).plugin + "-")
+    assert report["review_threshold"] == read_metadata(DEFAULT_MODEL).calibration["review_threshold"]
     assert stack.count(models.Prediction) == 12 and stack.count(models.SampleImage) == 13
     assert json.loads(run_cli("report", "S-E2E-1", "--json", env=stack.env).stdout) == report
     with db.session_scope(stack.settings.database_url) as session:

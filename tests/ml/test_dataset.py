@@ -4,14 +4,14 @@ import numpy as np
 import pytest
 from helpers import KAGGLE5, PBC8, encode, run_cli
 
-from bloodcell_core.ml.dataset import audit, index_dataset, read_image_file
+from bloodcell_core.ml.dataset import audit_dataset, index_dataset, read_image_file
 
 pytestmark = pytest.mark.real_data
 
 
 @pytest.fixture(scope="module")
 def pbc8_audit(pbc8_index):
-    return audit(pbc8_index)
+    return audit_dataset(pbc8_index)
 
 
 def test_pbc8_audit_finds_the_real_defects(pbc8_audit):
@@ -25,7 +25,7 @@ def test_pbc8_audit_finds_the_real_defects(pbc8_audit):
 
 
 def test_kaggle5_audit_exposes_the_source_shortcut():
-    report = audit(index_dataset(KAGGLE5, progress=False))
+    report = audit_dataset(index_dataset(KAGGLE5, progress=False))
     assert len(report["duplicate_groups"]) == 6 and not report["cross_class_duplicates"]
     assert report["shortcuts"]["size_groups"] == [["basophil", "erythroblast", "monocyte"], ["myeloblast", "seg_neutrophil"]]
     assert report["classes"]["myeloblast"]["sizes"] == {"400x400": 850}

@@ -40,7 +40,7 @@ def test_generalisation_table_for_a_model(tiny_model: Path, tmp_path: Path):
         "synthetic shift",
     ]
     same, pbc, munich, bccd = rows[:4]
-    assert same["n"] == read_metadata(tiny_model)["metrics"]["test"]["n"] and same["ood_auroc"] is None
+    assert same["n"] == read_metadata(tiny_model).metrics["test"]["n"] and same["ood_auroc"] is None
     assert pbc["n"] == 849 and munich["n"] > 800  # the tiny model saw 12 Munich neutrophils; PBC's it never saw
     assert 0.0 <= pbc["source_probe_accuracy"] <= 1.0 and "source_probe_accuracy" not in same
     # the 5-class model knows BCCD's neutrophils (as seg_neutrophil), monocytes and basophils only
@@ -65,22 +65,22 @@ def test_adapt_fine_tunes_on_lab_cells_and_keeps_the_held_out_split(tiny_model: 
         (name, data, "seg_neutrophil" if label == "neutrophil" else label)
         for name, data, label in typed_cell_crops(DATA / "bccd", "trainval")[:30]
     ]
-    assert {label for _, _, label in cells} - set(base["classes"])  # BCCD has eosinophils: not a class of this model
+    assert {label for _, _, label in cells} - set(base.classes)  # BCCD has eosinophils: not a class of this model
     refused = run_cli(
         "adapt", str(tiny_model), "--data", str(write_lab(cells, tmp_path / "all")), "--out", str(tmp_path / "x"), check=False
     )
     assert refused.returncode == 1 and "classes the model does not know: ['eosinophil'" in refused.stderr
-    lab = write_lab([cell for cell in cells if cell[2] in base["classes"]], tmp_path / "lab")
+    lab = write_lab([cell for cell in cells if cell[2] in base.classes], tmp_path / "lab")
     out = tmp_path / "adapted"
     run_cli("adapt", str(tiny_model), "--data", str(lab), "--out", str(out), "--epochs", "1", "--replay-per-class", "3")
     metadata = read_metadata(out)
     n_lab = sum(1 for _ in lab.rglob("*.png"))
-    assert metadata["adaptation"]["lab_cells"] == n_lab and metadata["adaptation"]["replay_per_class"] == 3
-    assert metadata["classes"] == base["classes"] and metadata["preprocessing"] == base["preprocessing"]
+    assert metadata.adaptation["lab_cells"] == n_lab and metadata.adaptation["replay_per_class"] == 3
+    assert metadata.classes == base.classes and metadata.preprocessing == base.preprocessing
     split, base_split = (json.loads((d / "split.json").read_text()) for d in (out, tiny_model))
     for part in ("val", "test"):  # calibration and test figures stay on the model's own held-out images
         assert sorted(i["sha256"] for i in split[part]) == sorted(i["sha256"] for i in base_split[part])
-    assert len(split["train"]) == 3 * len(base["classes"]) + n_lab
-    assert metadata["calibration"]["ood"]["threshold"] > 0
+    assert len(split["train"]) == 3 * len(base.classes) + n_lab
+    assert metadata.calibration["ood"]["threshold"] > 0
     predicted = json.loads(run_cli("predict", str(out), str(next(lab.rglob("*.png"))), "--json").stdout)
-    assert predicted[0]["label"] in base["classes"]
+    assert predicted[0]["label"] in base.classes

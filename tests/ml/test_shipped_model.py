@@ -45,8 +45,8 @@ def test_shipped_models_are_small_and_documented(shipped):
     assert model_file.stat().st_size < 8 * 2**20  # a few MB: the weights and nothing else
     with zipfile.ZipFile(model_file) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5"))) as weights:
         assert "optimizer" not in weights  # no optimiser state (Adam's would triple the file)
-    assert metadata["dataset"]["fingerprint"] and metadata["calibration"]["temperature"] > 0
-    assert metadata["metrics"]["test"]["accuracy"] >= floor and metadata["metrics"]["test"]["macro_f1"] >= floor
+    assert metadata.dataset_fingerprint and metadata.calibration["temperature"] > 0
+    assert metadata.metrics["test"]["accuracy"] >= floor and metadata.metrics["test"]["macro_f1"] >= floor
 
 
 def test_shipped_models_meet_their_targets_on_their_test_split(shipped):
@@ -62,10 +62,10 @@ def test_shipped_models_meet_their_targets_on_their_test_split(shipped):
     metrics = classification_metrics(y, probabilities, classes)
     assert metrics["accuracy"] >= floor and metrics["macro_f1"] >= floor
     recorded = classifier.artifact.metadata
-    assert metrics["accuracy"] == pytest.approx(recorded["metrics"]["test"]["accuracy"], abs=0.002)
+    assert metrics["accuracy"] == pytest.approx(recorded.metrics["test"]["accuracy"], abs=0.002)
     # calibration and abstention: ECE <= 0.02, and the cells over the review threshold stay where each model got to
     assert metrics["ece"] <= 0.02
-    accepted = probabilities.max(axis=1) >= recorded["calibration"]["review_threshold"]
+    accepted = probabilities.max(axis=1) >= recorded.calibration["review_threshold"]
     accepted_accuracy = (probabilities.argmax(axis=1) == y)[accepted].mean()
     assert accepted_accuracy >= min_accepted_accuracy and accepted.mean() >= min_coverage
     assert json.loads((classifier.artifact.directory / "report" / "calibration.json").read_text())["temperature"] > 0
