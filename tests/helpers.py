@@ -70,3 +70,13 @@ def unseen_images(label: str | None, count: int, source: str | None = None) -> l
 
 def have_real_data() -> bool:
     return KAGGLE5.is_dir() and PBC8.is_dir()
+
+
+def install_fake_distribution(site: Path, module: str, source: str) -> dict[str, str]:
+    """A real installed distribution (dist-info with entry_points.txt) on a path of its own."""
+    (site / f"{module}.py").write_text(source)
+    dist_info = site / f"{module}-0.1.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(f"[bloodcell]\n{module} = {module}\n")
+    return {"PYTHONPATH": str(site)}

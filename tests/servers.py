@@ -6,23 +6,28 @@ The Debian packages are installed by scripts/install-services; nothing here is a
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from unittest import mock
 
+import httpx
+from helpers import run_cli
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import func, select
 
 from bloodcell_core.config import Settings
-from bloodcell_core.service import db
+from bloodcell_core.service import db, webhooks
 
 
 def free_port() -> int:
@@ -193,3 +198,69 @@ class Stack:
     def count(self, model) -> int:
         with db.session_scope(self.settings.database_url) as session:
             return session.scalar(select(func.count()).select_from(model))
+
+
+# --- the HTTP API under test: limits, a webhook receiver, a handle on the running server ---------------
+
+LIMITS = {
+    "BLOODCELL_MAX_IMAGE_BYTES": "300000",
+    "BLOODCELL_MAX_IMAGES_PER_SAMPLE": "20",
+    "BLOODCELL_MAX_IMAGE_PIXELS": "1000000",
+    "BLOODCELL_MAX_REQUEST_BYTES": "4000000",
+}
+
+
+class WebhookReceiver:
+    """A LIMS endpoint on localhost: records every request; answers the first attempt of each delivery with 500."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                delivery = self.headers[webhooks.DELIVERY_HEADER]
+                first = all(h[webhooks.DELIVERY_HEADER] != delivery for h, _ in receiver.requests)
+                receiver.requests.append((dict(self.headers), body))
+                self.send_response(500 if first else 204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def events(self) -> list[dict]:
+        return [json.loads(body) for _, body in self.requests]
+
+
+@dataclass
+class Api:
+    url: str
+    stack: Stack
+    tokens: dict[str, str]
+    webhook_secret: str
+    receiver: WebhookReceiver
+
+    def call(self, method: str, path: str, token: str | None = "lims", **kwargs) -> httpx.Response:
+        headers = kwargs.pop("headers", {})
+        if token is not None:
+            headers["Authorization"] = f"Bearer {self.tokens.get(token, token)}"
+        return httpx.request(method, self.url + path, headers=headers, timeout=60, **kwargs)
+
+    def wait_for(self, sample_id: str, timeout: float = 120) -> dict:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while (report := self.call("GET", f"/v1/samples/{sample_id}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, report
+            time.sleep(0.3)
+        return report
+
+
+def create_token(env: dict[str, str], name: str, *scopes: str, webhook_url: str | None = None) -> dict:
+    args = ["tokens", "create", name, *[a for s in scopes for a in ("--scope", s)]]
+    return json.loads(run_cli(*args, *(["--webhook-url", webhook_url] if webhook_url else []), env=env).stdout)

@@ -18,11 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import DATA, DEFAULT_MODEL, encode, run_cli
+from helpers import DATA, DEFAULT_MODEL, encode, install_fake_distribution, run_cli
 from redis import Redis
 from servers import PostgresServer, RedisServer, Stack, settings_for
 from sqlalchemy import func, select
-from test_plugins import install_fake_distribution
 
 from bloodcell_core.ml.artifacts import read_metadata, update_metadata
 from bloodcell_core.service import db, models

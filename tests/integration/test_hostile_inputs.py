@@ -42,9 +42,8 @@ import numpy as np
 import PIL.Image
 import pytest
 from helpers import DEFAULT_MODEL, encode, run_cli, unseen_images
-from servers import Stack, free_port, settings_for, wait_port
+from servers import LIMITS, Api, Stack, create_token, free_port, settings_for, wait_port
 from sqlalchemy import func, select
-from test_api import LIMITS, Api, create_token
 
 from bloodcell_core.clients.local import Client
 from bloodcell_core.ml.preprocessing import decode_image

@@ -5,7 +5,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from helpers import KAGGLE5, run_cli
+from helpers import KAGGLE5, install_fake_distribution, run_cli
 
 from bloodcell_core import plugin_manager
 
@@ -37,16 +37,6 @@ def register_models(register):
 def register_preprocessing_steps(register):
     register(PreprocessingStep(name="invert", description="test only", apply=invert))
 """
-
-
-def install_fake_distribution(site: Path, module: str, source: str) -> dict[str, str]:
-    """A real installed distribution (dist-info with entry_points.txt) on a path of its own."""
-    (site / f"{module}.py").write_text(source)
-    dist_info = site / f"{module}-0.1.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-    (dist_info / "entry_points.txt").write_text(f"[bloodcell]\n{module} = {module}\n")
-    return {"PYTHONPATH": str(site)}
 
 
 def test_builtin_plugins_come_from_entry_points():

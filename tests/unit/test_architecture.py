@@ -181,3 +181,19 @@ def test_every_third_party_import_is_a_declared_dependency():
                 if not {d.lower().replace("_", "-") for d in distributions.get(top, [top])} & declared:
                     undeclared.add(f"{top} ({path.relative_to(PROJECT)})")
     assert sorted(undeclared) == []
+
+
+def test_tests_share_helpers_through_modules_not_through_each_other():
+    """Test modules import helpers.py and servers.py, never conftest.py or another test module."""
+    offenders = []
+    for path in sorted((PROJECT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            offenders += [f"{path.relative_to(PROJECT)}: {name}" for name in names if name.startswith(("test_", "conftest"))]
+    assert offenders == []
