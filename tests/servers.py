@@ -264,3 +264,15 @@ class Api:
 def create_token(env: dict[str, str], name: str, *scopes: str, webhook_url: str | None = None) -> dict:
     args = ["tokens", "create", name, *[a for s in scopes for a in ("--scope", s)]]
     return json.loads(run_cli(*args, *(["--webhook-url", webhook_url] if webhook_url else []), env=env).stdout)
+
+
+def start_api_server(env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`bloodcell api` in its own process on BLOODCELL_API_PORT, as an operator starts it; returns once it listens."""
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "bloodcell"), "api"],
+        env={**os.environ, **env},
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_port(int(env["BLOODCELL_API_PORT"]), timeout=60)
+    return server

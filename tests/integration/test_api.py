@@ -6,13 +6,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import DEFAULT_MODEL, KAGGLE5, encode, png_header, run_cli, unseen_images
-from servers import LIMITS, Api, Stack, WebhookReceiver, create_token, free_port, settings_for, wait_port
+from servers import LIMITS, Api, Stack, WebhookReceiver, create_token, free_port, settings_for, start_api_server
 
 from bloodcell_core.ml.artifacts import read_metadata
 from bloodcell_core.service import models, webhooks
@@ -46,13 +45,7 @@ def api(redis_server, postgres_server, tmp_path_factory):
     }
     stack = Stack(env=env, settings=settings_for(env))
     stack.start_worker("api-w1")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "bloodcell"), "api"],
-        env={**os.environ, **env},
-        stdout=open(home / "api.log", "ab"),
-        stderr=subprocess.STDOUT,
-    )
-    wait_port(int(env["BLOODCELL_API_PORT"]), timeout=60)
+    server = start_api_server(env, home / "api.log")
     yield Api(f"http://127.0.0.1:{env['BLOODCELL_API_PORT']}", stack, tokens, lims["webhook_secret"], receiver)
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=30)

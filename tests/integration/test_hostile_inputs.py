@@ -28,7 +28,6 @@ import re
 import signal
 import struct
 import subprocess
-import sys
 import time
 import uuid
 import zlib
@@ -42,7 +41,7 @@ import numpy as np
 import PIL.Image
 import pytest
 from helpers import DEFAULT_MODEL, encode, run_cli, unseen_images
-from servers import LIMITS, Api, Stack, create_token, free_port, settings_for, wait_port
+from servers import LIMITS, Api, Stack, create_token, free_port, settings_for, start_api_server
 from sqlalchemy import func, select
 
 from bloodcell_core.clients.local import Client
@@ -406,13 +405,7 @@ def hostile(redis_server, postgres_server, tmp_path_factory):
     token = create_token(env, "lims", "submit", "read")["token"]
     stack = Stack(env=env, settings=settings_for(env))
     stack.start_worker("hostile-w1")
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "bloodcell"), "api"],
-        env={**os.environ, **env},
-        stdout=open(home / "api.log", "ab"),
-        stderr=subprocess.STDOUT,
-    )
-    wait_port(int(env["BLOODCELL_API_PORT"]), timeout=60)
+    server = start_api_server(env, home / "api.log")
     api = Api(f"http://127.0.0.1:{env['BLOODCELL_API_PORT']}", stack, {"lims": token}, "", None)
     yield Hostile(api, server, home, stack.client())
     server.send_signal(signal.SIGTERM)
