@@ -15,6 +15,7 @@ import click  # noqa: E402
 from bloodcell_core.plugin_manager import PluginError  # noqa: E402
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str) -> NoReturn:
@@ -33,6 +34,27 @@ def cli() -> None:
       bloodcell evaluate models/mine OTHER_DATA_DIR
       bloodcell predict models/mine cell1.jpg cell2.png
     """
+
+
+def view_options(what: str, views_default: str, gate_default: str) -> Callable[[F], F]:
+    """--views and --view-gate, shared by `train` and `calibrate` (only the defaults they name differ)."""
+
+    def decorate(command: F) -> F:
+        command = click.option(
+            "--view-gate",
+            "view_gate",
+            callback=lambda ctx, param, value: _view_gate(value),
+            metavar="CONFIDENCE|off",
+            help="Ask the other views only for cells whose first-view confidence is under this, e.g. 0.999; "
+            f"'off': every view for every cell (default: {gate_default}).",
+        )(command)
+        return click.option(
+            "--views",
+            help=f"{what}, comma-separated (default: {views_default}), "
+            "e.g. identity,flip_horizontal,flip_vertical,rotate_180; each is one more model pass per image.",
+        )(command)
+
+    return decorate
 
 
 @cli.command()
@@ -162,19 +184,7 @@ def dataset_export_reviewed(out_dir: Path) -> None:
     help="Start from this model directory's weights (same plugin, data, --seed, --max-per-class and --steps) "
     "with a fresh learning-rate schedule: more epochs for a model that was still improving.",
 )
-@click.option(
-    "--views",
-    help="Test-time views to calibrate and serve with, comma-separated (default: the plugin's), "
-    "e.g. identity,flip_horizontal,flip_vertical,rotate_180; each is one more model pass per image.",
-)
-@click.option(
-    "--view-gate",
-    "view_gate",
-    callback=lambda ctx, param, value: _view_gate(value),
-    metavar="CONFIDENCE|off",
-    help="Ask the other views only for cells whose first-view confidence is under this, e.g. 0.999; "
-    "'off': every view for every cell (default: the plugin's).",
-)
+@view_options("Test-time views to calibrate and serve with", "the plugin's", "the plugin's")
 def train_command(
     model_name,
     data_dirs,
@@ -399,19 +409,7 @@ def generalisation_command(model_dirs: tuple[Path, ...], data_root: Path, out_di
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="The dataset the model was trained on (default: the folder recorded in its metadata).",
 )
-@click.option(
-    "--views",
-    help="Test-time views to average, comma-separated (default: the model's current ones), "
-    "e.g. identity,flip_horizontal,flip_vertical,rotate_180; each is one more model pass per image.",
-)
-@click.option(
-    "--view-gate",
-    "view_gate",
-    callback=lambda ctx, param, value: _view_gate(value),
-    metavar="CONFIDENCE|off",
-    help="Ask the other views only for cells whose first-view confidence is under this, e.g. 0.999; "
-    "'off': every view for every cell (default: the model's current gate).",
-)
+@view_options("Test-time views to average", "the model's current ones", "the model's current gate")
 def calibrate_command(
     model_dir: Path, target_accuracy: float, data_dir: Path | None, views: str | None, view_gate: float | None | Literal["default"]
 ) -> None:
