@@ -34,7 +34,7 @@ from bloodcell_core.service.submission import check_accession_id, check_image_li
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
-SUBMIT_FIELDS = {"accession_id", "images", "image_sha256"}
+SUBMIT_FIELDS = {"accession_id", "images", "image_sha256", "fields"}
 ERROR_STATUS = [
     (NotFound, 404),
     (Conflict, 409),
@@ -54,7 +54,13 @@ def safe_name(filename: str | None, index: int) -> str:
 
 def _links(accession_id: str) -> dict[str, str]:
     base = f"/v1/samples/{accession_id}"
-    return {"report": base, "cells": f"{base}/cells", "fhir": f"{base}/export/fhir-r4", "hl7": f"{base}/export/hl7v2"}
+    return {
+        "report": base,
+        "cells": f"{base}/cells",
+        "fields": f"{base}/fields",
+        "fhir": f"{base}/export/fhir-r4",
+        "hl7": f"{base}/export/hl7v2",
+    }
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -120,7 +126,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         status_code=202,
         summary="Submit a sample (scope: submit)",
         description="multipart/form-data: `accession_id` (the LIMS accession id), `images` (one file part per "
-        "cell image) and/or `image_sha256` (images already stored). Returns 202 when cells were "
+        "cell image), `image_sha256` (images already stored) and/or `fields` (one file part per whole smear "
+        "field: the worker finds its white cells and classifies each). Returns 202 when cells or fields were "
         "queued, 200 when the same sample and images (or the same Idempotency-Key) came before.",
         responses={
             200: {"description": "Nothing new: the existing sample", "model": schemas.SubmissionReceipt},
@@ -160,36 +167,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(400, f"malformed multipart/form-data body: {reason or exc.detail}") from None
         unknown = sorted(set(form.keys()) - SUBMIT_FIELDS)
         if unknown:
-            raise HTTPException(422, f"unknown form fields {unknown}; expected accession_id, images, image_sha256")
+            raise HTTPException(422, f"unknown form fields {unknown}; expected accession_id, images, image_sha256, fields")
         accession = form.getlist("accession_id")
         if len(accession) != 1 or not isinstance(accession[0], str):
             raise HTTPException(422, "exactly one accession_id text field is required" if accession else "missing field accession_id")
         accession_id = accession[0]
         await run_in_threadpool(check_accession_id, accession_id)
-        uploads, references = form.getlist("images"), form.getlist("image_sha256")
-        if len(uploads) + len(references) > limit:
-            raise HTTPException(
-                413, f"{len(uploads) + len(references)} images exceed {limit} per sample (BLOODCELL_MAX_IMAGES_PER_SAMPLE)"
-            )
-        images = []
-        for k, upload in enumerate(uploads):
-            if not isinstance(upload, UploadFile):
-                raise HTTPException(422, f"images part {k} is a text field, not a file")
-            name = safe_name(upload.filename, k)
-            data = await upload.read(settings.max_image_bytes + 1)  # never more than one byte over the limit
-            check_image_limits(settings, name, data)
-            images.append((name, data))
+        uploads, references, field_uploads = form.getlist("images"), form.getlist("image_sha256"), form.getlist("fields")
+        n_parts = len(uploads) + len(references) + len(field_uploads)
+        if n_parts > limit:
+            raise HTTPException(413, f"{n_parts} images and fields exceed {limit} per sample (BLOODCELL_MAX_IMAGES_PER_SAMPLE)")
+        images: list[tuple[str, bytes]] = []
+        fields: list[tuple[str, bytes]] = []
+        for part, parts, read in (("images", uploads, images), ("fields", field_uploads, fields)):
+            for k, upload in enumerate(parts):
+                if not isinstance(upload, UploadFile):
+                    raise HTTPException(422, f"{part} part {k} is a text field, not a file")
+                name = safe_name(upload.filename, k)
+                data = await upload.read(settings.max_image_bytes + 1)  # never more than one byte over the limit
+                check_image_limits(settings, name, data)
+                read.append((name, data))
         stored = []
         for k, reference in enumerate(references):
             if not isinstance(reference, str) or not SHA256.match(reference):
                 raise HTTPException(422, f"image_sha256 {k} is not 64 lowercase hex digits")
             stored.append((reference, reference))
-        if not images and not stored:
-            raise HTTPException(422, "a sample needs at least one image (images or image_sha256)")
+        if not images and not stored and not fields:
+            raise HTTPException(422, "a sample needs at least one image (images, image_sha256 or fields)")
         submission = await run_in_threadpool(
-            client.submit, accession_id, images, f"api:{caller.name}", stored, caller.client_id, idempotency_key
+            client.submit, accession_id, images, f"api:{caller.name}", stored, caller.client_id, idempotency_key, fields
         )
-        if not submission.new_cells:
+        if not submission.new_cells and not submission.new_fields:
             response.status_code = 200
         return {
             "sample_id": submission.accession_id,
@@ -197,6 +205,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "new_cells": submission.new_cells,
             "n_cells": submission.n_cells,
             "replayed": submission.replayed,
+            "new_fields": submission.new_fields,
+            "n_fields": submission.n_fields,
             "links": _links(submission.accession_id),
         }
 
@@ -218,6 +228,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         _: Caller = Depends(require(Scope.READ)),
     ) -> list[dict[str, Any]]:
         return client.cells(sample_id, needs_review)
+
+    @app.get(
+        "/v1/samples/{sample_id}/fields",
+        response_model=list[schemas.SampleField],
+        tags=["samples"],
+        summary="Whole fields with their cells' boxes and labels (scope: read)",
+    )
+    def get_fields(sample_id: str, _: Caller = Depends(require(Scope.READ))) -> list[dict[str, Any]]:
+        return client.fields(sample_id)
+
+    @app.get(
+        "/v1/samples/{sample_id}/fields/{field_sha256}/overlay",
+        tags=["samples"],
+        summary="A field as PNG with its cells' boxes drawn and labelled (scope: read)",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    def get_field_overlay(sample_id: str, field_sha256: str, _: Caller = Depends(require(Scope.READ))) -> Response:
+        if not SHA256.match(field_sha256):
+            raise HTTPException(422, "not a sha256 (64 lowercase hex digits)")
+        # no ETag: the labels drawn change when a technologist relabels a cell
+        return Response(client.field_overlay(sample_id, field_sha256), media_type="image/png", headers={"Cache-Control": "no-cache"})
 
     @app.get(
         "/v1/samples/{sample_id}/export/{format_name}",

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from bloodcell_core.service.states import DeliveryStatus, ModelStatus, ReportStatus, SampleFlag, SampleStatus
+from bloodcell_core.service.states import DeliveryStatus, FieldStatus, ModelStatus, ReportStatus, SampleFlag, SampleStatus
 
 
 class Relabel(BaseModel):
@@ -35,6 +35,7 @@ class Readiness(BaseModel):
 class SampleLinks(BaseModel):
     report: str
     cells: str
+    fields: str
     fhir: str
     hl7: str
 
@@ -45,6 +46,8 @@ class SubmissionReceipt(BaseModel):
     new_cells: int = Field(description="Cells queued by this request (0: nothing new)")
     n_cells: int
     replayed: bool = Field(description="An Idempotency-Key seen before: the first request's sample")
+    new_fields: int = Field(description="Whole fields queued by this request for locating their white cells")
+    n_fields: int
     links: SampleLinks
 
 
@@ -62,6 +65,39 @@ class FailedCell(BaseModel):
     error: str | None
 
 
+class FieldSummary(BaseModel):
+    name: str
+    image_sha256: str = Field(description="The field image's sha256")
+    status: FieldStatus = Field(description="queued, located (its cells are the sample's cells) or failed")
+    n_cells: int | None = Field(description="White cells found; null until located")
+    error: str | None
+
+
+class CellBox(BaseModel):
+    x: int
+    y: int
+    width: int
+    height: int
+    touches_edge: bool = Field(description="The field's edge cuts the cell")
+
+
+class FieldCell(BaseModel):
+    name: str
+    image_sha256: str = Field(description="The cell's crop, served at /v1/images/{sha256}")
+    status: str
+    box: CellBox
+    label: str | None = Field(description="The label that counts: the technologist's, else the model's")
+    confidence: float | None
+    needs_review: bool
+
+
+class SampleField(FieldSummary):
+    width: int | None
+    height: int | None
+    locator: str | None = Field(description="The cell-locator plugin that found the cells")
+    cells: list[FieldCell]
+
+
 class Report(BaseModel):
     """A sample's status and differential; the figures after `model_version` exist once it is classified."""
 
@@ -73,6 +109,8 @@ class Report(BaseModel):
     signed_off_by: str | None
     signed_off_at: str | None
     n_reviewed: int
+    fields: list[FieldSummary] = Field(description="The whole fields submitted, if any")
+    fields_without_cells: list[str] = Field(description="Names of located fields in which no white cell was found")
     model_version: str | None
     counts: dict[str, int]
     percent: dict[str, float] = Field(description="Per 100 leukocytes")
@@ -114,6 +152,8 @@ class Cell(BaseModel):
     ood_score: float | None
     needs_review: bool
     review_reasons: list[str]
+    field_sha256: str | None = Field(description="The whole field the cell was found in; null for a cell image")
+    box: CellBox | None = Field(description="Where the cell sat in its field (pixels)")
 
 
 class ReviewFailedCell(BaseModel):

@@ -47,6 +47,8 @@ class Settings:
     max_images_per_sample: int
     max_image_pixels: int  # width x height from the image header: refuses decompression bombs
     max_request_bytes: int
+    max_cells_per_field: int  # a whole field with more white cells than this fails (nothing of it is kept)
+    field_locator: str  # the cell-locator plugin that finds the white cells in submitted fields
     webhook_attempts: int  # a webhook is tried this often, with exponential backoff, before it is marked failed
     accession_system: str  # FHIR identifier system / HL7 namespace of the LIMS accession ids
     evaluation_set: str  # the registered evaluation set the promotion gate compares models on
@@ -88,6 +90,8 @@ class Settings:
             max_images_per_sample=int(env("BLOODCELL_MAX_IMAGES_PER_SAMPLE", "1000")),
             max_image_pixels=int(env("BLOODCELL_MAX_IMAGE_PIXELS", str(4096 * 4096))),
             max_request_bytes=int(env("BLOODCELL_MAX_REQUEST_BYTES", str(256 * 2**20))),
+            max_cells_per_field=int(env("BLOODCELL_MAX_CELLS_PER_FIELD", "50")),
+            field_locator=env("BLOODCELL_FIELD_LOCATOR", "stain_nucleus"),
             webhook_attempts=int(env("BLOODCELL_WEBHOOK_ATTEMPTS", "8")),
             accession_system=env("BLOODCELL_ACCESSION_SYSTEM", "urn:bloodcell:accession"),
             evaluation_set=env("BLOODCELL_EVALUATION_SET", "default"),
@@ -105,6 +109,8 @@ class Settings:
             raise ValueError(f"BLOODCELL_CLASSIFY_QUEUE must be 'classify' or 'classify.gpu', got {self.classify_queue!r}")
         if self.review_threshold is not None and not 0.0 <= self.review_threshold <= 1.0:
             raise ValueError("BLOODCELL_REVIEW_THRESHOLD must be 'model' or a number between 0 and 1")
+        if self.max_cells_per_field < 1:
+            raise ValueError(f"BLOODCELL_MAX_CELLS_PER_FIELD must be at least 1, got {self.max_cells_per_field}")
         if not 0.0 <= self.unfamiliar_share <= 1.0:
             raise ValueError(f"BLOODCELL_UNFAMILIAR_SHARE must be a share between 0 and 1, got {self.unfamiliar_share}")
         if not 0.0 <= self.immature_percent <= 100.0:

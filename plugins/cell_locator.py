@@ -1,10 +1,15 @@
-"""Find white cells by their nucleus stain, and crop single-cell images to the cell at a fixed scale.
+"""Find white cells by their nucleus stain: in whole smear fields, and in single-cell images to crop them at a fixed scale.
 
 In a Romanowsky-stained smear the white cell's nucleus is the most strongly violet thing in view:
 blue well above green, where red cells (pink), platelets' halo and the background (peach, grey or
 bluish) are not. The locator thresholds that blue-minus-green score (Otsu, with a floor so that an
 image with no stained nucleus finds nothing), joins the pieces of one cell (a neutrophil's lobes,
 a basophil's granules) and reports a box per cell, largest first.
+
+``locate_field_cells`` (the registered ``stain_nucleus`` locator) works on whole fields, where there
+may be no white cell at all: its thresholds are shares of the field's area rather than of the largest
+piece, so platelets stay out, and it reports each cell's whole-cell box (the stained extent grown to
+take in the cytoplasm), as a technologist or an annotator would draw it.
 
 ``locate_cell`` crops an image to the cell nearest its centre, square, with the side a fixed
 multiple of the cell's stained extent. Every source then shows its cells at the same size in
@@ -28,6 +33,18 @@ MIN_AREA_FRACTION = 0.10  # of the largest stained piece: smaller pieces are pla
 JOIN_FRACTION = 0.15  # pieces closer than this share of the largest piece's extent belong to one cell
 CROP_SCALE = 1.6  # crop side / the cell's stained extent (nucleus plus its nearby pieces)
 
+# Whole fields (tuned on BCCD's trainval split only; its test split is for reporting). Shares of the
+# largest piece or cell keep the rules free of the magnification; the floors (shares of the field)
+# keep a field without any white cell from turning its platelets into cells.
+FIELD_WORK_SIDE = 640  # larger fields are scaled down to this longer side first
+FIELD_PIECE_FLOOR = 0.0008  # of the field's area, and ...
+FIELD_PIECE_SHARE = 0.05  # ... of the largest piece: a smaller stained piece is a platelet or debris
+FIELD_JOIN_SHARE = 0.10  # of the largest piece's extent: pieces closer than this are lobes of one cell
+FIELD_CELL_FLOOR = 0.003  # of the field's area, and ...
+FIELD_CELL_SHARE = 0.35  # ... of the most stained cell: a white cell has at least this much nuclear stain
+FIELD_CELL_CEILING = 0.25  # of the field's area: more stain in one piece is a flat-coloured image, not a cell
+FIELD_GROW = 1.3  # whole-cell box side / stained extent: the cytoplasm around the nucleus
+
 
 def nucleus_score(image: np.ndarray) -> np.ndarray:
     """Blue minus green, clipped to 0..255 and smoothed: high on violet nuclear stain."""
@@ -35,20 +52,41 @@ def nucleus_score(image: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(np.clip(difference, 0, 255).astype(np.uint8), (5, 5), 0)
 
 
-def locate_white_cells(image: np.ndarray) -> list[CellBox]:
-    """White cells of an RGB uint8 image, largest stained area first; [] when no nucleus is in view."""
+def _scaled(image: np.ndarray, factor: float) -> np.ndarray:
+    if factor == 1.0:
+        return image
     height, width = image.shape[:2]
-    factor = WORK_SIDE / max(height, width)
-    small = cv2.resize(image, (max(1, round(width * factor)), max(1, round(height * factor))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(image, (max(1, round(width * factor)), max(1, round(height * factor))), interpolation=cv2.INTER_AREA)
+
+
+def _stain_pieces(small: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(labels, stats) of the connected pieces of nuclear stain; None when nothing is stained."""
     score = nucleus_score(small)
     if int(score.max()) < MIN_SCORE:
-        return []
+        return None
     otsu, _ = cv2.threshold(score, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     mask: np.ndarray = (score > max(otsu, MIN_SCORE)).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
-    if n <= 1:
+    return (labels, stats) if n > 1 else None
+
+
+def _join(pieces: np.ndarray, radius: int) -> tuple[int, np.ndarray]:
+    """Pieces within RADIUS of each other as one cell: (count + 1, labels) of the dilated mask."""
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    return cv2.connectedComponents(cv2.dilate(pieces, kernel), connectivity=8)
+
+
+def locate_white_cells(image: np.ndarray) -> list[CellBox]:
+    """White cells of a single-cell RGB uint8 image, boxed by their stain, largest first; [] when no
+    nucleus is in view. Thresholds are shares of the largest piece: the image is about one cell."""
+    height, width = image.shape[:2]
+    factor = WORK_SIDE / max(height, width)
+    small = _scaled(image, factor)
+    found = _stain_pieces(small)
+    if found is None:
         return []
+    labels, stats = found
     areas = stats[1:, cv2.CC_STAT_AREA]
     largest = int(areas.max())
     keep = np.flatnonzero(areas >= MIN_AREA_FRACTION * largest) + 1
@@ -56,8 +94,7 @@ def locate_white_cells(image: np.ndarray) -> list[CellBox]:
     # Join the lobes and granules of one cell: dilate by a share of the largest piece's extent.
     largest_extent = int(stats[1:, [cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT]].max())
     radius = max(1, round(JOIN_FRACTION * largest_extent))
-    joined = cv2.dilate(pieces, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1)))
-    m, cell_labels = cv2.connectedComponents(joined, connectivity=8)
+    m, cell_labels = _join(pieces, radius)
     boxes = []
     for k in range(1, m):
         ys, xs = np.nonzero((cell_labels == k) & (pieces > 0))
@@ -73,6 +110,55 @@ def locate_white_cells(image: np.ndarray) -> list[CellBox]:
                 height=max(1, round((y1 - y0) / factor)),
                 stained_area=round(len(xs) / factor**2),
                 touches_edge=bool(edge),
+            )
+        )
+    return sorted(boxes, key=lambda box: -box.stained_area)
+
+
+def locate_field_cells(image: np.ndarray) -> list[CellBox]:
+    """White cells of a whole smear field (RGB uint8), largest stained area first, each boxed whole.
+
+    Small stained pieces are platelets or debris; pieces close together are one cell's lobes or
+    granules; a group with much less stain than the most stained one is no white cell (the FIELD_*
+    constants). Touching cells whose nuclei stay apart are two cells; nuclei that touch are counted
+    as one. A cell whose box reaches the field's edge is marked ``touches_edge``.
+    """
+    height, width = image.shape[:2]
+    factor = min(1.0, FIELD_WORK_SIDE / max(height, width))
+    small = _scaled(image, factor)
+    found = _stain_pieces(small)
+    if found is None:
+        return []
+    labels, stats = found
+    small_height, small_width = small.shape[:2]
+    area = small_height * small_width
+    piece_areas = stats[1:, cv2.CC_STAT_AREA]
+    keep = np.flatnonzero(piece_areas >= max(FIELD_PIECE_FLOOR * area, FIELD_PIECE_SHARE * piece_areas.max())) + 1
+    pieces = np.isin(labels, keep).astype(np.uint8)
+    largest_extent = int(stats[keep, cv2.CC_STAT_WIDTH : cv2.CC_STAT_HEIGHT + 1].max())
+    m, cell_labels = _join(pieces, max(1, round(FIELD_JOIN_SHARE * largest_extent)))
+    groups = []
+    for k in range(1, m):
+        ys, xs = np.nonzero((cell_labels == k) & (pieces > 0))
+        if len(xs):
+            groups.append((xs, ys))
+    most = max(len(xs) for xs, _ in groups)
+    boxes = []
+    for xs, ys in groups:
+        if not max(FIELD_CELL_FLOOR * area, FIELD_CELL_SHARE * most) <= len(xs) <= FIELD_CELL_CEILING * area:
+            continue
+        cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
+        half_width, half_height = FIELD_GROW * (xs.max() + 1 - xs.min()) / 2, FIELD_GROW * (ys.max() + 1 - ys.min()) / 2
+        x0, y0 = max(0.0, cx - half_width), max(0.0, cy - half_height)
+        x1, y1 = min(float(small_width), cx + half_width), min(float(small_height), cy + half_height)
+        boxes.append(
+            CellBox(
+                x=int(x0 / factor),
+                y=int(y0 / factor),
+                width=max(1, min(width, round(x1 / factor)) - int(x0 / factor)),
+                height=max(1, min(height, round(y1 / factor)) - int(y0 / factor)),
+                stained_area=round(len(xs) / factor**2),
+                touches_edge=bool(x0 == 0 or y0 == 0 or x1 == small_width or y1 == small_height),
             )
         )
     return sorted(boxes, key=lambda box: -box.stained_area)
@@ -108,8 +194,9 @@ def register_cell_locators(register: Callable[[CellLocator], None]) -> None:
     register(
         CellLocator(
             name="stain_nucleus",
-            description="OpenCV: Otsu threshold on blue-minus-green nuclear stain, pieces of one cell joined.",
-            locate=locate_white_cells,
+            description="OpenCV: Otsu threshold on blue-minus-green nuclear stain; platelets dropped by size, "
+            "lobes of one cell joined, each cell boxed with its cytoplasm.",
+            locate=locate_field_cells,
         )
     )
 

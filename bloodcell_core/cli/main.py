@@ -556,6 +556,138 @@ def predict_command(model_dir: Path, images: tuple[Path, ...], as_json: bool) ->
         sys.exit(1)
 
 
+class _FieldsByDefault(click.Group):
+    """`bloodcell locate FIELD...` runs the `fields` subcommand: a first argument that names no
+    subcommand is a field."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["fields", *args]
+        return super().parse_args(ctx, args)
+
+
+@cli.group("locate", cls=_FieldsByDefault)
+def locate_group() -> None:
+    """Find the white cells in whole smear fields (a cell-locator plugin; `bloodcell plugins` lists them).
+
+    \b
+      bloodcell locate FIELD... [--json] [--crops DIR] [--overlays DIR]
+      bloodcell locate evaluate DIR [--split test] [--json]
+    """
+
+
+def _locator_option(command: F) -> F:
+    return click.option("--locator", "locator_name", default="stain_nucleus", show_default=True, help="Cell-locator plugin.")(command)
+
+
+def _get_locator(name: str):
+    from bloodcell_core.plugin_manager import get_cell_locator
+
+    try:
+        return get_cell_locator(name)
+    except PluginError as exc:
+        _fail(str(exc))
+
+
+@locate_group.command("fields")
+@click.argument("fields", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_locator_option
+@click.option("--max-cells", type=click.IntRange(min=1), default=50, show_default=True, help="A field with more white cells fails.")
+@click.option("--crops", "crops_dir", type=click.Path(file_okay=False, path_type=Path), help="Write each cell's crop here as PNG.")
+@click.option(
+    "--overlays", "overlays_dir", type=click.Path(file_okay=False, path_type=Path), help="Write each field with its boxes drawn here."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON list with an entry per field.")
+def locate_fields_command(
+    fields: tuple[Path, ...], locator_name: str, max_cells: int, crops_dir: Path | None, overlays_dir: Path | None, as_json: bool
+) -> None:
+    """Print the white cells' boxes (x, y, width, height in pixels) of each FIELD (files or folders of images).
+
+    The crops are what the service classifies for a field submitted with `bloodcell submit --fields`.
+    A field that cannot be read, or holds more than --max-cells cells, gets an error entry of its
+    own; the exit status is 1 when any field failed.
+    """
+    from bloodcell_core.clients.files import collect_images
+    from bloodcell_core.ml.dataset import read_image_file
+    from bloodcell_core.ml.fields import FieldTooCrowded, cut_field, draw_overlay
+    from bloodcell_core.ml.preprocessing import ImageDecodeError
+
+    locator = _get_locator(locator_name)
+    results: list[dict[str, Any]] = []
+    for path in collect_images(list(fields)):
+        entry: dict[str, Any] = {"field": str(path)}
+        try:
+            data = read_image_file(path)
+            cut = cut_field(data, locator.locate, max_cells)
+        except OSError as exc:
+            results.append(entry | {"error": f"cannot read file: {exc.strerror or exc}"})
+            continue
+        except (ImageDecodeError, FieldTooCrowded) as exc:
+            results.append(entry | {"error": str(exc)})
+            continue
+        entry |= {"width": cut.width, "height": cut.height, "cells": [cell.box.to_json() for cell in cut.cells]}
+        results.append(entry)
+        for k, cell in enumerate(cut.cells):
+            if crops_dir is not None:
+                crops_dir.mkdir(parents=True, exist_ok=True)
+                (crops_dir / f"{path.stem}_cell{k}.png").write_bytes(cell.png)
+        if overlays_dir is not None:
+            overlays_dir.mkdir(parents=True, exist_ok=True)
+            boxes = [(cell.box, f"{k}") for k, cell in enumerate(cut.cells)]
+            (overlays_dir / f"{path.stem}_overlay.png").write_bytes(draw_overlay(data, boxes))
+    if as_json:
+        click.echo(json.dumps(results, indent=2))
+    else:
+        for entry in results:
+            if "error" in entry:
+                click.echo(f"{entry['field']}\tERROR\t{entry['error']}")
+                continue
+            click.echo(f"{entry['field']}\t{len(entry['cells'])} white cell(s)")
+            for k, box in enumerate(entry["cells"]):
+                edge = "\tcut by the edge" if box["touches_edge"] else ""
+                click.echo(f"  {k}\tx={box['x']} y={box['y']} width={box['width']} height={box['height']}{edge}")
+    if not results:
+        _fail("no image files found in the given paths")
+    if any("error" in entry for entry in results):
+        sys.exit(1)
+
+
+@locate_group.command("evaluate")
+@click.argument("voc_dir", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", default="test", show_default=True, help="The split file DIR/splits/SPLIT.txt to score.")
+@_locator_option
+@click.option("--json", "as_json", is_flag=True, help="Print the scores and erring fields as JSON.")
+def locate_evaluate_command(voc_dir: Path, split: str, locator_name: str, as_json: bool) -> None:
+    """Score a locator on a Pascal VOC folder (images/, annotations/ with WBC boxes, splits/), such
+    as ../shared/data/bccd: a found box is right when it overlaps a true one by IoU >= 0.5.
+
+    JSON keys: precision, recall, f1, n_true, n_found, n_matched, n_fields, erring_fields (each with
+    its true and found boxes as [xmin, ymin, xmax, ymax]).
+    """
+    from bloodcell_core.ml.smear_fields import read_fields, score_locator
+
+    locator = _get_locator(locator_name)
+    try:
+        n_fields = len(read_fields(voc_dir, split))
+    except FileNotFoundError as exc:
+        _fail(str(exc))
+    with click.progressbar(length=n_fields, label=f"locating white cells in {split}", file=sys.stderr) as bar:
+        scores = score_locator(voc_dir, split, locator.locate, progress=bar.update)
+    scores = {"locator": locator_name} | scores
+    if as_json:
+        click.echo(json.dumps(scores, indent=2))
+        return
+    click.echo(
+        f"{locator_name} on {voc_dir} ({split}, {scores['n_fields']} fields, IoU >= {scores['iou_threshold']}): "
+        f"precision {scores['precision']:.3f}, recall {scores['recall']:.3f}, F1 {scores['f1']:.3f} "
+        f"({scores['n_matched']} of {scores['n_true']} true boxes found; {scores['n_found']} boxes found)"
+    )
+    for field in scores["erring_fields"]:
+        click.echo(
+            f"  {field['field']}: {field['missed']} missed, {field['extra']} extra (true {field['true']}, found {field['found']})"
+        )
+
+
 # --- the queued service ------------------------------------------------------------------------
 
 
@@ -674,12 +806,20 @@ def worker(concurrency: int, name: str) -> None:
 @click.option("--wait", is_flag=True, help="Wait for the report.")
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait with --wait.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option(
+    "--fields",
+    "as_fields",
+    is_flag=True,
+    help="PATHS are whole smear fields: the worker finds their white cells and classifies each one.",
+)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-def submit(sample_id: str, wait: bool, timeout: float, as_json: bool, paths: tuple[Path, ...]) -> None:
-    """Submit images (files or folders of images) as one sample to the classification queue.
+def submit(sample_id: str, wait: bool, timeout: float, as_json: bool, as_fields: bool, paths: tuple[Path, ...]) -> None:
+    """Submit cell images (files or folders of images) as one sample to the classification queue;
+    with --fields, whole smear fields instead (`bloodcell submit --sample-id S1 --fields FIELD_OR_DIR...`).
 
-    Submitting the same sample id and images again is harmless: nothing is duplicated.
-    With BLOODCELL_API_URL and BLOODCELL_API_TOKEN set, this goes through the HTTP API.
+    Submitting the same sample id and images again is harmless: nothing is duplicated; new images
+    or fields under a known sample id are added to it. With BLOODCELL_API_URL and
+    BLOODCELL_API_TOKEN set, this goes through the HTTP API.
     """
     from tqdm import tqdm
 
@@ -691,16 +831,21 @@ def submit(sample_id: str, wait: bool, timeout: float, as_json: bool, paths: tup
     client = _client(http=True)
     images = [(str(f), f.read_bytes()) for f in tqdm(files, desc="reading", unit="img", disable=as_json or not sys.stderr.isatty())]
     try:
-        submission = client.submit(sample_id, images, actor=_actor())
+        if as_fields:
+            submission = client.submit(sample_id, [], actor=_actor(), fields=images)
+        else:
+            submission = client.submit(sample_id, images, actor=_actor())
     except _user_errors() as exc:
         _fail(str(exc))
     if not wait:
-        message = {"sample_id": sample_id, "status": submission.status, "new_cells": submission.new_cells}
-        click.echo(
-            json.dumps(message)
-            if as_json
-            else f"sample {sample_id}: {submission.new_cells} new cell image(s), status {submission.status}"
-        )
+        message = {
+            "sample_id": sample_id,
+            "status": submission.status,
+            "new_cells": submission.new_cells,
+            "new_fields": submission.new_fields,
+        }
+        what = f"{submission.new_fields} new field(s)" if as_fields else f"{submission.new_cells} new cell image(s)"
+        click.echo(json.dumps(message) if as_json else f"sample {sample_id}: {what}, status {submission.status}")
         return
     try:
         report = client.wait(sample_id, timeout=timeout)
@@ -730,6 +875,9 @@ def _print_report(report: dict, as_json: bool) -> None:
             click.echo(f"  WARNING: {warning}")
     for item in report.get("failed", []):
         click.echo(f"  FAILED {item['name']}: {item['error']}")
+    for field in report.get("fields", []):
+        found = f"{field['n_cells']} white cell(s)" if field["status"] == "located" else field["status"]
+        click.echo(f"  field {field['name']}: {found}" + (f" ({field['error']})" if field["error"] else ""))
 
 
 @cli.command()
@@ -738,6 +886,40 @@ def _print_report(report: dict, as_json: bool) -> None:
 def report(sample_id: str, as_json: bool) -> None:
     """Show a sample's status and report (through the HTTP API when BLOODCELL_API_URL is set)."""
     _print_report(_remote_or_local(lambda client: client.report(sample_id)), as_json)
+
+
+@cli.command("fields")
+@click.argument("sample_id")
+@click.option(
+    "--overlays", "overlays_dir", type=click.Path(file_okay=False, path_type=Path), help="Write each field with its boxes drawn here."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def fields_command(sample_id: str, overlays_dir: Path | None, as_json: bool) -> None:
+    """The whole fields of a sample: each field's cells with their boxes and labels (through the HTTP
+    API when BLOODCELL_API_URL is set)."""
+
+    def read(client: Any) -> list[dict[str, Any]]:
+        found = client.fields(sample_id)
+        if overlays_dir is not None:
+            overlays_dir.mkdir(parents=True, exist_ok=True)
+            for field in found:
+                if field["status"] == "located":
+                    png = client.field_overlay(sample_id, field["image_sha256"])
+                    (overlays_dir / f"{field['image_sha256'][:16]}_overlay.png").write_bytes(png)
+        return found
+
+    found = _remote_or_local(read)
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+        return
+    for field in found:
+        click.echo(f"{field['name']}\t{field['status']}\t{field['image_sha256']}" + (f"\t{field['error']}" if field["error"] else ""))
+        for cell in field["cells"]:
+            box = cell["box"]
+            label = (
+                f"{cell['label']} {cell['confidence']:.3f}" if cell["confidence"] is not None else (cell["label"] or cell["status"])
+            )
+            click.echo(f"  x={box['x']} y={box['y']} width={box['width']} height={box['height']}\t{label}")
 
 
 @cli.command()

@@ -3,6 +3,7 @@
     from bloodcell_core.clients.http import HttpClient
     api = HttpClient("http://bloodcell.lab:8000", token)
     api.submit("S-2026-0001", [("cell1.jpg", data1)], idempotency_key="order-4711")
+    api.submit("S-2026-0002", [], fields=[("field1.jpg", field_bytes)])   # whole smear fields
     report = api.wait("S-2026-0001")
     fhir_bundle = api.export("S-2026-0001", "fhir-r4")
 
@@ -12,7 +13,7 @@ their ``actor`` arguments are ignored here: the API records the token's client a
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import httpx
 
@@ -41,12 +42,27 @@ class HttpClient:
         return response
 
     def submit(
-        self, accession_id: str, images: list[tuple[str, bytes]], actor: str = "", idempotency_key: str | None = None
+        self,
+        accession_id: str,
+        images: list[tuple[str, bytes]],
+        actor: str = "",
+        idempotency_key: str | None = None,
+        fields: Sequence[tuple[str, bytes]] = (),
     ) -> Submission:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         files = [("images", (name, data, "application/octet-stream")) for name, data in images]
+        files += [("fields", (name, data, "application/octet-stream")) for name, data in fields]
         body = self._request("POST", "/v1/samples", data={"accession_id": accession_id}, files=files, headers=headers).json()
-        return Submission(None, body["sample_id"], body["new_cells"], body["status"], body["n_cells"], body["replayed"])
+        return Submission(
+            None,
+            body["sample_id"],
+            body["new_cells"],
+            body["status"],
+            body["n_cells"],
+            body["replayed"],
+            body["new_fields"],
+            body["n_fields"],
+        )
 
     def report(self, accession_id: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/samples/{accession_id}").json()
@@ -57,6 +73,12 @@ class HttpClient:
 
     def cells(self, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
         return self._request("GET", f"/v1/samples/{accession_id}/cells", params={"needs_review": str(needs_review).lower()}).json()
+
+    def fields(self, accession_id: str) -> list[dict[str, Any]]:
+        return self._request("GET", f"/v1/samples/{accession_id}/fields").json()
+
+    def field_overlay(self, accession_id: str, field_sha256: str) -> bytes:
+        return self._request("GET", f"/v1/samples/{accession_id}/fields/{field_sha256}/overlay").content
 
     def export(self, accession_id: str, format_name: str) -> str:
         return self._request("GET", f"/v1/samples/{accession_id}/export/{format_name}").text

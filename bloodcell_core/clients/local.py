@@ -3,6 +3,7 @@
     from bloodcell_core.clients.local import Client
     client = Client()                                   # settings from BLOODCELL_* variables
     client.submit("S-2026-0001", [("cell1.jpg", data1), ("cell2.jpg", data2)])
+    client.submit("S-2026-0002", [], fields=[("field1.jpg", field_bytes)])   # whole smear fields
     report = client.wait("S-2026-0001", timeout=300)
 
 Tasks are sent by name, so producers need neither the workers' code nor TensorFlow.
@@ -21,6 +22,7 @@ from bloodcell_core.clients.waiting import wait_until_classified
 from bloodcell_core.config import Settings
 from bloodcell_core.service import promotion, review, webhooks
 from bloodcell_core.service.db import require_migrated, session_scope
+from bloodcell_core.service.fields import field_overlay, get_fields
 from bloodcell_core.service.queues import TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues
 from bloodcell_core.service.receipts import Submission
 from bloodcell_core.service.samples import find_sample, get_report
@@ -51,15 +53,18 @@ class Client:
         stored: Sequence[tuple[str, str]] = (),
         client_id: int | None = None,
         idempotency_key: str | None = None,
+        fields: Sequence[tuple[str, bytes]] = (),
     ) -> Submission:
         """Store and enqueue a sample; resubmitting the same sample and images enqueues nothing new.
 
         ``stored``: (name, sha256) of images already in the store. ``idempotency_key`` (with the API
         client's id): a retry with the same key returns the first submission's sample, and queues its
         classification again if it has not finished (the first attempt may have failed to reach Redis).
+        ``fields``: whole smear fields as (name, bytes); the worker finds their white cells and
+        classifies them as cells of the sample (``images`` may then be empty).
         """
-        submission = submit_sample(self.settings, accession_id, images, actor, stored, client_id, idempotency_key)
-        if submission.new_cells or submission.status not in FINAL_SAMPLE_STATUSES:
+        submission = submit_sample(self.settings, accession_id, images, actor, stored, client_id, idempotency_key, fields)
+        if submission.new_cells or submission.new_fields or submission.status not in FINAL_SAMPLE_STATUSES:
             self._send("bloodcell.classify_sample", [submission.sample_pk], self.settings.classify_queue)
         return submission
 
@@ -68,6 +73,14 @@ class Client:
 
     def cells(self, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
         return review.get_cells(self.settings, accession_id, needs_review)
+
+    def fields(self, accession_id: str) -> list[dict[str, Any]]:
+        """The sample's whole fields, each with its cells' boxes and labels."""
+        return get_fields(self.settings, accession_id)
+
+    def field_overlay(self, accession_id: str, field_sha256: str) -> bytes:
+        """One field as PNG with its cells' boxes drawn and labelled."""
+        return field_overlay(self.settings, accession_id, field_sha256)
 
     def export(self, accession_id: str, format_name: str) -> str:
         from bloodcell_core.service.exports import export_sample

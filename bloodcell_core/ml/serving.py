@@ -13,6 +13,7 @@ from typing import Any
 from bloodcell_core.ml.artifacts import ArtifactError, ModelMetadata, read_metadata, version_id
 from bloodcell_core.ml.dataset import index_dataset, list_class_files
 from bloodcell_core.ml.evaluation import evaluate
+from bloodcell_core.ml.fields import CutField, FieldTooCrowded, cut_field, draw_overlay
 from bloodcell_core.ml.image_header import ImageDecodeError, image_dimensions
 from bloodcell_core.ml.inference import CellPrediction, Classifier, served_views
 from bloodcell_core.ml.ood import FALLBACK_REVIEW_THRESHOLD, UNFAMILIAR_REASON, review_reasons
@@ -21,10 +22,14 @@ __all__ = [
     "ArtifactError",
     "CellPrediction",
     "Classifier",
+    "CutField",
+    "FieldTooCrowded",
     "FALLBACK_REVIEW_THRESHOLD",
     "ImageDecodeError",
     "ModelMetadata",
     "UNFAMILIAR_REASON",
+    "cut_field",
+    "draw_overlay",
     "evaluate",
     "image_dimensions",
     "index_dataset",

@@ -12,6 +12,7 @@ from bloodcell_core.service import webhooks
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row, insert_new, session_scope
 from bloodcell_core.service.errors import NotFound
+from bloodcell_core.service.fields import locate_queued_fields
 from bloodcell_core.service.image_store import image_store
 from bloodcell_core.service.models import ModelVersion, Prediction, Sample
 from bloodcell_core.service.samples import build_report
@@ -45,7 +46,8 @@ def insert_predictions(session: Session, rows: list[dict[str, Any]]) -> None:
 def classify_sample(
     settings: Settings, sample_pk: int, classifier_for: Callable[[ModelVersion], "Classifier"], worker: str
 ) -> dict[str, Any]:
-    """Classify every cell of a sample that has no prediction by the production model yet; write the report."""
+    """Locate the cells of the sample's new whole fields, classify every cell that has no prediction by
+    the production model yet, and write the report."""
     store = image_store(settings)
     with session_scope(settings.database_url) as session:
         sample = session.get(Sample, sample_pk)
@@ -58,6 +60,7 @@ def classify_sample(
 
     with session_scope(settings.database_url) as session:
         sample = get_row(session, Sample, sample_pk, with_for_update=True)  # a concurrent review waits for the report
+        from_fields = locate_queued_fields(session, settings, sample)
         cells = list(sample.cells)
         done = set(
             session.scalars(
@@ -98,6 +101,7 @@ def classify_sample(
             status=sample.status,
             model_version=version.version,
             newly_classified=len(rows),
+            cells_from_fields=from_fields,
         )
         webhooks.queue_event(session, sample, "sample.classified")
         return report

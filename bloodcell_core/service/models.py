@@ -9,7 +9,15 @@ from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, Larg
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
-from bloodcell_core.service.states import CellStatus, DeliveryStatus, ModelStatus, ReportStatus, SampleStatus, TrainingRunStatus
+from bloodcell_core.service.states import (
+    CellStatus,
+    DeliveryStatus,
+    FieldStatus,
+    ModelStatus,
+    ReportStatus,
+    SampleStatus,
+    TrainingRunStatus,
+)
 
 
 def utcnow() -> datetime:
@@ -62,6 +70,7 @@ class Sample(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     cells: Mapped[list["SampleImage"]] = relationship(back_populates="sample", order_by="SampleImage.id")
+    fields: Mapped[list["SampleField"]] = relationship(back_populates="sample", order_by="SampleField.id")
     report: Mapped["SampleReport | None"] = relationship(back_populates="sample")
 
 
@@ -86,7 +95,33 @@ class SampleImage(Base):
     name: Mapped[str] = mapped_column(String(512))
     status: Mapped[str] = mapped_column(String(16), default=CellStatus.QUEUED)
     error: Mapped[str | None] = mapped_column(Text)
+    # A cell found in a whole field: the field image's sha256 and the cell's box in its pixels.
+    field_sha256: Mapped[str | None] = mapped_column(ForeignKey("images.sha256"))
+    box_x: Mapped[int | None] = mapped_column(Integer)
+    box_y: Mapped[int | None] = mapped_column(Integer)
+    box_width: Mapped[int | None] = mapped_column(Integer)
+    box_height: Mapped[int | None] = mapped_column(Integer)
+    touches_edge: Mapped[bool | None] = mapped_column(Boolean)
     sample: Mapped[Sample] = relationship(back_populates="cells")
+
+
+class SampleField(Base):
+    """A whole smear field of a sample: the worker finds its white cells and adds them as the sample's cells."""
+
+    __tablename__ = "sample_fields"
+    __table_args__ = (UniqueConstraint("sample_id", "image_sha256"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"))
+    name: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(16), default=FieldStatus.QUEUED)
+    error: Mapped[str | None] = mapped_column(Text)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    n_cells: Mapped[int | None] = mapped_column(Integer)  # white cells found; None until located
+    locator: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sample: Mapped[Sample] = relationship(back_populates="fields")
 
 
 class ModelVersion(Base):

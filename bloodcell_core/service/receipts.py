@@ -13,3 +13,5 @@ class Submission:
     status: str
     n_cells: int = 0
     replayed: bool = False  # an Idempotency-Key seen before: the earlier submission's sample
+    new_fields: int = 0  # whole fields queued for locating by this submission
+    n_fields: int = 0

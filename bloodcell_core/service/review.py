@@ -20,7 +20,7 @@ from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store
-from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample
+from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleImage
 from bloodcell_core.service.samples import (
     build_report,
     cell_review_reasons,
@@ -37,6 +37,13 @@ def _report_version(session: Session, sample: Sample) -> ModelVersion:
     if report is None:
         raise Conflict(f"sample {sample.accession_id!r} is not classified yet (status {sample.status})")
     return get_row(session, ModelVersion, report.model_version_id)
+
+
+def cell_box(cell: SampleImage) -> dict[str, Any] | None:
+    """Where a cell found in a whole field sat in it (pixels); None for a cell submitted as its own image."""
+    if cell.field_sha256 is None:
+        return None
+    return {"x": cell.box_x, "y": cell.box_y, "width": cell.box_width, "height": cell.box_height, "touches_edge": cell.touches_edge}
 
 
 def cell_results(session: Session, sample: Sample) -> list[dict[str, Any]]:
@@ -68,6 +75,8 @@ def cell_results(session: Session, sample: Sample) -> list[dict[str, Any]]:
                 "ood_score": round(prediction.ood_score, 2) if prediction and prediction.ood_score is not None else None,
                 "needs_review": bool(reasons),
                 "review_reasons": reasons,
+                "field_sha256": cell.field_sha256,
+                "box": cell_box(cell),
             }
         )
     return rows

@@ -14,7 +14,7 @@ from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.image_store import image_store
 from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleReport
-from bloodcell_core.service.states import CellStatus, ReportStatus, SampleFlag, SampleStatus
+from bloodcell_core.service.states import CellStatus, FieldStatus, ReportStatus, SampleFlag, SampleStatus
 from bloodcell_core.service.submission import valid_accession_id
 from bloodcell_core.service.versions import ood_threshold, review_threshold
 
@@ -92,6 +92,14 @@ def find_sample(session: Session, accession_id: str, lock: bool = False) -> Samp
     return sample
 
 
+def field_summaries(sample: Sample) -> list[dict[str, Any]]:
+    """The whole fields of a sample, for its report: name, sha256, status, white cells found, error."""
+    return [
+        {"name": f.name, "image_sha256": f.image_sha256, "status": f.status, "n_cells": f.n_cells, "error": f.error}
+        for f in sample.fields
+    ]
+
+
 def build_report(session: Session, settings: Settings, sample: Sample, version_id: int) -> dict[str, Any]:
     """Differential count and percent, blast flag, cells for review; sets the sample's final status.
 
@@ -127,9 +135,17 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
     n_unfamiliar = sum(UNFAMILIAR_REASON in reasons[c.image_sha256] for c, _ in classified)
     flags = sample_flags(settings, counts, percent, n, n_unfamiliar)
     failed = [{"name": c.name, "image_sha256": c.image_sha256, "error": c.error} for c in cells if c.status == CellStatus.FAILED]
+    failed_fields = any(f.status == FieldStatus.FAILED for f in sample.fields)
     if not classified:
-        sample.status, sample.error = SampleStatus.FAILED, "no image of the sample could be classified"
-    elif review or failed or flags:
+        sample.status, sample.error = (
+            SampleStatus.FAILED,
+            (
+                "no image of the sample could be classified"
+                if cells or not sample.fields
+                else f"no white cell was found in the sample's {len(sample.fields)} field(s)"
+            ),
+        )
+    elif review or failed or failed_fields or flags:
         sample.status, sample.error = SampleStatus.NEEDS_REVIEW, None
     else:
         sample.status, sample.error = SampleStatus.DONE, None
@@ -173,6 +189,8 @@ def report_json(session: Session, settings: Settings, sample: Sample) -> dict[st
         "signed_off_by": sample.signed_off_by,
         "signed_off_at": sample.signed_off_at.isoformat() if sample.signed_off_at else None,
         "n_reviewed": len(latest_reviews(session, sample.id)),
+        "fields": field_summaries(sample),
+        "fields_without_cells": [f.name for f in sample.fields if f.status == FieldStatus.LOCATED and not f.n_cells],
     }
     if report is None:
         return base | {

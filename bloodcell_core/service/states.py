@@ -26,6 +26,14 @@ class CellStatus(StrEnum):
     FAILED = "failed"
 
 
+class FieldStatus(StrEnum):
+    """A whole field is located once: its cells are then ordinary cells of the sample."""
+
+    QUEUED = "queued"
+    LOCATED = "located"
+    FAILED = "failed"
+
+
 class ReportStatus(StrEnum):
     """A report is preliminary until signed off (final); a change after sign-off makes it amended."""
 

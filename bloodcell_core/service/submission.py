@@ -15,9 +15,9 @@ from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict, LimitExceeded, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store, sha256_of
-from bloodcell_core.service.models import IdempotencyKey, Image, Sample, SampleImage
+from bloodcell_core.service.models import IdempotencyKey, Image, Sample, SampleField, SampleImage
 from bloodcell_core.service.receipts import Submission
-from bloodcell_core.service.states import SampleStatus
+from bloodcell_core.service.states import FieldStatus, SampleStatus
 
 # No "/": accession ids appear in URL paths and file names.
 # No "/": accession ids appear in URL paths and file names.
@@ -55,8 +55,9 @@ def check_image_limits(settings: Settings, name: str, data: bytes) -> None:
         )
 
 
-def request_fingerprint(accession_id: str, image_sha256s: list[str]) -> str:
-    return hashlib.sha256("\n".join([accession_id, *sorted(image_sha256s)]).encode()).hexdigest()
+def request_fingerprint(accession_id: str, image_sha256s: list[str], field_sha256s: Sequence[str] = ()) -> str:
+    parts = [accession_id, *sorted(image_sha256s), *sorted(f"field:{sha}" for sha in field_sha256s)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
 def submit_sample(
@@ -67,8 +68,13 @@ def submit_sample(
     stored: Sequence[tuple[str, str]] = (),
     client_id: int | None = None,
     idempotency_key: str | None = None,
+    fields: Sequence[tuple[str, bytes]] = (),
 ) -> Submission:
     """Store the images by content hash and create the sample and its cells, idempotently, in one transaction.
+
+    ``fields`` are whole smear fields as (name, bytes): stored like images and queued for the worker,
+    which finds their white cells and adds them as cells (``service.fields``). A field counts as one
+    image towards the per-sample limit when submitted; its cells count when they are found.
 
     ``stored`` names images already in the store as (name, sha256). Submitting the same accession
     id again adds only images it did not have; the same images again change nothing. An API
@@ -77,14 +83,17 @@ def submit_sample(
     _MAX_IMAGE_PIXELS per image, _MAX_IMAGES_PER_SAMPLE per sample over all its submissions.
     """
     check_accession_id(accession_id)
-    if not images and not stored:
-        raise ServiceError("a sample needs at least one image")
+    if not images and not stored and not fields:
+        raise ServiceError("a sample needs at least one image or field")
     if idempotency_key is not None and client_id is None:
         raise ServiceError("an idempotency key belongs to an API client: pass client_id")
-    for name, data in images:
+    for name, data in [*images, *fields]:
         check_image_limits(settings, name, data)
     hashed = [(cell_name(name), sha256_of(data), data) for name, data in images]
-    fingerprint = request_fingerprint(accession_id, [sha for _, sha, _ in hashed] + [sha for _, sha in stored])
+    hashed_fields = [(cell_name(name), sha256_of(data), data) for name, data in fields]
+    fingerprint = request_fingerprint(
+        accession_id, [sha for _, sha, _ in hashed] + [sha for _, sha in stored], [sha for _, sha, _ in hashed_fields]
+    )
     store = image_store(settings)
     try:
         with session_scope(settings.database_url) as session:
@@ -96,7 +105,7 @@ def submit_sample(
                     if seen.request_sha256 != fingerprint:
                         raise Conflict(f"Idempotency-Key {idempotency_key[:80]!r} was used before for a different request")
                     first = get_row(session, Sample, seen.sample_id)
-                    return Submission(first.id, first.accession_id, 0, first.status, len(first.cells), replayed=True)
+                    return Submission(first.id, first.accession_id, 0, first.status, len(first.cells), True, 0, len(first.fields))
             referenced = {sha for _, sha in stored}
             missing = referenced - set(session.scalars(select(Image.sha256).where(Image.sha256.in_(referenced))))
             if missing:
@@ -109,13 +118,16 @@ def submit_sample(
             elif client_id is not None and sample.client_id not in (None, client_id):
                 raise Conflict(f"sample {accession_id!r} was submitted by another API client")
             known = {cell.image_sha256 for cell in sample.cells}
-            total = len(known | {sha for _, sha, _ in hashed} | {sha for _, sha in stored})
+            known_fields = {field.image_sha256 for field in sample.fields}
+            total = len(known | {sha for _, sha, _ in hashed} | {sha for _, sha in stored}) + len(
+                known_fields | {sha for _, sha, _ in hashed_fields}
+            )
             if total > settings.max_images_per_sample:  # checked before any image is stored
                 raise LimitExceeded(
-                    f"sample {accession_id!r} would have {total} images, over "
+                    f"sample {accession_id!r} would have {total} images and fields, over "
                     f"{settings.max_images_per_sample} (BLOODCELL_MAX_IMAGES_PER_SAMPLE)"
                 )
-            store.put_many(session, {sha: data for _, sha, data in hashed})
+            store.put_many(session, {sha: data for _, sha, data in hashed + hashed_fields})
             named = [(name, sha) for name, sha, _ in hashed] + list(stored)
             cells = []
             for name, sha256 in named:
@@ -125,13 +137,22 @@ def submit_sample(
             if cells:  # one bulk insert: a sample has hundreds of cells
                 session.execute(insert(SampleImage), cells)
             new_cells = len(cells)
-            if new_cells:
+            new_fields = []
+            for name, sha256, _ in hashed_fields:
+                if sha256 not in known_fields:
+                    known_fields.add(sha256)
+                    new_fields.append(
+                        {"sample_id": sample.id, "image_sha256": sha256, "name": name[:512], "status": FieldStatus.QUEUED}
+                    )
+            if new_fields:
+                session.execute(insert(SampleField), [row | {"status": FieldStatus.QUEUED} for row in new_fields])
+            if new_cells or new_fields:
                 sample.status = SampleStatus.QUEUED
-                record_event(session, actor, "sample.submitted", accession_id, new_cells=new_cells)
+                record_event(session, actor, "sample.submitted", accession_id, new_cells=new_cells, new_fields=len(new_fields))
             if idempotency_key is not None:
                 session.add(IdempotencyKey(client_id=client_id, key=idempotency_key, request_sha256=fingerprint, sample_id=sample.id))
                 session.flush()
-            return Submission(sample.id, accession_id, new_cells, sample.status, len(known))
+            return Submission(sample.id, accession_id, new_cells, sample.status, len(known), False, len(new_fields), len(known_fields))
     except IntegrityError:
         raise Conflict(f"a concurrent request created sample {accession_id!r} or used the same Idempotency-Key: retry it") from None
 

@@ -8,7 +8,11 @@ from bloodcell_core.config import Settings
 from bloodcell_core.service.db import upgrade
 
 # routes whose answer is not JSON: an export document, image bytes
-NOT_JSON = {("get", "/v1/samples/{sample_id}/export/{format_name}"), ("get", "/v1/images/{image_sha256}")}
+NOT_JSON = {
+    ("get", "/v1/samples/{sample_id}/export/{format_name}"),
+    ("get", "/v1/images/{image_sha256}"),
+    ("get", "/v1/samples/{sample_id}/fields/{field_sha256}/overlay"),  # image/png
+}
 
 
 def openapi(tmp_path) -> dict:
@@ -40,3 +44,8 @@ def test_states_are_enumerated_in_the_schema(tmp_path):
     assert set(components["SampleFlag"]["enum"]) == {"blasts", "immature_cells", "unfamiliar_images"}
     report = components["SampleReport"]["properties"]
     assert {"counts", "percent", "flags", "needs_review", "links", "n_unfamiliar"} <= set(report)
+
+
+def test_the_overlay_is_described_as_png(tmp_path):
+    operation = openapi(tmp_path)["paths"]["/v1/samples/{sample_id}/fields/{field_sha256}/overlay"]["get"]
+    assert "image/png" in operation["responses"]["200"]["content"]
