@@ -134,15 +134,13 @@ def locate_field_cells(image: np.ndarray) -> list[CellBox]:
     area = small_height * small_width
     piece_areas = stats[1:, cv2.CC_STAT_AREA]
     keep = np.flatnonzero(piece_areas >= max(FIELD_PIECE_FLOOR * area, FIELD_PIECE_SHARE * piece_areas.max())) + 1
+    if len(keep) == 0:  # only specks
+        return []
     pieces = np.isin(labels, keep).astype(np.uint8)
     largest_extent = int(stats[keep, cv2.CC_STAT_WIDTH : cv2.CC_STAT_HEIGHT + 1].max())
     m, cell_labels = _join(pieces, max(1, round(FIELD_JOIN_SHARE * largest_extent)))
-    groups = []
-    for k in range(1, m):
-        ys, xs = np.nonzero((cell_labels == k) & (pieces > 0))
-        if len(xs):
-            groups.append((xs, ys))
-    most = max(len(xs) for xs, _ in groups)
+    groups = [np.nonzero((cell_labels == k) & (pieces > 0))[::-1] for k in range(1, m)]
+    most = max(len(xs) for xs, _ in groups)  # every group holds a kept piece
     boxes = []
     for xs, ys in groups:
         if not max(FIELD_CELL_FLOOR * area, FIELD_CELL_SHARE * most) <= len(xs) <= FIELD_CELL_CEILING * area:

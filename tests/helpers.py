@@ -19,6 +19,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("BLOODCELL_TEST_DATA", PROJECT.parent / "shared" / "data"))
 KAGGLE5 = DATA / "kaggle5"
 PBC8 = DATA / "pbc8"
+BCCD = DATA / "bccd"  # whole smear fields with white-cell boxes (Pascal VOC)
 DEFAULT_MODEL = PROJECT / "models" / "default"  # the 9-class differential, trained on kaggle5 + pbc8
 KAGGLE5_MODEL = PROJECT / "models" / "kaggle5"  # the notebook's 5 classes
 
@@ -55,6 +56,18 @@ def encode(image: np.ndarray, extension: str = ".png") -> bytes:
     ok, buffer = cv2.imencode(extension, image)
     assert ok
     return buffer.tobytes()
+
+
+def touching_cells_field(columns: int, rows: int, spacing: int = 100) -> np.ndarray:
+    """A generated smear field (RGB): COLUMNS x ROWS white cells whose pale cytoplasm touches its
+    neighbours', each with a violet nucleus, on a peach background."""
+    image = np.full((rows * spacing, columns * spacing, 3), (238, 214, 196), np.uint8)
+    for i in range(columns):
+        for j in range(rows):
+            centre = (spacing // 2 + i * spacing, spacing // 2 + j * spacing)
+            cv2.circle(image, centre, spacing // 2, (200, 170, 210), -1)
+            cv2.circle(image, centre, spacing * 28 // 100, (95, 50, 150), -1)
+    return image
 
 
 def unseen_images(label: str | None, count: int, source: str | None = None) -> list[Path]:
