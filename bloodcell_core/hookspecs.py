@@ -37,9 +37,12 @@ def register_preprocessing_steps(register: Callable[["PreprocessingStep"], None]
 def register_cell_locators(register: Callable[["CellLocator"], None]) -> None:
     """Register white-cell locators: ``register(CellLocator(...))``.
 
-    ``CellLocator.locate`` maps an RGB uint8 image (a single-cell crop or a whole smear field) to the
-    white cells it finds, as ``CellBox`` es in pixels of that image. The ``locate_cell`` preprocessing
-    step crops single-cell images with one, and whole fields are cut into cells with one.
+    ``CellLocator.locate`` maps a whole smear field (RGB uint8) to the white cells it finds, as
+    ``CellBox`` es (the whole cell, in pixels of the field; ``touches_edge`` where the field's edge cuts
+    it), largest first; ``[]`` when there is none. It must be deterministic: the same field gives the
+    same cells. Workers cut submitted fields with the locator BLOODCELL_FIELD_LOCATOR names
+    (default ``stain_nucleus``); `bloodcell locate evaluate` scores one on annotated fields. A learned
+    detector is one more plugin implementing this hook.
     """
 
 
