@@ -134,7 +134,9 @@ def main() -> None:
         queue_s, queue_found = through_queue(model, fields, datas, warm)
         rows = [(f.field_id, truth(f), [corners(box) for box, _, _ in queue_found[f.field_id]]) for f in fields]
         scores = locator_scores(rows)
-        same_boxes = all([b for b, _, _ in queue_found[f.field_id]] == [b for b, _, _ in local_found[f.field_id]] for f in fields)
+        same_boxes = all(
+            [corners(b) for b, _, _ in queue_found[f.field_id]] == [corners(b) for b, _, _ in local_found[f.field_id]] for f in fields
+        )
         entry = {
             "stage": stage,
             "model": str(model),
