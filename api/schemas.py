@@ -165,6 +165,7 @@ class SampleForReview(BaseModel):
     sample_id: str
     cells: list[Cell]
     failed: list[ReviewFailedCell]
+    failed_fields: list[ReviewFailedCell] = Field(description="Whole fields that could not be located, with the error")
 
 
 class WebhookDelivery(BaseModel):

@@ -49,9 +49,26 @@ def _running(pid_file: Path) -> int | None:
     try:
         pid = int(pid_file.read_text().strip())
         os.kill(pid, 0)
-        return pid
     except (FileNotFoundError, ValueError, ProcessLookupError):
         return None
+    if _exited(pid):
+        return None
+    return pid
+
+
+def _exited(pid: int) -> bool:
+    """A process that has ended but was not yet reaped (a zombie: `up` ran in this process) has exited."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    if state != "Z":
+        return False
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
+    except ChildProcessError:
+        pass
+    return True
 
 
 def _spawn(name: str, command: list[str], settings: Settings, env: dict[str, str] | None = None) -> int:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import FieldTooCrowded, ImageDecodeError, cut_field, draw_overlay
-from bloodcell_core.plugin_manager import get_cell_locator
+from bloodcell_core.plugin_manager import UnknownPlugin, get_cell_locator
 from bloodcell_core.plugin_types import CellBox
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import NotFound
@@ -44,7 +44,12 @@ def locate_queued_fields(session: Session, settings: Settings, sample: Sample) -
     if not queued:
         return 0
     store = image_store(settings)
-    locator = get_cell_locator(settings.field_locator)
+    try:
+        locator = get_cell_locator(settings.field_locator)
+    except UnknownPlugin as exc:  # a configuration error: each field says so, and the sample's images go on
+        for field in queued:
+            _fail(field, f"{exc} (BLOODCELL_FIELD_LOCATOR)")
+        return 0
     stored = store.get_many(session, [field.image_sha256 for field in queued])
     known = {cell.image_sha256 for cell in sample.cells}
     added = 0

@@ -29,7 +29,7 @@ from bloodcell_core.service.samples import (
     report_row,
     version_predictions,
 )
-from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, CellStatus, ReportStatus, SampleStatus
+from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, CellStatus, FieldStatus, ReportStatus, SampleStatus
 
 
 def _report_version(session: Session, sample: Sample) -> ModelVersion:
@@ -99,6 +99,7 @@ def review_queue(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
                 "sample_id": s.accession_id,
                 "cells": [c for c in cell_results(session, s) if c["needs_review"]],
                 "failed": [{"name": c.name, "error": c.error} for c in s.cells if c.status == CellStatus.FAILED],
+                "failed_fields": [{"name": f.name, "error": f.error} for f in s.fields if f.status == FieldStatus.FAILED],
             }
             for s in samples
         ]

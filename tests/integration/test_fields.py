@@ -88,6 +88,8 @@ def test_fields_from_the_cli_are_located_classified_and_kept_with_their_place(st
     located = [f for f in report["fields"] if f["status"] == "located"]
     assert sum(f["n_cells"] for f in located) == report["n_cells"] == report["n_classified"] == 4  # 2 + 1 + 1
     assert report["status"] == "needs_review"  # a field failed: a person looks
+    queued = next(s for s in stack.client().review_queue() if s["sample_id"] == "F-CLI-1")
+    assert [Path(f["name"]).name for f in queued["failed_fields"]] == ["not_a_field.jpg"]
     cells = json.loads(run_cli("cells", "F-CLI-1", "--json", env=stack.env).stdout)
     assert all(c["field_sha256"] and set(c["box"]) == {"x", "y", "width", "height", "touches_edge"} for c in cells)
 
