@@ -2,7 +2,8 @@
 
 Every route but /health and /health/ready needs a bearer token: those under /v1 with the scope named
 in their summary, the documentation (/docs, /openapi.json) any active token. The two health routes are
-open so load balancers can probe them. Routes call bloodcell_core services only.
+open so load balancers can probe them. Routes call bloodcell_core services only. The review console for
+people (user accounts and session cookies, not tokens) is mounted under /ui from ``web/``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bloodcell_core.service.exports import export_sample
 from bloodcell_core.service.image_store import ImageNotFound
 from bloodcell_core.service.states import Scope
 from bloodcell_core.service.submission import check_accession_id, check_image_limits
+from web.console import install_console
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": f"invalid value: {reason}"}, status_code=422)
 
     client: Client = app.state.client
+    install_console(app, settings, client)  # the review console for people, under /ui (web/)
 
     @app.get("/health", response_model=schemas.Health, tags=["health"], summary="Liveness (no token)")
     def health() -> dict[str, str]:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The web console's roles, lowest first: the values of service.states.Role (the top level imports no room).
+ROLES = ("technologist", "supervisor", "admin")
 
 
 def _home() -> Path:
@@ -55,6 +57,10 @@ class Settings:
     promotion_margin: float  # a candidate must beat production by this much on accuracy and macro-F1
     shadow: bool  # workers also classify live samples with the newest candidate (stored, not reported)
     visibility_timeout: int  # seconds before Redis hands an unacknowledged task of a vanished worker to another
+    session_hours: float  # a web console login lasts this long
+    login_attempts: int  # failed logins (per user name or per address) before logins are refused for ...
+    login_lockout_minutes: float  # ... this long after the oldest counted failure
+    signoff_blast_role: str  # the least role that may sign off a sample with a blast flag
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -98,6 +104,10 @@ class Settings:
             promotion_margin=float(env("BLOODCELL_PROMOTION_MARGIN", "0.001")),
             shadow=env("BLOODCELL_SHADOW", "0").strip().lower() in ("1", "true", "yes", "on"),
             visibility_timeout=int(env("BLOODCELL_VISIBILITY_TIMEOUT", str(2 * 3600))),
+            session_hours=float(env("BLOODCELL_SESSION_HOURS", "8")),
+            login_attempts=int(env("BLOODCELL_LOGIN_ATTEMPTS", "5")),
+            login_lockout_minutes=float(env("BLOODCELL_LOGIN_LOCKOUT_MINUTES", "15")),
+            signoff_blast_role=env("BLOODCELL_SIGNOFF_BLAST_ROLE", "supervisor").strip().lower(),
         )
 
     def validate(self) -> None:
@@ -115,3 +125,11 @@ class Settings:
             raise ValueError(f"BLOODCELL_UNFAMILIAR_SHARE must be a share between 0 and 1, got {self.unfamiliar_share}")
         if not 0.0 <= self.immature_percent <= 100.0:
             raise ValueError(f"BLOODCELL_IMMATURE_PERCENT must be a percent between 0 and 100, got {self.immature_percent}")
+        if not self.session_hours > 0:
+            raise ValueError(f"BLOODCELL_SESSION_HOURS must be more than 0, got {self.session_hours}")
+        if self.login_attempts < 1:
+            raise ValueError(f"BLOODCELL_LOGIN_ATTEMPTS must be at least 1, got {self.login_attempts}")
+        if not self.login_lockout_minutes > 0:
+            raise ValueError(f"BLOODCELL_LOGIN_LOCKOUT_MINUTES must be more than 0, got {self.login_lockout_minutes}")
+        if self.signoff_blast_role not in ROLES:
+            raise ValueError(f"BLOODCELL_SIGNOFF_BLAST_ROLE must be one of {', '.join(ROLES)}, got {self.signoff_blast_role!r}")

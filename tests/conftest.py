@@ -3,6 +3,10 @@
 Tests that read ../shared/data are marked ``real_data`` (per module). Without the data those tests are
 skipped with the reason, and the rest run; with BLOODCELL_REQUIRE_DATA=1 (scripts/test, so CI) missing
 data stops the run instead.
+
+Browser tests take ``browser`` (one headless Chromium for the session) or ``page`` (the same browser, with
+its cookies cleared after each test); a test that fails with either saves a screenshot named after it in
+``browser.artifacts_dir()``.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from browser import MISSING, artifacts_dir, chromium, have_chromium, screenshot
 from helpers import DATA, KAGGLE5, PBC8, have_real_data
 from servers import PostgresServer, RedisServer
 
@@ -64,3 +69,35 @@ def postgres_server():
     yield server
     server.stop()
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed browser test leaves a screenshot of what the browser showed, named after the test."""
+    report = yield
+    driver = getattr(item, "funcargs", {}).get("browser")
+    if report.failed and report.when in ("setup", "call") and driver is not None:
+        try:
+            path = screenshot(driver, artifacts_dir(), f"FAILED-{item.nodeid}")
+            report.sections.append(("browser screenshot", str(path)))
+        except Exception as error:  # a crashed browser: the test's own failure is what matters
+            report.sections.append(("browser screenshot", f"none: {error!r}"))
+    return report
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium (Debian's, driven by Selenium) for the whole session."""
+    if not have_chromium():
+        pytest.fail(MISSING, pytrace=False)
+    driver = chromium(artifacts_dir())
+    yield driver
+    driver.quit()
+
+
+@pytest.fixture
+def page(browser):
+    """The session's browser for one test: cookies (every site's) are cleared and the tab is blank afterwards."""
+    yield browser
+    browser.execute_cdp_cmd("Network.clearBrowserCookies", {})
+    browser.get("about:blank")

@@ -1078,6 +1078,101 @@ def tokens_revoke(name: str) -> None:
     click.echo(f"revoked {name}")
 
 
+@cli.group()
+def users() -> None:
+    """Users of the web review console (passwords stored as argon2 hashes).
+
+    \b
+    Roles, each allowed everything of those before it:
+      technologist   review cells, sign off samples without a blast flag
+      supervisor     also sign off samples with a blast flag (BLOODCELL_SIGNOFF_BLAST_ROLE)
+      admin          everything
+    """
+
+
+def _users_call(call: Callable[[Any], T]) -> T:
+    """``call(settings)`` on a migrated database; an error that is the user's to fix ends the command with its message."""
+    from bloodcell_core.service.db import DatabaseNotMigrated, require_migrated
+
+    settings = _settings()
+    try:
+        require_migrated(settings.database_url)
+        return call(settings)
+    except _user_errors() + (DatabaseNotMigrated,) as exc:
+        _fail(str(exc))
+
+
+def _new_password(from_stdin: bool) -> str:
+    """The first line of standard input with --password-stdin, else typed twice without echo."""
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = click.prompt("Password (at least 10 characters)", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+_password_stdin_option = click.option(
+    "--password-stdin",
+    "password_stdin",
+    is_flag=True,
+    help="Read the password from the first line of standard input instead of prompting.",
+)
+
+
+@users.command("create")
+@click.argument("name")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(["technologist", "supervisor", "admin"]),
+    help="What the user may do in the review console.",
+)
+@_password_stdin_option
+def users_create(name: str, role: str, password_stdin: bool) -> None:
+    """Create user NAME (letters, digits and . _ -) with ROLE; the password is asked for twice unless --password-stdin."""
+    from bloodcell_core.service.users import create_user
+
+    password = _new_password(password_stdin)
+    row = _users_call(lambda settings: create_user(settings, name, role, password, _actor()))
+    click.echo(f"created user {row['name']} ({row['role']})")
+
+
+@users.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def users_list(as_json: bool) -> None:
+    """List users with their role, state and last login."""
+    from bloodcell_core.service.users import list_users
+
+    rows = _users_call(list_users)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        state = "disabled" if row["disabled"] else "active"
+        click.echo(f"{row['name']:<24}{row['role']:<14}{state:<10}last login {row['last_login_at'] or 'never'}")
+
+
+@users.command("disable")
+@click.argument("name")
+def users_disable(name: str) -> None:
+    """Disable user NAME: its browser sessions end at once and it can no longer log in."""
+    from bloodcell_core.service.users import disable_user
+
+    _users_call(lambda settings: disable_user(settings, name, _actor()))
+    click.echo(f"disabled {name}")
+
+
+@users.command("set-password")
+@click.argument("name")
+@_password_stdin_option
+def users_set_password(name: str, password_stdin: bool) -> None:
+    """Set a new password for user NAME (asked for twice unless --password-stdin); its browser sessions end."""
+    from bloodcell_core.service.users import set_password
+
+    password = _new_password(password_stdin)
+    _users_call(lambda settings: set_password(settings, name, password, _actor()))
+    click.echo(f"password set for {name}")
+
+
 @cli.command("api")
 @click.option("--host", help="Default: BLOODCELL_API_HOST (127.0.0.1).")
 @click.option("--port", type=int, help="Default: BLOODCELL_API_PORT (8000).")

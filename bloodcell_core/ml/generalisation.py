@@ -269,8 +269,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
 
 
 def build_table(model_dirs: list[Path], data_root: Path, out_dir: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Score every model on every set; write OUT/generalisation.json and OUT/generalisation.md."""
-    rows = [row for model_dir in model_dirs for row in model_rows(model_dir, data_root, log)]
+    """Score every model on every set; write OUT/generalisation.json and OUT/generalisation.md, and each
+    model's own rows to MODEL_DIR/report/generalisation.json (the review console's model page shows them)."""
+    rows = []
+    for model_dir in model_dirs:
+        own = model_rows(model_dir, data_root, log)
+        (Path(model_dir) / "report").mkdir(parents=True, exist_ok=True)
+        (Path(model_dir) / "report" / "generalisation.json").write_text(json.dumps(own, indent=1) + "\n")
+        rows += own
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "generalisation.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out_dir / "generalisation.md").write_text(markdown_table(rows) + "\n")

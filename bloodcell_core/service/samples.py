@@ -239,3 +239,38 @@ def mark_sample_failed(settings: Settings, sample_pk: int, error: str, actor: st
         if sample is not None:
             sample.status, sample.error = SampleStatus.FAILED, error
             record_event(session, actor, "sample.failed", sample.accession_id, error=error)
+
+
+def list_samples(settings: Settings, status: str | None = None, flag: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+    """Samples newest first, with what a worklist shows: status, blast flag, cells to review, flags, time.
+
+    ``status`` keeps one sample status; ``flag`` one report flag (``blasts``, ``immature_cells``,
+    ``unfamiliar_images``) or ``needs_review`` for samples with cells waiting for a technologist.
+    """
+    query = select(Sample, SampleReport).outerjoin(SampleReport, SampleReport.sample_id == Sample.id)
+    if status:
+        query = query.where(Sample.status == status)
+    rows = []
+    with session_scope(settings.database_url) as session:
+        for sample, report in session.execute(query.order_by(Sample.id.desc()).limit(limit * 5 if flag else limit)):
+            flags = list(report.flags) if report is not None else []
+            to_review = len(report.needs_review) if report is not None else 0
+            if flag == "needs_review" and not to_review or flag not in (None, "", "needs_review") and flag not in flags:
+                continue
+            rows.append(
+                {
+                    "sample_id": sample.accession_id,
+                    "status": sample.status,
+                    "report_status": sample.report_status,
+                    "blast_flag": bool(report is not None and report.blast_flag),
+                    "flags": flags,
+                    "n_cells": report.n_cells if report is not None else None,
+                    "n_to_review": to_review,
+                    "unfamiliar": SampleFlag.UNFAMILIAR_IMAGES in flags,
+                    "created_at": sample.created_at.isoformat(timespec="seconds"),
+                    "signed_off_by": sample.signed_off_by,
+                }
+            )
+            if len(rows) == limit:
+                break
+    return rows

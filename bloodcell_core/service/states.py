@@ -76,3 +76,14 @@ class SampleFlag(StrEnum):
     BLASTS = "blasts"
     IMMATURE_CELLS = "immature_cells"
     UNFAMILIAR_IMAGES = "unfamiliar_images"
+
+
+class Role(StrEnum):
+    """What a user of the web review console may do; a role may do everything of the roles ranked below it."""
+
+    TECHNOLOGIST = "technologist"
+    SUPERVISOR = "supervisor"
+    ADMIN = "admin"
+
+
+ROLE_RANK = {Role.TECHNOLOGIST: 1, Role.SUPERVISOR: 2, Role.ADMIN: 3}

@@ -2,8 +2,8 @@
 
 Rooms: bloodcell_core's top level is the plugin API and the settings; ``ml`` trains and serves models;
 ``service`` owns the database and the laboratory workflow; ``clients`` are the producers' Python
-clients; ``cli`` is the command line. ``api`` and ``workers`` are thin adapters; ``plugins`` are the
-built-in plugins.
+clients; ``cli`` is the command line. ``api``, ``web`` (the review console) and ``workers`` are thin
+adapters; ``plugins`` are the built-in plugins.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import PROJECT
 
-PACKAGES = ("bloodcell_core", "api", "workers", "plugins")
+PACKAGES = ("bloodcell_core", "api", "web", "workers", "plugins")
 TOP_LEVEL = {"bloodcell_core", "bloodcell_core.config", "bloodcell_core.hookspecs", "bloodcell_core.loinc",
              "bloodcell_core.plugin_manager", "bloodcell_core.plugin_types"}  # fmt: skip
 
@@ -98,8 +98,10 @@ def test_clients_never_import_the_database_models_or_ml():
 
 def test_adapters_and_plugins_stay_in_their_rooms():
     assert offending("api", lambda i: not in_room(i, "workers") and not in_room(i, "bloodcell_core.cli")) == []
+    web_forbidden = ("api", "workers", "bloodcell_core.cli", "bloodcell_core.ml", "plugins")
+    assert offending("web", lambda i: not any(in_room(i, room) for room in web_forbidden)) == []
     assert offending("workers", lambda i: not in_room(i, "api") and not in_room(i, "bloodcell_core.cli")) == []
-    plugin_rooms = ("bloodcell_core.service", "bloodcell_core.clients", "bloodcell_core.cli", "api", "workers")
+    plugin_rooms = ("bloodcell_core.service", "bloodcell_core.clients", "bloodcell_core.cli", "api", "web", "workers")
     assert offending("plugins", lambda i: not any(in_room(i, room) for room in plugin_rooms)) == []
 
 
@@ -167,7 +169,7 @@ def test_every_third_party_import_is_a_declared_dependency():
     project = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]
     declared = {re.split(r"[\[<>=!;~ ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in project["dependencies"]}
     distributions = importlib.metadata.packages_distributions()
-    first_party = {"bloodcell_core", "api", "workers", "plugins"}
+    first_party = {"bloodcell_core", "api", "web", "workers", "plugins"}
     undeclared = set()
     for path in MODULES.values():
         for node in ast.walk(ast.parse(path.read_text())):

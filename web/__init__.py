@@ -1,0 +1,1 @@
+"""The review console: web pages for technologists, supervisors and admins (served by the API process under /ui)."""
