@@ -27,7 +27,7 @@ from bloodcell_core.config import Settings
 from bloodcell_core.plugin_manager import UnknownPlugin, exporters
 from bloodcell_core.service import samples, webhooks
 from bloodcell_core.service.audit_log import audit_events
-from bloodcell_core.service.errors import Conflict, LimitExceeded, NotFound, ServiceError
+from bloodcell_core.service.errors import Conflict, Forbidden, LimitExceeded, NotFound, ServiceError
 from bloodcell_core.service.exports import export_sample
 from bloodcell_core.service.image_store import ImageNotFound
 from bloodcell_core.service.states import Scope
@@ -39,6 +39,7 @@ IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spa
 SUBMIT_FIELDS = {"accession_id", "images", "image_sha256", "fields"}
 ERROR_STATUS = [
     (NotFound, 404),
+    (Forbidden, 403),
     (Conflict, 409),
     (LimitExceeded, 413),
     (ServiceError, 422),

@@ -122,14 +122,19 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=PROJECT / "models" / "default")
     parser.add_argument("--adapted", type=Path, default=PROJECT / "runs" / "adaptation" / "model_285")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--fields", type=int, help="only the first N test fields (a quick check)")
+    parser.add_argument("--shipped-only", action="store_true", help="skip the adapted model (no fine-tuning)")
     args = parser.parse_args()
 
-    fields = read_fields(BCCD, "test")
+    fields = read_fields(BCCD, "test")[: args.fields]
     datas = [f.image_path.read_bytes() for f in fields]
     warm = [(f.image_path.name, f.image_path.read_bytes()) for f in read_fields(BCCD, "trainval")[:12]]
     locator = get_cell_locator("stain_nucleus")
     result: dict = {"benchmark": "fields", "fields": len(fields), "locator": locator.name, "cpu_count": os.cpu_count(), "models": []}
-    for stage, model in (("as shipped", args.model), ("after lab adaptation", adapted_model(args.model, args.adapted))):
+    stages = [("as shipped", args.model)]
+    if not args.shipped_only:
+        stages.append(("after lab adaptation", adapted_model(args.model, args.adapted)))
+    for stage, model in stages:
         local_s, local_found = in_process(model, fields, datas, locator)
         queue_s, queue_found = through_queue(model, fields, datas, warm)
         rows = [(f.field_id, truth(f), [corners(box) for box, _, _ in queue_found[f.field_id]]) for f in fields]

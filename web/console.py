@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, Form, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from bloodcell_core.clients.local import Client
@@ -29,10 +30,11 @@ from bloodcell_core.config import Settings
 from bloodcell_core.plugin_manager import UnknownPlugin, exporters
 from bloodcell_core.service import samples, users
 from bloodcell_core.service.audit_log import audit_events
-from bloodcell_core.service.errors import Conflict, LimitExceeded, NotFound, ServiceError
+from bloodcell_core.service.errors import Conflict, Forbidden, LimitExceeded, NotFound, ServiceError
 from bloodcell_core.service.image_store import ImageNotFound
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, Role, SampleFlag, SampleStatus
 from bloodcell_core.service.submission import check_image_limits
+from bloodcell_core.service.versions import version_classes
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "bloodcell_session"
@@ -44,9 +46,12 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
+    "Cache-Control": "no-store",  # patient data: nothing of a page stays in a shared workstation's cache
 }
+FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
 ERRORS: list[tuple[type[Exception], int]] = [
     (NotFound, 404),
+    (Forbidden, 403),
     (ImageNotFound, 404),
     (UnknownPlugin, 404),
     (Conflict, 409),
@@ -91,9 +96,11 @@ def install_console(app: FastAPI, settings: Settings, client: Client) -> None:
 
     @app.exception_handler(LoginRequired)
     def login_required(request: Request, _exc: LoginRequired) -> Response:
-        if request.method != "GET" or request.headers.get("x-requested-with") == "console":
+        """Scripts get 401; a person (a page or a form, e.g. after the session expired) the login page."""
+        if request.headers.get("x-requested-with") == "console" or not _from_a_browser(request):
             return JSONResponse({"detail": "log in first"}, status_code=401)
-        return RedirectResponse(f"/ui/login?next={quote(request.url.path)}", status_code=303)
+        back = request.url.path if request.method == "GET" else "/ui/"
+        return RedirectResponse(f"/ui/login?next={quote(back)}", status_code=303)
 
     @app.exception_handler(HTTPException)
     async def html_errors(request: Request, exc: HTTPException) -> Response:
@@ -101,7 +108,7 @@ def install_console(app: FastAPI, settings: Settings, client: Client) -> None:
         if not request.url.path.startswith("/ui") or request.headers.get("x-requested-with") == "console":
             return await http_exception_handler(request, exc)
         body = templates.get_template("error.html").render(status=exc.status_code, detail=exc.detail, viewer=None)
-        return HTMLResponse(body, status_code=exc.status_code, headers=SECURITY_HEADERS)
+        return HTMLResponse(body, status_code=exc.status_code, headers={**SECURITY_HEADERS, **(exc.headers or {})})
 
 
 def console_router(settings: Settings, client: Client) -> APIRouter:
@@ -144,9 +151,9 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
     # --- logging in and out -----------------------------------------------------------------------
 
     @router.get("/login")
-    def login_page(next: str = "/ui/", error: str = "") -> Response:
+    def login_page(next: str = "/ui/") -> Response:
         token = secrets.token_urlsafe(32)
-        response = page("login.html", None, login_csrf=token, next=_local(next), error=error)
+        response = page("login.html", None, login_csrf=token, next=_local(next), error="")
         response.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", path="/ui/login", max_age=3600)
         return response
 
@@ -207,16 +214,22 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
         return page("submit.html", who, limits=settings)
 
     @router.post("/submit")
-    async def submit(
-        request: Request,
-        who: Viewer = Depends(csrf_checked),
-        accession_id: str = Form(...),
-        kind: str = Form("images"),
-        files: list[UploadFile] = File(default=[]),
-    ) -> Response:
+    async def submit(request: Request, who: Viewer = Depends(viewer)) -> Response:
+        """The form is read only after the session is checked, and within the API's limits."""
+        length = request.headers.get("content-length", "")
+        if not length.isdigit() or int(length) > settings.max_request_bytes:
+            raise HTTPException(413, f"send at most {settings.max_request_bytes:,} bytes (BLOODCELL_MAX_REQUEST_BYTES)")
+        try:
+            form = await request.form(max_files=settings.max_images_per_sample + 1, max_fields=10)
+        except HTTPException as exc:
+            raise HTTPException(413 if "Too many" in str(exc.detail) else 400, f"the upload was refused: {exc.detail}") from None
+        sent = form.get("csrf_token")
+        if not isinstance(sent, str) or not secrets.compare_digest(sent, who.csrf_token):
+            raise HTTPException(403, "stale or missing CSRF token: reload the page and try again")
+        accession_id, kind = str(form.get("accession_id") or "").strip(), form.get("kind") or "images"
         if kind not in ("images", "fields"):
             raise HTTPException(422, "kind must be images or fields")
-        uploads = [f for f in files if f.filename]
+        uploads = [f for f in form.getlist("files") if isinstance(f, UploadFile) and f.filename]
         if not uploads:
             raise HTTPException(422, "choose or drop at least one image")
         if len(uploads) > settings.max_images_per_sample:
@@ -228,15 +241,15 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
             await run_in_threadpool(call, check_image_limits, settings, name, data)
             named.append((name, data))
         images, fields = (named, []) if kind == "images" else ([], named)
-        await run_in_threadpool(call, client.submit, accession_id.strip(), images, who.actor, fields=fields)
-        return RedirectResponse(f"/ui/samples/{quote(accession_id.strip())}", status_code=303)
+        await run_in_threadpool(call, client.submit, accession_id, images, who.actor, fields=fields)
+        return RedirectResponse(f"/ui/samples/{quote(accession_id)}", status_code=303)
 
     @router.get("/samples/{sample_id}")
     def sample_page(sample_id: str, who: Viewer = Depends(viewer)) -> Response:
         report = call(client.report, sample_id)
         cells = call(client.cells, sample_id)
         fields = call(client.fields, sample_id)
-        classes = _classes(client)
+        classes = _classes(settings, report["model_version"])
         gallery: dict[str, list[dict[str, Any]]] = {}
         for cell in cells:
             gallery.setdefault(cell["label"] or cell["status"], []).append(cell)
@@ -273,10 +286,7 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
 
     @router.post("/samples/{sample_id}/sign-off")
     def sign_off(sample_id: str, who: Viewer = Depends(csrf_checked), comment: str = Form("")) -> Response:
-        report = call(client.report, sample_id)
-        if not users.may_sign_off(settings, who.role, report["blast_flag"]):
-            raise HTTPException(403, f"this sample has a blast flag: signing it off needs the {settings.signoff_blast_role} role")
-        call(client.sign_off, sample_id, who.name, comment, who.actor)
+        call(client.sign_off, sample_id, who.name, comment, who.actor, who.role)  # the blast rule, under the row lock
         return RedirectResponse(f"/ui/samples/{quote(sample_id)}", status_code=303)
 
     @router.get("/samples/{sample_id}/export/{format_name}")
@@ -284,20 +294,20 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
         from bloodcell_core.service.exports import export_sample
 
         media_type, body = call(export_sample, settings, sample_id, format_name)
-        return Response(body, media_type=media_type, headers={"Content-Disposition": f'inline; filename="{sample_id}.{format_name}"'})
+        disposition = {"Content-Disposition": f'inline; filename="{sample_id}.{format_name}"'}
+        return Response(body, media_type=media_type, headers={**FILE_HEADERS, **disposition})
 
     @router.get("/samples/{sample_id}/fields/{field_sha256}/overlay")
     def overlay(sample_id: str, field_sha256: str, _: Viewer = Depends(viewer)) -> Response:
-        return Response(
-            call(client.field_overlay, sample_id, field_sha256), media_type="image/png", headers={"Cache-Control": "no-cache"}
-        )
+        return Response(call(client.field_overlay, sample_id, field_sha256), media_type="image/png", headers=FILE_HEADERS)
 
     @router.get("/images/{image_sha256}")
     def image(image_sha256: str, request: Request, _: Viewer = Depends(viewer)) -> Response:
-        """A cell image by its sha256: immutable, so cached for a day and revalidated by ETag."""
+        """A cell image by its sha256. Its bytes never change, so the browser keeps it for a few minutes (a
+        gallery reloads after each relabel) and then revalidates it by ETag, which needs a session again."""
         if len(image_sha256) != 64 or not all(c in "0123456789abcdef" for c in image_sha256):
             raise HTTPException(422, "not a sha256")
-        headers = {"ETag": f'"{image_sha256}"', "Cache-Control": "private, max-age=86400, immutable"}
+        headers = {"ETag": f'"{image_sha256}"', "Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"}
         if request.headers.get("if-none-match") == headers["ETag"]:
             return Response(status_code=304, headers=headers)
         data = call(samples.get_image, settings, image_sha256)
@@ -353,6 +363,8 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
     def disable_user(name: str, who: Viewer = Depends(csrf_checked)) -> Response:
         if not who.can(Role.ADMIN):
             raise HTTPException(403, "managing users needs the admin role")
+        if name == who.name:
+            raise HTTPException(409, "you cannot disable your own account: another admin can")
         call(users.disable_user, settings, name, who.actor)
         return RedirectResponse("/ui/users", status_code=303)
 
@@ -372,12 +384,13 @@ def _flag_choices() -> list[tuple[str, str]]:
     return [("needs_review", "cells to review")] + [(str(flag), str(flag).replace("_", " ")) for flag in SampleFlag]
 
 
-def _classes(client: Client) -> list[str]:
-    from bloodcell_core.service.db import session_scope
-    from bloodcell_core.service.versions import production_version
+def _classes(settings: Settings, version: str | None) -> list[str]:
+    """The classes of the model version that made the report: what a cell may be relabelled to."""
+    return [] if version is None else version_classes(settings, version)
 
-    with session_scope(client.settings.database_url) as session:
-        return list(production_version(session).classes)
+
+def _from_a_browser(request: Request) -> bool:
+    return request.method == "GET" or "form" in request.headers.get("content-type", "")
 
 
 def _media_type(data: bytes) -> str:

@@ -97,9 +97,12 @@ class Client:
         self._send_webhooks(accession_id)
         return report
 
-    def sign_off(self, accession_id: str, reviewer: str, comment: str = "", actor: str = "client") -> dict[str, Any]:
-        """Release the report (final, or amended after a change) and tell the client's webhook."""
-        report = review.sign_off(self.settings, accession_id, reviewer, comment, actor)
+    def sign_off(
+        self, accession_id: str, reviewer: str, comment: str = "", actor: str = "client", role: str | None = None
+    ) -> dict[str, Any]:
+        """Release the report (final, or amended after a change) and tell the client's webhook; ``role``
+        (a console user's) is checked against BLOODCELL_SIGNOFF_BLAST_ROLE for a sample with blasts."""
+        report = review.sign_off(self.settings, accession_id, reviewer, comment, actor, role)
         self._send_webhooks(accession_id)
         return report
 

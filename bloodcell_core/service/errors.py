@@ -15,3 +15,7 @@ class Conflict(ServiceError):
 
 class LimitExceeded(ServiceError):
     """Too many bytes, images or pixels (HTTP 413)."""
+
+
+class Forbidden(ServiceError):
+    """The person's role does not allow it, e.g. a technologist signing off a sample with blasts (HTTP 403)."""

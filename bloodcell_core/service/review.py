@@ -15,10 +15,10 @@ from sqlalchemy.orm import Session
 
 from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import list_class_files
-from bloodcell_core.service import webhooks
+from bloodcell_core.service import users, webhooks
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row, session_scope
-from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
+from bloodcell_core.service.errors import Conflict, Forbidden, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store
 from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleImage
 from bloodcell_core.service.samples import (
@@ -156,8 +156,14 @@ def relabel_cell(
         return report
 
 
-def sign_off(settings: Settings, accession_id: str, reviewer: str, comment: str, actor: str) -> dict[str, Any]:
-    """A technologist releases the report: preliminary -> final (a changed signed-off report stays amended)."""
+def sign_off(
+    settings: Settings, accession_id: str, reviewer: str, comment: str, actor: str, role: str | None = None
+) -> dict[str, Any]:
+    """A technologist releases the report: preliminary -> final (a changed signed-off report stays amended).
+
+    ``role``: the console user's role; a sample with a blast flag then needs BLOODCELL_SIGNOFF_BLAST_ROLE,
+    checked with the sample's row locked, so a relabel to blasts in between cannot slip through.
+    """
     if not reviewer.strip():
         raise ServiceError("sign-off needs the reviewer's name")
     with session_scope(settings.database_url) as session:
@@ -172,6 +178,8 @@ def sign_off(settings: Settings, accession_id: str, reviewer: str, comment: str,
             )
         if sample.status == SampleStatus.FAILED:
             raise Conflict(f"sample {accession_id!r} failed: {sample.error}")
+        if role is not None and not users.may_sign_off(settings, role, report["blast_flag"]):
+            raise Forbidden(f"this sample has a blast flag: signing it off needs the {settings.signoff_blast_role} role")
         if sample.report_status == ReportStatus.PRELIMINARY:
             sample.report_status = ReportStatus.FINAL
         sample.signed_off_by, sample.signed_off_at = reviewer, datetime.now(timezone.utc)

@@ -122,6 +122,10 @@ def disable_user(settings: Settings, name: str, actor: str) -> None:
     """Disable user NAME: its sessions end at once and it can no longer log in."""
     with session_scope(settings.database_url) as session:
         user = _find_user(session, name)
+        if user.role == Role.ADMIN and user.disabled_at is None:
+            admins = session.scalars(select(User).where(User.role == Role.ADMIN, User.disabled_at.is_(None))).all()
+            if len(admins) == 1:
+                raise Conflict(f"{name!r} is the last active admin: create another admin first")
         _end_sessions_of(session, user)
         if user.disabled_at is None:
             user.disabled_at = utcnow()

@@ -121,3 +121,12 @@ def ood_threshold(version: ModelVersion) -> float | None:
     """The out-of-distribution threshold calibrated with the model (None: it has no scorer)."""
     record = (version.metrics.get("calibration") or {}).get("ood")
     return float(record["threshold"]) if record else None
+
+
+def version_classes(settings: Settings, version: str) -> list[str]:
+    """The classes of one registered model version, by its name."""
+    with session_scope(settings.database_url) as session:
+        row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+        if row is None:
+            raise NotFound(f"no model version {version[:80]!r}")
+        return list(row.classes)

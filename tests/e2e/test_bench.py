@@ -44,3 +44,19 @@ def test_backend_benchmark_compares_answers_across_runs(tmp_path: Path):
     assert first["test_time_views"] == len(served["views"])
     again = run_bench("bench/bench_backend.py", str(GATED_MODEL), str(images), "--repeat", "2", "--expected", str(expected))
     assert again["same_class"] == "4/4" and again["max_probability_difference"] < 1e-5
+
+
+@pytest.mark.slow
+def test_fields_benchmark_scores_the_found_cells_through_the_queue_and_in_process():
+    report = run_bench("bench/bench_fields.py", "--fields", "6", "--shipped-only")
+    (model,) = report["models"]
+    assert report["fields"] == 6 and model["stage"] == "as shipped"
+    assert model["queue_and_in_process_boxes_equal"] is True
+    assert model["queue_type_accuracy"] == model["in_process_type_accuracy"]
+    assert 0 < model["recall"] <= 1 and model["queue_fields_per_s"] > 0 and model["in_process_fields_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_console_benchmark_renders_the_sample_page():
+    report = run_bench("bench/bench_console.py", "--cells", "12", "--requests", "3")
+    assert report["cells"] == 12 and report["sample_page_ms_p50"] > 0 and report["thumbnail_revalidated_status"] == 304

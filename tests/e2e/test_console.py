@@ -160,7 +160,10 @@ def test_what_the_console_refuses(page, console, tmp_path):
     for path in ("/ui/", "/ui/submit", "/ui/review", "/ui/model", "/ui/audit", "/ui/users", "/ui/samples/S-UI-1"):
         page.get(url + path)
         assert "/ui/login" in page.current_url, path
-    assert httpx.post(f"{url}/ui/samples/S-UI-1/sign-off", data={"comment": "x"}).status_code == 401
+    form_post = httpx.post(f"{url}/ui/samples/S-UI-1/sign-off", data={"comment": "x"})  # a form: to the login page
+    assert form_post.status_code == 303 and form_post.headers["location"].startswith("/ui/login")
+    script_post = httpx.post(f"{url}/ui/samples/S-UI-1/sign-off", headers={"X-Requested-With": "console"})
+    assert script_post.status_code == 401
 
     # throttling: after 3 failed logins even the right password waits
     for _ in range(3):

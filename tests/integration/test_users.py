@@ -269,8 +269,17 @@ def test_who_may_sign_off(blast_role, allowed_with_blasts):
     assert not users.has_role("technologist", "supervisor") and not users.has_role("root", "technologist")
 
 
+def test_the_last_active_admin_cannot_be_disabled(settings):
+    users.create_user(settings, "root", "admin", PASSWORD, "cli:root")
+    with pytest.raises(Conflict, match="last active admin"):
+        users.disable_user(settings, "root", "cli:root")
+    users.create_user(settings, "root2", "admin", PASSWORD, "cli:root")
+    users.disable_user(settings, "root", "cli:root")
+    assert [u["disabled"] for u in users.list_users(settings) if u["name"] == "root"] == [True]
+
+
 def test_the_audit_log_records_accounts_and_logins_never_passwords(settings):
-    users.create_user(settings, "alice", "admin", PASSWORD, "cli:root")
+    users.create_user(settings, "alice", "supervisor", PASSWORD, "cli:root")
     users.set_password(settings, "alice", "second password!", "cli:root")
     users.authenticate(settings, "alice", "second password!", ADDRESS)
     with pytest.raises(users.LoginRefused):
@@ -287,7 +296,7 @@ def test_the_audit_log_records_accounts_and_logins_never_passwords(settings):
         ("user:alice", "user.logout", "alice"),
         ("cli:root", "user.disabled", "alice"),
     ]
-    assert events[0]["details"] == {"role": "admin"} and events[2]["details"] == {"address": ADDRESS}
+    assert events[0]["details"] == {"role": "supervisor"} and events[2]["details"] == {"address": ADDRESS}
     dumped = json.dumps(events)
     assert PASSWORD not in dumped and "second password!" not in dumped and "$argon2" not in dumped and token not in dumped
 

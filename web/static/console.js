@@ -77,7 +77,7 @@ function gallery() {
   });
   document.getElementById("relabel-cancel").addEventListener("click", close);
   form.addEventListener("keydown", (event) => { if (event.key === "Escape") close(); });
-  const target = window.location.hash && document.querySelector(window.location.hash);
+  const target = window.location.hash && document.getElementById(window.location.hash.slice(1));
   (target && target.classList.contains("cell") ? target : cells[0]).focus();
 }
 
