@@ -57,6 +57,7 @@ class Settings:
     promotion_margin: float  # a candidate must beat production by this much on accuracy and macro-F1
     shadow: bool  # workers also classify live samples with the newest candidate (stored, not reported)
     visibility_timeout: int  # seconds before Redis hands an unacknowledged task of a vanished worker to another
+    runtime: str  # inference runtime of this worker: keras, a runtime plugin's name (openvino), or auto
     session_hours: float  # a web console login lasts this long
     login_attempts: int  # failed logins (per user name or per address) before logins are refused for ...
     login_lockout_minutes: float  # ... this long after the oldest counted failure
@@ -104,6 +105,7 @@ class Settings:
             promotion_margin=float(env("BLOODCELL_PROMOTION_MARGIN", "0.001")),
             shadow=env("BLOODCELL_SHADOW", "0").strip().lower() in ("1", "true", "yes", "on"),
             visibility_timeout=int(env("BLOODCELL_VISIBILITY_TIMEOUT", str(2 * 3600))),
+            runtime=env("BLOODCELL_RUNTIME", "keras").strip().lower(),
             session_hours=float(env("BLOODCELL_SESSION_HOURS", "8")),
             login_attempts=int(env("BLOODCELL_LOGIN_ATTEMPTS", "5")),
             login_lockout_minutes=float(env("BLOODCELL_LOGIN_LOCKOUT_MINUTES", "15")),

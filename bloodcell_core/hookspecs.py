@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:
-    from bloodcell_core.plugin_types import CellLocator, Exporter, ModelSpec, PreprocessingStep
+    from bloodcell_core.plugin_types import CellLocator, Exporter, ModelSpec, PreprocessingStep, Runtime
 
 hookspec = pluggy.HookspecMarker("bloodcell")
 hookimpl = pluggy.HookimplMarker("bloodcell")
@@ -52,4 +52,15 @@ def register_exporters(register: Callable[["Exporter"], None]) -> None:
 
     ``Exporter.render`` receives a ``ReportDocument`` (the sample's differential, status and model
     version) and returns the document as text; the API serves it at /v1/samples/{id}/export/{name}.
+    """
+
+
+@hookspec
+def register_runtimes(register: Callable[["Runtime"], None]) -> None:
+    """Register inference runtimes: ``register(Runtime(...))``.
+
+    Workers pick one with BLOODCELL_RUNTIME (``keras``, a runtime's name, or ``auto``: the first
+    available one that passes the parity check, else ``keras``). A compiled model is used only when its
+    probabilities on a fixed batch are within ``ml.runtimes.PARITY_TOLERANCE`` of Keras's, with the same
+    labels; otherwise the worker logs why and serves with Keras.
     """

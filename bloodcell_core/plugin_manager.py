@@ -14,7 +14,7 @@ from typing import Any, Callable
 import pluggy
 
 from bloodcell_core import hookspecs
-from bloodcell_core.plugin_types import CellLocator, Exporter, ModelSpec, PreprocessingStep
+from bloodcell_core.plugin_types import CellLocator, Exporter, ModelSpec, PreprocessingStep, Runtime
 
 ENTRY_POINT_GROUP = "bloodcell"
 
@@ -39,6 +39,7 @@ class PluginInfo:
     preprocessing_steps: list[str] = field(default_factory=list)
     cell_locators: list[str] = field(default_factory=list)
     exporters: list[str] = field(default_factory=list)
+    runtimes: list[str] = field(default_factory=list)
 
 
 def _entry_point_source(entry_point: importlib.metadata.EntryPoint) -> str:
@@ -119,6 +120,10 @@ def exporters() -> dict[str, Exporter]:
     return {name: exporter for name, (_, exporter) in _collect("register_exporters", Exporter).items()}
 
 
+def runtimes() -> dict[str, Runtime]:
+    return {name: runtime for name, (_, runtime) in _collect("register_runtimes", Runtime).items()}
+
+
 def _lookup(kind: str, name: str, available: dict[str, Any]) -> Any:
     if name not in available:
         known = ", ".join(sorted(available)) or "none"
@@ -142,6 +147,10 @@ def get_exporter(name: str) -> Exporter:
     return _lookup("exporter", name, exporters())
 
 
+def get_runtime(name: str) -> Runtime:
+    return _lookup("runtime", name, runtimes())
+
+
 def describe_plugins() -> list[PluginInfo]:
     """Every loaded plugin, the hooks it implements, what it registers, and where it came from."""
     manager = get_plugin_manager()
@@ -156,6 +165,7 @@ def describe_plugins() -> list[PluginInfo]:
         ("register_preprocessing_steps", PreprocessingStep, lambda info: info.preprocessing_steps),
         ("register_cell_locators", CellLocator, lambda info: info.cell_locators),
         ("register_exporters", Exporter, lambda info: info.exporters),
+        ("register_runtimes", Runtime, lambda info: info.runtimes),
     ]
     for hook_name, kind, bucket in hooks:
         for item_name, (plugin_name, _) in _collect(hook_name, kind).items():

@@ -172,3 +172,19 @@ class Exporter:
     description: str
     media_type: str
     render: Callable[[ReportDocument], str]
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Runs a Keras model's inference another way (a compiled graph, another library).
+
+    ``available()`` says whether it can run here (its library installed, its device present).
+    ``compile(model)`` returns an object with the two things inference uses of a Keras model:
+    ``predict_on_batch(images)`` (float32 (n, h, w, 3) -> one array, or a list with one array per
+    output) and ``output_shape``. Serving accepts the result only after a parity check against Keras.
+    """
+
+    name: str
+    description: str
+    available: Callable[[], bool]
+    compile: Callable[[Any], Any]

@@ -76,6 +76,7 @@ def plugins(as_json: bool) -> None:
             + [f"preprocessing step {s}" for s in info.preprocessing_steps]
             + [f"cell locator {c}" for c in info.cell_locators]
             + [f"exporter {e}" for e in info.exporters]
+            + [f"runtime {r}" for r in info.runtimes]
         )
         click.echo(f"{info.name}\n  provides: {provides or 'nothing'}\n  hooks: {', '.join(info.hooks)}\n  from: {info.source}")
 
@@ -448,12 +449,12 @@ def _view_gate(value: str | None) -> float | None | Literal["default"]:
         raise click.BadParameter(f"{value!r} is neither a confidence such as 0.999 nor 'off'") from None
 
 
-def _load_classifier(model_dir: Path):
+def _load_classifier(model_dir: Path, runtime: str = "keras"):
     from bloodcell_core.ml.artifacts import ArtifactError
     from bloodcell_core.ml.inference import Classifier
 
     try:
-        return Classifier.from_dir(model_dir)
+        return Classifier.from_dir(model_dir, runtime=runtime)
     except (ArtifactError, PluginError, ValueError) as exc:
         _fail(str(exc))
 
@@ -523,7 +524,13 @@ def evaluate_command(model_dir: Path, data_dir: Path, include_seen: bool, rename
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON list with an entry per image.")
-def predict_command(model_dir: Path, images: tuple[Path, ...], as_json: bool) -> None:
+@click.option(
+    "--runtime",
+    default="keras",
+    show_default=True,
+    help="Inference runtime: keras, a runtime plugin such as openvino (used only if it matches Keras on a parity batch), or auto.",
+)
+def predict_command(model_dir: Path, images: tuple[Path, ...], as_json: bool, runtime: str) -> None:
     """Classify IMAGES with MODEL_DIR: class, confidence and top 3 per image, and whether a technologist
     should review it, with the reasons (low confidence; unlike the training images), by the service's rule.
 
@@ -533,7 +540,7 @@ def predict_command(model_dir: Path, images: tuple[Path, ...], as_json: bool) ->
     from bloodcell_core.ml.dataset import read_image_file
     from bloodcell_core.ml.inference import CellPrediction
 
-    classifier = _load_classifier(model_dir)
+    classifier = _load_classifier(model_dir, runtime)
     readable, failed = [], []
     for path in images:
         try:

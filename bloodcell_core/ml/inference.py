@@ -17,6 +17,7 @@ from bloodcell_core.ml.calibration import EPSILON, apply_temperature, softmax
 from bloodcell_core.ml.image_header import image_dimensions
 from bloodcell_core.ml.ood import FALLBACK_REVIEW_THRESHOLD, feature_model, load_scorer, review_reasons
 from bloodcell_core.ml.preprocessing import ImageDecodeError, Preprocessor, decode_image, scale
+from bloodcell_core.ml.runtimes import compile_model
 
 BATCH_SIZE = 64
 log = logging.getLogger(__name__)
@@ -231,7 +232,8 @@ def colourless_error(image: np.ndarray) -> str | None:
 class Classifier:
     """A loaded model plus its preprocessing. Thread pool decodes; the model predicts in batches."""
 
-    def __init__(self, artifact: ModelArtifact, threads: int = 2) -> None:
+    def __init__(self, artifact: ModelArtifact, threads: int = 2, runtime: str = "keras") -> None:
+        """``runtime``: ``keras``, a runtime plugin's name, or ``auto`` (``ml.runtimes.compile_model``)."""
         self.views, self.view_gate = served_views(artifact.metadata, artifact.directory)
         self.artifact = artifact
         self.classes = artifact.classes
@@ -239,12 +241,14 @@ class Classifier:
         calibration = artifact.metadata.calibration or {}
         self.review_threshold = float(calibration.get("review_threshold", FALLBACK_REVIEW_THRESHOLD))
         self.ood = load_scorer(artifact.directory, calibration.get("ood"))
-        self._features = feature_model(artifact.model) if self.ood is not None else None
+        self._model, self.runtime = compile_model(artifact.model, runtime)
+        features = feature_model(artifact.model) if self.ood is not None else None
+        self._features = compile_model(features, self.runtime)[0] if features is not None else None
         self._pool = ThreadPoolExecutor(max_workers=threads)
 
     @classmethod
-    def from_dir(cls, directory: Path | str) -> "Classifier":
-        return cls(load_artifact(directory))
+    def from_dir(cls, directory: Path | str, runtime: str = "keras") -> "Classifier":
+        return cls(load_artifact(directory), runtime=runtime)
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (n, classes) for preprocessed float32 images (n, h, w, 3)."""
@@ -259,7 +263,7 @@ class Classifier:
         if self._features is not None and self.ood is not None:  # the feature model exists for the scorer
             features, first = features_and_probabilities(self._features, images)
             scores = self.ood.score(features)
-        probabilities = predict_views(self.artifact.model, images, self.views, gate=self.view_gate, first=first)
+        probabilities = predict_views(self._model, images, self.views, gate=self.view_gate, first=first)
         temperature = self.artifact.temperature
         return (probabilities if temperature == 1.0 else apply_temperature(probabilities, temperature)), scores
 

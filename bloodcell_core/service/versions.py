@@ -43,8 +43,9 @@ def register_model_version(session: Session, artifact_dir: Path, status: str, ac
     return row
 
 
-def load_classifier(version: ModelVersion) -> Classifier:
-    """The version's model, refusing a directory whose weights or calibration changed since it was registered.
+def load_classifier(version: ModelVersion, runtime: str = "keras") -> Classifier:
+    """The version's model, refusing a directory whose weights or calibration changed since it was registered;
+    served by RUNTIME (BLOODCELL_RUNTIME) when it passes the parity check.
 
     The threshold in the database row and the temperature in the files must belong to the same model.
     """
@@ -55,7 +56,7 @@ def load_classifier(version: ModelVersion) -> Classifier:
             "registered (e.g. recalibrated in place); register it as a new version with "
             "`bloodcell models register DIR`"
         )
-    return Classifier.from_dir(version.artifact_path)
+    return Classifier.from_dir(version.artifact_path, runtime=runtime)
 
 
 def current_production(session: Session) -> ModelVersion | None:

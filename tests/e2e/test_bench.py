@@ -23,11 +23,12 @@ def run_bench(*args: str) -> dict:
 def test_inference_benchmark_measures_a_gated_model_as_served_with_every_view_and_with_one():
     served = json.loads((GATED_MODEL / "metadata.json").read_text())["calibration"]
     assert served["view_gate"] is not None and len(served["views"]) > 1  # what this test is about
-    report = run_bench("bench/bench_inference.py", "--images", "16", "--model-dir", "models/pbc8")
+    report = run_bench("bench/bench_inference.py", "--images", "16", "--model-dir", "models/pbc8", "--runtimes", "keras")
     rows = [(r["test_time_views"], r["view_gate"], r["share_of_images_given_every_view"]) for r in report["results"]]
     assert [row[:2] for row in rows] == [(4, served["view_gate"]), (4, None), (1, None)]
     assert 0 <= rows[0][2] <= 1 and rows[1][2] == 1.0 and rows[2][2] is None
     assert all(r["pipeline_images_per_s"] > 0 and r["weights"] == "models/pbc8" for r in report["results"])
+    assert {r["runtime"] for r in report["results"]} == {"keras"}
     assert report["default_model_meets_targets"] is None  # models/default was not among those measured
 
 

@@ -1,0 +1,62 @@
+"""Inference runtimes: OpenVINO serves only when it matches Keras, and then gives every real cell the same
+result as Keras (label, probabilities, out-of-distribution score, review decision), views and gate included."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from helpers import DEFAULT_MODEL, unseen_images
+
+from bloodcell_core import Runtime
+from bloodcell_core.ml.artifacts import load_artifact
+from bloodcell_core.ml.inference import Classifier
+from bloodcell_core.ml.runtimes import PARITY_TOLERANCE, compile_model, compile_with
+from bloodcell_core.plugin_manager import get_runtime, runtimes
+
+pytestmark = pytest.mark.real_data
+GATED_MODEL = DEFAULT_MODEL.parent / "pbc8"  # four test-time views behind a gate
+
+
+def test_keras_and_openvino_are_runtime_plugins():
+    assert {"keras", "openvino"} <= set(runtimes())
+    assert get_runtime("openvino").available()  # a declared dependency on x86_64
+
+
+@pytest.mark.parametrize("model_dir", [DEFAULT_MODEL, GATED_MODEL], ids=["default", "gated-views"])
+def test_openvino_gives_every_real_cell_the_keras_result(model_dir):
+    images = [(str(p), p.read_bytes()) for p in unseen_images(None, 96)]
+    keras_served = Classifier.from_dir(model_dir)
+    openvino_served = Classifier.from_dir(model_dir, runtime="openvino")
+    assert (keras_served.runtime, openvino_served.runtime) == ("keras", "openvino")
+    for a, b in zip(keras_served.classify(images), openvino_served.classify(images), strict=True):
+        assert a.error is None and b.error is None
+        assert a.label == b.label and a.needs_review == b.needs_review and a.review_reasons == b.review_reasons
+        assert max(abs(a.probabilities[k] - b.probabilities[k]) for k in a.probabilities) <= PARITY_TOLERANCE
+        if a.ood_score is not None:
+            assert b.ood_score == pytest.approx(a.ood_score, rel=1e-3)
+
+
+class Drifting:
+    """A 'compiled' model whose probabilities are off by 0.01: what bf16 precision does."""
+
+    def __init__(self, model):
+        self.model, self.output_shape = model, model.output_shape
+
+    def predict_on_batch(self, images):
+        return np.asarray(self.model.predict_on_batch(images)) + 0.01
+
+
+def test_a_runtime_that_drifts_is_refused_and_keras_serves(caplog):
+    model = load_artifact(DEFAULT_MODEL).model
+    drifting = Runtime("drifting", "test", available=lambda: True, compile=Drifting)
+    compiled, error = compile_with(model, drifting)
+    assert compiled is None and error is not None and "largest output difference 1.00e-02" in error
+    broken = Runtime("broken", "test", available=lambda: True, compile=lambda m: 1 / 0)
+    assert compile_with(model, broken)[1] == "ZeroDivisionError: division by zero"
+    absent = Runtime("absent", "test", available=lambda: False, compile=Drifting)
+    assert compile_with(model, absent) == (None, "not available here")
+    with caplog.at_level(logging.ERROR):
+        assert compile_model(model, "no-such-runtime") == (model, "keras")
+    assert "unknown runtime 'no-such-runtime'" in caplog.text
