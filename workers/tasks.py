@@ -40,7 +40,7 @@ def classifier_for(version: ModelVersion) -> Classifier:
         log.info("loading model %s from %s", version.version, version.artifact_path)
         while len(_models) >= MODELS_IN_MEMORY:
             _models.pop(next(iter(_models)))  # the least recently loaded
-        _models[version.version] = load_classifier(version, settings.runtime)
+        _models[version.version] = load_classifier(settings, version)
     return _models[version.version]
 
 

@@ -138,6 +138,20 @@ class ModelVersion(Base):
     promoted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class ModelFile(Base):
+    """A file of a registered model version (weights, metadata, split, calibration, report), so that a
+    worker on another machine can fetch the version by id and verify it (``versions.model_directory``)."""
+
+    __tablename__ = "model_files"
+    __table_args__ = (UniqueConstraint("model_version_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    name: Mapped[str] = mapped_column(String(255))  # path relative to the model directory, "/"-separated
+    sha256: Mapped[str] = mapped_column(String(64))
+    n_bytes: Mapped[int] = mapped_column(Integer)
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
+
+
 class Prediction(Base):
     """A model version's output for one image; unique per (image, model version), so redelivery adds nothing."""
 

@@ -62,7 +62,7 @@ def evaluate_on_set(settings: Settings, version: str, set_name: str, actor: str)
         data_dir, fingerprint = evaluation_set.data_dir, evaluation_set.fingerprint
     if _fingerprint(data_dir)[0] != fingerprint:
         raise Conflict(f"the images of evaluation set {set_name!r} in {data_dir} changed since it was registered")
-    metrics = evaluate(load_classifier(version_row), data_dir, progress=False)
+    metrics = evaluate(load_classifier(settings, version_row), data_dir, progress=False)
     scores = {key: metrics[key] for key in ("n", "accuracy", "macro_f1", "ece", "images_digest")}
     with session_scope(settings.database_url) as session:
         version_row, set_row = find_version(session, version), _find_set(session, set_name)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -15,7 +17,8 @@ from bloodcell_core.ml.serving import FALLBACK_REVIEW_THRESHOLD, Classifier, rea
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import NotFound, ServiceError
-from bloodcell_core.service.models import ModelVersion
+from bloodcell_core.service.image_store import sha256_of
+from bloodcell_core.service.models import ModelFile, ModelVersion
 from bloodcell_core.service.states import ModelStatus
 
 
@@ -39,24 +42,79 @@ def register_model_version(session: Session, artifact_dir: Path, status: str, ac
     )
     session.add(row)
     session.flush()
-    record_event(session, actor, "model.registered", version, status=status, artifact=row.artifact_path)
+    files = _store_files(session, row, artifact_dir)
+    record_event(session, actor, "model.registered", version, status=status, artifact=row.artifact_path, files=files)
     return row
 
 
-def load_classifier(version: ModelVersion, runtime: str = "keras") -> Classifier:
-    """The version's model, refusing a directory whose weights or calibration changed since it was registered;
-    served by RUNTIME (BLOODCELL_RUNTIME) when it passes the parity check.
+def _model_files(directory: Path) -> list[Path]:
+    """Every file of a model directory a version consists of (hidden files and caches left out)."""
+    return sorted(
+        path
+        for path in directory.rglob("*")
+        if path.is_file() and not any(part.startswith(".") or part == "__pycache__" for part in path.relative_to(directory).parts)
+    )
 
-    The threshold in the database row and the temperature in the files must belong to the same model.
+
+def _store_files(session: Session, row: ModelVersion, directory: Path) -> int:
+    """Keep the version's files in the database: any worker that reaches it can fetch the version."""
+    records = []
+    for path in _model_files(directory):
+        data = path.read_bytes()
+        name = path.relative_to(directory).as_posix()
+        records.append({"model_version_id": row.id, "name": name, "sha256": sha256_of(data), "n_bytes": len(data), "content": data})
+    if records:
+        session.execute(insert(ModelFile), records)
+    return len(records)
+
+
+def model_directory(settings: Settings, version: ModelVersion) -> Path:
+    """A local directory holding VERSION: its registered path where this machine has it unchanged, else
+    this worker's cache under BLOODCELL_MODELS_DIR/cache, filled from the database and every file's
+    sha256 verified before it is used."""
+    registered = Path(version.artifact_path)
+    if (registered / "metadata.json").is_file() and version_id(registered) == version.version:
+        return registered
+    cached = settings.models_dir / "cache" / version.version
+    with session_scope(settings.database_url) as session:
+        listed = session.execute(
+            select(ModelFile.name, ModelFile.sha256).where(ModelFile.model_version_id == version.id).order_by(ModelFile.name)
+        ).all()
+        if not listed:
+            raise ServiceError(
+                f"model {version.version} is neither at {registered} on this machine nor stored in the database "
+                "(registered before model files were kept there): register it again from a machine that has it"
+            )
+        if cached.is_dir() and all(_file_sha256(cached / name) == sha256 for name, sha256 in listed):
+            return cached
+        partial = cached.parent / f".{version.version}.{os.getpid()}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        for name, sha256 in listed:
+            content = session.scalar(select(ModelFile.content).where(ModelFile.model_version_id == version.id, ModelFile.name == name))
+            if content is None or sha256_of(content) != sha256:
+                raise ServiceError(f"model {version.version}: the stored {name} does not match its sha256 {sha256[:12]}")
+            target = partial / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(content)
+    if version_id(partial) != version.version:
+        raise ServiceError(f"model {version.version}: the fetched files make model {version_id(partial)}")
+    shutil.rmtree(cached, ignore_errors=True)
+    os.replace(partial, cached)  # whole or not at all: a reader never sees half a model
+    return cached
+
+
+def _file_sha256(path: Path) -> str | None:
+    return sha256_of(path.read_bytes()) if path.is_file() else None
+
+
+def load_classifier(settings: Settings, version: ModelVersion) -> Classifier:
+    """The version's model from ``model_directory``, served by BLOODCELL_RUNTIME when it passes the parity check.
+
+    A registered directory whose weights or calibration changed since (e.g. recalibrated in place) is
+    not used: the threshold in the database row and the temperature in the files must belong to the
+    same model, so the version's stored files are fetched instead.
     """
-    found = version_id(version.artifact_path)
-    if found != version.version:
-        raise ServiceError(
-            f"{version.artifact_path} is now model {found}, not {version.version}: it changed after it was "
-            "registered (e.g. recalibrated in place); register it as a new version with "
-            "`bloodcell models register DIR`"
-        )
-    return Classifier.from_dir(version.artifact_path, runtime=runtime)
+    return Classifier.from_dir(model_directory(settings, version), runtime=settings.runtime)
 
 
 def current_production(session: Session) -> ModelVersion | None:

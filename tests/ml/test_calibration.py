@@ -73,28 +73,33 @@ def test_calibration_record_is_fitted_on_validation_and_reported_on_test():
     assert calibrated["after"]["accuracy"] == calibrated["before"]["accuracy"]
 
 
-def test_a_model_recalibrated_after_registration_is_refused(tiny_model, tmp_path):
-    """The threshold lives in the database row, the temperature in the files: they must belong together."""
+def test_a_model_recalibrated_after_registration_serves_as_registered(tiny_model, tmp_path):
+    """The threshold lives in the database row, the temperature in the files: they must belong together, so
+    a directory changed in place is not used; the version's own files, kept in the database, serve."""
     import shutil
+
+    from servers import settings_for
 
     from bloodcell_core.ml.artifacts import update_metadata, version_id
     from bloodcell_core.service import db
-    from bloodcell_core.service.errors import ServiceError
     from bloodcell_core.service.states import ModelStatus
     from bloodcell_core.service.versions import load_classifier, register_model_version
 
     model_dir = tmp_path / "model"
     shutil.copytree(tiny_model, model_dir)
     url = f"sqlite:///{tmp_path / 'registry.db'}"
+    settings = settings_for({"BLOODCELL_DATABASE_URL": url, "BLOODCELL_MODELS_DIR": str(tmp_path / "models")})
     db.upgrade(url)
     with db.session_scope(url) as session:
         row = register_model_version(session, model_dir, ModelStatus.CANDIDATE, "test")
         session.expunge(row)
-    assert load_classifier(row).artifact.temperature > 0
+    registered = load_classifier(settings, row).artifact
+    assert registered.directory == model_dir and registered.temperature > 0
     calibration = dict(row.metrics["calibration"], temperature=1.5)
     update_metadata(model_dir, calibration=calibration)
-    with pytest.raises(ServiceError, match="changed after it was registered"):
-        load_classifier(row)
+    served = load_classifier(settings, row).artifact
+    assert served.directory == tmp_path / "models" / "cache" / row.version
+    assert served.temperature == registered.temperature != 1.5 and version_id(served.directory) == row.version
     with db.session_scope(url) as session:
         again = register_model_version(session, model_dir, ModelStatus.CANDIDATE, "test")
         assert again.version == version_id(model_dir) != row.version
