@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -179,12 +180,14 @@ class Runtime:
     """Runs a Keras model's inference another way (a compiled graph, another library).
 
     ``available()`` says whether it can run here (its library installed, its device present).
-    ``compile(model)`` returns an object with the two things inference uses of a Keras model:
+    ``compile(model, cache_dir)`` returns an object with the two things inference uses of a Keras model:
     ``predict_on_batch(images)`` (float32 (n, h, w, 3) -> one array, or a list with one array per
-    output) and ``output_shape``. Serving accepts the result only after a parity check against Keras.
+    output) and ``output_shape``. ``cache_dir`` (or None) is this model's own directory for what the
+    runtime derives from it (a converted graph), keyed by the weights' sha256; the runtime checks what
+    it finds there. Serving accepts the result only after a parity check against Keras.
     """
 
     name: str
     description: str
     available: Callable[[], bool]
-    compile: Callable[[Any], Any]
+    compile: Callable[[Any, Path | None], Any]

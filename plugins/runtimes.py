@@ -7,8 +7,13 @@ pinned to f32, which keeps it within about 1e-6 of Keras.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import os
+import shutil
 import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -17,15 +22,24 @@ from bloodcell_core import Runtime, hookimpl
 
 
 class OpenVinoModel:
-    """A Keras model converted (through a TensorFlow SavedModel) and compiled by OpenVINO for the CPU."""
+    """A Keras model converted (through a TensorFlow SavedModel) and compiled by OpenVINO for the CPU.
 
-    def __init__(self, model: Any) -> None:
+    With a ``cache_dir``, the converted model (OpenVINO IR: model.xml and model.bin) is kept there with
+    the sha256 of each file, and read back instead of converted again when both still match.
+    """
+
+    def __init__(self, model: Any, cache_dir: Path | None = None) -> None:
         import openvino
 
-        with tempfile.TemporaryDirectory(prefix="bloodcell-openvino-") as saved:
-            model.export(saved, format="tf_saved_model", verbose=False)
-            converted = openvino.convert_model(saved)
-        self._compiled = openvino.Core().compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        core = openvino.Core()
+        converted = _read_cached(core, cache_dir) if cache_dir is not None else None
+        if converted is None:
+            with tempfile.TemporaryDirectory(prefix="bloodcell-openvino-") as saved:
+                model.export(saved, format="tf_saved_model", verbose=False)
+                converted = openvino.convert_model(saved)
+            if cache_dir is not None:
+                _write_cache(converted, cache_dir)
+        self._compiled = core.compile_model(converted, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         self._request = self._compiled.create_infer_request()
         self.output_shape = model.output_shape
 
@@ -35,7 +49,37 @@ class OpenVinoModel:
         return outputs if isinstance(self.output_shape, list) else outputs[0]
 
 
-def _keras_model(model: Any) -> Any:
+IR_FILES = ("model.xml", "model.bin")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _read_cached(core: Any, cache_dir: Path) -> Any:
+    """The cached IR when every file matches the sha256 recorded with it, else None (it is rebuilt)."""
+    try:
+        recorded = json.loads((cache_dir / "sha256.json").read_text())
+        if all(_digest(cache_dir / name) == recorded.get(name) for name in IR_FILES):
+            return core.read_model(str(cache_dir / "model.xml"))
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _write_cache(converted: Any, cache_dir: Path) -> None:
+    import openvino
+
+    partial = cache_dir.parent / f".{cache_dir.name}.{os.getpid()}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    openvino.save_model(converted, str(partial / "model.xml"), compress_to_fp16=False)  # f32 weights, as trained
+    (partial / "sha256.json").write_text(json.dumps({name: _digest(partial / name) for name in IR_FILES}))
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    os.replace(partial, cache_dir)
+
+
+def _keras_model(model: Any, cache_dir: Path | None = None) -> Any:
     return model
 
 

@@ -232,8 +232,9 @@ def colourless_error(image: np.ndarray) -> str | None:
 class Classifier:
     """A loaded model plus its preprocessing. Thread pool decodes; the model predicts in batches."""
 
-    def __init__(self, artifact: ModelArtifact, threads: int = 2, runtime: str = "keras") -> None:
-        """``runtime``: ``keras``, a runtime plugin's name, or ``auto`` (``ml.runtimes.compile_model``)."""
+    def __init__(self, artifact: ModelArtifact, threads: int = 2, runtime: str = "keras", cache_root: Path | None = None) -> None:
+        """``runtime``: ``keras``, a runtime plugin's name, or ``auto`` (``ml.runtimes.compile_model``);
+        ``cache_root``: where runtimes keep what they derive from models, per weights sha256."""
         self.views, self.view_gate = served_views(artifact.metadata, artifact.directory)
         self.artifact = artifact
         self.classes = artifact.classes
@@ -241,14 +242,16 @@ class Classifier:
         calibration = artifact.metadata.calibration or {}
         self.review_threshold = float(calibration.get("review_threshold", FALLBACK_REVIEW_THRESHOLD))
         self.ood = load_scorer(artifact.directory, calibration.get("ood"))
-        self._model, self.runtime = compile_model(artifact.model, runtime)
+        key = artifact.metadata.model_sha256[:16]
+        cache = {part: cache_root / f"{key}-{part}" if cache_root is not None else None for part in ("probabilities", "features")}
+        self._model, self.runtime = compile_model(artifact.model, runtime, cache["probabilities"])
         features = feature_model(artifact.model) if self.ood is not None else None
-        self._features = compile_model(features, self.runtime)[0] if features is not None else None
+        self._features = compile_model(features, self.runtime, cache["features"])[0] if features is not None else None
         self._pool = ThreadPoolExecutor(max_workers=threads)
 
     @classmethod
-    def from_dir(cls, directory: Path | str, runtime: str = "keras") -> "Classifier":
-        return cls(load_artifact(directory), runtime=runtime)
+    def from_dir(cls, directory: Path | str, runtime: str = "keras", cache_root: Path | None = None) -> "Classifier":
+        return cls(load_artifact(directory), runtime=runtime, cache_root=cache_root)
 
     def predict_arrays(self, images: np.ndarray) -> np.ndarray:
         """Calibrated probabilities (n, classes) for preprocessed float32 images (n, h, w, 3)."""

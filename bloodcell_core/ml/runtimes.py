@@ -10,6 +10,7 @@ as from Keras's.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,21 +48,23 @@ def parity_error(reference: Any, candidate: Any) -> str | None:
     return None
 
 
-def compile_with(model: Any, runtime: Runtime) -> tuple[Any, str | None]:
-    """(RUNTIME's compiled MODEL, None), or (None, why it may not serve)."""
+def compile_with(model: Any, runtime: Runtime, cache_dir: Path | None = None) -> tuple[Any, str | None]:
+    """(RUNTIME's compiled MODEL, None), or (None, why it may not serve). CACHE_DIR: where the runtime may
+    keep what it derives from this model (checked against its own hashes, and always parity-checked)."""
     if not runtime.available():
         return None, "not available here"
     try:
-        compiled = runtime.compile(model)
+        compiled = runtime.compile(model, cache_dir)
         error = parity_error(model, compiled)
     except Exception as exc:  # a runtime that cannot take this model: Keras serves
         return None, f"{type(exc).__name__}: {exc}"
     return (compiled, None) if error is None else (None, error)
 
 
-def compile_model(model: Any, choice: str) -> tuple[Any, str]:
+def compile_model(model: Any, choice: str, cache_dir: Path | None = None) -> tuple[Any, str]:
     """(the model to serve with, the runtime's name) for CHOICE: ``keras``, a runtime's name, or ``auto``
-    (each available runtime but Keras in name order, the first that passes the parity check)."""
+    (each available runtime but Keras in name order, the first that passes the parity check). Each
+    runtime caches under CACHE_DIR/<its name> when a CACHE_DIR is given."""
     if choice == "keras":
         return model, "keras"
     try:
@@ -70,7 +73,7 @@ def compile_model(model: Any, choice: str) -> tuple[Any, str]:
         log.error("%s (BLOODCELL_RUNTIME); serving with keras", exc)
         return model, "keras"
     for runtime in candidates:
-        compiled, error = compile_with(model, runtime)
+        compiled, error = compile_with(model, runtime, cache_dir / runtime.name if cache_dir is not None else None)
         if compiled is not None:
             log.info("serving with runtime %s (parity within %.0e of keras)", runtime.name, PARITY_TOLERANCE)
             return compiled, runtime.name

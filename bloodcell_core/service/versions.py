@@ -114,7 +114,8 @@ def load_classifier(settings: Settings, version: ModelVersion) -> Classifier:
     not used: the threshold in the database row and the temperature in the files must belong to the
     same model, so the version's stored files are fetched instead.
     """
-    return Classifier.from_dir(model_directory(settings, version), runtime=settings.runtime)
+    directory = model_directory(settings, version)
+    return Classifier.from_dir(directory, runtime=settings.runtime, cache_root=settings.models_dir / "runtime-cache")
 
 
 def current_production(session: Session) -> ModelVersion | None:

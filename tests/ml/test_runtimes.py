@@ -41,7 +41,7 @@ def test_openvino_gives_every_real_cell_the_keras_result(model_dir):
 class Drifting:
     """A 'compiled' model whose probabilities are off by 0.01: what bf16 precision does."""
 
-    def __init__(self, model):
+    def __init__(self, model, cache_dir=None):
         self.model, self.output_shape = model, model.output_shape
 
     def predict_on_batch(self, images):
@@ -53,10 +53,25 @@ def test_a_runtime_that_drifts_is_refused_and_keras_serves(caplog):
     drifting = Runtime("drifting", "test", available=lambda: True, compile=Drifting)
     compiled, error = compile_with(model, drifting)
     assert compiled is None and error is not None and "largest output difference 1.00e-02" in error
-    broken = Runtime("broken", "test", available=lambda: True, compile=lambda m: 1 / 0)
+    broken = Runtime("broken", "test", available=lambda: True, compile=lambda m, c: 1 / 0)
     assert compile_with(model, broken)[1] == "ZeroDivisionError: division by zero"
     absent = Runtime("absent", "test", available=lambda: False, compile=Drifting)
     assert compile_with(model, absent) == (None, "not available here")
     with caplog.at_level(logging.ERROR):
         assert compile_model(model, "no-such-runtime") == (model, "keras")
     assert "unknown runtime 'no-such-runtime'" in caplog.text
+
+
+def test_the_converted_model_is_cached_hashed_and_rebuilt_when_it_changed(tmp_path):
+    model = load_artifact(DEFAULT_MODEL).model
+    openvino = get_runtime("openvino")
+    first, error = compile_with(model, openvino, tmp_path / "cache")
+    assert error is None and {p.name for p in (tmp_path / "cache").iterdir()} == {"model.xml", "model.bin", "sha256.json"}
+    built = (tmp_path / "cache" / "model.bin").stat().st_mtime_ns
+    assert compile_with(model, openvino, tmp_path / "cache")[1] is None
+    assert (tmp_path / "cache" / "model.bin").stat().st_mtime_ns == built  # read back, not converted again
+    with open(tmp_path / "cache" / "model.bin", "r+b") as handle:  # a damaged cache file
+        handle.seek(1000)
+        handle.write(b"\xff" * 64)
+    again, error = compile_with(model, openvino, tmp_path / "cache")
+    assert error is None and (tmp_path / "cache" / "model.bin").stat().st_mtime_ns != built  # rebuilt
