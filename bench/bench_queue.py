@@ -1,6 +1,6 @@
 """Queued service against the in-process pipeline, same model, same machine, same run; prints JSON.
 
-    python bench/bench_queue.py [--images 512] [--rounds 3] [--singles 40] [--scaling-samples 8] [--model DIR]
+    python bench/bench_queue.py [--images 512] [--rounds 3] [--singles 40] [--scaling-samples 8] [--model DIR] [--runtime openvino]
 
 Starts its own local stack (`bloodcell up` pieces: redis-server, SQLite, file image store, Celery
 workers) in a temporary BLOODCELL_HOME, and measures:
@@ -167,7 +167,9 @@ def main() -> None:
     parser.add_argument("--scaling-samples", type=int, default=8, help="samples (of images/S each) for scaling")
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds (medians are reported)")
     parser.add_argument("--model", type=Path, default=PROJECT / "models" / "default")
+    parser.add_argument("--runtime", default="keras", help="inference runtime of the workers and of the in-process pipeline")
     args = parser.parse_args()
+    os.environ["BLOODCELL_RUNTIME"] = args.runtime  # the workers' (they inherit the environment)
 
     n, singles, s, rounds = args.images, args.singles, args.scaling_samples, args.rounds
     per_sample = n // s
@@ -181,9 +183,16 @@ def main() -> None:
     warm, round_sets, single_set = batch(64), [batch(n) for _ in range(rounds)], batch(singles)
     scaling_sets = {w: (batch(64), [batch(per_sample) for _ in range(s)]) for w in (1, 2)}
 
-    classifier = Classifier.from_dir(args.model)
+    classifier = Classifier.from_dir(args.model, runtime=args.runtime)
     classifier.classify(warm)
-    result: dict = {"model": str(args.model), "images": n, "rounds": rounds, "batch_size": 64, "cpu_count": os.cpu_count()}
+    result: dict = {
+        "runtime": classifier.runtime,
+        "model": str(args.model),
+        "images": n,
+        "rounds": rounds,
+        "batch_size": 64,
+        "cpu_count": os.cpu_count(),
+    }
     in_process_s, queue_s = [], []
     with tempfile.TemporaryDirectory(prefix="bench-queue-") as home, LocalStack(Path(home), args.model, workers=1) as local:
         local.run_samples("WARM", [warm])
