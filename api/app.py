@@ -24,12 +24,11 @@ from api.auth import Caller, authenticated, require
 from bloodcell_core import __version__
 from bloodcell_core.clients.local import Client
 from bloodcell_core.config import Settings
-from bloodcell_core.plugin_manager import UnknownPlugin, exporters
+from bloodcell_core.plugin_manager import exporters
 from bloodcell_core.service import samples, webhooks
 from bloodcell_core.service.audit_log import audit_events
-from bloodcell_core.service.errors import Conflict, Forbidden, LimitExceeded, NotFound, ServiceError
 from bloodcell_core.service.exports import export_sample
-from bloodcell_core.service.image_store import ImageNotFound
+from bloodcell_core.service.http_status import ERROR_STATUS
 from bloodcell_core.service.states import Scope
 from bloodcell_core.service.submission import check_accession_id, check_image_limits
 from web.console import install_console
@@ -37,15 +36,6 @@ from web.console import install_console
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 SUBMIT_FIELDS = {"accession_id", "images", "image_sha256", "fields"}
-ERROR_STATUS = [
-    (NotFound, 404),
-    (Forbidden, 403),
-    (Conflict, 409),
-    (LimitExceeded, 413),
-    (ServiceError, 422),
-    (UnknownPlugin, 404),
-    (ImageNotFound, 404),
-]
 
 
 def safe_name(filename: str | None, index: int) -> str:

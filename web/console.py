@@ -27,11 +27,10 @@ from starlette.exceptions import HTTPException
 
 from bloodcell_core.clients.local import Client
 from bloodcell_core.config import Settings
-from bloodcell_core.plugin_manager import UnknownPlugin, exporters
+from bloodcell_core.plugin_manager import exporters
 from bloodcell_core.service import samples, users
 from bloodcell_core.service.audit_log import audit_events
-from bloodcell_core.service.errors import Conflict, Forbidden, LimitExceeded, NotFound, ServiceError
-from bloodcell_core.service.image_store import ImageNotFound
+from bloodcell_core.service.http_status import SERVICE_ERRORS, status_of
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, Role, SampleFlag, SampleStatus
 from bloodcell_core.service.submission import check_image_limits
 from bloodcell_core.service.versions import version_classes
@@ -49,15 +48,6 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",  # patient data: nothing of a page stays in a shared workstation's cache
 }
 FILE_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
-ERRORS: list[tuple[type[Exception], int]] = [
-    (NotFound, 404),
-    (Forbidden, 403),
-    (ImageNotFound, 404),
-    (UnknownPlugin, 404),
-    (Conflict, 409),
-    (LimitExceeded, 413),
-    (ServiceError, 422),
-]
 T = TypeVar("T")
 
 
@@ -123,9 +113,8 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
         """A core service call, its errors as HTTP errors with the service's own message."""
         try:
             return function(*args, **kwargs)
-        except tuple(error for error, _ in ERRORS) as exc:
-            status = next(code for error, code in ERRORS if isinstance(exc, error))
-            raise HTTPException(status, str(exc).strip("'\"")) from None
+        except SERVICE_ERRORS as exc:
+            raise HTTPException(status_of(exc), str(exc).strip("'\"")) from None
 
     def viewer(request: Request) -> Viewer:
         token = request.cookies.get(SESSION_COOKIE)
