@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from functools import cache
 
 from celery import Task
@@ -29,6 +30,7 @@ MAX_DELIVERIES = 3  # a message delivered this often without finishing is a pois
 WEBHOOK_BACKOFF_S = 5  # first retry after 5 s, then 10, 20, ... up to an hour
 TRANSIENT = (OperationalError, ConnectionError, TimeoutError)  # database or broker briefly away
 _models: dict[str, Classifier] = {}  # per worker process, filled after the fork
+_loading = threading.Lock()  # the preloading thread and a task never load the same model twice
 
 
 MODELS_IN_MEMORY = 2 if settings.shadow else 1  # production, and the shadow-scored candidate
@@ -36,17 +38,16 @@ MODELS_IN_MEMORY = 2 if settings.shadow else 1  # production, and the shadow-sco
 
 def classifier_for(version: ModelVersion) -> Classifier:
     """Load each model version once per process; a newly promoted version is loaded on first use."""
-    if version.version not in _models:
-        log.info("loading model %s from %s", version.version, version.artifact_path)
-        while len(_models) >= MODELS_IN_MEMORY:
-            _models.pop(next(iter(_models)))  # the least recently loaded
-        _models[version.version] = load_classifier(settings, version)
-    return _models[version.version]
+    with _loading:
+        if version.version not in _models:
+            log.info("loading model %s from %s", version.version, version.artifact_path)
+            while len(_models) >= MODELS_IN_MEMORY:
+                _models.pop(next(iter(_models)))  # the least recently loaded
+            _models[version.version] = load_classifier(settings, version)
+        return _models[version.version]
 
 
-@worker_process_init.connect
-def load_production_model(**_) -> None:
-    """Load the model in each freshly forked process, so the first sample does not wait for it."""
+def _preload_production_model() -> None:
     try:
         with session_scope(settings.database_url) as session:
             version = production_version(session)
@@ -54,6 +55,15 @@ def load_production_model(**_) -> None:
         classifier_for(version)
     except Exception:  # the first task will load it, or report why it cannot
         log.exception("could not preload the production model")
+
+
+@worker_process_init.connect
+def load_production_model(**_) -> None:
+    """Start loading the model in each freshly forked process, in a thread, so the first sample does not wait
+    for it; the process reports up at once. Celery kills a new pool process that has not reported up within
+    worker_proc_alive_timeout (4 s), and loading a model can take longer: loading here, in the signal, made a
+    killed pool process's replacements be killed too, over and over."""
+    threading.Thread(target=_preload_production_model, name="bloodcell-preload", daemon=True).start()
 
 
 def worker_name(task: Task) -> str:
@@ -66,6 +76,10 @@ def _delivery_counter() -> Redis:
     return Redis.from_url(settings.broker_url)
 
 
+def _delivery_key(task: Task) -> str:
+    return f"bloodcell:deliveries:{task.request.id}:{task.request.retries}"
+
+
 def count_delivery(task: Task) -> int:
     """How often this attempt of the task has started (Redis keeps the count for a day).
 
@@ -73,20 +87,36 @@ def count_delivery(task: Task) -> int:
     attempt, so it starts a new count: only deliveries that never finished count against the cap.
     """
     redis = _delivery_counter()
-    key = f"bloodcell:deliveries:{task.request.id}:{task.request.retries}"
+    key = _delivery_key(task)
     count = redis.incr(key)
     redis.expire(key, 24 * 3600)
     return int(count)
 
 
+def deliveries_without_progress(task: Task, count: int) -> int:
+    """Deliveries since the last one that kept some work (``record_progress``), this one included."""
+    last = _delivery_counter().get(_delivery_key(task) + ":progress")
+    return count - int(last or 0)
+
+
+def record_progress(task: Task, count: int) -> None:
+    """Delivery COUNT kept work: a worker killed after it is not a poison message's victim (the OOM killer,
+    an operator, a lost machine), so the deliveries before it no longer count against the cap."""
+    _delivery_counter().set(_delivery_key(task) + ":progress", count, ex=24 * 3600)
+
+
 @app.task(bind=True, name="bloodcell.classify_sample", autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=8)
 def classify_sample(self: Task, sample_pk: int) -> dict:
     deliveries = count_delivery(self)
-    if deliveries > MAX_DELIVERIES:
-        error = f"gave up after {MAX_DELIVERIES} deliveries that did not finish (a worker died each time)"
+    if deliveries_without_progress(self, deliveries) > MAX_DELIVERIES:
+        error = f"gave up after {MAX_DELIVERIES} deliveries in a row that did not finish (a worker died each time)"
         mark_sample_failed(settings, sample_pk, error, worker_name(self))
         raise Reject(error, requeue=False)
-    report = classification.classify_sample(settings, sample_pk, classifier_for, worker_name(self))
+
+    def progress() -> None:
+        record_progress(self, deliveries)
+
+    report = classification.classify_sample(settings, sample_pk, classifier_for, worker_name(self), on_progress=progress)
     for delivery_id in webhooks.pending_deliveries(settings, sample_pk):  # recorded with the report
         deliver_webhook.apply_async(args=[delivery_id], queue=WEBHOOK_QUEUE)
     if settings.shadow:

@@ -301,13 +301,16 @@ class Classifier:
         )
 
     def classify(self, images: Iterable[tuple[str, bytes]]) -> list[CellPrediction]:
-        """Classify (name, bytes) pairs; an image that fails to decode gets an error entry, alone.
+        """Classify (name, bytes) pairs; an image that fails to decode gets an error entry, alone."""
+        return [result for batch in self.classify_batches(images) for result in batch]
+
+    def classify_batches(self, images: Iterable[tuple[str, bytes]]) -> Iterator[list[CellPrediction]]:
+        """``classify`` one batch at a time, in order, so a caller can keep each batch's results before the next.
 
         Decoding of the next batch runs in the thread pool while the model predicts this one.
         """
         items = list(images)
         chunks = [items[start : start + BATCH_SIZE] for start in range(0, len(items), BATCH_SIZE)]
-        results: list[CellPrediction] = []
         pending: Iterator[tuple[np.ndarray | str, float]] = iter(())
         if chunks:
             pending = self._pool.map(self._preprocess, [data for _, data in chunks[0]])
@@ -323,6 +326,7 @@ class Classifier:
                 probabilities, scores = self.predict_with_scores(np.stack([prepared[i] for i in good]))
             predict_ms = (time.perf_counter() - start) * 1000 / max(len(good), 1)
             by_position = {i: (p, None if scores is None else float(scores[k])) for k, (i, p) in enumerate(zip(good, probabilities))}
+            results: list[CellPrediction] = []
             for i, (name, _) in enumerate(chunk):
                 if i in by_position:
                     result = self._result(name, *by_position[i])
@@ -331,7 +335,7 @@ class Classifier:
                     result = CellPrediction(name=name, error=prepared[i])
                 result.preprocess_ms = preprocess_ms[i]
                 results.append(result)
-        return results
+            yield results
 
     def classify_one(self, data: bytes, name: str = "image") -> CellPrediction:
         prepared, preprocess_ms = self._preprocess(data)

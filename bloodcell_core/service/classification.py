@@ -44,10 +44,18 @@ def insert_predictions(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 def classify_sample(
-    settings: Settings, sample_pk: int, classifier_for: Callable[[ModelVersion], "Classifier"], worker: str
+    settings: Settings,
+    sample_pk: int,
+    classifier_for: Callable[[ModelVersion], "Classifier"],
+    worker: str,
+    on_progress: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Locate the cells of the sample's new whole fields, classify every cell that has no prediction by
-    the production model yet, and write the report."""
+    the production model yet, and write the report.
+
+    Predictions are committed batch by batch (``on_progress`` is called after each), so a worker killed
+    mid-sample loses one batch at most: the redelivered task classifies only the cells still without one.
+    """
     store = image_store(settings)
     with session_scope(settings.database_url) as session:
         sample = session.get(Sample, sample_pk)
@@ -59,39 +67,30 @@ def classify_sample(
     classifier = classifier_for(version)
 
     with session_scope(settings.database_url) as session:
-        sample = get_row(session, Sample, sample_pk, with_for_update=True)  # a concurrent review waits for the report
+        sample = get_row(session, Sample, sample_pk, with_for_update=True)  # one worker locates a field's cells
         from_fields = locate_queued_fields(session, settings, sample)
-        cells = list(sample.cells)
-        done = set(
-            session.scalars(
-                select(Prediction.image_sha256).where(
-                    Prediction.model_version_id == version_id,
-                    Prediction.image_sha256.in_([c.image_sha256 for c in cells]),
-                )
-            )
-        )
-        stored = store.get_many(session, [c.image_sha256 for c in cells if c.image_sha256 not in done])
-        todo, images = [], []
-        for cell in cells:
-            if cell.image_sha256 in done:
-                continue
-            if cell.image_sha256 in stored:
-                images.append((cell.name, stored[cell.image_sha256]))
-                todo.append(cell)
-            else:
-                cell.status, cell.error = "failed", store.missing_message(cell.image_sha256)
-        results = classifier.classify(images)
-        rows = []
-        for cell, result in zip(todo, results):
-            if result.error is not None:
-                cell.status, cell.error = "failed", result.error
-                continue
-            cell.status, cell.error = "done", None
-            rows.append(prediction_row(cell.image_sha256, version_id, result, worker))
-        insert_predictions(session, rows)
-        for cell in cells:
-            if cell.image_sha256 in done:
+        todo = _cells_without_prediction(session, sample, version_id)
+        stored = store.get_many(session, todo)
+
+    errors = {sha: store.missing_message(sha) for sha in todo if sha not in stored}
+    images = [(sha, stored[sha]) for sha in todo if sha in stored]
+    newly_classified = 0
+    for batch in classifier.classify_batches(images):
+        rows = [prediction_row(r.name, version_id, r, worker) for r in batch if r.error is None]
+        errors.update((r.name, r.error) for r in batch if r.error is not None)
+        with session_scope(settings.database_url) as session:
+            insert_predictions(session, rows)
+        newly_classified += len(rows)
+        on_progress()
+
+    with session_scope(settings.database_url) as session:
+        sample = get_row(session, Sample, sample_pk, with_for_update=True)  # a concurrent review waits for the report
+        classified = _classified(session, sample, version_id)
+        for cell in sample.cells:
+            if cell.image_sha256 in classified:
                 cell.status, cell.error = "done", None
+            elif cell.image_sha256 in errors:
+                cell.status, cell.error = "failed", errors[cell.image_sha256]
         report = build_report(session, settings, sample, version_id)
         record_event(
             session,
@@ -100,11 +99,24 @@ def classify_sample(
             sample.accession_id,
             status=sample.status,
             model_version=version.version,
-            newly_classified=len(rows),
+            newly_classified=newly_classified,
             cells_from_fields=from_fields,
         )
         webhooks.queue_event(session, sample, "sample.classified")
         return report
+
+
+def _classified(session: Session, sample: Sample, version_id: int) -> set[str]:
+    """The image hashes of the sample's cells that have a prediction by this model version."""
+    hashes = [c.image_sha256 for c in sample.cells]
+    chosen = select(Prediction.image_sha256).where(Prediction.model_version_id == version_id, Prediction.image_sha256.in_(hashes))
+    return set(session.scalars(chosen))
+
+
+def _cells_without_prediction(session: Session, sample: Sample, version_id: int) -> list[str]:
+    """The distinct image hashes of the sample's cells still to classify, in the sample's order."""
+    done = _classified(session, sample, version_id)
+    return list(dict.fromkeys(c.image_sha256 for c in sample.cells if c.image_sha256 not in done))
 
 
 def classify_image(

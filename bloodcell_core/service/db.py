@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -53,6 +54,14 @@ def get_row(session: Session, model: type[RowT], key: Any, **options: Any) -> Ro
 
 @cache
 def get_engine(url: str) -> Engine:
+    """One engine per URL and process. A forked child (a Celery pool process) must not use its parent's pooled
+    connections: after the fork it drops them without closing them (``dispose(close=False)``) and opens its own."""
+    engine = _create_engine(url)
+    os.register_at_fork(after_in_child=lambda: engine.dispose(close=False))
+    return engine
+
+
+def _create_engine(url: str) -> Engine:
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30})

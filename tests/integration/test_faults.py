@@ -144,13 +144,30 @@ def pool_processes(worker: subprocess.Popen) -> list[int]:
 
 def deliveries(stack: Stack) -> dict[str, int]:
     redis = Redis.from_url(stack.settings.broker_url)
-    return {key.decode(): int(redis.get(key)) for key in redis.scan_iter("bloodcell:deliveries:*")}
+    keys = [key.decode() for key in redis.scan_iter("bloodcell:deliveries:*")]
+    return {key: int(redis.get(key)) for key in keys if not key.endswith(":progress")}  # not the progress marks
 
 
 def assert_complete_once(stack: Stack, accession_id: str, report: dict, n: int) -> None:
     assert report["n_cells"] == report["n_classified"] == n and report["n_failed"] == 0, report
     assert predictions_per_image(stack, accession_id) == [1] * n  # none lost, none twice
-    assert classified_events(stack, accession_id) == 1  # the killed attempt wrote nothing
+    assert classified_events(stack, accession_id) == 1  # the killed attempt reported nothing
+
+
+def sample_predictions(stack: Stack, accession_id: str) -> int:
+    """How many predictions the sample's cells have (committed batch by batch), in one query."""
+    with db.session_scope(stack.settings.database_url) as session:
+        return session.scalar(
+            select(func.count())
+            .select_from(models.Prediction)
+            .join(models.SampleImage, models.SampleImage.image_sha256 == models.Prediction.image_sha256)
+            .join(models.Sample, models.Sample.id == models.SampleImage.sample_id)
+            .where(models.Sample.accession_id == accession_id)
+        )
+
+
+def worker_logs(stack: Stack) -> str:
+    return "".join(p.read_text(errors="replace") for p in Path(stack.env["BLOODCELL_HOME"]).glob("faults-w*.log"))
 
 
 def test_an_image_that_crashes_preprocessing_fails_alone(faults: Stack):
@@ -183,15 +200,40 @@ def submit_and_kill_mid_sample(faults: Stack, accession_id: str, first_image: in
     assert list(new.values()) == [2], new
 
 
+def kill_pool(worker: subprocess.Popen) -> None:
+    for pid in pool_processes(worker):
+        os.kill(pid, signal.SIGKILL)
+
+
 def test_pool_process_killed_mid_sample(faults: Stack):
     """The OOM killer's usual victim: the pool process holding the model. Celery requeues its task."""
-
-    def kill_pool(worker: subprocess.Popen) -> None:
-        for pid in pool_processes(worker):
-            os.kill(pid, signal.SIGKILL)
-
     submit_and_kill_mid_sample(faults, "F-KILL-POOL", 6, kill_pool)
     assert all(worker.poll() is None for worker in faults.workers)  # the main process replaced its pool process
+
+
+def test_pool_process_killed_five_times_in_one_sample_recovers_each_time(faults: Stack):
+    """Each replacement pool process reports up at once (the model loads in a thread), so Celery never kills it
+    for being slow to start; each redelivery keeps the batches already classified, so five kills do not make
+    the sample a poison message."""
+    (worker,) = faults.workers
+    log_before = len(worker_logs(faults))
+    faults.client().submit("F-KILL-5", images(1266, 700))
+    kept = [0]  # predictions of the sample when each kill was over
+    for _ in range(5):
+        deadline = time.monotonic() + 60
+        while sample_predictions(faults, "F-KILL-5") <= kept[-1]:
+            assert time.monotonic() < deadline, f"no new prediction within 60 s of the last kill ({kept})"
+            time.sleep(0.05)
+        kill_pool(worker)
+        time.sleep(0.3)  # a commit the process had sent still lands
+        kept.append(sample_predictions(faults, "F-KILL-5"))
+    report = wait_final(faults, ["F-KILL-5"], timeout=300)["F-KILL-5"]
+    assert_complete_once(faults, "F-KILL-5", report, 700)
+    assert kept[-1] < 700, kept  # the last kill came before the sample was done
+    log = worker_logs(faults)[log_before:]
+    assert log.count("exited with 'signal 9 (SIGKILL)'") == 5, log[-3000:]
+    assert "Timed out waiting for UP message" not in log
+    assert worker.poll() is None
 
 
 def test_whole_worker_killed_mid_sample(faults: Stack):
@@ -236,5 +278,5 @@ def test_postgres_stopped_during_a_run_tasks_retry_and_complete(faults: Stack):
     reports = wait_final(faults, ids, timeout=300)
     for accession_id in ids:
         assert_complete_once(faults, accession_id, reports[accession_id], 60)
-    log = "".join(p.read_text(errors="replace") for p in Path(faults.env["BLOODCELL_HOME"]).glob("faults-w*.log"))
+    log = worker_logs(faults)
     assert "OperationalError" in log and "Retry in" in log  # the outage did hit the worker
