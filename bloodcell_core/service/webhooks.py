@@ -18,7 +18,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bloodcell_core.config import Settings
+from bloodcell_core.config import WEBHOOK_TIMEOUT_S, Settings
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.models import ApiClient, Sample, WebhookDelivery
 from bloodcell_core.service.samples import find_sample
@@ -28,7 +28,6 @@ SIGNATURE_HEADER = "X-Bloodcell-Signature"
 TIMESTAMP_HEADER = "X-Bloodcell-Timestamp"
 DELIVERY_HEADER = "X-Bloodcell-Delivery"
 EVENT_HEADER = "X-Bloodcell-Event"
-TIMEOUT_S = 10.0
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -108,7 +107,7 @@ def attempt_delivery(settings: Settings, delivery_id: int) -> bool:
     }
     status_code, error = None, None
     try:
-        response = httpx.post(url, content=body, headers=headers, timeout=TIMEOUT_S)
+        response = httpx.post(url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT_S)
         status_code = response.status_code
         if not 200 <= status_code < 300:
             error = f"HTTP {status_code}: {response.text[:200]}"
