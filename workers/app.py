@@ -1,6 +1,7 @@
 """The Celery app. Every reliability setting here is chosen on purpose; the comments say why.
 
-Start a worker with ``bloodcell worker`` (or ``celery -A workers.app worker -Q classify,train,webhooks``).
+Start a worker with ``bloodcell worker`` (or ``celery -A workers.app worker -Q classify,train,webhooks``),
+the periodic sweep's scheduler with ``bloodcell beat`` (one per deployment).
 """
 
 from __future__ import annotations
@@ -47,6 +48,16 @@ app.conf.update(
         "bloodcell.retrain": {"queue": TRAIN_QUEUE},
         "bloodcell.evaluate_version": {"queue": TRAIN_QUEUE},
         "bloodcell.deliver_webhook": {"queue": WEBHOOK_QUEUE},
+        "bloodcell.sweep": {"queue": WEBHOOK_QUEUE},
+    },
+    # Celery beat (`bloodcell beat`, started by `bloodcell up` and compose) sends the sweep; a sweep still
+    # queued when the next one is due has expired, so a busy or absent worker does not pile them up.
+    beat_schedule={
+        "sweep": {
+            "task": "bloodcell.sweep",
+            "schedule": settings.sweep_interval_s,
+            "options": {"queue": WEBHOOK_QUEUE, "expires": settings.sweep_interval_s},
+        }
     },
     # Events for Flower: task runtimes, failures, worker heartbeats.
     worker_send_task_events=True,

@@ -79,7 +79,7 @@ def test_the_edges_that_work_are_accepted(env: dict[str, str]):
     settings(**env).validate()
 
 
-@pytest.mark.parametrize("command", [["worker"], ["api"], ["up"]])
+@pytest.mark.parametrize("command", [["worker"], ["api"], ["up"], ["beat"], ["sweep"]])
 def test_the_commands_that_start_the_service_refuse_such_settings(tmp_path, command: list[str]):
     env = {"BLOODCELL_HOME": str(tmp_path), "BLOODCELL_API_PORT": "6379"}
     result = run_cli(*command, env=env, check=False)
