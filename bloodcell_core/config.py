@@ -9,6 +9,13 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The web console's roles, lowest first: the values of service.states.Role (the top level imports no room).
 ROLES = ("technologist", "supervisor", "admin")
+# Task time limits in seconds (soft, hard), applied by the workers (workers/app.py, workers/tasks.py) and
+# kept here so that Settings.validate can hold the visibility timeout above the longest of them.
+CLASSIFY_TIME_LIMITS = (600, 660)  # every task without its own limits: samples, images, webhooks, the sweep
+RETRAIN_TIME_LIMITS = (2 * 3600 - 300, 2 * 3600 - 60)
+EVALUATE_TIME_LIMITS = (3600, 3700)
+WEBHOOK_TIMEOUT_S = 10.0  # one webhook POST waits this long for the receiver
+MIN_ORPHAN_AGE_S = 3600  # the youngest unreferenced image file the sweep may remove
 
 
 def _home() -> Path:
@@ -62,6 +69,9 @@ class Settings:
     login_attempts: int  # failed logins (per user name or per address) before logins are refused for ...
     login_lockout_minutes: float  # ... this long after the oldest counted failure
     signoff_blast_role: str  # the least role that may sign off a sample with a blast flag
+    sweep_interval_s: float  # Celery beat runs the sweep this often
+    sweep_webhook_age_s: float  # the sweep re-queues a pending webhook delivery this long overdue
+    sweep_orphan_age_s: float  # the sweep removes an image file no row references once it is this old
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -110,9 +120,13 @@ class Settings:
             login_attempts=int(env("BLOODCELL_LOGIN_ATTEMPTS", "5")),
             login_lockout_minutes=float(env("BLOODCELL_LOGIN_LOCKOUT_MINUTES", "15")),
             signoff_blast_role=env("BLOODCELL_SIGNOFF_BLAST_ROLE", "supervisor").strip().lower(),
+            sweep_interval_s=float(env("BLOODCELL_SWEEP_INTERVAL_S", "60")),
+            sweep_webhook_age_s=float(env("BLOODCELL_SWEEP_WEBHOOK_AGE_S", "60")),
+            sweep_orphan_age_s=float(env("BLOODCELL_SWEEP_ORPHAN_AGE_S", str(24 * 3600))),
         )
 
     def validate(self) -> None:
+        """Raise ValueError, naming the setting(s) and value(s), for a setting alone or a combination that cannot work."""
         if self.image_store not in ("file", "database"):
             raise ValueError(f"BLOODCELL_IMAGE_STORE must be 'file' or 'database', got {self.image_store!r}")
         if self.worker_device not in ("cpu", "gpu"):
@@ -135,3 +149,59 @@ class Settings:
             raise ValueError(f"BLOODCELL_LOGIN_LOCKOUT_MINUTES must be more than 0, got {self.login_lockout_minutes}")
         if self.signoff_blast_role not in ROLES:
             raise ValueError(f"BLOODCELL_SIGNOFF_BLAST_ROLE must be one of {', '.join(ROLES)}, got {self.signoff_blast_role!r}")
+        self._validate_combinations()
+
+    def _validate_combinations(self) -> None:
+        hard_limits = {
+            "classification": CLASSIFY_TIME_LIMITS[1],
+            "retraining": RETRAIN_TIME_LIMITS[1],
+            "evaluation": EVALUATE_TIME_LIMITS[1],
+        }
+        task = max(hard_limits, key=hard_limits.__getitem__)
+        if self.visibility_timeout <= hard_limits[task]:
+            # Redis would hand a task that is still running to a second worker
+            raise ValueError(
+                f"BLOODCELL_VISIBILITY_TIMEOUT={self.visibility_timeout} must be longer than the longest task time limit "
+                f"({task}: {hard_limits[task]} s)"
+            )
+        ports = {
+            "BLOODCELL_REDIS_PORT": self.redis_port,
+            "BLOODCELL_API_PORT": self.api_port,
+            "BLOODCELL_FLOWER_PORT": self.flower_port,
+        }
+        names = list(ports)
+        for i, first in enumerate(names):
+            for second in names[i + 1 :]:
+                if ports[first] == ports[second]:
+                    raise ValueError(f"{first}={ports[first]} and {second}={ports[second]}: two servers cannot listen on one port")
+        if self.max_image_bytes > self.max_request_bytes:
+            raise ValueError(
+                f"BLOODCELL_MAX_IMAGE_BYTES={self.max_image_bytes} is above BLOODCELL_MAX_REQUEST_BYTES={self.max_request_bytes}: "
+                "an image that large is refused with its request"
+            )
+        if self.worker_device == "gpu" and self.runtime == "openvino":
+            raise ValueError(
+                "BLOODCELL_WORKER_DEVICE=gpu with BLOODCELL_RUNTIME=openvino: the OpenVINO runtime runs on the CPU only; "
+                "use BLOODCELL_RUNTIME=keras (or auto) on a GPU worker"
+            )
+        if self.webhook_attempts < 1:
+            raise ValueError(f"BLOODCELL_WEBHOOK_ATTEMPTS must be at least 1, got {self.webhook_attempts}")
+        if not self.sweep_interval_s > 0:
+            raise ValueError(f"BLOODCELL_SWEEP_INTERVAL_S must be more than 0, got {self.sweep_interval_s}")
+        if self.sweep_webhook_age_s <= WEBHOOK_TIMEOUT_S:
+            # a delivery being POSTed right now would look overdue and be sent a second time
+            raise ValueError(
+                f"BLOODCELL_SWEEP_WEBHOOK_AGE_S={self.sweep_webhook_age_s:g} must be longer than a webhook attempt may take "
+                f"({WEBHOOK_TIMEOUT_S:g} s)"
+            )
+        if self.sweep_interval_s > self.sweep_webhook_age_s:
+            raise ValueError(
+                f"BLOODCELL_SWEEP_INTERVAL_S={self.sweep_interval_s:g} is longer than BLOODCELL_SWEEP_WEBHOOK_AGE_S="
+                f"{self.sweep_webhook_age_s:g}: overdue webhooks would wait for the next sweep longer than they may be overdue"
+            )
+        if self.sweep_orphan_age_s < MIN_ORPHAN_AGE_S:
+            # a submission in progress writes its image files before it commits the rows that reference them
+            raise ValueError(
+                f"BLOODCELL_SWEEP_ORPHAN_AGE_S={self.sweep_orphan_age_s:g} must be at least {MIN_ORPHAN_AGE_S} s, "
+                "or files of a submission in progress could be removed"
+            )

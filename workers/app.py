@@ -1,6 +1,7 @@
 """The Celery app. Every reliability setting here is chosen on purpose; the comments say why.
 
-Start a worker with ``bloodcell worker`` (or ``celery -A workers.app worker -Q classify,train,webhooks``).
+Start a worker with ``bloodcell worker`` (or ``celery -A workers.app worker -Q classify,train,webhooks``),
+the periodic sweep's scheduler with ``bloodcell beat`` (one per deployment).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from celery import Celery  # noqa: E402
 from celery.signals import worker_init  # noqa: E402
 
-from bloodcell_core.config import Settings  # noqa: E402
+from bloodcell_core.config import CLASSIFY_TIME_LIMITS, Settings  # noqa: E402
 from bloodcell_core.service.db import DatabaseNotMigrated, require_migrated  # noqa: E402
 from bloodcell_core.service.queues import CLASSIFY_QUEUE, TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues  # noqa: E402
 from bloodcell_core.service.versions import ensure_production_model  # noqa: E402
@@ -33,8 +34,8 @@ app.conf.update(
     # One message at a time per process: a long sample must not hold others hostage in a prefetch buffer.
     worker_prefetch_multiplier=1,
     # Time limits: classify tasks are seconds to minutes; the hard limit kills a stuck process.
-    task_soft_time_limit=600,
-    task_time_limit=660,
+    task_soft_time_limit=CLASSIFY_TIME_LIMITS[0],
+    task_time_limit=CLASSIFY_TIME_LIMITS[1],
     # Redis redelivers a message whose worker vanished (machine lost, SIGKILL of the main process)
     # after the visibility timeout; it must exceed the longest task (retraining: under 2 hours), or a
     # running task is handed to a second worker too (harmless, results are idempotent, but wasted).
@@ -47,6 +48,16 @@ app.conf.update(
         "bloodcell.retrain": {"queue": TRAIN_QUEUE},
         "bloodcell.evaluate_version": {"queue": TRAIN_QUEUE},
         "bloodcell.deliver_webhook": {"queue": WEBHOOK_QUEUE},
+        "bloodcell.sweep": {"queue": WEBHOOK_QUEUE},
+    },
+    # Celery beat (`bloodcell beat`, started by `bloodcell up` and compose) sends the sweep; a sweep still
+    # queued when the next one is due has expired, so a busy or absent worker does not pile them up.
+    beat_schedule={
+        "sweep": {
+            "task": "bloodcell.sweep",
+            "schedule": settings.sweep_interval_s,
+            "options": {"queue": WEBHOOK_QUEUE, "expires": settings.sweep_interval_s},
+        }
     },
     # Events for Flower: task runtimes, failures, worker heartbeats.
     worker_send_task_events=True,
@@ -61,10 +72,12 @@ app.conf.update(
 
 @worker_init.connect
 def check_database(**_) -> None:
-    """Refuse an unmigrated database (every task would fail) and make sure a production model exists."""
+    """Refuse settings that cannot work and an unmigrated database (every task would fail); make sure a
+    production model exists. `bloodcell worker` checks the settings too; `celery -A workers.app worker` only here."""
     try:
+        settings.validate()
         require_migrated(settings.database_url)
-    except DatabaseNotMigrated as exc:
+    except (ValueError, DatabaseNotMigrated) as exc:
         print(f"bloodcell worker refuses to start: {exc}", file=sys.stderr, flush=True)
         os._exit(2)  # Celery logs and swallows exceptions raised in signal handlers
     ensure_production_model(settings)

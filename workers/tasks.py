@@ -13,8 +13,9 @@ from celery.signals import worker_process_init
 from redis import Redis
 from sqlalchemy.exc import OperationalError
 
+from bloodcell_core.config import EVALUATE_TIME_LIMITS, RETRAIN_TIME_LIMITS
 from bloodcell_core.ml.serving import Classifier
-from bloodcell_core.service import classification, promotion, webhooks
+from bloodcell_core.service import classification, promotion, sweepers, webhooks
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.models import ModelVersion
 from bloodcell_core.service.queues import WEBHOOK_QUEUE
@@ -27,7 +28,6 @@ from workers.app import app, settings
 log = logging.getLogger(__name__)
 
 MAX_DELIVERIES = 3  # a message delivered this often without finishing is a poison message
-WEBHOOK_BACKOFF_S = 5  # first retry after 5 s, then 10, 20, ... up to an hour
 TRANSIENT = (OperationalError, ConnectionError, TimeoutError)  # database or broker briefly away
 _models: dict[str, Classifier] = {}  # per worker process, filled after the fork
 _loading = threading.Lock()  # the preloading thread and a task never load the same model twice
@@ -129,13 +129,18 @@ def classify_sample(self: Task, sample_pk: int) -> dict:
 
 @app.task(bind=True, name="bloodcell.deliver_webhook", max_retries=None)
 def deliver_webhook(self: Task, delivery_id: int) -> str:
-    """POST one event; retried with exponential backoff up to BLOODCELL_WEBHOOK_ATTEMPTS attempts."""
+    """POST one event; retried with exponential backoff up to BLOODCELL_WEBHOOK_ATTEMPTS attempts.
+
+    A message that no longer carries its delivery (delivered, given up, or re-queued by the sweep) does nothing.
+    """
+    if not webhooks.claim(settings, delivery_id, self.request.id):
+        return "skipped"
     if webhooks.attempt_delivery(settings, delivery_id):
         return DeliveryStatus.DELIVERED
-    if self.request.retries + 1 >= settings.webhook_attempts:
-        webhooks.mark_failed(settings, delivery_id)
-        return DeliveryStatus.FAILED
-    raise self.retry(countdown=min(WEBHOOK_BACKOFF_S * 2**self.request.retries, 3600))
+    countdown = webhooks.schedule_retry(settings, delivery_id, self.request.id)
+    if countdown is None:  # attempts used up (marked failed), or re-queued by the sweep meanwhile
+        return "no retry"
+    raise self.retry(countdown=countdown)
 
 
 @app.task(bind=True, name="bloodcell.classify_image", autoretry_for=TRANSIENT, retry_backoff=2, max_retries=8)
@@ -150,8 +155,8 @@ def classify_image(self: Task, image_sha256: str) -> dict:
     autoretry_for=TRANSIENT,
     retry_backoff=10,
     max_retries=3,
-    soft_time_limit=2 * 3600 - 300,
-    time_limit=2 * 3600 - 60,
+    soft_time_limit=RETRAIN_TIME_LIMITS[0],
+    time_limit=RETRAIN_TIME_LIMITS[1],
 )
 def retrain(self: Task, run_id: int) -> str:
     if count_delivery(self) > MAX_DELIVERIES:
@@ -167,8 +172,18 @@ def retrain(self: Task, run_id: int) -> str:
     autoretry_for=TRANSIENT,
     retry_backoff=10,
     max_retries=3,
-    soft_time_limit=3600,
-    time_limit=3700,
+    soft_time_limit=EVALUATE_TIME_LIMITS[0],
+    time_limit=EVALUATE_TIME_LIMITS[1],
 )
 def evaluate_version(self: Task, version: str, set_name: str) -> dict:
     return promotion.evaluate_on_set(settings, version, set_name, worker_name(self))
+
+
+def _send_delivery(delivery_id: int, task_id: str) -> None:
+    deliver_webhook.apply_async(args=[delivery_id], task_id=task_id, queue=WEBHOOK_QUEUE)
+
+
+@app.task(name="bloodcell.sweep")
+def sweep() -> dict[str, int]:
+    """Celery beat's periodic sweep: overdue webhook deliveries re-queued, orphan image files removed."""
+    return sweepers.sweep(settings, _send_delivery).as_dict()

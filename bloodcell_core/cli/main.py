@@ -809,6 +809,41 @@ def worker(concurrency: int, name: str) -> None:
 
 
 @cli.command()
+def beat() -> None:
+    """Run Celery beat in the foreground: it sends the periodic sweep (see `bloodcell sweep --help`) to
+    the webhooks queue every BLOODCELL_SWEEP_INTERVAL_S seconds. Run one per deployment (`up` starts one);
+    its schedule file is BLOODCELL_HOME/run/beat-schedule."""
+    from bloodcell_core.cli.stack import beat_command
+
+    command = beat_command(_settings())
+    os.execv(command[0], command)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+def sweep(as_json: bool) -> None:
+    """Run the periodic sweep once, here and now (Celery beat runs it on a worker every
+    BLOODCELL_SWEEP_INTERVAL_S seconds):
+
+    \b
+    - webhook deliveries still pending BLOODCELL_SWEEP_WEBHOOK_AGE_S seconds after their attempt was due
+      (their message was lost, e.g. Redis was down) are handed to the webhooks queue again; one waiting on
+      its retry or being sent is left alone;
+    - files of the file image store (BLOODCELL_HOME/images on this machine) that no database row references
+      and that are older than BLOODCELL_SWEEP_ORPHAN_AGE_S seconds (left by failed submissions) are removed.
+
+    Prints what it did: webhooks_requeued, webhooks_not_sent (the broker refused them), orphans_removed,
+    orphan_bytes.
+    """
+    counts = _client().sweep()
+    if as_json:
+        click.echo(json.dumps(counts))
+    else:
+        for key, value in counts.items():
+            click.echo(f"{key}: {value}")
+
+
+@cli.command()
 @click.option("--sample-id", required=True, help="The LIMS accession id of the sample.")
 @click.option("--wait", is_flag=True, help="Wait for the report.")
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait with --wait.")

@@ -1,7 +1,8 @@
 """`bloodcell up` / `bloodcell down`: the local stack on embedded defaults, in the background.
 
 A redis-server process (AOF on), the SQLite database migrated, the shipped model registered as
-production, Celery worker(s), Flower and the HTTP API. Process ids and logs live in BLOODCELL_HOME/run and /log.
+production, Celery worker(s), Celery beat (the periodic sweep), Flower and the HTTP API. Process ids and logs
+live in BLOODCELL_HOME/run and /log, beat's schedule file in /run.
 Flower never runs without a login: BLOODCELL_FLOWER_BASIC_AUTH, or a one-off password made for each start.
 """
 
@@ -128,6 +129,13 @@ def worker_command(settings: Settings, concurrency: int = 1, name: str = "worker
     )
 
 
+def beat_command(settings: Settings) -> list[str]:
+    """Celery beat, which sends the sweep every BLOODCELL_SWEEP_INTERVAL_S; its schedule file in BLOODCELL_HOME/run."""
+    run_dir = settings.home / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return _celery("beat", "--loglevel", "INFO", "--schedule", str(run_dir / "beat-schedule"))
+
+
 def api_command(settings: Settings, host: str | None = None, port: int | None = None) -> list[str]:
     return [
         sys.executable,
@@ -192,6 +200,7 @@ def up(settings: Settings, workers: int = 1, flower: bool = True, api: bool = Tr
     version = ensure_production_model(settings)
     for k in range(1, workers + 1):
         _spawn(f"worker{k}", worker_command(settings, name=f"worker{k}"), settings)
+    _spawn("beat", beat_command(settings), settings)
     login = start_flower(settings) if flower else ""
     _wait_for(lambda: _workers_answer(settings, workers), f"{workers} worker(s)", 120, settings.home / "log" / "worker1.log")
     if api:
@@ -204,6 +213,7 @@ def up(settings: Settings, workers: int = 1, flower: bool = True, api: bool = Tr
         "redis": settings.broker_url,
         "database": settings.database_url,
         "model": version,
+        "sweep": f"every {settings.sweep_interval_s:g} s (Celery beat)",
         "flower": f"http://127.0.0.1:{settings.flower_port}" if flower else "off",
         **({"flower login": login} if flower else {}),
         "api": f"http://{settings.api_host}:{settings.api_port}" if api else "off",

@@ -20,7 +20,7 @@ from celery import Celery
 
 from bloodcell_core.clients.waiting import wait_until_classified
 from bloodcell_core.config import Settings
-from bloodcell_core.service import promotion, review, webhooks
+from bloodcell_core.service import promotion, review, sweepers, webhooks
 from bloodcell_core.service.db import require_migrated, session_scope
 from bloodcell_core.service.fields import field_overlay, get_fields
 from bloodcell_core.service.queues import TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues
@@ -42,8 +42,8 @@ class Client:
         self._celery = Celery("bloodcell-producer", broker=self.settings.broker_url, backend=self.settings.result_backend)
         self._celery.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json", task_queues=task_queues())
 
-    def _send(self, name: str, args: list[Any], queue: str):
-        return self._celery.send_task(name, args=args, queue=queue)
+    def _send(self, name: str, args: list[Any], queue: str, task_id: str | None = None):
+        return self._celery.send_task(name, args=args, queue=queue, task_id=task_id)
 
     def submit(
         self,
@@ -107,18 +107,26 @@ class Client:
         return report
 
     def _send_webhooks(self, accession_id: str) -> None:
-        """Hand the sample's pending webhook deliveries to the webhook queue.
+        """Hand the sample's new webhook deliveries to the webhook queue (those already queued have their message).
 
         The change is committed already: a broker error here is logged, not raised, and the delivery
-        stays pending in the database until the sample's next event sends it.
+        stays pending in the database until the sweep sends it (`bloodcell sweep`, run by Celery beat).
         """
         with session_scope(self.settings.database_url) as session:
             sample_pk = find_sample(session, accession_id).id
         try:
-            for delivery_id in webhooks.pending_deliveries(self.settings, sample_pk):
-                self._send("bloodcell.deliver_webhook", [delivery_id], WEBHOOK_QUEUE)
+            for delivery_id, task_id in webhooks.assign_new(self.settings, sample_pk):
+                self._send_delivery(delivery_id, task_id)
         except Exception:
             log.exception("could not queue the webhook deliveries of sample %s", accession_id)
+
+    def _send_delivery(self, delivery_id: int, task_id: str) -> None:
+        self._send("bloodcell.deliver_webhook", [delivery_id], WEBHOOK_QUEUE, task_id)
+
+    def sweep(self) -> dict[str, int]:
+        """Run the sweep here and now (Celery beat runs it on a worker): overdue webhook deliveries re-queued,
+        orphan image files of this machine's file store removed. Returns the counts."""
+        return sweepers.sweep(self.settings, self._send_delivery).as_dict()
 
     def readiness(self, timeout: float = 1.0) -> dict[str, Any]:
         """Whether the database (migrated), Redis and at least one worker answer; details go to the log."""

@@ -70,7 +70,11 @@ class FileImageStore(ImageStore):
         """Store images given as {sha256: bytes}; the caller hashed them already."""
         for sha256, data in blobs.items():
             path = self._path(sha256)
-            if not path.exists():
+            try:
+                # an existing file is refreshed: the sweep removes only old files no row references, and
+                # this one may be an orphan that the rows of this submission are about to reference
+                os.utime(path)
+            except FileNotFoundError:
                 self._write(path, data)
         _add_missing_rows(session, blobs, keep_bytes=False)
 
@@ -121,8 +125,12 @@ class DatabaseImageStore(ImageStore):
         return f"image {sha256} is not in the database image store"
 
 
+def file_store_root(settings: Settings) -> Path:
+    return settings.home / "images"
+
+
 def image_store(settings: Settings) -> ImageStore:
     settings.validate()
     if settings.image_store == "database":
         return DatabaseImageStore()
-    return FileImageStore(settings.home / "images")
+    return FileImageStore(file_store_root(settings))

@@ -249,6 +249,10 @@ class WebhookDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The Celery task id of the message that carries the delivery now (another message for it is stale), and
+    # when its next attempt should start: the sweep re-queues a pending delivery long past that (a lost message).
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class EvaluationSet(Base):

@@ -3,7 +3,12 @@
 The body is JSON; ``X-Bloodcell-Signature: sha256=<hex>`` is the HMAC-SHA256 of ``<timestamp>.<body>`` under
 the client's webhook secret, ``X-Bloodcell-Timestamp`` the Unix time of the attempt. Receivers check both
 with ``verify_signature`` (or its few lines in their own language) and deduplicate on the delivery id:
-delivery is at least once. Retries and their backoff are the worker's (workers/tasks.py).
+delivery is at least once.
+
+Each delivery records the Celery task id of the one message that carries it (``task_id``) and when its next
+attempt is due (``due_at``). A message with another task id is stale and does nothing, so the sweep
+(service/sweepers.py) can re-queue a delivery whose message was lost (Redis down when it was sent, a
+vanished worker) without a second chain of attempts for one that is only waiting on its retry countdown.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ import hashlib
 import hmac
 import json
 import time
-from datetime import datetime, timezone
+import uuid
+from datetime import datetime, timedelta, timezone
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from bloodcell_core.config import Settings
+from bloodcell_core.config import WEBHOOK_TIMEOUT_S, Settings
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.models import ApiClient, Sample, WebhookDelivery
 from bloodcell_core.service.samples import find_sample
@@ -28,7 +34,8 @@ SIGNATURE_HEADER = "X-Bloodcell-Signature"
 TIMESTAMP_HEADER = "X-Bloodcell-Timestamp"
 DELIVERY_HEADER = "X-Bloodcell-Delivery"
 EVENT_HEADER = "X-Bloodcell-Event"
-TIMEOUT_S = 10.0
+BACKOFF_S = 5  # the first retry after 5 s, then 10, 20, ... up to MAX_BACKOFF_S
+MAX_BACKOFF_S = 3600
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -86,6 +93,86 @@ def pending_deliveries(settings: Settings, sample_pk: int) -> list[int]:
         )
 
 
+def assign_new(settings: Settings, sample_pk: int) -> list[tuple[int, str]]:
+    """Give the sample's pending deliveries that no message carries yet a task id, due now.
+
+    Returns (delivery id, task id) for the caller to send with exactly that task id. Recorded before the
+    message is sent: when sending fails, the delivery is overdue after a while and the sweep sends it.
+    """
+    now = datetime.now(timezone.utc)
+    with session_scope(settings.database_url) as session:
+        rows = session.scalars(
+            select(WebhookDelivery)
+            .where(
+                WebhookDelivery.sample_id == sample_pk,
+                WebhookDelivery.status == DeliveryStatus.PENDING,
+                WebhookDelivery.task_id.is_(None),
+            )
+            .order_by(WebhookDelivery.id)
+        )
+        assigned = []
+        for delivery in rows:
+            delivery.task_id, delivery.due_at = str(uuid.uuid4()), now
+            assigned.append((delivery.id, delivery.task_id))
+        return assigned
+
+
+def reassign_overdue(settings: Settings, age_s: float) -> list[tuple[int, str]]:
+    """Give pending deliveries whose attempt was due more than AGE_S seconds ago a new task id, due now.
+
+    Overdue means no message carried out its attempt: it was never sent or it was lost. One in flight is
+    not overdue (an attempt takes at most WEBHOOK_TIMEOUT_S, below the smallest age Settings allow), nor is
+    one waiting on its retry countdown (due at its end). Each row is updated only while still overdue, so a
+    message claiming it at the same moment either wins (and the row is skipped) or finds itself stale.
+    """
+    now = datetime.now(timezone.utc)
+    overdue = (WebhookDelivery.status == DeliveryStatus.PENDING) & (
+        func.coalesce(WebhookDelivery.due_at, WebhookDelivery.created_at) < now - timedelta(seconds=age_s)
+    )
+    with session_scope(settings.database_url) as session:
+        assigned = []
+        for delivery_id in session.scalars(select(WebhookDelivery.id).where(overdue).order_by(WebhookDelivery.id)).all():
+            task_id = str(uuid.uuid4())
+            changed = session.execute(
+                update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, overdue).values(task_id=task_id, due_at=now)
+            )
+            if changed.rowcount == 1:  # type: ignore[attr-defined]
+                assigned.append((delivery_id, task_id))
+        return assigned
+
+
+def claim(settings: Settings, delivery_id: int, task_id: str) -> bool:
+    """Whether the message TASK_ID should attempt the delivery now: it is pending and this message carries it.
+
+    A delivery sent without a recorded task id is claimed by the first message that runs; any other message
+    for it is stale (superseded by the sweep, or a duplicate) and must do nothing.
+    """
+    with session_scope(settings.database_url) as session:
+        delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
+        if delivery is None or delivery.status != DeliveryStatus.PENDING or delivery.task_id not in (None, task_id):
+            return False
+        delivery.task_id, delivery.due_at = task_id, datetime.now(timezone.utc)
+        return True
+
+
+def schedule_retry(settings: Settings, delivery_id: int, task_id: str) -> float | None:
+    """Seconds until the next attempt of a delivery that just failed, recorded as its due time.
+
+    None when there is none: its BLOODCELL_WEBHOOK_ATTEMPTS are used up (it is marked failed), or another
+    message carries it now. Counted from the recorded attempts, so a re-queued delivery keeps its count.
+    """
+    with session_scope(settings.database_url) as session:
+        delivery = get_row(session, WebhookDelivery, delivery_id, with_for_update=True)
+        if delivery.status != DeliveryStatus.PENDING or delivery.task_id != task_id:
+            return None
+        if delivery.attempts >= settings.webhook_attempts:
+            delivery.status = DeliveryStatus.FAILED
+            return None
+        countdown = min(BACKOFF_S * 2 ** (delivery.attempts - 1), MAX_BACKOFF_S)
+        delivery.due_at = datetime.now(timezone.utc) + timedelta(seconds=countdown)
+        return countdown
+
+
 def attempt_delivery(settings: Settings, delivery_id: int) -> bool:
     """POST the event once; record the outcome. True when the receiver answered 2xx (now or before)."""
     with session_scope(settings.database_url) as session:
@@ -108,7 +195,7 @@ def attempt_delivery(settings: Settings, delivery_id: int) -> bool:
     }
     status_code, error = None, None
     try:
-        response = httpx.post(url, content=body, headers=headers, timeout=TIMEOUT_S)
+        response = httpx.post(url, content=body, headers=headers, timeout=WEBHOOK_TIMEOUT_S)
         status_code = response.status_code
         if not 200 <= status_code < 300:
             error = f"HTTP {status_code}: {response.text[:200]}"
@@ -121,13 +208,6 @@ def attempt_delivery(settings: Settings, delivery_id: int) -> bool:
         if error is None:
             delivery.status, delivery.delivered_at = DeliveryStatus.DELIVERED, datetime.now(timezone.utc)
     return error is None
-
-
-def mark_failed(settings: Settings, delivery_id: int) -> None:
-    with session_scope(settings.database_url) as session:
-        delivery = session.get(WebhookDelivery, delivery_id)
-        if delivery is not None and delivery.status != DeliveryStatus.DELIVERED:
-            delivery.status = DeliveryStatus.FAILED
 
 
 def get_deliveries(settings: Settings, accession_id: str) -> list[dict]:

@@ -1,0 +1,98 @@
+"""Settings.validate: each setting that cannot work alone or with another is refused with both names and values."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from unittest import mock
+
+import pytest
+from helpers import PROJECT, run_cli
+
+from bloodcell_core.config import RETRAIN_TIME_LIMITS, WEBHOOK_TIMEOUT_S, Settings
+
+
+def settings(**env: str) -> Settings:
+    """Settings from the embedded defaults plus ENV, whatever BLOODCELL_* the test run has."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("BLOODCELL_")}
+    with mock.patch.dict(os.environ, {**clean, **env}, clear=True):
+        return Settings.from_env()
+
+
+def test_the_defaults_are_valid():
+    defaults = settings()
+    defaults.validate()
+    assert (defaults.sweep_interval_s, defaults.sweep_webhook_age_s, defaults.sweep_orphan_age_s) == (60, 60, 24 * 3600)
+
+
+REFUSED = [  # (environment, words every one of which the message has)
+    (
+        {"BLOODCELL_VISIBILITY_TIMEOUT": str(RETRAIN_TIME_LIMITS[1])},
+        ["BLOODCELL_VISIBILITY_TIMEOUT=7140", "retraining: 7140 s"],
+    ),
+    ({"BLOODCELL_VISIBILITY_TIMEOUT": "600"}, ["BLOODCELL_VISIBILITY_TIMEOUT=600", "retraining: 7140 s"]),
+    ({"BLOODCELL_REDIS_PORT": "8000"}, ["BLOODCELL_REDIS_PORT=8000", "BLOODCELL_API_PORT=8000"]),
+    ({"BLOODCELL_FLOWER_PORT": "6379"}, ["BLOODCELL_REDIS_PORT=6379", "BLOODCELL_FLOWER_PORT=6379"]),
+    ({"BLOODCELL_API_PORT": "5555"}, ["BLOODCELL_API_PORT=5555", "BLOODCELL_FLOWER_PORT=5555"]),
+    (
+        {"BLOODCELL_MAX_IMAGE_BYTES": "2000", "BLOODCELL_MAX_REQUEST_BYTES": "1000"},
+        ["BLOODCELL_MAX_IMAGE_BYTES=2000", "BLOODCELL_MAX_REQUEST_BYTES=1000"],
+    ),
+    (
+        {"BLOODCELL_WORKER_DEVICE": "gpu", "BLOODCELL_RUNTIME": "openvino"},
+        ["BLOODCELL_WORKER_DEVICE=gpu", "BLOODCELL_RUNTIME=openvino"],
+    ),
+    ({"BLOODCELL_WEBHOOK_ATTEMPTS": "0"}, ["BLOODCELL_WEBHOOK_ATTEMPTS", "got 0"]),
+    ({"BLOODCELL_SWEEP_INTERVAL_S": "0"}, ["BLOODCELL_SWEEP_INTERVAL_S", "got 0"]),
+    (
+        {"BLOODCELL_SWEEP_INTERVAL_S": "120", "BLOODCELL_SWEEP_WEBHOOK_AGE_S": "60"},
+        ["BLOODCELL_SWEEP_INTERVAL_S=120", "BLOODCELL_SWEEP_WEBHOOK_AGE_S=60"],
+    ),
+    (
+        {"BLOODCELL_SWEEP_INTERVAL_S": "5", "BLOODCELL_SWEEP_WEBHOOK_AGE_S": str(WEBHOOK_TIMEOUT_S)},
+        ["BLOODCELL_SWEEP_WEBHOOK_AGE_S=10", "10 s"],
+    ),
+    ({"BLOODCELL_SWEEP_ORPHAN_AGE_S": "60"}, ["BLOODCELL_SWEEP_ORPHAN_AGE_S=60", "3600 s"]),
+]
+
+
+@pytest.mark.parametrize("env, words", REFUSED, ids=[" ".join(f"{k}={v}" for k, v in env.items()) for env, _ in REFUSED])
+def test_settings_that_cannot_work_are_refused_with_names_and_values(env: dict[str, str], words: list[str]):
+    with pytest.raises(ValueError) as refused:
+        settings(**env).validate()
+    assert all(word in str(refused.value) for word in words), str(refused.value)
+
+
+ACCEPTED = [
+    {"BLOODCELL_VISIBILITY_TIMEOUT": str(RETRAIN_TIME_LIMITS[1] + 1)},
+    {"BLOODCELL_MAX_IMAGE_BYTES": "1000", "BLOODCELL_MAX_REQUEST_BYTES": "1000"},
+    {"BLOODCELL_WORKER_DEVICE": "gpu", "BLOODCELL_RUNTIME": "keras"},
+    {"BLOODCELL_WORKER_DEVICE": "cpu", "BLOODCELL_RUNTIME": "openvino"},
+    {"BLOODCELL_WEBHOOK_ATTEMPTS": "1"},
+    {"BLOODCELL_SWEEP_INTERVAL_S": "1", "BLOODCELL_SWEEP_WEBHOOK_AGE_S": "11", "BLOODCELL_SWEEP_ORPHAN_AGE_S": "3600"},
+]
+
+
+@pytest.mark.parametrize("env", ACCEPTED, ids=[" ".join(f"{k}={v}" for k, v in env.items()) for env in ACCEPTED])
+def test_the_edges_that_work_are_accepted(env: dict[str, str]):
+    settings(**env).validate()
+
+
+@pytest.mark.parametrize("command", [["worker"], ["api"], ["up"], ["beat"], ["sweep"]])
+def test_the_commands_that_start_the_service_refuse_such_settings(tmp_path, command: list[str]):
+    env = {"BLOODCELL_HOME": str(tmp_path), "BLOODCELL_API_PORT": "6379"}
+    result = run_cli(*command, env=env, check=False)
+    assert result.returncode != 0 and "BLOODCELL_REDIS_PORT=6379 and BLOODCELL_API_PORT=6379" in result.stderr, result
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_a_celery_worker_started_directly_refuses_such_settings(tmp_path):
+    """`celery -A workers.app worker` skips the CLI: the worker's own start-up check refuses it."""
+    env = {**os.environ, "BLOODCELL_HOME": str(tmp_path), "BLOODCELL_VISIBILITY_TIMEOUT": "60"}
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "--pool", "solo"],
+        capture_output=True, text=True, env=env, cwd=PROJECT, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "refuses to start" in result.stderr and "BLOODCELL_VISIBILITY_TIMEOUT=60" in result.stderr
