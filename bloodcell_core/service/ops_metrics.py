@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import redis
 from celery import Celery
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import and_, case, func, or_, select
@@ -249,7 +249,8 @@ def _utc(value: Any) -> datetime:
 class ServiceMetrics:
     """The registry GET /metrics renders; one per API process."""
 
-    content_type = CONTENT_TYPE_LATEST
+    # the text format every Prometheus 2.x reads; our names need none of the newer format's UTF-8 names
+    content_type = "text/plain; version=0.0.4; charset=utf-8"
 
     def __init__(self, settings: Settings) -> None:
         self.registry = CollectorRegistry(auto_describe=False)  # no describe(): nothing is read at start-up
