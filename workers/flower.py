@@ -13,6 +13,6 @@ from flower.views.monitor import Metrics
 
 from workers.app import app
 
-Metrics.get = tornado.web.authenticated(Metrics.get)  # type: ignore[method-assign]
+Metrics.get = tornado.web.authenticated(Metrics.get)
 
 __all__ = ["app"]

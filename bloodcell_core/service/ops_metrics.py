@@ -60,7 +60,9 @@ class ServiceCollector(Collector):
         self._celery = Celery("bloodcell-metrics", broker=settings.broker_url)
 
     def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("bloodcell_metrics_source_up", "1 when this scrape could read the source (database, redis)", labels=["source"])
+        up = GaugeMetricFamily(
+            "bloodcell_metrics_source_up", "1 when this scrape could read the source (database, redis)", labels=["source"]
+        )
         for source, read in (("database", self._database), ("redis", self._broker)):
             try:
                 metrics = list(read())
@@ -121,7 +123,7 @@ class ServiceCollector(Collector):
         return workers
 
 
-def _published_at(raw: bytes) -> float | None:
+def _published_at(raw: bytes | str) -> float | None:
     try:
         value = json.loads(raw)["headers"][PUBLISHED_AT_HEADER]
     except (ValueError, KeyError, TypeError):
@@ -138,7 +140,9 @@ def _samples(session: Session) -> Iterator[Metric]:
 
 
 def _models(session: Session) -> Iterator[Metric]:
-    info = GaugeMetricFamily("bloodcell_model_info", "1 per registered model version, with its status", labels=["model_version", "status"])
+    info = GaugeMetricFamily(
+        "bloodcell_model_info", "1 per registered model version, with its status", labels=["model_version", "status"]
+    )
     for version, status in session.execute(select(ModelVersion.version, ModelVersion.status)).tuples():
         info.add_metric([version, status], 1)
     yield info

@@ -117,13 +117,24 @@ def test_counters_follow_a_sample_through_queue_worker_relabel_and_webhook(api: 
     for label in {c["model_label"] for c in cells}:
         mine = [c for c in cells if c["model_label"] == label]
         key = {"model_version": version, "label": label}
-        assert value(done, "bloodcell_cells_classified_total", **key) - value(before, "bloodcell_cells_classified_total", **key) == len(mine)
+        assert value(done, "bloodcell_cells_classified_total", **key) - value(
+            before, "bloodcell_cells_classified_total", **key
+        ) == len(mine)
         sent = sum(bool(c["review_reasons"]) for c in mine)
-        assert value(done, "bloodcell_cells_sent_to_review_total", **key) - value(before, "bloodcell_cells_sent_to_review_total", **key) == sent
+        assert (
+            value(done, "bloodcell_cells_sent_to_review_total", **key) - value(before, "bloodcell_cells_sent_to_review_total", **key)
+            == sent
+        )
         unfamiliar = sum("unlike the training images" in c["review_reasons"] for c in mine)
-        assert value(done, "bloodcell_cells_unfamiliar_total", **key) - value(before, "bloodcell_cells_unfamiliar_total", **key) == unfamiliar
+        assert (
+            value(done, "bloodcell_cells_unfamiliar_total", **key) - value(before, "bloodcell_cells_unfamiliar_total", **key)
+            == unfamiliar
+        )
     assert total(done, "bloodcell_cells_classified_total") - total(before, "bloodcell_cells_classified_total") == len(paths)
-    assert value(done, "bloodcell_webhook_deliveries", status="failed") == value(before, "bloodcell_webhook_deliveries", status="failed") + 1
+    assert (
+        value(done, "bloodcell_webhook_deliveries", status="failed")
+        == value(before, "bloodcell_webhook_deliveries", status="failed") + 1
+    )
     assert value(done, "bloodcell_webhook_deliveries", status="pending") == 0
     assert value(done, "bloodcell_sample_turnaround_samples") >= 1
     assert value(done, "bloodcell_sample_turnaround_seconds", quantile="0.5") >= 1.0  # it waited for the worker
@@ -162,8 +173,12 @@ def test_prometheus_scrapes_it_and_answers_every_dashboard_query_and_rule(api: A
     (tmp_path / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
     log = open(tmp_path / "prometheus.log", "wb")
     server = subprocess.Popen(
-        [binary, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],  # fmt: skip
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=PROJECT,
