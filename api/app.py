@@ -1,7 +1,7 @@
 """The HTTP API: `bloodcell api` (or `uvicorn api.app:create_app --factory`). OpenAPI docs at /docs (token needed).
 
-Every route but /health and /health/ready needs a bearer token: those under /v1 with the scope named
-in their summary, the documentation (/docs, /openapi.json) any active token. The two health routes are
+Every route but /health and /health/ready needs a bearer token: those under /v1 and /metrics with the
+scope named in their summary, the documentation (/docs, /openapi.json) any active token. The two health routes are
 open so load balancers can probe them. Routes call bloodcell_core services only. The review console for
 people (user accounts and session cookies, not tokens) is mounted under /ui from ``web/``.
 """
@@ -29,6 +29,7 @@ from bloodcell_core.service import samples, webhooks
 from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.exports import export_sample
 from bloodcell_core.service.http_status import ERROR_STATUS
+from bloodcell_core.service.ops_metrics import ServiceMetrics
 from bloodcell_core.service.states import Scope
 from bloodcell_core.service.submission import check_accession_id, check_image_limits
 from web.console import install_console
@@ -101,6 +102,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def ready() -> JSONResponse:
         checks = client.readiness()
         return JSONResponse(checks, status_code=200 if checks["ready"] else 503)
+
+    service_metrics = ServiceMetrics(settings)
+
+    @app.get(
+        "/metrics",
+        tags=["operations"],
+        summary="Prometheus metrics, computed from the database and Redis when scraped (scope: metrics)",
+        response_class=Response,
+        responses={200: {"content": {ServiceMetrics.content_type: {}}}},
+    )
+    def metrics(_: Caller = Depends(require(Scope.METRICS))) -> Response:
+        return Response(service_metrics.render(), media_type=ServiceMetrics.content_type)
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi_schema(_: Caller = Depends(authenticated)) -> JSONResponse:

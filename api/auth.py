@@ -39,7 +39,7 @@ def require(scope: str) -> Callable[..., Caller]:
 
     def check(caller: Caller = Depends(authenticated)) -> Caller:
         if scope not in caller.scopes:
-            raise HTTPException(403, f"token of {caller.name!r} lacks the {scope!r} scope")
+            raise HTTPException(403, f"token of {caller.name!r} lacks the {str(scope)!r} scope")
         return caller
 
     return check

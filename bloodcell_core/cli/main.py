@@ -13,6 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 import click  # noqa: E402
 
 from bloodcell_core.plugin_manager import PluginError  # noqa: E402
+from bloodcell_core.service.states import Scope  # noqa: E402
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -1058,8 +1059,8 @@ def tokens() -> None:
     "scopes",
     multiple=True,
     required=True,
-    type=click.Choice(["submit", "read", "review", "admin"]),
-    help="Repeat for several scopes.",
+    type=click.Choice([scope.value for scope in Scope]),
+    help="Repeat for several scopes; `metrics` is for a Prometheus server (GET /metrics only).",
 )
 @click.option("--webhook-url", help="POSTed a signed event when the client's samples are classified or signed off.")
 def tokens_create(name: str, scopes: tuple[str, ...], webhook_url: str | None) -> None:

@@ -108,8 +108,8 @@ def start_redis(settings: Settings) -> None:
     _wait_for(lambda: _port_open(settings.redis_port), "redis-server", 20, settings.home / "log" / "redis.log")
 
 
-def _celery(*args: str) -> list[str]:
-    return [sys.executable, "-m", "celery", "-A", "workers.app", *args]
+def _celery(*args: str, app: str = "workers.app") -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", app, *args]
 
 
 def worker_command(settings: Settings, concurrency: int = 1, name: str = "worker") -> list[str]:
@@ -177,7 +177,8 @@ def start_flower(settings: Settings) -> str:
     # Flower parses its own options with tornado: --name=value only
     _spawn(
         "flower",
-        _celery("flower", f"--port={settings.flower_port}", "--address=127.0.0.1"),
+        # workers.flower: the same app, with Flower's /metrics behind its login too
+        _celery("flower", f"--port={settings.flower_port}", "--address=127.0.0.1", app="workers.flower"),
         settings,
         env={"FLOWER_BASIC_AUTH": credentials},
     )

@@ -68,6 +68,7 @@ class Scope(StrEnum):
     READ = "read"
     REVIEW = "review"
     ADMIN = "admin"
+    METRICS = "metrics"  # GET /metrics only: a Prometheus server holds it
 
 
 class SampleFlag(StrEnum):

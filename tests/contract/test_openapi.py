@@ -12,6 +12,7 @@ NOT_JSON = {
     ("get", "/v1/samples/{sample_id}/export/{format_name}"),
     ("get", "/v1/images/{image_sha256}"),
     ("get", "/v1/samples/{sample_id}/fields/{field_sha256}/overlay"),  # image/png
+    ("get", "/metrics"),  # Prometheus text format
 }
 
 
@@ -49,3 +50,9 @@ def test_states_are_enumerated_in_the_schema(tmp_path):
 def test_the_overlay_is_described_as_png(tmp_path):
     operation = openapi(tmp_path)["paths"]["/v1/samples/{sample_id}/fields/{field_sha256}/overlay"]["get"]
     assert "image/png" in operation["responses"]["200"]["content"]
+
+
+def test_metrics_is_described_as_prometheus_text(tmp_path):
+    operation = openapi(tmp_path)["paths"]["/metrics"]["get"]
+    assert any(media.startswith("text/plain; version=0.0.4") for media in operation["responses"]["200"]["content"])
+    assert "(scope: metrics)" in operation["summary"]

@@ -139,10 +139,13 @@ def test_flower_uses_the_configured_logins_and_refuses_malformed_ones(redis, tmp
         assert start_flower(settings) == "from BLOODCELL_FLOWER_BASIC_AUTH"
         wait_port(settings.flower_port, timeout=60)
         url = f"http://127.0.0.1:{settings.flower_port}"
-        for page in ("/", "/api/workers", "/api/tasks"):
+        # /metrics too: Flower itself leaves it open, workers/flower.py adds the login
+        for page in ("/", "/api/workers", "/api/tasks", "/metrics"):
             assert _flower_status(url + page) == 401, page
             assert _flower_status(url + page, "ops:wrong") == 401, page
         assert _flower_status(url + "/", "ops:flower-test-only-1") == 200
+        assert _flower_status(url + "/metrics", "ops:flower-test-only-1") == 200
+        assert _flower_status(url + "/healthcheck") == 200  # says only "OK": compose's health check
         assert _flower_status(url + "/api/workers", "auditor:flower-test-only-2") == 200
         pid = (tmp_path / "run" / "flower.pid").read_text().strip()
         assert "flower-test-only" not in Path(f"/proc/{pid}/cmdline").read_text()
