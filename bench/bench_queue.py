@@ -12,7 +12,8 @@ workers) in a temporary BLOODCELL_HOME, and measures:
 - single-image latency, submit -> prediction persisted (``Client.classify_image``), p50/p99, against
   ``Classifier.classify_one`` in process (the two alternate, image by image);
 - worker memory: resident set of the worker's pool process (the one holding the model) and of the
-  whole worker (main process + pool process);
+  whole worker (main process + pool process), and the whole worker's proportional set size (its physical
+  memory: shared pages counted once);
 - scaling: S samples of N/S images submitted at once, with 1 and with 2 worker processes.
 
 Every measurement uses images the service has not seen before (predictions are stored per image and
@@ -100,6 +101,15 @@ def wait_final(settings: Settings, accession_ids: list[str], timeout: float = 60
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size: pages shared between processes (the main process's libraries, inherited by the
+    forked pool) split between them, so the figures of a worker's processes add up to its physical memory."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -216,6 +226,7 @@ def main() -> None:
         result["worker_memory_mib"] = {
             "pool_process_with_model": round(sum(rss_mib(p) for p in pool), 1),
             "whole_worker": round(rss_mib(pid) + sum(rss_mib(p) for p in pool), 1),
+            "whole_worker_proportional": round(pss_mib(pid) + sum(pss_mib(p) for p in pool), 1),
         }
     in_process_median, queue_median = statistics.median(in_process_s), statistics.median(queue_s)
     result["throughput"] = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import statistics
 import tempfile
@@ -96,6 +97,7 @@ def main() -> None:
                 "kill_to_next_classified_cell_s": {"median": statistics.median(recovery), "max": max(recovery)},
                 "target_s": TARGET_S,
                 "meets_target": max(recovery) < TARGET_S,
+                "model_load_s_per_pool_process": [float(s) for s in re.findall(r"model \S+ loaded in ([\d.]+) s", log)],
                 "up_message_timeouts_in_log": log.count(UP_TIMEOUT),
                 "pool_processes_killed_in_log": log.count("exited with 'signal 9 (SIGKILL)'"),
                 "sample_status": report["status"],

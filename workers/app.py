@@ -64,8 +64,8 @@ app.conf.update(
     task_send_sent_event=True,
     task_track_started=True,
     result_expires=7 * 24 * 3600,
-    # TensorFlow is not fork-safe: processes are forked before any model is loaded (tasks.py loads
-    # lazily, per process) and a process is replaced after many tasks to bound memory growth.
+    # TensorFlow is not fork-safe once it has built models: Keras is imported before the fork, but models
+    # load only in each pool process (tasks.py), and a process is replaced after many tasks to bound memory.
     worker_max_tasks_per_child=1000,
 )
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from functools import cache
 
 from celery import Task
 from celery.exceptions import Reject
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 from redis import Redis
 from sqlalchemy.exc import OperationalError
 
@@ -41,9 +42,11 @@ def classifier_for(version: ModelVersion) -> Classifier:
     with _loading:
         if version.version not in _models:
             log.info("loading model %s from %s", version.version, version.artifact_path)
+            started = time.monotonic()
             while len(_models) >= MODELS_IN_MEMORY:
                 _models.pop(next(iter(_models)))  # the least recently loaded
             _models[version.version] = load_classifier(settings, version)
+            log.info("model %s loaded in %.1f s", version.version, time.monotonic() - started)
         return _models[version.version]
 
 
@@ -55,6 +58,14 @@ def _preload_production_model() -> None:
         classifier_for(version)
     except Exception:  # the first task will load it, or report why it cannot
         log.exception("could not preload the production model")
+
+
+@worker_init.connect
+def import_keras_before_the_fork(**_) -> None:
+    """Import Keras (about 7 s here) once, in the worker's main process, before it forks its pool processes:
+    each starts with it imported, so a killed one is back at work in seconds. Importing builds no model and
+    no TensorFlow device state; models are still loaded only after the fork (tested in test_faults.py)."""
+    import keras  # noqa: F401
 
 
 @worker_process_init.connect
@@ -117,8 +128,8 @@ def classify_sample(self: Task, sample_pk: int) -> dict:
         record_progress(self, deliveries)
 
     report = classification.classify_sample(settings, sample_pk, classifier_for, worker_name(self), on_progress=progress)
-    for delivery_id in webhooks.pending_deliveries(settings, sample_pk):  # recorded with the report
-        deliver_webhook.apply_async(args=[delivery_id], queue=WEBHOOK_QUEUE)
+    for delivery_id, task_id in webhooks.assign_new(settings, sample_pk):  # recorded with the report
+        _send_delivery(delivery_id, task_id)
     if settings.shadow:
         try:
             promotion.shadow_classify(settings, sample_pk, classifier_for, worker_name(self))

@@ -81,18 +81,6 @@ def queue_event(session: Session, sample: Sample, event: str) -> int | None:
     return delivery.id
 
 
-def pending_deliveries(settings: Settings, sample_pk: int) -> list[int]:
-    """Ids of the sample's deliveries not yet delivered or given up, to hand to the webhook queue."""
-    with session_scope(settings.database_url) as session:
-        return list(
-            session.scalars(
-                select(WebhookDelivery.id)
-                .where(WebhookDelivery.sample_id == sample_pk, WebhookDelivery.status == DeliveryStatus.PENDING)
-                .order_by(WebhookDelivery.id)
-            )
-        )
-
-
 def assign_new(settings: Settings, sample_pk: int) -> list[tuple[int, str]]:
     """Give the sample's pending deliveries that no message carries yet a task id, due now.
 
