@@ -1,7 +1,7 @@
 """ops/: the Prometheus configuration and alert rules checked by promtool (with unit tests of every alert), the
 Grafana dashboard's JSON and provisioning, and the compose `ops` profile that runs them.
 
-Every panel's query is also evaluated by a real Prometheus that scraped a real API: tests/integration/test_metrics.py.
+Every panel's query is also evaluated by a real Prometheus that scraped a real API: tests/integration/test_ops_metrics.py.
 """
 
 from __future__ import annotations
