@@ -9,17 +9,18 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The web console's roles, lowest first: the values of service.states.Role (the top level imports no room).
 ROLES = ("technologist", "supervisor", "admin")
-# Task time limits in seconds (soft, hard), applied by the workers (workers/app.py, workers/tasks.py) and
-# kept here so that Settings.validate can hold the visibility timeout above the longest of them.
-CLASSIFY_TIME_LIMITS = (600, 660)  # every task without its own limits: samples, images, webhooks, the sweep
-RETRAIN_TIME_LIMITS = (2 * 3600 - 300, 2 * 3600 - 60)
-EVALUATE_TIME_LIMITS = (3600, 3700)
+MIN_TIME_LIMIT_S = 10  # a task time limit below this would kill ordinary work
 WEBHOOK_TIMEOUT_S = 10.0  # one webhook POST waits this long for the receiver
 MIN_ORPHAN_AGE_S = 3600  # the youngest unreferenced image file the sweep may remove
 
 
 def _home() -> Path:
     return Path(os.environ.get("BLOODCELL_HOME", Path.home() / ".bloodcell")).expanduser()
+
+
+def soft_time_limit(hard_s: int) -> int:
+    """A task's soft time limit (SoftTimeLimitExceeded: it may still clean up), a tenth before its hard kill."""
+    return hard_s - max(hard_s // 10, 1)
 
 
 def _threshold(value: str) -> float | None:
@@ -64,6 +65,8 @@ class Settings:
     promotion_margin: float  # a candidate must beat production by this much on accuracy and macro-F1
     shadow: bool  # workers also classify live samples with the newest candidate (stored, not reported)
     visibility_timeout: int  # seconds before Redis hands an unacknowledged task of a vanished worker to another
+    classify_time_limit_s: int  # hard time limit of every task but retraining and evaluation (samples, webhooks, ...)
+    train_time_limit_s: int  # hard time limit of retraining and of evaluating a model version
     runtime: str  # inference runtime of this worker: keras, a runtime plugin's name (openvino), or auto
     session_hours: float  # a web console login lasts this long
     login_attempts: int  # failed logins (per user name or per address) before logins are refused for ...
@@ -115,6 +118,8 @@ class Settings:
             promotion_margin=float(env("BLOODCELL_PROMOTION_MARGIN", "0.001")),
             shadow=env("BLOODCELL_SHADOW", "0").strip().lower() in ("1", "true", "yes", "on"),
             visibility_timeout=int(env("BLOODCELL_VISIBILITY_TIMEOUT", str(2 * 3600))),
+            classify_time_limit_s=int(env("BLOODCELL_CLASSIFY_TIME_LIMIT_S", "660")),
+            train_time_limit_s=int(env("BLOODCELL_TRAIN_TIME_LIMIT_S", str(2 * 3600 - 60))),
             runtime=env("BLOODCELL_RUNTIME", "keras").strip().lower(),
             session_hours=float(env("BLOODCELL_SESSION_HOURS", "8")),
             login_attempts=int(env("BLOODCELL_LOGIN_ATTEMPTS", "5")),
@@ -152,17 +157,19 @@ class Settings:
         self._validate_combinations()
 
     def _validate_combinations(self) -> None:
-        hard_limits = {
-            "classification": CLASSIFY_TIME_LIMITS[1],
-            "retraining": RETRAIN_TIME_LIMITS[1],
-            "evaluation": EVALUATE_TIME_LIMITS[1],
-        }
-        task = max(hard_limits, key=hard_limits.__getitem__)
-        if self.visibility_timeout <= hard_limits[task]:
+        for name, limit in (("CLASSIFY", self.classify_time_limit_s), ("TRAIN", self.train_time_limit_s)):
+            if limit < MIN_TIME_LIMIT_S:
+                raise ValueError(f"BLOODCELL_{name}_TIME_LIMIT_S must be at least {MIN_TIME_LIMIT_S} s, got {limit}")
+        longest = max(
+            ("BLOODCELL_CLASSIFY_TIME_LIMIT_S", self.classify_time_limit_s),
+            ("BLOODCELL_TRAIN_TIME_LIMIT_S", self.train_time_limit_s),
+            key=lambda item: item[1],
+        )
+        if self.visibility_timeout <= longest[1]:
             # Redis would hand a task that is still running to a second worker
             raise ValueError(
                 f"BLOODCELL_VISIBILITY_TIMEOUT={self.visibility_timeout} must be longer than the longest task time limit "
-                f"({task}: {hard_limits[task]} s)"
+                f"({longest[0]}={longest[1]})"
             )
         ports = {
             "BLOODCELL_REDIS_PORT": self.redis_port,

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from celery import Celery  # noqa: E402
 from celery.signals import worker_init  # noqa: E402
 
-from bloodcell_core.config import CLASSIFY_TIME_LIMITS, Settings  # noqa: E402
+from bloodcell_core.config import Settings, soft_time_limit  # noqa: E402
 from bloodcell_core.service.db import DatabaseNotMigrated, require_migrated  # noqa: E402
 from bloodcell_core.service.queues import CLASSIFY_QUEUE, TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues  # noqa: E402
 from bloodcell_core.service.versions import ensure_production_model  # noqa: E402
@@ -34,8 +34,8 @@ app.conf.update(
     # One message at a time per process: a long sample must not hold others hostage in a prefetch buffer.
     worker_prefetch_multiplier=1,
     # Time limits: classify tasks are seconds to minutes; the hard limit kills a stuck process.
-    task_soft_time_limit=CLASSIFY_TIME_LIMITS[0],
-    task_time_limit=CLASSIFY_TIME_LIMITS[1],
+    task_soft_time_limit=soft_time_limit(settings.classify_time_limit_s),
+    task_time_limit=settings.classify_time_limit_s,
     # Redis redelivers a message whose worker vanished (machine lost, SIGKILL of the main process)
     # after the visibility timeout; it must exceed the longest task (retraining: under 2 hours), or a
     # running task is handed to a second worker too (harmless, results are idempotent, but wasted).

@@ -14,7 +14,7 @@ from celery.signals import worker_init, worker_process_init
 from redis import Redis
 from sqlalchemy.exc import OperationalError
 
-from bloodcell_core.config import EVALUATE_TIME_LIMITS, RETRAIN_TIME_LIMITS
+from bloodcell_core.config import soft_time_limit
 from bloodcell_core.ml.serving import Classifier
 from bloodcell_core.service import classification, promotion, sweepers, webhooks
 from bloodcell_core.service.db import session_scope
@@ -166,8 +166,8 @@ def classify_image(self: Task, image_sha256: str) -> dict:
     autoretry_for=TRANSIENT,
     retry_backoff=10,
     max_retries=3,
-    soft_time_limit=RETRAIN_TIME_LIMITS[0],
-    time_limit=RETRAIN_TIME_LIMITS[1],
+    soft_time_limit=soft_time_limit(settings.train_time_limit_s),
+    time_limit=settings.train_time_limit_s,
 )
 def retrain(self: Task, run_id: int) -> str:
     if count_delivery(self) > MAX_DELIVERIES:
@@ -183,8 +183,8 @@ def retrain(self: Task, run_id: int) -> str:
     autoretry_for=TRANSIENT,
     retry_backoff=10,
     max_retries=3,
-    soft_time_limit=EVALUATE_TIME_LIMITS[0],
-    time_limit=EVALUATE_TIME_LIMITS[1],
+    soft_time_limit=soft_time_limit(settings.train_time_limit_s),
+    time_limit=settings.train_time_limit_s,
 )
 def evaluate_version(self: Task, version: str, set_name: str) -> dict:
     return promotion.evaluate_on_set(settings, version, set_name, worker_name(self))

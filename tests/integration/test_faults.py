@@ -82,9 +82,11 @@ def faults(tmp_path_factory):
         "BLOODCELL_IMAGE_STORE": "file",
         "BLOODCELL_DEFAULT_MODEL": str(model),
         "BLOODCELL_MODELS_DIR": str(home / "models"),
-        # a vanished worker's task comes back after 60 s, not 2 hours; longer than any task or retry countdown here,
-        # or a running task would be handed out twice
-        "BLOODCELL_VISIBILITY_TIMEOUT": "60",
+        # a vanished worker's task comes back after 100 s, not 2 hours; longer than any task's time limit (which
+        # Settings.validate demands: else a running task would be handed out twice) and any retry countdown here
+        "BLOODCELL_VISIBILITY_TIMEOUT": "100",
+        "BLOODCELL_CLASSIFY_TIME_LIMIT_S": "90",
+        "BLOODCELL_TRAIN_TIME_LIMIT_S": "90",
     }
     run_cli("db", "upgrade", env=env)
     stack = Stack(env=env, settings=settings_for(env))
