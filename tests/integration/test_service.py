@@ -244,7 +244,7 @@ def test_local_stack_up_submit_flower_down(tmp_path: Path, sample_dir: Path):
         assert report["n_classified"] == 12
         flower = f"http://127.0.0.1:{env['BLOODCELL_FLOWER_PORT']}"
         for headers in ({}, {"Authorization": "Basic " + base64.b64encode(b"ops:wrong").decode()}):
-            for page in ("/", "/api/workers", "/api/tasks", "/broker"):
+            for page in ("/", "/api/workers", "/api/tasks", "/broker", "/metrics"):
                 with pytest.raises(urllib.error.HTTPError) as refused:
                     urllib.request.urlopen(urllib.request.Request(flower + page, headers=headers), timeout=10)
                 assert refused.value.code == 401, (page, headers)
@@ -255,7 +255,10 @@ def test_local_stack_up_submit_flower_down(tmp_path: Path, sample_dir: Path):
         while "worker1@" not in (workers := urllib.request.urlopen(request, timeout=30).read().decode()):
             assert time.monotonic() < deadline, workers
             time.sleep(1)
-        assert b"flower_events_total" in urllib.request.urlopen(f"{flower}/metrics", timeout=10).read()
+        metrics = urllib.request.Request(f"{flower}/metrics", headers=login)
+        assert b"flower_events_total" in urllib.request.urlopen(metrics, timeout=10).read()
+        beat_pid = int((tmp_path / "home" / "run" / "beat.pid").read_text())  # `up` started Celery beat (the sweep)
+        assert "beat" in Path(f"/proc/{beat_pid}/cmdline").read_text()
         # shown once, stored nowhere: not on Flower's command line (`ps`), not in any file under BLOODCELL_HOME
         flower_pid = (tmp_path / "home" / "run" / "flower.pid").read_text().strip()
         assert password not in Path(f"/proc/{flower_pid}/cmdline").read_text()
