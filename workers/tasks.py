@@ -12,6 +12,8 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.signals import worker_init, worker_process_init
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 
 from bloodcell_core.config import soft_time_limit
@@ -29,7 +31,8 @@ from workers.app import app, settings
 log = logging.getLogger(__name__)
 
 MAX_DELIVERIES = 3  # a message delivered this often without finishing is a poison message
-TRANSIENT = (OperationalError, ConnectionError, TimeoutError)  # database or broker briefly away
+# the database or Redis briefly away
+TRANSIENT = (OperationalError, ConnectionError, TimeoutError, RedisConnectionError, RedisTimeoutError)
 _models: dict[str, Classifier] = {}  # per worker process, filled after the fork
 _loading = threading.Lock()  # the preloading thread and a task never load the same model twice
 

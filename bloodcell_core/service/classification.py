@@ -81,7 +81,8 @@ def classify_sample(
         with session_scope(settings.database_url) as session:
             insert_predictions(session, rows)
         newly_classified += len(rows)
-        on_progress()
+        if rows:  # a batch of undecodable images keeps nothing: it must not hide a poison message
+            on_progress()
 
     with session_scope(settings.database_url) as session:
         sample = get_row(session, Sample, sample_pk, with_for_update=True)  # a concurrent review waits for the report

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, LargeBinary, String, Text, UniqueConstraint, event
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -237,9 +237,11 @@ class WebhookDelivery(Base):
     """One event for one client's webhook, with the outcome of its latest attempt."""
 
     __tablename__ = "webhook_deliveries"
+    # the sweep looks for pending deliveries long past due; a sample's new deliveries are handed over by sample
+    __table_args__ = (Index("ix_webhook_deliveries_status_due_at", "status", "due_at"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     client_id: Mapped[int] = mapped_column(ForeignKey("api_clients.id"), index=True)
-    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
     event: Mapped[str] = mapped_column(String(64))
     url: Mapped[str] = mapped_column(String(2048))
     payload: Mapped[dict[str, Any]]

@@ -72,7 +72,7 @@ def requeue_overdue_webhooks(settings: Settings, send: SendDelivery) -> tuple[in
 def remove_orphan_images(settings: Settings) -> tuple[int, int]:
     """(files removed, bytes) among the file store's files older than BLOODCELL_SWEEP_ORPHAN_AGE_S that no row references."""
     root = file_store_root(settings)
-    if not root.is_dir():
+    if settings.image_store != "file" or not root.is_dir():  # the database store keeps no files
         return 0, 0
     cutoff = time.time() - settings.sweep_orphan_age_s
     old: dict[Path, str | None] = {}  # path -> the image hash it holds (None: an unfinished write)

@@ -88,20 +88,22 @@ def assign_new(settings: Settings, sample_pk: int) -> list[tuple[int, str]]:
     message is sent: when sending fails, the delivery is overdue after a while and the sweep sends it.
     """
     now = datetime.now(timezone.utc)
+    unassigned = (
+        (WebhookDelivery.sample_id == sample_pk)
+        & (WebhookDelivery.status == DeliveryStatus.PENDING)
+        & WebhookDelivery.task_id.is_(None)
+    )
     with session_scope(settings.database_url) as session:
-        rows = session.scalars(
-            select(WebhookDelivery)
-            .where(
-                WebhookDelivery.sample_id == sample_pk,
-                WebhookDelivery.status == DeliveryStatus.PENDING,
-                WebhookDelivery.task_id.is_(None),
-            )
-            .order_by(WebhookDelivery.id)
-        )
         assigned = []
-        for delivery in rows:
-            delivery.task_id, delivery.due_at = str(uuid.uuid4()), now
-            assigned.append((delivery.id, delivery.task_id))
+        for delivery_id in session.scalars(select(WebhookDelivery.id).where(unassigned).order_by(WebhookDelivery.id)).all():
+            task_id = str(uuid.uuid4())
+            # only while still unassigned: a concurrent caller (the worker after classifying, a relabel on the
+            # same sample) that assigned it first keeps it, or two messages would each carry it
+            changed = session.execute(
+                update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, unassigned).values(task_id=task_id, due_at=now)
+            )
+            if changed.rowcount == 1:  # type: ignore[attr-defined]
+                assigned.append((delivery_id, task_id))
         return assigned
 
 
@@ -156,7 +158,9 @@ def schedule_retry(settings: Settings, delivery_id: int, task_id: str) -> float 
         if delivery.attempts >= settings.webhook_attempts:
             delivery.status = DeliveryStatus.FAILED
             return None
-        countdown = min(BACKOFF_S * 2 ** (delivery.attempts - 1), MAX_BACKOFF_S)
+        # Redis hands a message out again once it waited unacknowledged past the visibility timeout, and a
+        # retry's message waits out its countdown in the worker: a longer countdown would be attempted twice
+        countdown = min(BACKOFF_S * 2 ** (delivery.attempts - 1), MAX_BACKOFF_S, settings.visibility_timeout // 2)
         delivery.due_at = datetime.now(timezone.utc) + timedelta(seconds=countdown)
         return countdown
 
