@@ -15,7 +15,7 @@ from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.fields import locate_queued_fields
 from bloodcell_core.service.image_store import image_store
 from bloodcell_core.service.models import ModelVersion, Prediction, Sample
-from bloodcell_core.service.samples import build_report
+from bloodcell_core.service.samples import build_report, version_predictions
 from bloodcell_core.service.states import SampleStatus
 from bloodcell_core.service.versions import production_version
 
@@ -109,9 +109,7 @@ def classify_sample(
 
 def _classified(session: Session, sample: Sample, version_id: int) -> set[str]:
     """The image hashes of the sample's cells that have a prediction by this model version."""
-    hashes = [c.image_sha256 for c in sample.cells]
-    chosen = select(Prediction.image_sha256).where(Prediction.model_version_id == version_id, Prediction.image_sha256.in_(hashes))
-    return set(session.scalars(chosen))
+    return set(version_predictions(session, version_id, [c.image_sha256 for c in sample.cells]))
 
 
 def _cells_without_prediction(session: Session, sample: Sample, version_id: int) -> list[str]:

@@ -21,7 +21,7 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 import httpx
-from sqlalchemy import func, select, update
+from sqlalchemy import ColumnElement, func, select, update
 from sqlalchemy.orm import Session
 
 from bloodcell_core.config import WEBHOOK_TIMEOUT_S, Settings
@@ -93,18 +93,9 @@ def assign_new(settings: Settings, sample_pk: int) -> list[tuple[int, str]]:
         & (WebhookDelivery.status == DeliveryStatus.PENDING)
         & WebhookDelivery.task_id.is_(None)
     )
-    with session_scope(settings.database_url) as session:
-        assigned = []
-        for delivery_id in session.scalars(select(WebhookDelivery.id).where(unassigned).order_by(WebhookDelivery.id)).all():
-            task_id = str(uuid.uuid4())
-            # only while still unassigned: a concurrent caller (the worker after classifying, a relabel on the
-            # same sample) that assigned it first keeps it, or two messages would each carry it
-            changed = session.execute(
-                update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, unassigned).values(task_id=task_id, due_at=now)
-            )
-            if changed.rowcount == 1:  # type: ignore[attr-defined]
-                assigned.append((delivery_id, task_id))
-        return assigned
+    # only while still unassigned: a concurrent caller (the worker after classifying, a relabel on the same
+    # sample) that assigned it first keeps it, or two messages would each carry it
+    return _assign_new_task_ids(settings, unassigned, now)
 
 
 def reassign_overdue(settings: Settings, age_s: float) -> list[tuple[int, str]]:
@@ -119,12 +110,18 @@ def reassign_overdue(settings: Settings, age_s: float) -> list[tuple[int, str]]:
     overdue = (WebhookDelivery.status == DeliveryStatus.PENDING) & (
         func.coalesce(WebhookDelivery.due_at, WebhookDelivery.created_at) < now - timedelta(seconds=age_s)
     )
+    return _assign_new_task_ids(settings, overdue, now)
+
+
+def _assign_new_task_ids(settings: Settings, condition: ColumnElement[bool], now: datetime) -> list[tuple[int, str]]:
+    """A new task id, due NOW, for each delivery matching CONDITION, each updated only while it still matches
+    (another caller may change it in between); (delivery id, task id) of those this call changed."""
     with session_scope(settings.database_url) as session:
         assigned = []
-        for delivery_id in session.scalars(select(WebhookDelivery.id).where(overdue).order_by(WebhookDelivery.id)).all():
+        for delivery_id in session.scalars(select(WebhookDelivery.id).where(condition).order_by(WebhookDelivery.id)).all():
             task_id = str(uuid.uuid4())
             changed = session.execute(
-                update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, overdue).values(task_id=task_id, due_at=now)
+                update(WebhookDelivery).where(WebhookDelivery.id == delivery_id, condition).values(task_id=task_id, due_at=now)
             )
             if changed.rowcount == 1:  # type: ignore[attr-defined]
                 assigned.append((delivery_id, task_id))
