@@ -185,9 +185,12 @@ class Runtime:
     output) and ``output_shape``. ``cache_dir`` (or None) is this model's own directory for what the
     runtime derives from it (a converted graph), keyed by the weights' sha256; the runtime checks what
     it finds there. Serving accepts the result only after a parity check against Keras.
+    ``devices``: the worker devices (``BLOODCELL_WORKER_DEVICE``) it runs the model on; a GPU worker never
+    picks a CPU-only runtime.
     """
 
     name: str
     description: str
     available: Callable[[], bool]
     compile: Callable[[Any, Path | None], Any]
+    devices: tuple[str, ...] = ("cpu",)

@@ -48,8 +48,8 @@ FIELD_GROW = 1.3  # whole-cell box side / stained extent: the cytoplasm around t
 
 def nucleus_score(image: np.ndarray) -> np.ndarray:
     """Blue minus green, clipped to 0..255 and smoothed: high on violet nuclear stain."""
-    difference = image[..., 2].astype(np.int16) - image[..., 1].astype(np.int16)
-    return cv2.GaussianBlur(np.clip(difference, 0, 255).astype(np.uint8), (5, 5), 0)
+    _, green, blue = cv2.split(image)
+    return cv2.GaussianBlur(cv2.subtract(blue, green), (5, 5), 0)  # uint8 subtraction saturates at 0
 
 
 def _scaled(image: np.ndarray, factor: float) -> np.ndarray:
@@ -71,10 +71,33 @@ def _stain_pieces(small: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     return (labels, stats) if n > 1 else None
 
 
-def _join(pieces: np.ndarray, radius: int) -> tuple[int, np.ndarray]:
-    """Pieces within RADIUS of each other as one cell: (count + 1, labels) of the dilated mask."""
+def _join(labels: np.ndarray, stats: np.ndarray, keep: np.ndarray, radius: int) -> list[tuple[int, int, int, int, int]]:
+    """The kept pieces within RADIUS of each other joined as one cell: (x0, y0, x1, y1, stained area) of
+    each cell's pieces, in the order of the dilated mask's connected components.
+
+    Only the kept pieces' bounding region, grown by the radius, is dilated (nothing outside it can be
+    reached), and each cell's box and area are the union and sum of its pieces' own statistics.
+    """
+    left, top = stats[keep, cv2.CC_STAT_LEFT], stats[keep, cv2.CC_STAT_TOP]
+    right, bottom = left + stats[keep, cv2.CC_STAT_WIDTH], top + stats[keep, cv2.CC_STAT_HEIGHT]
+    height, width = labels.shape
+    x0, y0 = max(0, int(left.min()) - radius), max(0, int(top.min()) - radius)
+    x1, y1 = min(width, int(right.max()) + radius), min(height, int(bottom.max()) + radius)
+    region = labels[y0:y1, x0:x1]
+    is_kept = np.zeros(len(stats), np.uint8)
+    is_kept[keep] = 1
+    pieces = is_kept[region]
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    return cv2.connectedComponents(cv2.dilate(pieces, kernel), connectivity=8)
+    _, cell_labels = cv2.connectedComponents(cv2.dilate(pieces, kernel), connectivity=8)
+    cell_of_piece = np.zeros(len(stats), np.int32)
+    stained = pieces > 0
+    cell_of_piece[region[stained]] = cell_labels[stained]  # every pixel of one piece lies in one cell
+    cells = []
+    for cell in np.unique(cell_of_piece[keep]):
+        mine = cell_of_piece[keep] == cell
+        area = int(stats[keep, cv2.CC_STAT_AREA][mine].sum())
+        cells.append((int(left[mine].min()), int(top[mine].min()), int(right[mine].max()), int(bottom[mine].max()), area))
+    return cells
 
 
 def locate_white_cells(image: np.ndarray) -> list[CellBox]:
@@ -90,17 +113,11 @@ def locate_white_cells(image: np.ndarray) -> list[CellBox]:
     areas = stats[1:, cv2.CC_STAT_AREA]
     largest = int(areas.max())
     keep = np.flatnonzero(areas >= MIN_AREA_FRACTION * largest) + 1
-    pieces = np.isin(labels, keep).astype(np.uint8)
     # Join the lobes and granules of one cell: dilate by a share of the largest piece's extent.
     largest_extent = int(stats[1:, [cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT]].max())
     radius = max(1, round(JOIN_FRACTION * largest_extent))
-    m, cell_labels = _join(pieces, radius)
     boxes = []
-    for k in range(1, m):
-        ys, xs = np.nonzero((cell_labels == k) & (pieces > 0))
-        if len(xs) == 0:
-            continue
-        x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    for x0, y0, x1, y1, stained_area in _join(labels, stats, keep, radius):
         edge = x0 == 0 or y0 == 0 or x1 == small.shape[1] or y1 == small.shape[0]
         boxes.append(
             CellBox(
@@ -108,7 +125,7 @@ def locate_white_cells(image: np.ndarray) -> list[CellBox]:
                 y=int(y0 / factor),
                 width=max(1, round((x1 - x0) / factor)),
                 height=max(1, round((y1 - y0) / factor)),
-                stained_area=round(len(xs) / factor**2),
+                stained_area=round(stained_area / factor**2),
                 touches_edge=bool(edge),
             )
         )
@@ -136,17 +153,15 @@ def locate_field_cells(image: np.ndarray) -> list[CellBox]:
     keep = np.flatnonzero(piece_areas >= max(FIELD_PIECE_FLOOR * area, FIELD_PIECE_SHARE * piece_areas.max())) + 1
     if len(keep) == 0:  # only specks
         return []
-    pieces = np.isin(labels, keep).astype(np.uint8)
     largest_extent = int(stats[keep, cv2.CC_STAT_WIDTH : cv2.CC_STAT_HEIGHT + 1].max())
-    m, cell_labels = _join(pieces, max(1, round(FIELD_JOIN_SHARE * largest_extent)))
-    groups = [np.nonzero((cell_labels == k) & (pieces > 0))[::-1] for k in range(1, m)]
-    most = max(len(xs) for xs, _ in groups)  # every group holds a kept piece
+    cells = _join(labels, stats, keep, max(1, round(FIELD_JOIN_SHARE * largest_extent)))
+    most = max(cell[4] for cell in cells)
     boxes = []
-    for xs, ys in groups:
-        if not max(FIELD_CELL_FLOOR * area, FIELD_CELL_SHARE * most) <= len(xs) <= FIELD_CELL_CEILING * area:
+    for left, top, right, bottom, stained_area in cells:
+        if not max(FIELD_CELL_FLOOR * area, FIELD_CELL_SHARE * most) <= stained_area <= FIELD_CELL_CEILING * area:
             continue
-        cx, cy = (xs.min() + xs.max() + 1) / 2, (ys.min() + ys.max() + 1) / 2
-        half_width, half_height = FIELD_GROW * (xs.max() + 1 - xs.min()) / 2, FIELD_GROW * (ys.max() + 1 - ys.min()) / 2
+        cx, cy = (left + right) / 2, (top + bottom) / 2
+        half_width, half_height = FIELD_GROW * (right - left) / 2, FIELD_GROW * (bottom - top) / 2
         x0, y0 = max(0.0, cx - half_width), max(0.0, cy - half_height)
         x1, y1 = min(float(small_width), cx + half_width), min(float(small_height), cy + half_height)
         boxes.append(
@@ -155,7 +170,7 @@ def locate_field_cells(image: np.ndarray) -> list[CellBox]:
                 y=int(y0 / factor),
                 width=max(1, min(width, round(x1 / factor)) - int(x0 / factor)),
                 height=max(1, min(height, round(y1 / factor)) - int(y0 / factor)),
-                stained_area=round(len(xs) / factor**2),
+                stained_area=round(stained_area / factor**2),
                 touches_edge=bool(x0 == 0 or y0 == 0 or x1 == small_width or y1 == small_height),
             )
         )

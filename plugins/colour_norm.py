@@ -23,11 +23,12 @@ MIN_STD = 1.0  # a flat channel (blank image) is shifted, not stretched
 
 
 def reinhard(image: np.ndarray) -> np.ndarray:
-    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float32)
-    mean = lab.reshape(-1, 3).mean(axis=0)
-    std = np.maximum(lab.reshape(-1, 3).std(axis=0), MIN_STD)
-    matched = (lab - mean) / std * REFERENCE_STD + REFERENCE_MEAN
-    return cv2.cvtColor(np.clip(matched, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+    mean, std = (values.ravel() for values in cv2.meanStdDev(lab))  # float64 sums: exact for any image size
+    # The transform is per channel and its input is 8-bit: a 256-entry table per channel applies it.
+    levels = np.arange(256, dtype=np.float32)[:, None]
+    table = (levels - mean.astype(np.float32)) / np.maximum(std, MIN_STD).astype(np.float32) * REFERENCE_STD + REFERENCE_MEAN
+    return cv2.cvtColor(cv2.LUT(lab, np.clip(table, 0, 255).astype(np.uint8).reshape(256, 1, 3)), cv2.COLOR_LAB2RGB)
 
 
 @hookimpl

@@ -85,7 +85,15 @@ def _keras_model(model: Any, cache_dir: Path | None = None) -> Any:
 
 @hookimpl
 def register_runtimes(register: Callable[[Runtime], None]) -> None:
-    register(Runtime(name="keras", description="Keras predict_on_batch (the reference)", available=lambda: True, compile=_keras_model))
+    register(
+        Runtime(
+            name="keras",
+            description="Keras predict_on_batch (the reference; on a GPU worker, the backend's GPU)",
+            available=lambda: True,
+            compile=_keras_model,
+            devices=("cpu", "gpu"),
+        )
+    )
     register(
         Runtime(
             name="openvino",

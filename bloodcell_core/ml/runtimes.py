@@ -61,10 +61,10 @@ def compile_with(model: Any, runtime: Runtime, cache_dir: Path | None = None) ->
     return (compiled, None) if error is None else (None, error)
 
 
-def compile_model(model: Any, choice: str, cache_dir: Path | None = None) -> tuple[Any, str]:
+def compile_model(model: Any, choice: str, cache_dir: Path | None = None, device: str = "cpu") -> tuple[Any, str]:
     """(the model to serve with, the runtime's name) for CHOICE: ``keras``, a runtime's name, or ``auto``
-    (each available runtime but Keras in name order, the first that passes the parity check). Each
-    runtime caches under CACHE_DIR/<its name> when a CACHE_DIR is given."""
+    (each available runtime but Keras that runs on DEVICE, in name order, the first that passes the parity
+    check). Each runtime caches under CACHE_DIR/<its name> when a CACHE_DIR is given."""
     if choice == "keras":
         return model, "keras"
     try:
@@ -72,7 +72,11 @@ def compile_model(model: Any, choice: str, cache_dir: Path | None = None) -> tup
     except UnknownPlugin as exc:
         log.error("%s (BLOODCELL_RUNTIME); serving with keras", exc)
         return model, "keras"
-    for runtime in candidates:
+    if choice != "auto" and device not in candidates[0].devices:
+        runs_on = ", ".join(candidates[0].devices)
+        log.error("runtime %s does not run on a %s worker (it runs on %s); serving with keras", choice, device, runs_on)
+        return model, "keras"
+    for runtime in (r for r in candidates if device in r.devices):
         compiled, error = compile_with(model, runtime, cache_dir / runtime.name if cache_dir is not None else None)
         if compiled is not None:
             log.info("serving with runtime %s (parity within %.0e of keras)", runtime.name, PARITY_TOLERANCE)

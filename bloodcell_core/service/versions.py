@@ -115,7 +115,8 @@ def load_classifier(settings: Settings, version: ModelVersion) -> Classifier:
     same model, so the version's stored files are fetched instead.
     """
     directory = model_directory(settings, version)
-    return Classifier.from_dir(directory, runtime=settings.runtime, cache_root=settings.models_dir / "runtime-cache")
+    cache_root = settings.models_dir / "runtime-cache"
+    return Classifier.from_dir(directory, runtime=settings.runtime, cache_root=cache_root, device=settings.worker_device)
 
 
 def current_production(session: Session) -> ModelVersion | None:

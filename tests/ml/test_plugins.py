@@ -137,3 +137,28 @@ def test_reinhard_removes_a_colour_cast():
         ).max()
         > 10
     )
+
+
+def test_reinhard_matches_a_float64_reference_at_any_image_size():
+    """The step's statistics are exact sums (not float32 running sums, which drift on large images) and
+    its table gives what the per-pixel float64 formula gives, but for the odd pixel on a rounding edge."""
+    import cv2
+    import numpy as np
+    from helpers import KAGGLE5
+
+    from bloodcell_core.ml.preprocessing import decode_image
+    from plugins.colour_norm import MIN_STD, REFERENCE_MEAN, REFERENCE_STD, reinhard
+
+    def by_formula(image: np.ndarray) -> np.ndarray:
+        lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float64)
+        matched = (lab - lab.mean(axis=0)) / np.maximum(lab.std(axis=0), MIN_STD) * REFERENCE_STD + REFERENCE_MEAN
+        return cv2.cvtColor(np.clip(matched, 0, 255).astype(np.uint8).reshape(image.shape), cv2.COLOR_LAB2RGB)
+
+    image = decode_image(next((KAGGLE5 / "monocyte").iterdir()).read_bytes())
+    for sample in (image, cv2.resize(image, (2400, 2400), interpolation=cv2.INTER_LINEAR), image[:20, :30]):
+        got, expected = reinhard(sample), by_formula(sample)
+        assert got.shape == sample.shape and got.dtype == np.uint8
+        assert (got != expected).mean() < 1e-3
+        assert np.abs(got.astype(int) - expected).max() <= 2
+    blank = np.full((40, 40, 3), 200, np.uint8)  # a flat image is shifted, not stretched by a zero spread
+    assert (reinhard(blank) == reinhard(blank)[0, 0]).all()

@@ -62,6 +62,18 @@ def test_a_runtime_that_drifts_is_refused_and_keras_serves(caplog):
     assert "unknown runtime 'no-such-runtime'" in caplog.text
 
 
+def test_a_gpu_worker_never_serves_with_a_cpu_only_runtime(caplog):
+    """``auto`` on a GPU worker leaves the model to Keras (the backend's GPU); naming a CPU-only runtime there
+    is refused with a log line. On a CPU worker ``auto`` picks OpenVINO."""
+    assert get_runtime("keras").devices == ("cpu", "gpu") and get_runtime("openvino").devices == ("cpu",)
+    model = load_artifact(DEFAULT_MODEL).model
+    assert compile_model(model, "auto", device="gpu") == (model, "keras")
+    with caplog.at_level(logging.ERROR):
+        assert compile_model(model, "openvino", device="gpu") == (model, "keras")
+    assert "runtime openvino does not run on a gpu worker" in caplog.text
+    assert compile_model(model, "auto", device="cpu")[1] == "openvino"
+
+
 def test_the_converted_model_is_cached_hashed_and_rebuilt_when_it_changed(tmp_path):
     model = load_artifact(DEFAULT_MODEL).model
     openvino = get_runtime("openvino")

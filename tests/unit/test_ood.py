@@ -36,6 +36,19 @@ def test_the_threshold_lets_99_percent_of_validation_through_and_far_points_not(
     assert scorer.score(far[None])[0] > scorer.threshold
 
 
+def test_the_score_is_the_squared_mahalanobis_distance_to_the_nearest_class_mean():
+    """The expanded form the scorer computes equals the definition, also for a precision stored slightly
+    asymmetric (float32 rounding of an inverse), whose quadratic form sees only its symmetric part."""
+    rng = np.random.default_rng(2)
+    means = rng.normal(0, 5, (4, 16))
+    root = rng.normal(0, 1, (16, 16))
+    precision = root @ root.T + np.eye(16) + rng.normal(0, 1e-3, (16, 16))
+    scorer = OodScorer(means=means, precision=precision, threshold=1.0)
+    features = np.concatenate([means + rng.normal(0, 0.1, means.shape), rng.normal(0, 20, (30, 16))])
+    by_definition = np.array([min(float((x - m) @ precision @ (x - m)) for m in means) for x in features])
+    assert np.allclose(scorer.score(features), by_definition, rtol=1e-9, atol=1e-9)
+
+
 def test_auroc_matches_counting_pairs():
     rng = np.random.default_rng(1)
     inside, outside = rng.normal(0, 1, 50), rng.normal(1, 1, 40)
