@@ -101,24 +101,6 @@ def test_real_cells_of_both_sources_come_out_at_one_scale():
     assert 0.6 < located[0] / located[1] < 1.6  # and after
 
 
-def join_inputs(image: np.ndarray, field: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """(labels, stats, kept pieces, radius) as locate_field_cells (FIELD) or locate_white_cells hands them to ``_join``."""
-    from plugins import cell_locator as locator
-
-    side = locator.FIELD_WORK_SIDE if field else locator.WORK_SIDE
-    factor = side / max(image.shape[:2])
-    labels, stats = locator._stain_pieces(locator._scaled(image, min(1.0, factor) if field else factor))
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    if field:
-        floor = locator.FIELD_PIECE_FLOOR * labels.shape[0] * labels.shape[1]
-        keep = np.flatnonzero(areas >= max(floor, locator.FIELD_PIECE_SHARE * areas.max())) + 1
-        extent, share = int(stats[keep, cv2.CC_STAT_WIDTH : cv2.CC_STAT_HEIGHT + 1].max()), locator.FIELD_JOIN_SHARE
-    else:
-        keep = np.flatnonzero(areas >= locator.MIN_AREA_FRACTION * areas.max()) + 1
-        extent, share = int(stats[1:, [cv2.CC_STAT_WIDTH, cv2.CC_STAT_HEIGHT]].max()), locator.JOIN_FRACTION
-    return labels, stats, keep, max(1, round(share * extent))
-
-
 def joined_by_pixels(labels: np.ndarray, keep: np.ndarray, radius: int) -> list[tuple[int, int, int, int, int]]:
     """The direct way: dilate the whole mask, then collect each group's stained pixels."""
     pieces = np.isin(labels, keep).astype(np.uint8)
@@ -128,18 +110,31 @@ def joined_by_pixels(labels: np.ndarray, keep: np.ndarray, radius: int) -> list[
     return [(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1, len(xs)) for ys, xs in groups if len(xs)]
 
 
-def test_joining_from_piece_statistics_matches_the_direct_pixel_computation():
+def test_joining_from_piece_statistics_matches_the_direct_pixel_computation(monkeypatch):
     """``_join`` dilates only the pieces' region and sums their own statistics; on real cells of both
     sources, real smear fields and synthetic smears (lobes, two cells, a cell at the edge) it gives the
-    same cells, in the same order, as dilating the whole mask and collecting pixels."""
+    same cells, in the same order, as dilating the whole mask and collecting pixels. Each call the two
+    locators make is checked with the very inputs they hand to ``_join``."""
     from helpers import BCCD
 
-    from plugins.cell_locator import _join
+    from plugins import cell_locator
 
+    calls = []
+    join = cell_locator._join
+
+    def checked_join(labels, stats, keep, radius):
+        cells = join(labels, stats, keep, radius)
+        calls.append((cells, joined_by_pixels(labels, keep, radius)))
+        return cells
+
+    monkeypatch.setattr(cell_locator, "_join", checked_join)
     cells = first_images(KAGGLE5 / "seg_neutrophil", 15) + first_images(PBC8 / "basophil", 15)
     cells += [smear(nuclei=((180, 150, 14), (205, 140, 14), (228, 156, 14))), smear(nuclei=((80, 80, 25), (320, 220, 25)))]
     cells += [smear(nuclei=((10, 150, 30),))]
-    fields = first_images(BCCD / "images", 10)
-    for image, field in [(image, False) for image in cells] + [(image, True) for image in fields]:
-        labels, stats, keep, radius = join_inputs(image, field)
-        assert _join(labels, stats, keep, radius) == joined_by_pixels(labels, keep, radius)
+    for image in cells:
+        cell_locator.locate_white_cells(image)
+    for image in first_images(BCCD / "images", 10):
+        cell_locator.locate_field_cells(image)
+    assert len(calls) == len(cells) + 10
+    for got, expected in calls:
+        assert got == expected
