@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,18 +47,20 @@ class OodScorer:
     precision: np.ndarray  # (features, features): inverse of the shared covariance
     threshold: float
 
-    def score(self, features: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance of each row to its nearest class mean, (n,)."""
-        # (x - m)' S (x - m) = x'Sx - 2 m'Sx + m'Sm, S the symmetric part of the precision (the form sees only that):
-        # one (n, f) x (f, f) product instead of one per class.
-        features = np.asarray(features, np.float64)
+    @cached_property
+    def _quadratic_form(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(S, S m per class, m'S m per class), S the symmetric part of the precision (the form sees only that)."""
         symmetric = (self.precision + self.precision.T) / 2
         projected = self.means @ symmetric  # (classes, features)
-        distances = (
-            np.einsum("nf,nf->n", features @ symmetric, features)[:, None]
-            - 2 * features @ projected.T
-            + np.einsum("cf,cf->c", projected, self.means)
-        )
+        return symmetric, projected, np.einsum("cf,cf->c", projected, self.means)
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance of each row to its nearest class mean, (n,)."""
+        # (x - m)' S (x - m) = x'Sx - 2 m'Sx + m'Sm: one (n, f) x (f, f) product instead of one per class,
+        # and the terms without x computed once per scorer.
+        features = np.asarray(features, np.float64)
+        symmetric, projected, offsets = self._quadratic_form
+        distances = np.einsum("nf,nf->n", features @ symmetric, features)[:, None] - 2 * features @ projected.T + offsets
         return distances.min(axis=1)
 
     def to_bytes(self) -> bytes:

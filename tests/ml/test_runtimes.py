@@ -87,3 +87,18 @@ def test_the_converted_model_is_cached_hashed_and_rebuilt_when_it_changed(tmp_pa
         handle.write(b"\xff" * 64)
     again, error = compile_with(model, openvino, tmp_path / "cache")
     assert error is None and (tmp_path / "cache" / "model.bin").stat().st_mtime_ns != built  # rebuilt
+
+
+def test_openvino_answers_a_batch_of_any_size_through_its_small_requests():
+    """OpenVINO infers REQUEST_IMAGES at a time: a batch that is not a multiple of it loses and repeats nothing."""
+    from plugins.runtimes import REQUEST_IMAGES
+
+    artifact = load_artifact(DEFAULT_MODEL)
+    model = artifact.model
+    compiled, error = compile_with(model, get_runtime("openvino"))
+    assert error is None
+    images = np.random.default_rng(1).random((2 * REQUEST_IMAGES + 5, *model.input_shape[1:]), dtype=np.float32)
+    for n in (1, REQUEST_IMAGES, REQUEST_IMAGES + 1, len(images)):
+        expected, got = np.asarray(model.predict_on_batch(images[:n])), compiled.predict_on_batch(images[:n])
+        assert got.shape == expected.shape == (n, len(artifact.classes))
+        assert np.abs(got - expected).max() <= PARITY_TOLERANCE
