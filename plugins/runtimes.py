@@ -21,8 +21,8 @@ import numpy as np
 from bloodcell_core import Runtime, hookimpl
 
 # Images per inference request. Measured here (models/default, 2 cores, several runs each): requests of 8
-# were 10-25% faster than requests of 64, whose activations outgrow the CPU caches, and the process held
-# about 50 MiB less (docs/benchmarks.md).
+# were about 20% faster than requests of 64 (medians), probably because 64 images' activations outgrow the
+# CPU caches, and the process held about 80 MiB less (docs/benchmarks.md, "Runtimes").
 REQUEST_IMAGES = 8
 
 
