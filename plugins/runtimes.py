@@ -51,7 +51,7 @@ class OpenVinoModel:
     def predict_on_batch(self, images: np.ndarray) -> np.ndarray | list[np.ndarray]:
         """The model's outputs for IMAGES, inferred REQUEST_IMAGES at a time."""
         parts: list[list[np.ndarray]] = [[] for _ in self._compiled.outputs]
-        for start in range(0, max(len(images), 1), REQUEST_IMAGES):
+        for start in range(0, max(len(images), 1), REQUEST_IMAGES):  # an empty batch: one request, empty outputs
             answer = self._request.infer(np.ascontiguousarray(images[start : start + REQUEST_IMAGES], np.float32))
             for part, output in zip(parts, self._compiled.outputs):
                 part.append(np.array(answer[output]))  # a copy: the request reuses its buffers

@@ -24,7 +24,8 @@ PARITY_TOLERANCE = 1e-4  # largest difference of any output value on the parity 
 PARITY_IMAGES = 32
 # Keras computes its reference outputs this many images at a time: in a worker that then serves with the
 # candidate, Keras never runs again, and the memory of a whole batch's activations would stay with the process
-# (about 20 MiB less measured here for compact_cnn). The candidate gets the whole batch, as when it serves.
+# (about 20 MiB less measured here for compact_cnn). The candidate gets the whole batch, as the Classifier
+# hands it batches when it serves (a runtime may split them itself: OpenVINO's REQUEST_IMAGES).
 REFERENCE_CHUNK = 8
 
 
