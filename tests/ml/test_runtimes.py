@@ -13,7 +13,7 @@ from bloodcell_core import Runtime
 from bloodcell_core.ml.artifacts import load_artifact
 from bloodcell_core.ml.inference import Classifier
 from bloodcell_core.ml.ood import feature_model
-from bloodcell_core.ml.runtimes import PARITY_TOLERANCE, compile_model, compile_with
+from bloodcell_core.ml.runtimes import PARITY_TOLERANCE, _outputs, compile_model, compile_with
 from bloodcell_core.plugin_manager import get_runtime, runtimes
 
 pytestmark = pytest.mark.real_data
@@ -95,17 +95,14 @@ def test_openvino_answers_a_batch_of_any_size_through_its_small_requests():
     for a one-output model and for the two-output graph served with a scorer (features, probabilities)."""
     from plugins.runtimes import REQUEST_IMAGES
 
-    def outputs(answer):
-        return [np.asarray(value) for value in (answer if isinstance(answer, list) else [answer])]
-
     artifact = load_artifact(DEFAULT_MODEL)
     images = np.random.default_rng(1).random((2 * REQUEST_IMAGES + 5, *artifact.model.input_shape[1:]), dtype=np.float32)
     for model, n_outputs in ((artifact.model, 1), (feature_model(artifact.model), 2)):
         compiled, error = compile_with(model, get_runtime("openvino"))
         assert error is None
         for n in (1, REQUEST_IMAGES, REQUEST_IMAGES + 1, len(images)):
-            expected, got = outputs(model.predict_on_batch(images[:n])), outputs(compiled.predict_on_batch(images[:n]))
+            expected, got = _outputs(model, images[:n]), _outputs(compiled, images[:n])
             assert len(got) == n_outputs and [g.shape for g in got] == [e.shape for e in expected]
             assert got[-1].shape == (n, len(artifact.classes))
             assert max(float(np.abs(g - e).max()) for g, e in zip(got, expected)) <= PARITY_TOLERANCE
-        assert [e.shape[0] for e in outputs(compiled.predict_on_batch(images[:0]))] == [0] * n_outputs
+        assert [e.shape[0] for e in _outputs(compiled, images[:0])] == [0] * n_outputs
