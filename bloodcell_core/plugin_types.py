@@ -67,6 +67,7 @@ class TrainingDefaults:
     epochs: int = 20
     batch_size: int = 32
     learning_rate: float = 1e-3
+    warmup_epochs: int = 0  # linear warm-up from 0 to learning_rate before the cosine decay
     early_stopping_patience: int = 5
     preprocessing_steps: tuple[str, ...] = ()
     augmentation: Augmentation = field(default_factory=Augmentation)

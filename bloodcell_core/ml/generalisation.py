@@ -29,6 +29,16 @@ import numpy as np
 
 from bloodcell_core.ml.artifacts import ModelMetadata
 from bloodcell_core.ml.dataset import read_image_file
+from bloodcell_core.ml.differential import (
+    BLAST_PERCENTS,
+    NORMAL_DIFFERENTIAL,
+    CellCall,
+    FlagRule,
+    SyntheticSample,
+    compose_samples,
+    leukaemic_composition,
+    summarise_samples,
+)
 from bloodcell_core.ml.metrics import classification_metrics
 from bloodcell_core.ml.ood import UNFAMILIAR_REASON, auroc
 
@@ -36,6 +46,10 @@ from bloodcell_core.ml.ood import UNFAMILIAR_REASON, auroc
 ALIASES = {"neutrophil": "seg_neutrophil"}
 SYNTHETIC_IMAGES = 300  # same-source test images per synthetic shift
 NOISE_IMAGES = 100
+BLAST_CLASS = FlagRule().blast_class
+SAME_SOURCE = "held-out test split"
+OTHER_LABORATORY = "BCCD test split, white cells by box"
+SAMPLES_PER_GROUP = 50  # synthetic samples of 100 cells per group of the per-sample rows
 
 
 @dataclass
@@ -87,7 +101,7 @@ def evaluation_sets(metadata: ModelMetadata, split: Any, data_root: Path) -> lis
 
     own_root = metadata.dataset_root
     test = [(item.paths[0], read_image_file(own_root / item.paths[0]), item.label) for item in split.parts["test"]]
-    sets = [EvaluationSet("held-out test split", "same source", test)]
+    sets = [EvaluationSet(SAME_SOURCE, "same source", test)]
     seen = split.hashes("train", "val")
     for folder, label, title in (
         ("pbc8/neutrophil", "neutrophil", "PBC neutrophils (pbc8/neutrophil)"),
@@ -103,9 +117,7 @@ def evaluation_sets(metadata: ModelMetadata, split: Any, data_root: Path) -> lis
                 images.append((f"{folder}/{file.name}", data, label))
         sets.append(EvaluationSet(title, "source swap", images))
     if (data_root / "bccd" / "splits").is_dir():
-        sets.append(
-            EvaluationSet("BCCD test split, white cells by box", "other laboratory", typed_cell_crops(data_root / "bccd", "test"))
-        )
+        sets.append(EvaluationSet(OTHER_LABORATORY, "other laboratory", typed_cell_crops(data_root / "bccd", "test")))
     decoded = []
     for name, data, label in test[:SYNTHETIC_IMAGES]:
         try:
@@ -156,9 +168,13 @@ def score_set(classifier: Any, images: list[tuple[str, bytes, str]]) -> dict[str
             "accepted_accuracy": round(float(correct[accepted].mean()), 4) if accepted.any() else None,
             "predicted": {c: int(n) for c, n in zip(classes, np.bincount(probabilities.argmax(axis=1), minlength=len(classes))) if n},
         }
-        if metrics["per_class"].get("myeloblast", {}).get("support"):
-            row["myeloblast_recall"] = round(metrics["per_class"]["myeloblast"]["recall"], 4)
-    return row | {"_scores": scores}
+        if metrics["per_class"].get(BLAST_CLASS, {}).get("support"):
+            row["myeloblast_recall"] = round(metrics["per_class"][BLAST_CLASS]["recall"], 4)
+        if BLAST_CLASS in classes and (y_true != classes.index(BLAST_CLASS)).any():
+            normal = y_true != classes.index(BLAST_CLASS)
+            row["normal_called_blast"] = round(float((probabilities.argmax(axis=1)[normal] == classes.index(BLAST_CLASS)).mean()), 4)
+    calls = [CellCall(label, p.label or "", UNFAMILIAR_REASON in p.review_reasons) for p, label in labelled]
+    return row | {"_scores": scores, "_calls": calls}
 
 
 def source_probe(
@@ -192,12 +208,52 @@ def source_probe(
     return round(float(scores.mean()), 4)
 
 
+def _pool(calls: list[CellCall]) -> dict[str, list[CellCall]]:
+    """Classified cells by their true class, named as the normal differential names them (``neutrophil``)."""
+    pool: dict[str, list[CellCall]] = {}
+    for call in calls:
+        true = next((name for name, alias in ALIASES.items() if alias == call.true), call.true)
+        pool.setdefault(true, []).append(call)
+    return pool
+
+
+def sample_rows(calls: dict[str, list[CellCall]], classes: list[str], rule: FlagRule = FlagRule()) -> list[dict[str, Any]]:
+    """The per-sample rows from the cells each set's classification produced: normal differentials of the same
+    sources (test split) and of another laboratory (BCCD), and leukaemic ones (test-split blasts at BLAST_PERCENTS).
+
+    Empty for a model that cannot count a normal differential (it lacks one of its classes)."""
+    if any(model_class(label, classes) is None for label in NORMAL_DIFFERENTIAL):
+        return []
+    rows = []
+    same = _pool(calls.get(SAME_SOURCE, []))
+    groups: list[tuple[str, str, list[SyntheticSample]]] = [
+        ("normal samples, same sources (test split)", "same source",
+         compose_samples(same, NORMAL_DIFFERENTIAL, SAMPLES_PER_GROUP, kind="normal", seed=0)),
+    ]  # fmt: skip
+    if calls.get(OTHER_LABORATORY):
+        other = compose_samples(_pool(calls[OTHER_LABORATORY]), NORMAL_DIFFERENTIAL, SAMPLES_PER_GROUP, kind="normal", seed=1)
+        groups.append(("normal samples, another laboratory (BCCD test split, drawn with replacement)", "other laboratory", other))
+    if rule.blast_class in classes and same.get(rule.blast_class):
+        leukaemic = []
+        for k, percent in enumerate(BLAST_PERCENTS):
+            composition = leukaemic_composition(percent, rule.blast_class)
+            drawn = compose_samples(same, composition, SAMPLES_PER_GROUP, kind="leukaemic", blast_class=rule.blast_class, seed=10 + k)
+            groups.append((f"leukaemic samples, same sources, {percent} % blasts", "same source", drawn))
+            leukaemic += drawn
+        groups.append(("leukaemic samples, same sources, all blast levels", "same source", leukaemic))
+    for name, kind, samples in groups:
+        rows.append({"set": name, "kind": kind, "level": "sample"} | summarise_samples(samples, rule))
+    return rows
+
+
 def model_rows(model_dir: Path, data_root: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     from bloodcell_core.ml.inference import Classifier
 
     classifier = Classifier.from_dir(model_dir)
     metadata, split = classifier.artifact.metadata, classifier.artifact.split()
-    rows, in_source = [], None
+    steps = metadata.preprocessing["steps"]
+    identity = {"model": model_dir.name, "model_dir": str(model_dir), "plugin": metadata.plugin, "steps": steps}
+    rows, in_source, calls = [], None, {}
     sets = evaluation_sets(metadata, split, data_root)
     swaps = [s for s in sets if s.kind == "source swap"]
     probe = source_probe(classifier, swaps[0].images, swaps[1].images) if len(swaps) == 2 else None
@@ -205,28 +261,43 @@ def model_rows(model_dir: Path, data_root: Path, log: Callable[[str], None] = pr
     for evaluation in sets:
         log(f"{model_dir}: {evaluation.name} ({len(evaluation.images)} images)")
         row = score_set(classifier, evaluation.images)
-        scores = row.pop("_scores")
+        scores, calls[evaluation.name] = row.pop("_scores"), row.pop("_calls")
         if in_source is None:
             in_source = scores
             row["ood_auroc"] = None
         else:
             row["ood_auroc"] = auroc(in_source, scores) if len(scores) else None
         rows.append(
-            {
-                "model": model_dir.name,
-                "model_dir": str(model_dir),
-                "plugin": metadata.plugin,
-                "steps": metadata.preprocessing["steps"],
-                "set": evaluation.name,
-                "kind": evaluation.kind,
-            }
+            identity
+            | {"set": evaluation.name, "kind": evaluation.kind}
             | row
             | ({"source_probe_accuracy": probe} if evaluation.kind == "source swap" else {})
         )
-    return rows
+    return rows + [identity | row for row in sample_rows(calls, metadata.classes)]
+
+
+def _cell(value: Any) -> str:
+    return "—" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
+
+
+def sample_table(rows: list[dict[str, Any]]) -> str:
+    """The per-sample rows as markdown: flagged shares, and predicted against true blast and immature percentages."""
+    header = ["model", "samples", "n", "any flag (blast or immature)", "blast flag", "immature flag", "unfamiliar warning",
+              "blast % r", "blast % bias", "immature % r", "immature % bias"]  # fmt: skip
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for r in rows:
+        blast, immature = r["blast_percent"], r["immature_percent"]
+        cells = [r["model"], r["set"], str(r["n_samples"]), _cell(r["flagged_any"]), _cell(r["flagged_blasts"]),
+                 _cell(r["flagged_immature"]), _cell(r["flagged_unfamiliar"]), _cell(blast["r"]), _cell(blast["bias"]),
+                 _cell(immature["r"]), _cell(immature["bias"])]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """Both tables: per cell, then (where any model has them) per sample."""
+    per_sample = [r for r in rows if r.get("level") == "sample"]
+    rows = [r for r in rows if r.get("level") != "sample"]
     header = [
         "model",
         "set",
@@ -241,10 +312,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         "source probe (PBC vs Munich neutrophils)",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-
-    def cell(value: Any) -> str:
-        return "—" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-
+    cell = _cell
     for r in rows:
         lines.append(
             "| "
@@ -265,7 +333,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             )
             + " |"
         )
-    return "\n".join(lines)
+    table = "\n".join(lines)
+    return table + ("\n\n**Per sample** (flag rule: BLOODCELL_* defaults)\n\n" + sample_table(per_sample) if per_sample else "")
 
 
 def build_table(model_dirs: list[Path], data_root: Path, out_dir: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:

@@ -278,7 +278,15 @@ def fit_and_write(
     train_batches = AugmentedBatches(arrays["train"], onehot["train"], batch_size, augmentation, seed)
     # Cosine decay to zero: the last epochs take small steps, so weights and batch-norm
     # statistics settle instead of ending on a noisy, high-learning-rate epoch.
-    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * len(train_batches))
+    # A warm-up (plugins whose normalisation has no running statistics to lean on early, e.g. group norm)
+    # climbs linearly to the peak learning rate first.
+    warmup_steps = min(defaults.warmup_epochs, epochs - 1) * len(train_batches)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup_steps else learning_rate,
+        decay_steps=epochs * len(train_batches) - warmup_steps,
+        warmup_target=learning_rate if warmup_steps else None,
+        warmup_steps=warmup_steps,
+    )
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=schedule),
         loss="categorical_crossentropy",
@@ -298,6 +306,7 @@ def fit_and_write(
         verbose=(1 if sys.stdout.isatty() else 2) if progress else 0,
     )
     history_lists = {key: [float(v) for v in values] for key, values in history.history.items()}
+    normalisation = sorted({type(layer).__name__ for layer in model._flatten_layers() if "Normalization" in type(layer).__name__})
 
     probabilities = {name: predict_views(model, scale(arrays[name]), views, gate=view_gate) for name in ("val", "test")}
     calibration, calibrated = calibrate(
@@ -323,13 +332,17 @@ def fit_and_write(
             "batch_size": batch_size,
             "optimizer": "adam",
             "learning_rate": learning_rate,
-            "learning_rate_schedule": "cosine decay to 0 over the requested epochs",
+            "learning_rate_schedule": (f"linear warm-up over {warmup_steps // len(train_batches)} epoch(s), " if warmup_steps else "")
+            + "cosine decay to 0 over the requested epochs",
             "loss": "categorical_crossentropy",
             "seed": seed,
             "initialised_from": initialised_from,
             "class_weight": {classes[k]: w for k, w in class_weight.items()},
             "early_stopping": {"monitor": "val_loss", "patience": patience, "restore_best_weights": True} if early_stopping else None,
-            "batch_norm": f"moving statistics re-estimated each epoch on {len(batch_norm_images)} clean training images",
+            "batch_norm": f"moving statistics re-estimated each epoch on {len(batch_norm_images)} clean training images"
+            if "BatchNormalization" in normalisation
+            else None,
+            "normalisation": normalisation,
             "augmentation": augmentation.to_json(),
             "seconds": round(time.time() - started, 1),
             "parameters": int(model.count_params()),

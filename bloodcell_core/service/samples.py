@@ -8,6 +8,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bloodcell_core.config import Settings
+from bloodcell_core.ml import differential
+from bloodcell_core.ml.differential import FlagRule
 from bloodcell_core.ml.serving import UNFAMILIAR_REASON, review_reasons
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row, session_scope
@@ -27,31 +29,15 @@ FLAG_TEXT = {
 
 
 def differential_percent(settings: Settings, counts: dict[str, int]) -> tuple[dict[str, float], int]:
-    """(percent per class, leukocytes counted): as a laboratory reports a differential, per 100 leukocytes.
-
-    Nucleated red cells and platelets (BLOODCELL_NON_LEUKOCYTE_CLASSES) are not leukocytes: they do not
-    count towards the 100, and their figure is per 100 leukocytes too (LOINC's "nucleated erythrocytes/100
-    leukocytes"). A sample without any leukocyte has no differential: every figure is 0.
-    """
-    leukocytes = sum(k for label, k in counts.items() if label not in settings.non_leukocyte_classes)
-    return {label: round(100.0 * k / leukocytes, 2) if leukocytes else 0.0 for label, k in counts.items()}, leukocytes
+    """(percent per class, leukocytes counted) per 100 leukocytes: ``differential.differential_percent`` with the
+    settings' non-leukocyte classes (BLOODCELL_NON_LEUKOCYTE_CLASSES)."""
+    return differential.differential_percent(counts, settings.non_leukocyte_classes)
 
 
-def sample_flags(settings: Settings, counts: dict[str, int], percent: dict[str, float], n: int, n_unfamiliar: int) -> list[str]:
-    """The sample-level flags, each of which sends the sample to review: blasts (count or percent of
-    BLOODCELL_BLAST_CLASS), immature cells (BLOODCELL_IMMATURE_CLASSES over BLOODCELL_IMMATURE_PERCENT of the
-    leukocytes), unfamiliar images (more than BLOODCELL_UNFAMILIAR_SHARE of the classified cells unlike the
-    training images)."""
-    if not n:
-        return []
-    flags: list[str] = []
-    if counts.get(settings.blast_class, 0) >= settings.blast_count or percent.get(settings.blast_class, 0.0) >= settings.blast_percent:
-        flags.append(SampleFlag.BLASTS)
-    if sum(percent.get(label, 0.0) for label in settings.immature_classes) > settings.immature_percent:
-        flags.append(SampleFlag.IMMATURE_CELLS)
-    if n_unfamiliar / n > settings.unfamiliar_share:
-        flags.append(SampleFlag.UNFAMILIAR_IMAGES)
-    return flags
+def sample_flags(settings: Settings, counts: dict[str, int], n: int, n_unfamiliar: int) -> list[SampleFlag]:
+    """The sample-level flags, each of which sends the sample to review: ``differential.sample_flags`` under the
+    settings' rule (BLOODCELL_BLAST_COUNT, _BLAST_PERCENT, _IMMATURE_CLASSES, _IMMATURE_PERCENT, _UNFAMILIAR_SHARE)."""
+    return [SampleFlag(flag) for flag in differential.sample_flags(FlagRule.from_settings(settings), counts, n, n_unfamiliar)]
 
 
 def latest_reviews(session: Session, sample_pk: int) -> dict[str, CellReview]:
@@ -133,7 +119,7 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
     ]
     # a cell a technologist labelled is familiar now: the warning is about what nobody has looked at
     n_unfamiliar = sum(UNFAMILIAR_REASON in reasons[c.image_sha256] for c, _ in classified)
-    flags = sample_flags(settings, counts, percent, n, n_unfamiliar)
+    flags = sample_flags(settings, counts, n, n_unfamiliar)
     failed = [{"name": c.name, "image_sha256": c.image_sha256, "error": c.error} for c in cells if c.status == CellStatus.FAILED]
     failed_fields = any(f.status == FieldStatus.FAILED for f in sample.fields)
     if not classified:

@@ -35,7 +35,7 @@ def test_nucleated_red_cells_and_platelets_do_not_count_towards_the_100():
 )
 def test_flags(counts, unfamiliar, expected):
     n = sum(counts.values())
-    assert sample_flags(SETTINGS, counts, differential_percent(SETTINGS, counts)[0], n, unfamiliar) == expected
+    assert sample_flags(SETTINGS, counts, n, unfamiliar) == expected
 
 
 def test_flag_settings_are_checked():

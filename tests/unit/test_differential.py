@@ -1,0 +1,109 @@
+"""The sample-level statistics (bloodcell_core/ml/differential.py) on generated calls: no model, no images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from bloodcell_core.ml.differential import (
+    BLAST_PERCENTS,
+    NORMAL_DIFFERENTIAL,
+    CellCall,
+    FlagRule,
+    compose_samples,
+    leukaemic_composition,
+    summarise_samples,
+    threshold_sweep,
+)
+
+CLASSES = ("neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil", "myeloblast")
+
+
+def perfect_pool(per_class: int = 40) -> dict[str, list[CellCall]]:
+    return {label: [CellCall(label, label) for _ in range(per_class)] for label in CLASSES}
+
+
+def test_leukaemic_compositions_hold_100_cells_with_the_asked_share_of_blasts():
+    for percent in BLAST_PERCENTS:
+        composition = leukaemic_composition(percent, "myeloblast")
+        assert sum(composition.values()) == 100
+        assert composition["myeloblast"] == percent
+    assert leukaemic_composition(0, "myeloblast") == NORMAL_DIFFERENTIAL | {"myeloblast": 0}
+
+
+def test_samples_are_seeded_and_keep_their_composition():
+    # cells told apart by their unfamiliar mark, so that two draws can differ
+    pool = {label: [CellCall(label, label, unfamiliar=k % 3 == 0) for k in range(40)] for label in CLASSES}
+    first = compose_samples(pool, NORMAL_DIFFERENTIAL, 5, kind="normal", seed=3)
+    assert first == compose_samples(pool, NORMAL_DIFFERENTIAL, 5, kind="normal", seed=3)
+    assert first != compose_samples(pool, NORMAL_DIFFERENTIAL, 5, kind="normal", seed=4)
+    for sample in first:
+        assert sample.counts("true") == NORMAL_DIFFERENTIAL
+        assert sample.blast_percent == 0
+
+
+def test_classes_the_pool_lacks_are_drawn_as_the_largest_class_and_small_pools_repeat_cells():
+    pool = {"neutrophil": [CellCall("neutrophil", "neutrophil", unfamiliar=k < 2) for k in range(10)],
+            "lymphocyte": [CellCall("lymphocyte", "lymphocyte")]}  # fmt: skip
+    (sample,) = compose_samples(pool, NORMAL_DIFFERENTIAL, 1, kind="normal")
+    assert sample.counts("true") == {"neutrophil": 70, "lymphocyte": 30}  # monocytes, eosinophils, basophil -> neutrophils
+    with pytest.raises(ValueError, match="none of the classes"):
+        compose_samples({"platelet": pool["neutrophil"]}, NORMAL_DIFFERENTIAL, 1, kind="normal")
+
+
+def test_a_perfect_classifier_flags_no_normal_sample_and_tracks_every_blast_percentage():
+    pool, rule = perfect_pool(), FlagRule()
+    normal = compose_samples(pool, NORMAL_DIFFERENTIAL, 20, kind="normal")
+    summary = summarise_samples(normal, rule)
+    assert summary["flagged_any"] == summary["flagged_blasts"] == summary["flagged_immature"] == 0.0
+    assert summary["blast_percent"] == {"r": None, "bias": 0.0, "mae": 0.0}  # true blasts are all 0: no correlation
+    leukaemic = [s for k, p in enumerate(BLAST_PERCENTS)
+                 for s in compose_samples(pool, leukaemic_composition(p, "myeloblast"), 4, kind="leukaemic", seed=k)]  # fmt: skip
+    summary = summarise_samples(leukaemic, rule)
+    assert summary["blast_percent"]["r"] == 1.0 and summary["blast_percent"]["bias"] == 0.0
+    # 2 blasts in 100 cells reach neither the count (5) nor the percentage (20): 4 of the 5 levels are flagged
+    assert summary["flagged_blasts"] == 0.8
+    assert summary["cells_per_sample"] == 100
+
+
+def test_flags_and_agreement_follow_the_calls_not_the_truth():
+    """A classifier that calls 1 in 10 lymphocytes a blast: 3 false blasts per normal sample (under the count of 5),
+    3 % immature (under 5 %); with 20 % of lymphocytes wrong, 6 blasts: both flags on every normal sample."""
+    rule = FlagRule()
+    for wrong, flagged in ((3, 0.0), (6, 1.0)):
+        lymphocytes = [CellCall("lymphocyte", "myeloblast" if k < wrong else "lymphocyte") for k in range(30)]
+        pool = perfect_pool() | {"lymphocyte": lymphocytes}
+        summary = summarise_samples(compose_samples(pool, NORMAL_DIFFERENTIAL, 10, kind="normal"), rule)
+        assert summary["flagged_blasts"] == summary["flagged_any"] == flagged
+        assert summary["blast_percent"]["bias"] == wrong
+
+
+def test_agreement_is_pearsons_r_with_the_mean_bias():
+    rng = np.random.default_rng(0)
+    pool = perfect_pool()
+    pool["myeloblast"] = [CellCall("myeloblast", "myeloblast" if rng.random() < 0.7 else "lymphocyte") for _ in range(60)]
+    samples = [s for k, p in enumerate(BLAST_PERCENTS)
+               for s in compose_samples(pool, leukaemic_composition(p, "myeloblast"), 6, kind="leukaemic", seed=k)]  # fmt: skip
+    predicted = [s.counts("predicted").get("myeloblast", 0) for s in samples]
+    true = [s.counts("true")["myeloblast"] for s in samples]
+    summary = summarise_samples(samples, FlagRule())["blast_percent"]
+    assert summary["r"] == pytest.approx(stats.pearsonr(predicted, true)[0], abs=1e-4)
+    assert summary["bias"] == pytest.approx(np.mean(np.subtract(predicted, true)), abs=1e-3)
+    assert summary["bias"] < 0  # 30 % of blasts called lymphocytes: the blast percentage runs low
+
+
+def test_a_stricter_blast_rule_flags_fewer_samples_of_both_kinds():
+    rng = np.random.default_rng(1)
+    pool = perfect_pool()
+    pool["lymphocyte"] = [CellCall("lymphocyte", "myeloblast" if rng.random() < 0.1 else "lymphocyte") for _ in range(80)]
+    normal = compose_samples(pool, NORMAL_DIFFERENTIAL, 30, kind="normal")
+    leukaemic = [s for k, p in enumerate(BLAST_PERCENTS)
+                 for s in compose_samples(pool, leukaemic_composition(p, "myeloblast"), 10, kind="leukaemic", seed=k)]  # fmt: skip
+    rows = threshold_sweep(normal, leukaemic, [FlagRule(blast_count=c) for c in (2, 5, 10, 20)])
+    normal_flagged = [r["normal_flagged_blasts"] for r in rows]
+    found = [r["leukaemic_flagged_blasts"] for r in rows]
+    assert normal_flagged == sorted(normal_flagged, reverse=True) and normal_flagged[0] > normal_flagged[-1]
+    assert found == sorted(found, reverse=True)
+    assert rows[-1]["leukaemic_flagged_blasts_by_percent"]["50"] == 1.0  # 50 blasts pass any count rule
+    assert rows[-1]["rule"]["blast_count"] == 20
