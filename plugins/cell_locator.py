@@ -59,7 +59,7 @@ def _scaled(image: np.ndarray, factor: float) -> np.ndarray:
     return cv2.resize(image, (max(1, round(width * factor)), max(1, round(height * factor))), interpolation=cv2.INTER_AREA)
 
 
-def _stain_pieces(small: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def stain_pieces(small: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     """(labels, stats) of the connected pieces of nuclear stain; None when nothing is stained."""
     score = nucleus_score(small)
     if int(score.max()) < MIN_SCORE:
@@ -106,7 +106,7 @@ def locate_white_cells(image: np.ndarray) -> list[CellBox]:
     height, width = image.shape[:2]
     factor = WORK_SIDE / max(height, width)
     small = _scaled(image, factor)
-    found = _stain_pieces(small)
+    found = stain_pieces(small)
     if found is None:
         return []
     labels, stats = found
@@ -143,7 +143,7 @@ def locate_field_cells(image: np.ndarray) -> list[CellBox]:
     height, width = image.shape[:2]
     factor = min(1.0, FIELD_WORK_SIDE / max(height, width))
     small = _scaled(image, factor)
-    found = _stain_pieces(small)
+    found = stain_pieces(small)
     if found is None:
         return []
     labels, stats = found

@@ -107,3 +107,26 @@ def test_a_stricter_blast_rule_flags_fewer_samples_of_both_kinds():
     assert found == sorted(found, reverse=True)
     assert rows[-1]["leukaemic_flagged_blasts_by_percent"]["50"] == 1.0  # 50 blasts pass any count rule
     assert rows[-1]["rule"]["blast_count"] == 20
+
+
+def test_the_generalisation_table_composes_its_per_sample_rows_from_each_sets_calls():
+    from bloodcell_core.ml.generalisation import OTHER_LABORATORY, SAME_SOURCE, sample_rows
+
+    nine = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "myeloblast", "neutrophil", "platelet"]
+    same = [CellCall(label, label) for label in nine for _ in range(20)]
+    bccd = [
+        CellCall(label, "lymphocyte" if label == "neutrophil" else label) for label in ("neutrophil", "lymphocyte") for _ in range(9)
+    ]
+    rows = sample_rows({SAME_SOURCE: same, OTHER_LABORATORY: bccd}, nine)
+    assert [r["set"] for r in rows] == [
+        "normal samples, same sources (test split)",
+        "normal samples, another laboratory (BCCD test split, drawn with replacement)",
+        *[f"leukaemic samples, same sources, {p} % blasts" for p in BLAST_PERCENTS],
+        "leukaemic samples, same sources, all blast levels",
+    ]
+    same_normal, bccd_normal, *_, all_levels = rows
+    assert same_normal["flagged_any"] == 0.0 and same_normal["n_samples"] == 50 and same_normal["level"] == "sample"
+    assert bccd_normal["immature_percent"]["bias"] == 0.0  # every BCCD neutrophil called a lymphocyte: no flag for it
+    assert all_levels["n_samples"] == 50 * len(BLAST_PERCENTS) and all_levels["blast_percent"]["r"] == 1.0
+    # the kaggle5 model has no lymphocyte: it cannot count a normal differential
+    assert sample_rows({SAME_SOURCE: same}, ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]) == []
