@@ -32,7 +32,7 @@ from bloodcell_core.ml.preprocessing import square_crop
 from plugins.cell_locator import central_cell, locate_cell, locate_white_cells, stain_pieces
 from plugins.colour_norm import reinhard
 
-WORK_SIDE = 256
+WORK_SIDE = 200  # a red cell is still 20-40 px across at this size in analyser images
 FIELD_DIAMETERS = 3.0  # crop side in red-cell diameters (~22 um: a monocyte or a large blast fits)
 RED_CELL_CONTRAST = 0.06  # a red-cell pixel's green is at least this share under the background's
 BACKGROUND_PERCENTILE = 90  # of green, over the image: the background (the brightest of the smear)
@@ -96,7 +96,8 @@ def red_cell_mask(small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     if not valid.any():
         empty = np.zeros(small.shape[:2], np.uint8)
         return empty, empty, empty
-    background_green = float(np.percentile(green[valid], BACKGROUND_PERCENTILE))
+    histogram = np.cumsum(cv2.calcHist([small[..., 1]], [0], valid.astype(np.uint8), [256], [0, 256]).ravel())
+    background_green = float(np.searchsorted(histogram, histogram[-1] * BACKGROUND_PERCENTILE / 100))
     white_cell = white_cell_mask(small)
     red_cells = (green < background_green * (1 - RED_CELL_CONTRAST)) & (red - blue > -5) & valid & (white_cell == 0)
     mask = cv2.morphologyEx(red_cells.astype(np.uint8), cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
