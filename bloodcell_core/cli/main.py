@@ -384,6 +384,12 @@ def generalisation_command(model_dirs: tuple[Path, ...], data_root: Path, out_di
     (synthetic shifts). Columns: accuracy, macro-F1, share accepted without review and its accuracy,
     share flagged unfamiliar, and the out-of-distribution AUROC against the same-source test cells.
     Everything goes through the serving path, review rule included.
+
+    Per sample (models that count a whole differential): 50 seeded synthetic samples of 100 cells per group,
+    composed from the cells above as the model called them: normal differentials of the same sources (test
+    split) and of BCCD (drawn with replacement), and leukaemic ones with 2, 5, 10, 20 and 50 % test-split
+    blasts. Columns: share of samples flagged (any, blasts, immature, unfamiliar), and predicted against true
+    blast and immature percentages (Pearson r, bias in points), under the BLOODCELL_* flag rule's defaults.
     """
     from bloodcell_core.ml.artifacts import ArtifactError
     from bloodcell_core.ml.generalisation import build_table, markdown_table

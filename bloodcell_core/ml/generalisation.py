@@ -14,6 +14,10 @@ accuracy of those, the share flagged unfamiliar, and the out-of-distribution AUR
 the same-source test cells. Only cells of classes the model knows are scored (``n``). On the source-swap rows,
 the accuracy of a linear probe that tells PBC from Munich neutrophils by the model's features: the measure of
 whether the model still carries the source (0.5 is chance).
+
+Per sample (``sample_rows``, statistics in ``differential``): seeded synthetic differentials composed from the cells
+of the same-source and BCCD sets as the model called them (normal, and leukaemic at BLAST_PERCENTS blasts): the
+share of samples each flag fires on, and predicted against true blast and immature percentages.
 """
 
 from __future__ import annotations
