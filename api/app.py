@@ -310,10 +310,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/v1/samples/{sample_id}/sign-off",
         response_model=schemas.Report,
         tags=["review"],
-        summary="Sign off: the report becomes final (amended after a later change) (scope: review)",
+        summary="Sign off for a console user: the report becomes final (amended: a corrected one) (scope: review)",
+        description="`reviewer` names the console user the sign-off is made for; their role decides whether they may "
+        "sign off a sample with a blast flag (docs/sign-off.md).",
     )
     def sign_off(sample_id: str, body: schemas.SignOff, caller: Caller = Depends(require(Scope.REVIEW))) -> dict[str, Any]:
-        return client.sign_off(sample_id, body.reviewer, body.comment, f"api:{caller.name}")
+        return client.sign_off(sample_id, body.reviewer, body.comment, f"api:{caller.name}", body.confirm_incomplete)
 
     @app.get(
         "/v1/models",

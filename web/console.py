@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 from bloodcell_core.clients.local import Client
 from bloodcell_core.config import Settings
 from bloodcell_core.plugin_manager import exporters
-from bloodcell_core.service import samples, users
+from bloodcell_core.service import samples, signoff, users
 from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.http_status import SERVICE_ERRORS, status_of
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, Role, SampleFlag, SampleStatus
@@ -244,6 +244,7 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
             gallery.setdefault(cell["label"] or cell["status"], []).append(cell)
         order = [label for label in classes if label in gallery] + sorted(set(gallery) - set(classes))
         rows = [(label, report["counts"].get(label, 0), report["percent"].get(label, 0.0)) for label in report["counts"]]
+        apart = set(report.get("non_leukocyte_classes", []))  # nucleated red cells and platelets: not among the 100
         most = max([count for _, count, _ in rows], default=0) or 1
         return page(
             "sample.html",
@@ -251,12 +252,14 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
             report=report,
             gallery=[(label, gallery[label]) for label in order],
             classes=classes,
-            rows=rows,
+            rows=[row for row in rows if row[0] not in apart],
+            other_rows=[row for row in rows if row[0] in apart],
             most=most,
             fields=fields,
             exporters=sorted(exporters()),
             final=report["status"] in FINAL_SAMPLE_STATUSES,
-            may_sign_off=users.may_sign_off(settings, who.role, report["blast_flag"]),
+            may_sign_off=signoff.may_sign_off(settings, who.role, report["blast_flag"]),
+            to_confirm=signoff.confirmations_needed(settings, report) if report["model_version"] else [],
         )
 
     @router.get("/samples/{sample_id}/state")
@@ -274,8 +277,10 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
         return RedirectResponse(f"/ui/samples/{quote(sample_id)}#cell-{image_sha256[:16]}", status_code=303)
 
     @router.post("/samples/{sample_id}/sign-off")
-    def sign_off(sample_id: str, who: Viewer = Depends(csrf_checked), comment: str = Form("")) -> Response:
-        call(client.sign_off, sample_id, who.name, comment, who.actor, who.role)  # the blast rule, under the row lock
+    def sign_off(
+        sample_id: str, who: Viewer = Depends(csrf_checked), comment: str = Form(""), confirm_incomplete: bool = Form(False)
+    ) -> Response:
+        call(client.sign_off, sample_id, who.name, comment, who.actor, confirm_incomplete)  # the rule, under the row lock
         return RedirectResponse(f"/ui/samples/{quote(sample_id)}", status_code=303)
 
     @router.get("/samples/{sample_id}/export/{format_name}")
