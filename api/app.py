@@ -28,7 +28,7 @@ from bloodcell_core.plugin_manager import exporters
 from bloodcell_core.service import samples, webhooks
 from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.exports import export_sample
-from bloodcell_core.service.http_status import ERROR_STATUS
+from bloodcell_core.service.http_status import ERROR_STATUS, error_message, image_headers, upload_name
 from bloodcell_core.service.ops_metrics import ServiceMetrics
 from bloodcell_core.service.states import Scope
 from bloodcell_core.service.submission import check_accession_id, check_image_limits
@@ -37,13 +37,6 @@ from web.console import install_console
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 SUBMIT_FIELDS = {"accession_id", "images", "image_sha256", "fields"}
-
-
-def safe_name(filename: str | None, index: int) -> str:
-    """The file name part only, without control characters: names are labels, never paths."""
-    name = re.split(r"[/\\]", filename or "")[-1]
-    name = "".join(ch for ch in name if ch.isprintable()).strip()[:255]
-    return name if name not in ("", ".", "..") else f"image-{index}"
 
 
 def _links(accession_id: str) -> dict[str, str]:
@@ -76,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for error_type, status in ERROR_STATUS:
 
         def handler(_request: Request, exc: Exception, status: int = status) -> JSONResponse:
-            return JSONResponse({"detail": str(exc).strip("'\"")}, status_code=status)
+            return JSONResponse({"detail": error_message(exc)}, status_code=status)
 
         app.add_exception_handler(error_type, handler)
 
@@ -190,7 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for k, upload in enumerate(parts):
                 if not isinstance(upload, UploadFile):
                     raise HTTPException(422, f"{part} part {k} is a text field, not a file")
-                name = safe_name(upload.filename, k)
+                name = upload_name(upload.filename, k)
                 data = await upload.read(settings.max_image_bytes + 1)  # never more than one byte over the limit
                 check_image_limits(settings, name, data)
                 read.append((name, data))
@@ -281,9 +274,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not SHA256.match(image_sha256):
             raise HTTPException(422, "not a sha256 (64 lowercase hex digits)")
         return Response(
-            samples.get_image(settings, image_sha256),
-            media_type="application/octet-stream",
-            headers={"ETag": f'"{image_sha256}"', "Cache-Control": "private, max-age=86400"},
+            samples.get_image(settings, image_sha256), media_type="application/octet-stream", headers=image_headers(image_sha256)
         )
 
     @app.get(
