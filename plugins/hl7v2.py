@@ -1,7 +1,7 @@
 """HL7 v2.5 ORU^R01 exporter: one OBR for the differential panel, one numeric OBX per cell type.
 
 Built with ``hl7apy`` at strict validation. Result status: P (preliminary), F (final after sign-off),
-C (correction: a signed-off report changed). The model version is the observation method (OBX-17)
+C (a corrected report, signed off again after a change). The model version is the observation method (OBX-17)
 and the equipment instance (OBX-18).
 """
 
