@@ -1,4 +1,5 @@
-"""The HTTP API: `bloodcell api` (or `uvicorn api.app:create_app --factory`). OpenAPI docs at /docs (token needed).
+"""The HTTP API: `bloodcell api` (or `uvicorn api.app:create_app --factory --no-proxy-headers`: `bloodcell api`
+believes forwarded headers only from BLOODCELL_TRUSTED_PROXIES). OpenAPI docs at /docs (token needed).
 
 Every route but /health and /health/ready needs a bearer token: those under /v1 and /metrics with the
 scope named in their summary, the documentation (/docs, /openapi.json) any active token. The two health routes are

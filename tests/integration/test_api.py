@@ -249,8 +249,10 @@ def test_submit_poll_export_review_sign_off(api: Api, tmp_path: Path):
     assert diagnostic.identifier[0].value == "LIMS-0001" and len(diagnostic.result) == len(observations) == 9
     loinc = {o.code.coding[-1].code: o.code.coding[0].code for o in observations}
     assert loinc["myeloblast"] == "30445-1" and loinc["basophil"] == "30180-4" and loinc["monocyte"] == "26485-3"
-    assert all(o.valueQuantity.system == "http://unitsofmeasure.org" and o.valueQuantity.code == "%" for o in observations)
     leukocytes = [o for o in observations if o.code.coding[-1].code not in ("erythroblast", "platelet")]
+    assert all(o.valueQuantity.system == "http://unitsofmeasure.org" for o in observations)
+    assert {o.valueQuantity.code for o in leukocytes} == {"%"}  # nucleated red cells and platelets apart, per 100 of them
+    assert {o.valueQuantity.code for o in observations if o not in leukocytes} == {"/100{WBC}"}
     assert sum(o.valueQuantity.value for o in leukocytes) == pytest.approx(100, abs=0.1)  # per 100 leukocytes
     assert device.version[0].value == report["model_version"]
 

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from fhir.resources.R4B.bundle import Bundle
-from helpers import DEFAULT_MODEL, encode
+from helpers import DEFAULT_MODEL, encode, run_cli
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message
 from servers import create_token, free_port, settings_for, start_api_server
@@ -53,6 +53,7 @@ class ChosenLabels:
 @dataclass
 class Lab:
     url: str
+    env: dict[str, str]
     settings: Settings
     tokens: dict[str, str]
     n_samples: int = 0
@@ -127,7 +128,7 @@ def lab(redis_server, postgres_server, tmp_path_factory):
         "review": create_token(env, "lis-review", "read", "review")["token"],
     }
     server = start_api_server(env, home / "api.log")
-    yield Lab(f"http://127.0.0.1:{env['BLOODCELL_API_PORT']}", settings, tokens)
+    yield Lab(f"http://127.0.0.1:{env['BLOODCELL_API_PORT']}", env, settings, tokens)
     server.send_signal(signal.SIGTERM)
     server.wait(timeout=30)
 
@@ -203,6 +204,8 @@ def test_an_api_sign_off_names_an_enabled_console_user_whose_role_is_checked(lab
         refused = lab.sign_off(sample_id, reviewer)
         assert refused.status_code == 403 and words in refused.json()["detail"]
     assert lab.sign_off(sample_id, "tech").status_code == 403
+    cli = run_cli("review", "sign-off", sample_id, "--reviewer", "tech", env=lab.env, check=False)  # the CLI, same rule
+    assert cli.returncode == 1 and "needs the supervisor role; tech is technologist" in cli.stderr
     assert lab.report(sample_id)["report_status"] == "preliminary"
     assert lab.sign_off(sample_id, "sup").json()["signed_off_role"] == "supervisor"
 
