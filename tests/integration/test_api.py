@@ -44,7 +44,8 @@ def api(redis_server, postgres_server, tmp_path_factory):
         "admin": create_token(env, "admin", "admin")["token"],
     }
     stack = Stack(env=env, settings=settings_for(env))
-    users.create_user(stack.settings, "anna", "technologist", "correct horse battery", "test")  # signs off, as in the docs
+    for name, role in (("anna", "technologist"), ("sam", "supervisor")):  # who signs off, as in the docs
+        users.create_user(stack.settings, name, role, "correct horse battery", "test")
     stack.start_worker("api-w1")
     server = start_api_server(env, home / "api.log")
     yield Api(f"http://127.0.0.1:{env['BLOODCELL_API_PORT']}", stack, tokens, lims["webhook_secret"], receiver)
@@ -310,10 +311,11 @@ def test_submit_poll_export_review_sign_off(api: Api, tmp_path: Path):
     assert change["details"] | {"old": target["label"], "reviewer": "A. Tech"} == change["details"]
     assert change["actor"] == "api:technologist" and change["details"]["reason"] == body["reason"]
 
-    # sign-off (12 cells: under 100 leukocytes, confirmed): final everywhere, the webhook hears of it
-    sign_off = {"reviewer": "anna", "confirm_incomplete": True}
+    # sign-off by a supervisor (3 blasts of 12 cells: the blast flag; under 100 leukocytes, confirmed): final
+    # everywhere, the webhook hears of it
+    sign_off = {"reviewer": "sam", "confirm_incomplete": True}
     signed = api.call("POST", "/v1/samples/LIMS-0001/sign-off", token="technologist", json=sign_off).json()
-    assert signed["report_status"] == "final" and signed["signed_off_by"] == "anna" and signed["needs_review"] == []
+    assert signed["report_status"] == "final" and signed["signed_off_by"] == "sam" and signed["needs_review"] == []
     assert Bundle.model_validate_json(api.call("GET", "/v1/samples/LIMS-0001/export/fhir-r4").text).entry[0].resource.status == "final"
     assert "|F\r" in api.call("GET", "/v1/samples/LIMS-0001/export/hl7v2").text
     _wait_for_delivery(api, "LIMS-0001", "sample.signed_off")
