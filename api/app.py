@@ -1,4 +1,5 @@
-"""The HTTP API: `bloodcell api` (or `uvicorn api.app:create_app --factory`). OpenAPI docs at /docs (token needed).
+"""The HTTP API: `bloodcell api` (or `uvicorn api.app:create_app --factory --no-proxy-headers`: `bloodcell api`
+believes forwarded headers only from BLOODCELL_TRUSTED_PROXIES). OpenAPI docs at /docs (token needed).
 
 Every route but /health and /health/ready needs a bearer token: those under /v1 and /metrics with the
 scope named in their summary, the documentation (/docs, /openapi.json) any active token. The two health routes are
@@ -28,7 +29,7 @@ from bloodcell_core.plugin_manager import exporters
 from bloodcell_core.service import samples, webhooks
 from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.exports import export_sample
-from bloodcell_core.service.http_status import ERROR_STATUS
+from bloodcell_core.service.http_status import ERROR_STATUS, error_message, image_headers, upload_name
 from bloodcell_core.service.ops_metrics import ServiceMetrics
 from bloodcell_core.service.states import Scope
 from bloodcell_core.service.submission import check_accession_id, check_image_limits
@@ -37,13 +38,6 @@ from web.console import install_console
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
 SUBMIT_FIELDS = {"accession_id", "images", "image_sha256", "fields"}
-
-
-def safe_name(filename: str | None, index: int) -> str:
-    """The file name part only, without control characters: names are labels, never paths."""
-    name = re.split(r"[/\\]", filename or "")[-1]
-    name = "".join(ch for ch in name if ch.isprintable()).strip()[:255]
-    return name if name not in ("", ".", "..") else f"image-{index}"
 
 
 def _links(accession_id: str) -> dict[str, str]:
@@ -76,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for error_type, status in ERROR_STATUS:
 
         def handler(_request: Request, exc: Exception, status: int = status) -> JSONResponse:
-            return JSONResponse({"detail": str(exc).strip("'\"")}, status_code=status)
+            return JSONResponse({"detail": error_message(exc)}, status_code=status)
 
         app.add_exception_handler(error_type, handler)
 
@@ -190,7 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for k, upload in enumerate(parts):
                 if not isinstance(upload, UploadFile):
                     raise HTTPException(422, f"{part} part {k} is a text field, not a file")
-                name = safe_name(upload.filename, k)
+                name = upload_name(upload.filename, k)
                 data = await upload.read(settings.max_image_bytes + 1)  # never more than one byte over the limit
                 check_image_limits(settings, name, data)
                 read.append((name, data))
@@ -281,9 +275,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not SHA256.match(image_sha256):
             raise HTTPException(422, "not a sha256 (64 lowercase hex digits)")
         return Response(
-            samples.get_image(settings, image_sha256),
-            media_type="application/octet-stream",
-            headers={"ETag": f'"{image_sha256}"', "Cache-Control": "private, max-age=86400"},
+            samples.get_image(settings, image_sha256), media_type="application/octet-stream", headers=image_headers(image_sha256)
         )
 
     @app.get(
@@ -310,10 +302,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/v1/samples/{sample_id}/sign-off",
         response_model=schemas.Report,
         tags=["review"],
-        summary="Sign off: the report becomes final (amended after a later change) (scope: review)",
+        summary="Sign off for a console user: the report becomes final (amended: a corrected one) (scope: review)",
+        description="`reviewer` names the console user the sign-off is made for; their role decides whether they may "
+        "sign off a sample with a blast flag (docs/sign-off.md).",
     )
     def sign_off(sample_id: str, body: schemas.SignOff, caller: Caller = Depends(require(Scope.REVIEW))) -> dict[str, Any]:
-        return client.sign_off(sample_id, body.reviewer, body.comment, f"api:{caller.name}")
+        return client.sign_off(sample_id, body.reviewer, body.comment, f"api:{caller.name}", body.confirm_incomplete)
 
     @app.get(
         "/v1/models",

@@ -16,8 +16,15 @@ class Relabel(BaseModel):
 
 
 class SignOff(BaseModel):
-    reviewer: str = Field(min_length=1, max_length=255)
-    comment: str = Field(default="", max_length=2000)
+    reviewer: str = Field(
+        min_length=1, max_length=255, description="The console user the sign-off is made for; their account's role is checked"
+    )
+    comment: str = Field(default="", max_length=2000, description="Shown on the sample page and in the FHIR and HL7 exports")
+    confirm_incomplete: bool = Field(
+        default=False,
+        description="Sign off although images failed or fewer than BLOODCELL_SIGNOFF_MIN_LEUKOCYTES leukocytes were classified; "
+        "recorded with the sign-off",
+    )
 
 
 class Health(BaseModel):
@@ -98,6 +105,20 @@ class SampleField(FieldSummary):
     cells: list[FieldCell]
 
 
+class SignOffRecord(BaseModel):
+    report_version: int
+    report_status: ReportStatus = Field(description="final, or amended for a corrected report")
+    signed_off_by: str
+    role: str
+    signed_off_at: str
+    comment: str
+    confirmed: list[str] = Field(description="What the signer confirmed: failed images, too few leukocytes")
+    counts: dict[str, int]
+    percent: dict[str, float]
+    flags: list[SampleFlag]
+    withdrawn_at: str | None = Field(description="When the report changed after this sign-off")
+
+
 class Report(BaseModel):
     """A sample's status and differential; the figures after `model_version` exist once it is classified."""
 
@@ -106,8 +127,13 @@ class Report(BaseModel):
     error: str | None
     n_cells: int
     report_status: ReportStatus
-    signed_off_by: str | None
+    report_version: int | None = Field(description="Goes up whenever what the report says changes; a sign-off approves one")
+    signed_off_by: str | None = Field(description="The console user whose sign-off approves this version; null when none does")
     signed_off_at: str | None
+    signed_off_role: str | None
+    sign_off_comment: str | None
+    awaiting_sign_off_again: bool = Field(description="Changed after a sign-off: not approved until signed off again")
+    sign_offs: list[SignOffRecord] = Field(description="Every sign-off, oldest first, with what it approved")
     n_reviewed: int
     fields: list[FieldSummary] = Field(description="The whole fields submitted, if any")
     fields_without_cells: list[str] = Field(description="Names of located fields in which no white cell was found")
@@ -121,6 +147,10 @@ class Report(BaseModel):
     failed: list[FailedCell]
     n_classified: int | None = None
     n_leukocytes: int | None = None
+    non_leukocyte_classes: list[str] | None = Field(
+        None, description="Counted apart, per 100 leukocytes, not part of the differential: nucleated red cells, platelets"
+    )
+    n_relabelled: int | None = Field(None, description="Cells whose label a technologist changed (confirmations excluded)")
     n_failed: int | None = None
     blast_count: int | None = None
     blast_percent: float | None = None

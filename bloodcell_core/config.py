@@ -72,6 +72,8 @@ class Settings:
     login_attempts: int  # failed logins (per user name or per address) before logins are refused for ...
     login_lockout_minutes: float  # ... this long after the oldest counted failure
     signoff_blast_role: str  # the least role that may sign off a sample with a blast flag
+    signoff_min_leukocytes: int  # a sign-off of a sample with fewer classified leukocytes must confirm it
+    trusted_proxies: tuple[str, ...]  # addresses whose X-Forwarded-For / -Proto the API believes; none by default
     sweep_interval_s: float  # Celery beat runs the sweep this often
     sweep_webhook_age_s: float  # the sweep re-queues a pending webhook delivery this long overdue
     sweep_orphan_age_s: float  # the sweep removes an image file no row references once it is this old
@@ -125,6 +127,8 @@ class Settings:
             login_attempts=int(env("BLOODCELL_LOGIN_ATTEMPTS", "5")),
             login_lockout_minutes=float(env("BLOODCELL_LOGIN_LOCKOUT_MINUTES", "15")),
             signoff_blast_role=env("BLOODCELL_SIGNOFF_BLAST_ROLE", "supervisor").strip().lower(),
+            signoff_min_leukocytes=int(env("BLOODCELL_SIGNOFF_MIN_LEUKOCYTES", "100")),
+            trusted_proxies=tuple(a.strip() for a in env("BLOODCELL_TRUSTED_PROXIES", "").split(",") if a.strip()),
             sweep_interval_s=float(env("BLOODCELL_SWEEP_INTERVAL_S", "60")),
             sweep_webhook_age_s=float(env("BLOODCELL_SWEEP_WEBHOOK_AGE_S", "60")),
             sweep_orphan_age_s=float(env("BLOODCELL_SWEEP_ORPHAN_AGE_S", str(24 * 3600))),
@@ -154,6 +158,8 @@ class Settings:
             raise ValueError(f"BLOODCELL_LOGIN_LOCKOUT_MINUTES must be more than 0, got {self.login_lockout_minutes}")
         if self.signoff_blast_role not in ROLES:
             raise ValueError(f"BLOODCELL_SIGNOFF_BLAST_ROLE must be one of {', '.join(ROLES)}, got {self.signoff_blast_role!r}")
+        if self.signoff_min_leukocytes < 0:
+            raise ValueError(f"BLOODCELL_SIGNOFF_MIN_LEUKOCYTES must be 0 or more, got {self.signoff_min_leukocytes}")
         self._validate_combinations()
 
     def _validate_combinations(self) -> None:

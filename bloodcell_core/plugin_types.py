@@ -134,7 +134,9 @@ class CellLocator:
 class DifferentialRow:
     cell_type: str
     count: int
-    percent: float
+    percent: float  # per 100 leukocytes, also for the cell types that are not leukocytes
+    abnormal: bool = False  # this cell type's value is abnormal (blasts with the blast flag, immature cells with theirs)
+    leukocyte: bool = True  # False: nucleated red cells, platelets: reported apart, not part of the 100
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,8 @@ class ReportDocument:
     n_unfamiliar: int = 0  # cells unlike the training images, not reviewed yet
     n_leukocytes: int = 0  # the differential's denominator: classified cells less nucleated red cells and platelets
     signed_off_at: datetime | None = None
+    signed_off_role: str | None = None  # the signer's console role; signed_off_* name the approval of this very version
+    sign_off_comment: str = ""
 
 
 @dataclass(frozen=True)

@@ -35,9 +35,14 @@ def _observation(document: ReportDocument, row, device_urn: str) -> dict[str, An
         "resourceType": "Observation",
         "status": document.report_status,
         "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "laboratory"}]}],
-        "code": {"coding": coding, "text": f"{row.cell_type} / 100 leukocytes"},
+        "code": {"coding": coding, "text": f"{row.cell_type} / 100 leukocytes" + ("" if row.leukocyte else " (not a leukocyte)")},
         "issued": document.issued.isoformat(),
-        "valueQuantity": {"value": row.percent, "unit": "%", "system": loinc.UCUM, "code": "%"},
+        # leukocytes as % of the 100; nucleated red cells and platelets apart, counted per 100 leukocytes
+        "valueQuantity": (
+            {"value": row.percent, "unit": "%", "system": loinc.UCUM, "code": "%"}
+            if row.leukocyte
+            else {"value": row.percent, "unit": "/100 leukocytes", "system": loinc.UCUM, "code": "/100{WBC}"}
+        ),
         "method": {"text": f"image classification, model {document.model_version}"},
         "device": {"reference": device_urn},
         "note": [
@@ -47,9 +52,7 @@ def _observation(document: ReportDocument, row, device_urn: str) -> dict[str, An
             }
         ],
     }
-    blasts = row.cell_type == document.blast_class and document.blast_flag
-    immature = row.cell_type in document.immature_classes and "immature_cells" in document.flags
-    if blasts or immature:
+    if row.abnormal:
         observation["interpretation"] = [{"coding": [{"system": INTERPRETATION, "code": "A", "display": "Abnormal"}]}]
     if "unfamiliar_images" in document.flags:  # the count itself may not hold: say so beside every value
         observation["note"].append(
@@ -82,8 +85,11 @@ def render(document: ReportDocument) -> str:
             {"coding": [{"system": FLAG_SYSTEM, "code": flag, "display": text}], "text": text}
             for flag, text in zip(document.flags, document.warnings)
         ]
-    if document.signed_off_by:
-        report["resultsInterpreter"] = [{"display": document.signed_off_by}]
+    if document.signed_off_by:  # the person who approved this very version, never an earlier one's
+        role = f" ({document.signed_off_role})" if document.signed_off_role else ""
+        report["resultsInterpreter"] = [{"display": f"{document.signed_off_by}{role}"}]
+        if document.sign_off_comment:  # R4's DiagnosticReport has no note: the comment joins the conclusion
+            report["conclusion"] += f" Sign-off comment by {document.signed_off_by}: {document.sign_off_comment}"
     device = {
         "resourceType": "Device",
         "deviceName": [{"name": f"bloodcell {document.model_plugin}", "type": "model-name"}],

@@ -1,7 +1,7 @@
 """HL7 v2.5 ORU^R01 exporter: one OBR for the differential panel, one numeric OBX per cell type.
 
 Built with ``hl7apy`` at strict validation. Result status: P (preliminary), F (final after sign-off),
-C (correction: a signed-off report changed). The model version is the observation method (OBX-17)
+C (a corrected report, signed off again after a change). The model version is the observation method (OBX-17)
 and the equipment instance (OBX-18).
 """
 
@@ -48,9 +48,11 @@ def render(document: ReportDocument) -> str:
     order.obr.obr_24 = "HM"
     order.obr.obr_25 = status
     notes = [document.conclusion] + [f"FLAG {flag}: {text}" for flag, text in zip(document.flags, document.warnings)]
-    if document.signed_off_by:
+    if document.signed_off_by:  # the person who approved this very version, never an earlier one's
+        role = f" ({document.signed_off_role})" if document.signed_off_role else ""
         at = f" at {document.signed_off_at.isoformat()}" if document.signed_off_at is not None else ""
-        notes.append(f"Signed off by {document.signed_off_by}{at}")
+        comment = f": {document.sign_off_comment}" if document.sign_off_comment else ""
+        notes.append(f"Signed off by {document.signed_off_by}{role}{at}{comment}")
     for k, text in enumerate(notes, start=1):
         note = order.add_segment("NTE")
         note.nte_1 = str(k)
@@ -63,10 +65,9 @@ def render(document: ReportDocument) -> str:
         obx.obx_2 = "NM"
         obx.obx_3 = f"{code.code}^{code.display}^LN^{local}" if code else local
         obx.obx_5 = f"{row.percent:g}"
-        obx.obx_6 = "%^percent^UCUM"
-        blasts = row.cell_type == document.blast_class and document.blast_flag
-        immature = row.cell_type in document.immature_classes and "immature_cells" in document.flags
-        if blasts or immature:
+        # leukocytes as % of the 100; nucleated red cells and platelets apart, counted per 100 leukocytes
+        obx.obx_6 = "%^percent^UCUM" if row.leukocyte else "/100{WBC}^per 100 leukocytes^UCUM"
+        if row.abnormal:
             obx.obx_8 = "A"
         obx.obx_11 = status
         obx.obx_14 = issued

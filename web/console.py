@@ -28,9 +28,9 @@ from starlette.exceptions import HTTPException
 from bloodcell_core.clients.local import Client
 from bloodcell_core.config import Settings
 from bloodcell_core.plugin_manager import exporters
-from bloodcell_core.service import samples, users
+from bloodcell_core.service import samples, signoff, users
 from bloodcell_core.service.audit_log import audit_events
-from bloodcell_core.service.http_status import SERVICE_ERRORS, status_of
+from bloodcell_core.service.http_status import SERVICE_ERRORS, error_message, image_headers, status_of, upload_name
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, Role, SampleFlag, SampleStatus
 from bloodcell_core.service.submission import check_image_limits
 from bloodcell_core.service.versions import version_classes
@@ -114,7 +114,7 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
         try:
             return function(*args, **kwargs)
         except SERVICE_ERRORS as exc:
-            raise HTTPException(status_of(exc), str(exc).strip("'\"")) from None
+            raise HTTPException(status_of(exc), error_message(exc)) from None
 
     def viewer(request: Request) -> Viewer:
         token = request.cookies.get(SESSION_COOKIE)
@@ -164,7 +164,7 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
             message = f"too many failed logins: try again in {exc.retry_after_s} s"
             return page("login.html", None, 429, login_csrf=expected, next=_local(next), error=message)
         except users.LoginRefused as exc:
-            return page("login.html", None, 401, login_csrf=expected, next=_local(next), error=str(exc).strip("'\""))
+            return page("login.html", None, 401, login_csrf=expected, next=_local(next), error=str(exc))
         token, _csrf = users.start_session(settings, user["name"])
         response = RedirectResponse(_local(next), status_code=303)
         response.set_cookie(
@@ -226,7 +226,7 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
         named = []
         for k, upload in enumerate(uploads):
             data = await upload.read(settings.max_image_bytes + 1)
-            name = Path(upload.filename or f"image-{k}").name[:255] or f"image-{k}"
+            name = upload_name(upload.filename, k)
             await run_in_threadpool(call, check_image_limits, settings, name, data)
             named.append((name, data))
         images, fields = (named, []) if kind == "images" else ([], named)
@@ -244,6 +244,7 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
             gallery.setdefault(cell["label"] or cell["status"], []).append(cell)
         order = [label for label in classes if label in gallery] + sorted(set(gallery) - set(classes))
         rows = [(label, report["counts"].get(label, 0), report["percent"].get(label, 0.0)) for label in report["counts"]]
+        apart = set(report.get("non_leukocyte_classes", []))  # nucleated red cells and platelets: not among the 100
         most = max([count for _, count, _ in rows], default=0) or 1
         return page(
             "sample.html",
@@ -251,12 +252,14 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
             report=report,
             gallery=[(label, gallery[label]) for label in order],
             classes=classes,
-            rows=rows,
+            rows=[row for row in rows if row[0] not in apart],
+            other_rows=[row for row in rows if row[0] in apart],
             most=most,
             fields=fields,
             exporters=sorted(exporters()),
             final=report["status"] in FINAL_SAMPLE_STATUSES,
-            may_sign_off=users.may_sign_off(settings, who.role, report["blast_flag"]),
+            may_sign_off=signoff.may_sign_off(settings, who.role, report["blast_flag"]),
+            to_confirm=signoff.confirmations_needed(settings, report) if report["model_version"] else [],
         )
 
     @router.get("/samples/{sample_id}/state")
@@ -274,8 +277,10 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
         return RedirectResponse(f"/ui/samples/{quote(sample_id)}#cell-{image_sha256[:16]}", status_code=303)
 
     @router.post("/samples/{sample_id}/sign-off")
-    def sign_off(sample_id: str, who: Viewer = Depends(csrf_checked), comment: str = Form("")) -> Response:
-        call(client.sign_off, sample_id, who.name, comment, who.actor, who.role)  # the blast rule, under the row lock
+    def sign_off(
+        sample_id: str, who: Viewer = Depends(csrf_checked), comment: str = Form(""), confirm_incomplete: bool = Form(False)
+    ) -> Response:
+        call(client.sign_off, sample_id, who.name, comment, who.actor, confirm_incomplete)  # the rule, under the row lock
         return RedirectResponse(f"/ui/samples/{quote(sample_id)}", status_code=303)
 
     @router.get("/samples/{sample_id}/export/{format_name}")
@@ -292,11 +297,10 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
 
     @router.get("/images/{image_sha256}")
     def image(image_sha256: str, request: Request, _: Viewer = Depends(viewer)) -> Response:
-        """A cell image by its sha256. Its bytes never change, so the browser keeps it for a few minutes (a
-        gallery reloads after each relabel) and then revalidates it by ETag, which needs a session again."""
+        """A cell image by its sha256 (content-addressed: kept a day, immutable); a revalidation answers 304."""
         if len(image_sha256) != 64 or not all(c in "0123456789abcdef" for c in image_sha256):
             raise HTTPException(422, "not a sha256")
-        headers = {"ETag": f'"{image_sha256}"', "Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"}
+        headers = image_headers(image_sha256)
         if request.headers.get("if-none-match") == headers["ETag"]:
             return Response(status_code=304, headers=headers)
         data = call(samples.get_image, settings, image_sha256)
@@ -366,7 +370,7 @@ def _local(target: str) -> str:
 
 
 def _over_tls(request: Request) -> bool:
-    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
+    return request.url.scheme == "https"  # X-Forwarded-Proto counts only from BLOODCELL_TRUSTED_PROXIES (uvicorn)
 
 
 def _flag_choices() -> list[tuple[str, str]]:

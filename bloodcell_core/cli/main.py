@@ -945,8 +945,19 @@ def _print_report(report: dict, as_json: bool) -> None:
     click.echo(f"sample {report['sample_id']}: {report['status']}, report {report['report_status']} (model {report['model_version']})")
     if report.get("error"):
         click.echo(f"  error: {report['error']}")
+    apart = report.get("non_leukocyte_classes", [])  # nucleated red cells and platelets: not among the 100 leukocytes
     for label, count in report["counts"].items():
-        click.echo(f"  {label:<16}{count:>6}{report['percent'][label]:>8.1f} %")
+        if label not in apart:
+            click.echo(f"  {label:<16}{count:>6}{report['percent'][label]:>8.1f} %")
+    for label in apart:
+        click.echo(
+            f"  {label:<16}{report['counts'][label]:>6}{report['percent'][label]:>8.1f} per 100 leukocytes (not in the differential)"
+        )
+    if report.get("signed_off_by"):
+        comment = f": {report['sign_off_comment']}" if report.get("sign_off_comment") else ""
+        click.echo(f"  signed off by {report['signed_off_by']} ({report['signed_off_role']}) at {report['signed_off_at']}{comment}")
+    elif report.get("awaiting_sign_off_again"):
+        click.echo("  changed after its sign-off: waits for a new sign-off (the earlier one is in the history)")
     if report["counts"]:
         flag = "BLAST FLAG" if report["blast_flag"] else "no blast flag"
         click.echo(f"  {flag}: {report['blast_count']} blasts, {report['blast_percent']:.1f} %")
@@ -1080,11 +1091,12 @@ def review_label(sample_id: str, image_sha256: str, label: str, reviewer: str, r
 
 @review.command("sign-off")
 @click.argument("sample_id")
-@click.option("--reviewer", required=True, help="Who releases the report.")
-@click.option("--comment", default="", help="Goes into the audit log.")
-def review_sign_off(sample_id: str, reviewer: str, comment: str) -> None:
-    """Release the report: it becomes final (amended if it changes after a sign-off)."""
-    report = _remote_or_local(lambda client: client.sign_off(sample_id, reviewer, comment, actor=_actor()))
+@click.option("--reviewer", required=True, help="The console user who releases the report (their role is checked).")
+@click.option("--comment", default="", help="Shown on the sample page and in the FHIR and HL7 exports.")
+@click.option("--confirm-incomplete", is_flag=True, help="Sign off although images failed or few leukocytes were classified.")
+def review_sign_off(sample_id: str, reviewer: str, comment: str, confirm_incomplete: bool) -> None:
+    """Release the report: final, or amended for a report corrected after an earlier sign-off (docs/sign-off.md)."""
+    report = _remote_or_local(lambda client: client.sign_off(sample_id, reviewer, comment, _actor(), confirm_incomplete))
     _print_report(report, as_json=False)
 
 

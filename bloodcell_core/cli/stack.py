@@ -137,6 +137,14 @@ def beat_command(settings: Settings) -> list[str]:
 
 
 def api_command(settings: Settings, host: str | None = None, port: int | None = None) -> list[str]:
+    """uvicorn for the API. Forwarded headers (X-Forwarded-For, -Proto) are believed only from
+    BLOODCELL_TRUSTED_PROXIES: uvicorn's own default trusts 127.0.0.1, so anything on the machine could
+    pose as any address (and dodge the per-address login throttle)."""
+    proxies = (
+        ["--proxy-headers", "--forwarded-allow-ips", ",".join(settings.trusted_proxies)]
+        if settings.trusted_proxies
+        else ["--no-proxy-headers"]
+    )
     return [
         sys.executable,
         "-m",
@@ -148,6 +156,7 @@ def api_command(settings: Settings, host: str | None = None, port: int | None = 
         "--port",
         str(port or settings.api_port),
         "--no-server-header",
+        *proxies,
     ]
 
 

@@ -93,8 +93,11 @@ class HttpClient:
             json={"label": label, "reviewer": reviewer, "reason": reason},
         ).json()
 
-    def sign_off(self, accession_id: str, reviewer: str, comment: str = "", actor: str = "") -> dict[str, Any]:
-        return self._request("POST", f"/v1/samples/{accession_id}/sign-off", json={"reviewer": reviewer, "comment": comment}).json()
+    def sign_off(
+        self, accession_id: str, reviewer: str, comment: str = "", actor: str = "", confirm_incomplete: bool = False
+    ) -> dict[str, Any]:
+        body = {"reviewer": reviewer, "comment": comment, "confirm_incomplete": confirm_incomplete}
+        return self._request("POST", f"/v1/samples/{accession_id}/sign-off", json=body).json()
 
     def models(self) -> list[dict[str, Any]]:
         return self._request("GET", "/v1/models").json()["versions"]

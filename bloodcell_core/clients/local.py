@@ -98,11 +98,11 @@ class Client:
         return report
 
     def sign_off(
-        self, accession_id: str, reviewer: str, comment: str = "", actor: str = "client", role: str | None = None
+        self, accession_id: str, reviewer: str, comment: str = "", actor: str = "client", confirm_incomplete: bool = False
     ) -> dict[str, Any]:
-        """Release the report (final, or amended after a change) and tell the client's webhook; ``role``
-        (a console user's) is checked against BLOODCELL_SIGNOFF_BLAST_ROLE for a sample with blasts."""
-        report = review.sign_off(self.settings, accession_id, reviewer, comment, actor, role)
+        """Release the report under the console user REVIEWER (the sign-off rule: service/signoff.py) and
+        tell the client's webhook."""
+        report = review.sign_off(self.settings, accession_id, reviewer, comment, actor, confirm_incomplete)
         self._send_webhooks(accession_id)
         return report
 

@@ -7,19 +7,20 @@ from sqlalchemy.orm import Session
 from bloodcell_core.config import Settings
 from bloodcell_core.plugin_manager import get_exporter
 from bloodcell_core.plugin_types import DifferentialRow, ReportDocument
+from bloodcell_core.service import signoff
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict
 from bloodcell_core.service.models import ModelVersion, Sample, SampleReport
-from bloodcell_core.service.samples import FLAG_TEXT, differential_percent, find_sample, latest_reviews, report_row
+from bloodcell_core.service.samples import FLAG_TEXT, differential_percent, find_sample, latest_reviews, n_relabelled, report_row
 from bloodcell_core.service.states import SampleFlag
 
 
-def conclusion_text(report: SampleReport, blast_class: str, n_reviewed: int) -> str:
+def conclusion_text(report: SampleReport, blast_class: str, n_relabelled: int, awaiting_sign_off_again: bool) -> str:
     parts = [f"{report.n_classified} cells classified"]
     if report.n_failed:
         parts.append(f"{report.n_failed} images could not be read")
-    if n_reviewed:
-        parts.append(f"{n_reviewed} cells relabelled by a technologist")
+    if n_relabelled:  # confirmations of the model's label change nothing
+        parts.append(f"{n_relabelled} cells relabelled by a technologist")
     if report.needs_review:
         parts.append(f"{len(report.needs_review)} cells await review")
     if report.n_unfamiliar:
@@ -30,7 +31,19 @@ def conclusion_text(report: SampleReport, blast_class: str, n_reviewed: int) -> 
         else "no blast flag"
     )
     others = [f"WARNING: {FLAG_TEXT[f]}" for f in report.flags if f != SampleFlag.BLASTS]
-    return f"{'; '.join(parts)}. {flag}." + "".join(f" {text}." for text in others)
+    text = f"{'; '.join(parts)}. {flag}." + "".join(f" {text}." for text in others)
+    if awaiting_sign_off_again:
+        text += " Changed after its sign-off: not approved until signed off again."
+    return text
+
+
+def abnormal(settings: Settings, report: SampleReport, cell_type: str) -> bool:
+    """Whether one cell type's value is abnormal: blasts under the blast flag, an immature class under the
+    immature-cell flag, and only when that type was found (``ig`` at 0 % is never abnormal)."""
+    if not report.counts.get(cell_type):
+        return False
+    blasts = cell_type == settings.blast_class and report.blast_flag
+    return blasts or (cell_type in settings.immature_classes and SampleFlag.IMMATURE_CELLS in report.flags)
 
 
 def report_document(session: Session, settings: Settings, sample: Sample) -> ReportDocument:
@@ -40,6 +53,17 @@ def report_document(session: Session, settings: Settings, sample: Sample) -> Rep
     version = get_row(session, ModelVersion, report.model_version_id)
     n_reviewed = len(latest_reviews(session, sample.id))
     issued = max(filter(None, [report.created_at, sample.signed_off_at]))
+    approval = signoff.history(session, sample)[-1] if sample.signed_off_at is not None else None
+    rows = [
+        DifferentialRow(
+            cell_type,
+            report.counts[cell_type],
+            report.percent[cell_type],
+            abnormal=abnormal(settings, report, cell_type),
+            leukocyte=cell_type not in settings.non_leukocyte_classes,
+        )
+        for cell_type in version.classes
+    ]
     return ReportDocument(
         accession_id=sample.accession_id,
         accession_system=settings.accession_system,
@@ -47,18 +71,20 @@ def report_document(session: Session, settings: Settings, sample: Sample) -> Rep
         issued=issued,
         model_version=version.version,
         model_plugin=version.plugin,
-        differential=tuple(
-            DifferentialRow(cell_type, report.counts[cell_type], report.percent[cell_type]) for cell_type in version.classes
-        ),
+        differential=tuple(sorted(rows, key=lambda row: not row.leukocyte)),  # the leukocytes first, the others apart
         n_classified=report.n_classified,
         n_failed=report.n_failed,
         n_reviewed=n_reviewed,
         n_needs_review=len(report.needs_review),
         blast_class=settings.blast_class,
         blast_flag=report.blast_flag,
-        conclusion=conclusion_text(report, settings.blast_class, n_reviewed),
+        conclusion=conclusion_text(
+            report, settings.blast_class, n_relabelled(session, sample, version.id), signoff.awaiting_sign_off_again(session, sample)
+        ),
         signed_off_by=sample.signed_off_by,
         signed_off_at=sample.signed_off_at,
+        signed_off_role=approval["role"] if approval else None,
+        sign_off_comment=approval["comment"] if approval else "",
         flags=tuple(report.flags),
         warnings=tuple(FLAG_TEXT[flag] for flag in report.flags),
         immature_classes=settings.immature_classes,

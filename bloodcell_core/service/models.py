@@ -65,6 +65,7 @@ class Sample(Base):
     error: Mapped[str | None] = mapped_column(Text)
     client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"))  # whose webhook hears of it
     report_status: Mapped[str] = mapped_column(String(16), default=ReportStatus.PRELIMINARY)
+    # The approval in force: set by a sign-off, cleared when the report changes after it (service/signoff.py).
     signed_off_by: Mapped[str | None] = mapped_column(String(255))
     signed_off_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -189,8 +190,32 @@ class SampleReport(Base):
     flags: Mapped[list[Any]] = mapped_column(JSON, default=list)  # blasts, immature_cells, unfamiliar_images
     needs_review: Mapped[list[Any]]  # cells under the review threshold or unfamiliar, each with its reasons
     failed: Mapped[list[Any]]  # {"name", "error"} of cells that could not be classified
+    # Goes up by one whenever what the report says changes (counts, failed images, flags): a sign-off approves one version.
+    version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     sample: Mapped[Sample] = relationship(back_populates="report")
+
+
+class SignOff(Base):
+    """One approval of one report version by a console user: the history a laboratory keeps (never deleted).
+
+    ``withdrawn_at`` is set when the report changes after it; the approved content stays readable here.
+    """
+
+    __tablename__ = "sign_offs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    report_version: Mapped[int] = mapped_column(Integer)
+    report_status: Mapped[str] = mapped_column(String(16))  # final, or amended for a corrected report
+    signed_by: Mapped[str] = mapped_column(String(128))  # a console user's name
+    role: Mapped[str] = mapped_column(String(16))  # their role when they signed
+    comment: Mapped[str] = mapped_column(Text, default="")
+    confirmed: Mapped[list[Any]] = mapped_column(JSON, default=list)  # what the signer confirmed: failed images, few leukocytes
+    counts: Mapped[dict[str, Any]]
+    percent: Mapped[dict[str, Any]]
+    flags: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    signed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class TrainingRun(Base):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +14,10 @@ from sqlalchemy.orm import Session
 
 from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import list_class_files
-from bloodcell_core.service import users, webhooks
+from bloodcell_core.service import signoff, webhooks
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row, session_scope
-from bloodcell_core.service.errors import Conflict, Forbidden, NotFound, ServiceError
+from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store
 from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleImage
 from bloodcell_core.service.samples import (
@@ -29,7 +28,7 @@ from bloodcell_core.service.samples import (
     report_row,
     version_predictions,
 )
-from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, CellStatus, FieldStatus, ReportStatus, SampleStatus
+from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, CellStatus, FieldStatus, SampleStatus
 
 
 def _report_version(session: Session, sample: Sample) -> ModelVersion:
@@ -149,50 +148,28 @@ def relabel_cell(
             new=label,
             reason=reason,
         )
-        was_amended = sample.report_status == ReportStatus.AMENDED
+        was_signed = sample.signed_off_at is not None
         report = build_report(session, settings, sample, version.id)
-        if sample.report_status == ReportStatus.AMENDED and not was_amended:
-            webhooks.queue_event(session, sample, "sample.amended")
+        if was_signed and sample.signed_off_at is None:  # the laboratory system must stop trusting what it was sent
+            webhooks.queue_event(session, sample, "sample.sign_off_withdrawn")
         return report
 
 
 def sign_off(
-    settings: Settings, accession_id: str, reviewer: str, comment: str, actor: str, role: str | None = None
+    settings: Settings, accession_id: str, reviewer: str, comment: str, actor: str, confirm_incomplete: bool = False
 ) -> dict[str, Any]:
-    """A technologist releases the report: preliminary -> final (a changed signed-off report stays amended).
-
-    ``role``: the console user's role; a sample with a blast flag then needs BLOODCELL_SIGNOFF_BLAST_ROLE,
-    checked with the sample's row locked, so a relabel to blasts in between cannot slip through.
-    """
+    """Release the report under the console user REVIEWER: the one entry to the sign-off rule (``signoff``)
+    for the console, the API and the CLI. Checked with the sample's row locked, so a relabel in between
+    cannot slip through; ``confirm_incomplete`` confirms failed images or too few leukocytes."""
     if not reviewer.strip():
-        raise ServiceError("sign-off needs the reviewer's name")
+        raise ServiceError("sign-off needs the name of the console user who signs")
     with session_scope(settings.database_url) as session:
         sample = find_sample(session, accession_id, lock=True)
         if sample.status not in FINAL_SAMPLE_STATUSES:
             raise Conflict(f"sample {accession_id!r} is still {sample.status}: sign off once it is classified")
         version = _report_version(session, sample)
         report = build_report(session, settings, sample, version.id)
-        if report["needs_review"]:
-            raise Conflict(
-                f"{len(report['needs_review'])} cells still need review (low confidence or unlike the training images) before sign-off"
-            )
-        if sample.status == SampleStatus.FAILED:
-            raise Conflict(f"sample {accession_id!r} failed: {sample.error}")
-        if role is not None and not users.may_sign_off(settings, role, report["blast_flag"]):
-            raise Forbidden(f"this sample has a blast flag: signing it off needs the {settings.signoff_blast_role} role")
-        if sample.report_status == ReportStatus.PRELIMINARY:
-            sample.report_status = ReportStatus.FINAL
-        sample.signed_off_by, sample.signed_off_at = reviewer, datetime.now(timezone.utc)
-        record_event(
-            session,
-            actor,
-            "sample.signed_off",
-            accession_id,
-            reviewer=reviewer,
-            comment=comment,
-            report_status=sample.report_status,
-            counts=report["counts"],
-        )
+        signoff.approve(session, settings, sample, report, reviewer, comment, confirm_incomplete, actor)
         webhooks.queue_event(session, sample, "sample.signed_off")
         session.flush()
         return build_report(session, settings, sample, version.id)

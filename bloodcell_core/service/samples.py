@@ -11,12 +11,13 @@ from bloodcell_core.config import Settings
 from bloodcell_core.ml import differential
 from bloodcell_core.ml.differential import FlagRule
 from bloodcell_core.ml.serving import UNFAMILIAR_REASON, review_reasons
+from bloodcell_core.service import signoff
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.image_store import image_store
 from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleReport
-from bloodcell_core.service.states import CellStatus, FieldStatus, ReportStatus, SampleFlag, SampleStatus
+from bloodcell_core.service.states import CellStatus, FieldStatus, SampleFlag, SampleStatus
 from bloodcell_core.service.submission import valid_accession_id
 from bloodcell_core.service.versions import ood_threshold, review_threshold
 
@@ -90,7 +91,8 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
     """Differential count and percent, blast flag, cells for review; sets the sample's final status.
 
     A technologist's label replaces the model's for its cell, and a reviewed cell needs no more review.
-    A change to the counts of a signed-off report makes it ``amended``.
+    A change to what the report says (counts, failed images, flags) makes a new report version, and
+    withdraws the sign-off of a signed report (``signoff.withdraw``): the sample goes back to review.
     """
     version = get_row(session, ModelVersion, version_id)
     cells = list(sample.cells)
@@ -122,6 +124,11 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
     flags = sample_flags(settings, counts, n, n_unfamiliar)
     failed = [{"name": c.name, "image_sha256": c.image_sha256, "error": c.error} for c in cells if c.status == CellStatus.FAILED]
     failed_fields = any(f.status == FieldStatus.FAILED for f in sample.fields)
+    row = report_row(session, sample)
+    version_number = row.version if row is not None else 1
+    if row is not None and (row.counts != counts or row.n_failed != len(failed) or list(row.flags) != flags):
+        version_number += 1
+        signoff.withdraw(session, sample, version_number)
     if not classified:
         sample.status, sample.error = (
             SampleStatus.FAILED,
@@ -131,7 +138,7 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
                 else f"no white cell was found in the sample's {len(sample.fields)} field(s)"
             ),
         )
-    elif review or failed or failed_fields or flags:
+    elif review or failed or failed_fields or flags or signoff.awaiting_sign_off_again(session, sample):
         sample.status, sample.error = SampleStatus.NEEDS_REVIEW, None
     else:
         sample.status, sample.error = SampleStatus.DONE, None
@@ -151,10 +158,8 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
         flags=flags,
         needs_review=review,
         failed=failed,
+        version=version_number,
     )
-    row = report_row(session, sample)
-    if row is not None and sample.report_status != ReportStatus.PRELIMINARY and row.counts != counts:
-        sample.report_status = ReportStatus.AMENDED
     if row is None:
         session.add(SampleReport(sample_id=sample.id, **values))
     else:
@@ -164,16 +169,30 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
     return report_json(session, settings, sample)
 
 
+def n_relabelled(session: Session, sample: Sample, version_id: int) -> int:
+    """Cells whose label a technologist changed from the model's (a confirmation of the model's label is no change)."""
+    reviews = latest_reviews(session, sample.id)
+    predictions = version_predictions(session, version_id, list(reviews))
+    return sum(sha in predictions and review.label != predictions[sha].label for sha, review in reviews.items())
+
+
 def report_json(session: Session, settings: Settings, sample: Sample) -> dict[str, Any]:
     report = report_row(session, sample)
+    sign_offs = signoff.history(session, sample)
+    current = sign_offs[-1] if sign_offs and sample.signed_off_at is not None else None
     base = {
         "sample_id": sample.accession_id,
         "status": sample.status,
         "error": sample.error,
         "n_cells": len(sample.cells),
         "report_status": sample.report_status,
+        "report_version": report.version if report is not None else None,
         "signed_off_by": sample.signed_off_by,
         "signed_off_at": sample.signed_off_at.isoformat() if sample.signed_off_at else None,
+        "signed_off_role": current["role"] if current else None,
+        "sign_off_comment": current["comment"] if current else None,
+        "awaiting_sign_off_again": bool(sign_offs) and current is None,
+        "sign_offs": sign_offs,
         "n_reviewed": len(latest_reviews(session, sample.id)),
         "fields": field_summaries(sample),
         "fields_without_cells": [f.name for f in sample.fields if f.status == FieldStatus.LOCATED and not f.n_cells],
@@ -193,6 +212,8 @@ def report_json(session: Session, settings: Settings, sample: Sample) -> dict[st
         "model_version": get_row(session, ModelVersion, report.model_version_id).version,
         "n_classified": report.n_classified,
         "n_leukocytes": differential_percent(settings, report.counts)[1],
+        "non_leukocyte_classes": [label for label in report.counts if label in settings.non_leukocyte_classes],
+        "n_relabelled": n_relabelled(session, sample, report.model_version_id),
         "n_failed": report.n_failed,
         "counts": report.counts,
         "percent": report.percent,

@@ -35,7 +35,8 @@ class FieldStatus(StrEnum):
 
 
 class ReportStatus(StrEnum):
-    """A report is preliminary until signed off (final); a change after sign-off makes it amended."""
+    """A report is preliminary until signed off (final); a change after sign-off makes it preliminary again until a
+    new sign-off releases the corrected report (amended): docs/sign-off.md."""
 
     PRELIMINARY = "preliminary"
     FINAL = "final"

@@ -274,10 +274,3 @@ def has_role(role: str, needed: str) -> bool:
     if role not in {r.value for r in Role}:
         return False
     return ROLE_RANK[Role(role)] >= ROLE_RANK[Role(needed)]
-
-
-def may_sign_off(settings: Settings, role: str, blast_flag: bool) -> bool:
-    """Any role signs off a sample without a blast flag; with one, at least ``settings.signoff_blast_role``."""
-    if role not in {r.value for r in Role}:
-        return False
-    return not blast_flag or has_role(role, settings.signoff_blast_role)

@@ -135,9 +135,16 @@ def test_a_day_in_the_console(page, console, tmp_path):
     log_in(page, url, "sup")
     page.get(f"{url}/ui/samples/S-UI-1")
     page.find_element(By.ID, "signoff-comment").send_keys("blasts confirmed, haematologist informed")
+    page.find_element(By.ID, "signoff").click()  # 9 cells, under BLOODCELL_SIGNOFF_MIN_LEUKOCYTES: confirm first
+    wait_text(page, "#error", "confirm to sign off anyway")
+    page.get(f"{url}/ui/samples/S-UI-1")
+    page.find_element(By.ID, "signoff-comment").send_keys("blasts confirmed, haematologist informed")
+    page.find_element(By.ID, "signoff-confirm").click()
     page.find_element(By.ID, "signoff").click()
     wait_text(page, "#report-status", "final")
     assert page.find_element(By.ID, "signed-off-by").text == "sup"
+    wait_text(page, "#signoff-comment-shown", "blasts confirmed, haematologist informed")
+    assert "leukocytes were classified" in page.find_element(By.ID, "signoff-history").text
     screenshot(page, shots, "4-signed-off")
     page.get(f"{url}/ui/samples/S-UI-1/export/fhir-r4")
     bundle = json.loads(page.find_element(By.TAG_NAME, "body").text)

@@ -14,7 +14,7 @@ from helpers import DEFAULT_MODEL, KAGGLE5, encode, png_header, run_cli, unseen_
 from servers import LIMITS, Api, Stack, WebhookReceiver, create_token, free_port, settings_for, start_api_server
 
 from bloodcell_core.ml.artifacts import read_metadata
-from bloodcell_core.service import models, webhooks
+from bloodcell_core.service import models, users, webhooks
 
 pytestmark = pytest.mark.real_data
 
@@ -44,6 +44,8 @@ def api(redis_server, postgres_server, tmp_path_factory):
         "admin": create_token(env, "admin", "admin")["token"],
     }
     stack = Stack(env=env, settings=settings_for(env))
+    for name, role in (("anna", "technologist"), ("sam", "supervisor")):  # who signs off, as in the docs
+        users.create_user(stack.settings, name, role, "correct horse battery", "test")
     stack.start_worker("api-w1")
     server = start_api_server(env, home / "api.log")
     yield Api(f"http://127.0.0.1:{env['BLOODCELL_API_PORT']}", stack, tokens, lims["webhook_secret"], receiver)
@@ -248,8 +250,10 @@ def test_submit_poll_export_review_sign_off(api: Api, tmp_path: Path):
     assert diagnostic.identifier[0].value == "LIMS-0001" and len(diagnostic.result) == len(observations) == 9
     loinc = {o.code.coding[-1].code: o.code.coding[0].code for o in observations}
     assert loinc["myeloblast"] == "30445-1" and loinc["basophil"] == "30180-4" and loinc["monocyte"] == "26485-3"
-    assert all(o.valueQuantity.system == "http://unitsofmeasure.org" and o.valueQuantity.code == "%" for o in observations)
     leukocytes = [o for o in observations if o.code.coding[-1].code not in ("erythroblast", "platelet")]
+    assert all(o.valueQuantity.system == "http://unitsofmeasure.org" for o in observations)
+    assert {o.valueQuantity.code for o in leukocytes} == {"%"}  # nucleated red cells and platelets apart, per 100 of them
+    assert {o.valueQuantity.code for o in observations if o not in leukocytes} == {"/100{WBC}"}
     assert sum(o.valueQuantity.value for o in leukocytes) == pytest.approx(100, abs=0.1)  # per 100 leukocytes
     assert device.version[0].value == report["model_version"]
 
@@ -281,7 +285,7 @@ def test_submit_poll_export_review_sign_off(api: Api, tmp_path: Path):
     queue = {q["sample_id"]: q["cells"] for q in api.call("GET", "/v1/review", token="technologist").json()}
     assert {c["image_sha256"] for c in queue.get("LIMS-0001", [])} == {c["image_sha256"] for c in waiting}
     if waiting:
-        refused = api.call("POST", "/v1/samples/LIMS-0001/sign-off", token="technologist", json={"reviewer": "A. Tech"})
+        refused = api.call("POST", "/v1/samples/LIMS-0001/sign-off", token="technologist", json={"reviewer": "anna"})
         assert refused.status_code == 409 and "need review" in refused.json()["detail"]
     for cell in waiting:
         api.call(
@@ -307,9 +311,11 @@ def test_submit_poll_export_review_sign_off(api: Api, tmp_path: Path):
     assert change["details"] | {"old": target["label"], "reviewer": "A. Tech"} == change["details"]
     assert change["actor"] == "api:technologist" and change["details"]["reason"] == body["reason"]
 
-    # sign-off: final everywhere, the webhook hears of it; a later change makes it amended
-    signed = api.call("POST", "/v1/samples/LIMS-0001/sign-off", token="technologist", json={"reviewer": "A. Tech"}).json()
-    assert signed["report_status"] == "final" and signed["signed_off_by"] == "A. Tech" and signed["needs_review"] == []
+    # sign-off by a supervisor (3 blasts of 12 cells: the blast flag; under 100 leukocytes, confirmed): final
+    # everywhere, the webhook hears of it
+    sign_off = {"reviewer": "sam", "confirm_incomplete": True}
+    signed = api.call("POST", "/v1/samples/LIMS-0001/sign-off", token="technologist", json=sign_off).json()
+    assert signed["report_status"] == "final" and signed["signed_off_by"] == "sam" and signed["needs_review"] == []
     assert Bundle.model_validate_json(api.call("GET", "/v1/samples/LIMS-0001/export/fhir-r4").text).entry[0].resource.status == "final"
     assert "|F\r" in api.call("GET", "/v1/samples/LIMS-0001/export/hl7v2").text
     _wait_for_delivery(api, "LIMS-0001", "sample.signed_off")
@@ -319,7 +325,9 @@ def test_submit_poll_export_review_sign_off(api: Api, tmp_path: Path):
         token="technologist",
         json=body | {"label": target["label"], "reason": "second opinion: not a basophil"},
     )
-    assert api.call("GET", "/v1/samples/LIMS-0001", token="reader").json()["report_status"] == "amended"
+    # a later change withdraws the approval; signed again, the corrected report is amended
+    assert api.call("GET", "/v1/samples/LIMS-0001", token="reader").json()["report_status"] == "preliminary"
+    assert api.call("POST", "/v1/samples/LIMS-0001/sign-off", token="technologist", json=sign_off).json()["report_status"] == "amended"
     bundle = Bundle.model_validate_json(api.call("GET", "/v1/samples/LIMS-0001/export/fhir-r4").text)
     assert {entry.resource.status for entry in bundle.entry if entry.resource.get_resource_type() != "Device"} == {"amended"}
     assert (
@@ -402,7 +410,7 @@ def test_curl_walk_through_in_the_docs(api: Api, tmp_path: Path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     report = api.call("GET", "/v1/samples/S-2026-0001").json()
-    assert report["report_status"] == "final" and report["signed_off_by"] == "A. Tech"
+    assert report["report_status"] == "final" and report["signed_off_by"] == "anna"
     assert json.loads((tmp_path / "report.fhir.json").read_text())["entry"][0]["resource"]["status"] == "final"
     assert (tmp_path / "report.hl7").read_text().startswith("MSH|")
 

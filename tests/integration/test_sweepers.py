@@ -21,7 +21,7 @@ from helpers import DEFAULT_MODEL, run_cli, unseen_images
 from servers import RedisServer, Stack, WebhookReceiver, create_token, settings_for
 from sqlalchemy import select
 
-from bloodcell_core.service import db, models, sweepers, webhooks
+from bloodcell_core.service import db, models, sweepers, users, webhooks
 from bloodcell_core.service.image_store import file_store_root
 
 pytestmark = pytest.mark.real_data
@@ -64,6 +64,7 @@ def stack(request, redis, tmp_path_factory):
     }
     run_cli("db", "upgrade", env=env)
     stack = SweepStack(env=env, settings=settings_for(env))
+    users.create_user(stack.settings, "tech", "technologist", "correct horse battery", "test")  # the person who signs off
     create_token(env, "lims", "submit", "read", webhook_url=stack.receiver.url)
     stack.start_worker(f"sweep-{request.param}")
     yield stack
@@ -116,7 +117,7 @@ def test_a_delivery_left_pending_while_redis_was_down_is_delivered_after_the_swe
     redis.stop()
     handed_over = time.monotonic()  # the delivery is due from about now
     try:
-        signed = client.sign_off(sample_id, "A. Tech")  # committed; the webhook's message cannot be sent
+        signed = client.sign_off(sample_id, "tech", confirm_incomplete=True)  # committed; the webhook's message cannot be sent
     finally:
         redis.start()
     assert signed["report_status"] == "final"

@@ -18,7 +18,7 @@ from servers import settings_for
 from sqlalchemy import select, update
 
 from bloodcell_core.config import ROLES
-from bloodcell_core.service import db, users
+from bloodcell_core.service import db, signoff, users
 from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
 from bloodcell_core.service.models import LoginAttempt, User, WebSession
@@ -262,9 +262,9 @@ def test_disabling_a_user_or_setting_its_password_ends_its_sessions(settings):
 def test_who_may_sign_off(blast_role, allowed_with_blasts):
     settings = settings_for({"BLOODCELL_SIGNOFF_BLAST_ROLE": blast_role})
     for role in Role:
-        assert users.may_sign_off(settings, role, blast_flag=False)
-        assert users.may_sign_off(settings, role.value, blast_flag=True) == (role in allowed_with_blasts)
-    assert not users.may_sign_off(settings, "root", blast_flag=False)
+        assert signoff.may_sign_off(settings, role, blast_flag=False)
+        assert signoff.may_sign_off(settings, role.value, blast_flag=True) == (role in allowed_with_blasts)
+    assert not signoff.may_sign_off(settings, "root", blast_flag=False)
     assert users.has_role("admin", "technologist") and users.has_role("supervisor", "supervisor")
     assert not users.has_role("technologist", "supervisor") and not users.has_role("root", "technologist")
 

@@ -20,7 +20,7 @@ DOCUMENT = ReportDocument(
     issued=datetime(2026, 11, 28, 9, 30, tzinfo=timezone.utc),
     model_version="compact_cnn-0123456789ab",
     model_plugin="compact_cnn",
-    differential=(DifferentialRow("lymphocyte", 60, 60.0), DifferentialRow("platelet", 40, 40.0)),
+    differential=(DifferentialRow("lymphocyte", 60, 60.0), DifferentialRow("platelet", 40, 40.0, leukocyte=False)),
     n_classified=100,
     n_failed=1,
     n_reviewed=2,
@@ -43,6 +43,8 @@ def test_fhir_bundle_round_trips_and_a_class_without_loinc_keeps_its_own_code():
     assert report.status == lymphocyte.status == "amended" and report.resultsInterpreter[0].display == DOCUMENT.signed_off_by
     assert [c.code for c in lymphocyte.code.coding] == ["26478-8", "lymphocyte"]
     assert [c.system for c in platelet.code.coding] == ["urn:bloodcell:cell-type"]
+    # leukocytes in % of the 100; a platelet is not a leukocyte: counted apart, per 100 leukocytes
+    assert lymphocyte.valueQuantity.code == "%" and platelet.valueQuantity.code == "/100{WBC}"
     assert lymphocyte.device.reference == bundle.entry[3].fullUrl and device.version[0].value == DOCUMENT.model_version
     assert exporters()["fhir-r4"].render(DOCUMENT) == exporters()["fhir-r4"].render(DOCUMENT)  # stable ids
 
@@ -54,6 +56,7 @@ def test_hl7_escapes_delimiters_and_marks_a_correction():
     assert order.obr.obr_25.value == "C" and len(order.oru_r01_observation) == 2
     assert "O'Brien\\S\\Jr\\F\\\\T\\\\R\\\\E\\" in text and "a\\F\\b\\S\\c\\T\\d\\R\\e\\E\\f" in text
     assert [obs.obx.obx_3.obx_3_1.value for obs in order.oru_r01_observation] == ["26478-8", "platelet"]
+    assert [obs.obx.obx_6.obx_6_1.value for obs in order.oru_r01_observation] == ["%", "/100{WBC}"]
 
 
 def test_webhook_signature_rejects_tampering_replay_and_a_wrong_secret():
@@ -71,9 +74,9 @@ FLAGGED = DOCUMENT.__class__(
     **{
         **DOCUMENT.__dict__,
         "differential": (
-            DifferentialRow("ig", 30, 30.0),
+            DifferentialRow("ig", 30, 30.0, abnormal=True),
             DifferentialRow("lymphocyte", 60, 60.0),
-            DifferentialRow("myeloblast", 10, 10.0),
+            DifferentialRow("myeloblast", 10, 10.0, abnormal=True),
         ),
         "blast_flag": True,
         "immature_classes": ("ig", "myeloblast"),
