@@ -28,7 +28,7 @@ from bloodcell_core.plugin_manager import exporters
 from bloodcell_core.service import samples, webhooks
 from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.exports import export_sample
-from bloodcell_core.service.http_status import ERROR_STATUS
+from bloodcell_core.service.http_status import ERROR_STATUS, message_of
 from bloodcell_core.service.ops_metrics import ServiceMetrics
 from bloodcell_core.service.states import Scope
 from bloodcell_core.service.submission import check_accession_id, check_image_limits
@@ -76,7 +76,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for error_type, status in ERROR_STATUS:
 
         def handler(_request: Request, exc: Exception, status: int = status) -> JSONResponse:
-            return JSONResponse({"detail": str(exc).strip("'\"")}, status_code=status)
+            return JSONResponse({"detail": message_of(exc)}, status_code=status)
 
         app.add_exception_handler(error_type, handler)
 

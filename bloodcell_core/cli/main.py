@@ -641,7 +641,7 @@ def locate_fields_command(
                 (crops_dir / f"{path.stem}_cell{k}.png").write_bytes(cell.png)
         if overlays_dir is not None:
             overlays_dir.mkdir(parents=True, exist_ok=True)
-            boxes = [(cell.box, f"{k}") for k, cell in enumerate(cut.cells)]
+            boxes = [(cell.box, f"{k}", False) for k, cell in enumerate(cut.cells)]
             (overlays_dir / f"{path.stem}_overlay.png").write_bytes(draw_overlay(data, boxes))
     if as_json:
         click.echo(json.dumps(results, indent=2))

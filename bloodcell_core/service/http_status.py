@@ -22,3 +22,8 @@ SERVICE_ERRORS = tuple(error for error, _ in ERROR_STATUS)
 def status_of(error: Exception) -> int:
     """The HTTP status for one of SERVICE_ERRORS."""
     return next(code for kind, code in ERROR_STATUS if isinstance(error, kind))
+
+
+def message_of(error: Exception) -> str:
+    """The error's own message, whole: str() of a KeyError quotes it, and stripping those quotes would cut its own."""
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)

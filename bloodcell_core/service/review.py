@@ -71,6 +71,7 @@ def cell_results(session: Session, sample: Sample) -> list[dict[str, Any]]:
                 "top3": [{"label": label, "probability": round(p, 4)} for label, p in top],
                 "reviewed_label": review.label if review else None,
                 "reviewed_by": review.reviewer if review else None,
+                "reviewed_reason": review.reason if review else None,
                 "label": review.label if review else (prediction.label if prediction else None),
                 "ood_score": round(prediction.ood_score, 2) if prediction and prediction.ood_score is not None else None,
                 "needs_review": bool(reasons),
@@ -89,14 +90,23 @@ def get_cells(settings: Settings, accession_id: str, needs_review: bool = False)
 
 
 def review_queue(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
-    """Samples waiting for a technologist, oldest first, with the cells that need a look."""
+    """Samples waiting for a technologist, oldest first, with the cells that need a look: those to review and
+    those where no image could be classified (``error`` says why), until someone signs their report off."""
     with session_scope(settings.database_url) as session:
         samples = session.scalars(
-            select(Sample).where(Sample.status == SampleStatus.NEEDS_REVIEW).order_by(Sample.created_at).limit(limit)
+            select(Sample)
+            .where(
+                Sample.status.in_([SampleStatus.NEEDS_REVIEW, SampleStatus.FAILED]),
+                Sample.report_status != ReportStatus.FINAL,
+            )
+            .order_by(Sample.created_at)
+            .limit(limit)
         )
         return [
             {
                 "sample_id": s.accession_id,
+                "status": s.status,
+                "error": s.error,
                 "cells": [c for c in cell_results(session, s) if c["needs_review"]],
                 "failed": [{"name": c.name, "error": c.error} for c in s.cells if c.status == CellStatus.FAILED],
                 "failed_fields": [{"name": f.name, "error": f.error} for f in s.fields if f.status == FieldStatus.FAILED],
