@@ -30,11 +30,11 @@ def flag_warnings(settings: Settings, flags: list[str], percent: dict[str, float
     """A sentence per flag; the immature one with its figures, so that a reader sees how far over the limit it is."""
     immature = [(label, percent.get(label, 0.0)) for label in settings.immature_classes]
     figures = " + ".join(f"{label} {share:.1f} %" for label, share in immature)
-    text: dict[str, str] = FLAG_TEXT | {
-        SampleFlag.IMMATURE_CELLS: f"immature cells: {figures} = {sum(share for _, share in immature):.1f} % of the leukocytes, "
+    immature_text = (
+        f"immature cells: {figures} = {sum(share for _, share in immature):.1f} % of the leukocytes, "
         f"over the {settings.immature_percent:g} % that flags a sample (BLOODCELL_IMMATURE_PERCENT)"
-    }
-    return [text[flag] for flag in flags]
+    )
+    return [immature_text if flag == SampleFlag.IMMATURE_CELLS else FLAG_TEXT[SampleFlag(flag)] for flag in flags]
 
 
 def differential_percent(settings: Settings, counts: dict[str, int]) -> tuple[dict[str, float], int]:
