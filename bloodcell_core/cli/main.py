@@ -1204,6 +1204,27 @@ def users_disable(name: str) -> None:
     click.echo(f"disabled {name}")
 
 
+@users.command("enable")
+@click.argument("name")
+def users_enable(name: str) -> None:
+    """Let disabled user NAME log in again, with the password it had."""
+    from bloodcell_core.service.users import enable_user
+
+    _users_call(lambda settings: enable_user(settings, name, _actor()))
+    click.echo(f"enabled {name}")
+
+
+@users.command("set-role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(["technologist", "supervisor", "admin"]))
+def users_set_role(name: str, role: str) -> None:
+    """Give user NAME another ROLE; its browser sessions end."""
+    from bloodcell_core.service.users import set_role
+
+    _users_call(lambda settings: set_role(settings, name, role, _actor()))
+    click.echo(f"{name} is now {role}")
+
+
 @users.command("set-password")
 @click.argument("name")
 @_password_stdin_option

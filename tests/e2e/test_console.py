@@ -84,6 +84,16 @@ def needs_review(page) -> list:
     return page.find_elements(By.CSS_SELECTOR, "button.cell.needs-review")
 
 
+def confirm_every_cell(page) -> None:
+    """Confirm the label of every cell waiting for review, as a technologist does before sign-off."""
+    while needs_review(page):
+        cell = needs_review(page)[0]
+        sha = cell.get_attribute("data-sha")
+        cell.click()
+        page.find_element(By.ID, "relabel-reason").send_keys("checked on the smear" + Keys.ENTER)
+        wait_text(page, f"#cell-{sha[:16]}", "reviewed:")
+
+
 def test_a_day_in_the_console(page, console, tmp_path):
     url, stack = console
     shots = artifacts_dir() / "console"  # these show dataset images: runs/ is never committed
@@ -120,12 +130,7 @@ def test_a_day_in_the_console(page, console, tmp_path):
     reason.send_keys("nucleus kidney-shaped" + Keys.ENTER)
     wait_text(page, f"#cell-{sha[:16]}", f"reviewed: {new_label} (tech)")
     # every other cell waiting for review gets its own label confirmed, by keyboard too
-    while needs_review(page):
-        cell = needs_review(page)[0]
-        other = cell.get_attribute("data-sha")
-        cell.click()
-        page.find_element(By.ID, "relabel-reason").send_keys("checked on the smear" + Keys.ENTER)
-        wait_text(page, f"#cell-{other[:16]}", "reviewed:")
+    confirm_every_cell(page)
 
     # a technologist may not sign off a sample with blasts: the button says so before anyone clicks
     assert not page.find_element(By.ID, "signoff").is_enabled()
@@ -360,6 +365,8 @@ def test_the_review_queue_follows_sign_off(page, console, review_samples):
 
     log_in(page, url, "sup")
     page.get(f"{url}/ui/samples/S-TECH-1")
+    confirm_every_cell(page)
+    assert "No cell left to review" in page.find_element(By.ID, "review-left").text
     page.find_element(By.ID, "signoff-comment").send_keys("blasts confirmed")
     page.find_element(By.ID, "signoff").click()
     wait_text(page, "#report-status", "final")
