@@ -409,6 +409,11 @@ def test_error_pages_keep_the_way_and_what_was_typed(page, console, review_sampl
     assert "tech (technologist)" in page.find_element(By.ID, "who").text
     page.find_element(By.ID, "go-back").click()
     wait_for(page, lambda d: d.find_element(By.ID, "signoff-comment").get_attribute("value") == "a comment worth keeping")
+
+    # 404: the service's message whole, its closing quote included
+    page.get(f"{url}/ui/samples/NOPE-404")
+    assert page.find_element(By.ID, "error").text == "no sample 'NOPE-404'"
+    assert page.find_element(By.CSS_SELECTOR, "header nav a[href='/ui/review']") and not page.find_elements(By.ID, "go-back")
     page.get(f"{url}/ui/")
     log_out(page)
 
