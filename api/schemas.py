@@ -166,6 +166,7 @@ class SampleForReview(BaseModel):
     sample_id: str
     status: str = Field(description="needs_review, or failed when no image of the sample could be classified")
     error: str | None = Field(description="Why the sample failed; null otherwise")
+    flags: list[str] = Field(description="The report's flags (blasts, immature_cells, unfamiliar_images)")
     cells: list[Cell]
     failed: list[ReviewFailedCell]
     failed_fields: list[ReviewFailedCell] = Field(description="Whole fields that could not be located, with the error")

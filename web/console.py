@@ -133,6 +133,12 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
             raise HTTPException(403, "stale or missing CSRF token: reload the page and try again")
         return who
 
+    def admin_form(who: Viewer = Depends(csrf_checked)) -> Viewer:
+        """A user-management form: a live session, its CSRF token and the admin role."""
+        if not who.can(Role.ADMIN):
+            raise HTTPException(403, "managing users needs the admin role")
+        return who
+
     def role(needed: Role) -> Callable[..., Viewer]:
         def check(who: Viewer = Depends(viewer)) -> Viewer:
             if not who.can(needed):
@@ -348,42 +354,32 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
 
     @router.post("/users")
     def create_user(
-        who: Viewer = Depends(csrf_checked), name: str = Form(...), user_role: str = Form(...), password: str = Form(...)
+        who: Viewer = Depends(admin_form), name: str = Form(...), user_role: str = Form(...), password: str = Form(...)
     ) -> Response:
-        if not who.can(Role.ADMIN):
-            raise HTTPException(403, "managing users needs the admin role")
         call(users.create_user, settings, name, user_role, password, who.actor)
         return RedirectResponse("/ui/users", status_code=303)
 
     @router.post("/users/{name}/disable")
-    def disable_user(name: str, who: Viewer = Depends(csrf_checked)) -> Response:
-        if not who.can(Role.ADMIN):
-            raise HTTPException(403, "managing users needs the admin role")
+    def disable_user(name: str, who: Viewer = Depends(admin_form)) -> Response:
         if name == who.name:
             raise HTTPException(409, "you cannot disable your own account: another admin can")
         call(users.disable_user, settings, name, who.actor)
         return RedirectResponse("/ui/users", status_code=303)
 
     @router.post("/users/{name}/enable")
-    def enable_user(name: str, who: Viewer = Depends(csrf_checked)) -> Response:
-        if not who.can(Role.ADMIN):
-            raise HTTPException(403, "managing users needs the admin role")
+    def enable_user(name: str, who: Viewer = Depends(admin_form)) -> Response:
         call(users.enable_user, settings, name, who.actor)
         return RedirectResponse("/ui/users", status_code=303)
 
     @router.post("/users/{name}/role")
-    def change_role(name: str, who: Viewer = Depends(csrf_checked), user_role: str = Form(...)) -> Response:
-        if not who.can(Role.ADMIN):
-            raise HTTPException(403, "managing users needs the admin role")
+    def change_role(name: str, who: Viewer = Depends(admin_form), user_role: str = Form(...)) -> Response:
         if name == who.name:
             raise HTTPException(409, "you cannot change your own role: another admin can")
         call(users.set_role, settings, name, user_role, who.actor)
         return RedirectResponse("/ui/users", status_code=303)
 
     @router.post("/users/{name}/password")
-    def reset_password(name: str, who: Viewer = Depends(csrf_checked), password: str = Form(...)) -> Response:
-        if not who.can(Role.ADMIN):
-            raise HTTPException(403, "managing users needs the admin role")
+    def reset_password(name: str, who: Viewer = Depends(admin_form), password: str = Form(...)) -> Response:
         call(users.set_password, settings, name, password, who.actor)
         return RedirectResponse("/ui/users", status_code=303)
 
@@ -402,7 +398,7 @@ def _readable_time(iso: str | None) -> str:
     if not iso:
         return ""
     moment = datetime.fromisoformat(iso)
-    return moment.strftime("%d %b %Y, %H:%M") + (" UTC" if moment.utcoffset() is not None else "")
+    return moment.strftime("%d %b %Y, %H:%M") + (f" {moment.tzname()}" if moment.tzinfo is not None else "")
 
 
 def _local(target: str) -> str:

@@ -90,8 +90,8 @@ def get_cells(settings: Settings, accession_id: str, needs_review: bool = False)
 
 
 def review_queue(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
-    """Samples waiting for a technologist, oldest first, with the cells that need a look: those to review and
-    those where no image could be classified (``error`` says why), until someone signs their report off."""
+    """Samples waiting for a technologist, oldest first, until someone signs their report off: with the cells to
+    review, the failed images and fields, the report's flags, and why (``error``) when no image could be classified."""
     with session_scope(settings.database_url) as session:
         samples = session.scalars(
             select(Sample)
@@ -107,6 +107,7 @@ def review_queue(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
                 "sample_id": s.accession_id,
                 "status": s.status,
                 "error": s.error,
+                "flags": list(report.flags) if (report := report_row(session, s)) is not None else [],
                 "cells": [c for c in cell_results(session, s) if c["needs_review"]],
                 "failed": [{"name": c.name, "error": c.error} for c in s.cells if c.status == CellStatus.FAILED],
                 "failed_fields": [{"name": f.name, "error": f.error} for f in s.fields if f.status == FieldStatus.FAILED],

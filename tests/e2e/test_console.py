@@ -204,7 +204,8 @@ def test_what_the_console_refuses(page, console, tmp_path):
     assert page.execute_script("return window.pwned") is None
     assert INJECTED not in page.page_source and "&lt;img src=x" in page.page_source
 
-    # a stale CSRF token is refused, and nothing changes
+    # a stale CSRF token is refused, and nothing changes (the button is enabled by hand: the drawn cell may count as a blast)
+    page.execute_script("document.getElementById('signoff').disabled = false")
     page.execute_script("document.querySelector('#signoff-form input[name=csrf_token]').value = 'stale'")
     page.find_element(By.ID, "signoff").click()
     wait_text(page, "#error", "stale or missing CSRF token")
@@ -330,6 +331,7 @@ def test_the_sample_page_a_technologist_expects(page, console, review_samples):
     assert not page.find_element(By.ID, "signoff").is_enabled()
     assert "needs the supervisor role (you are technologist)" in page.find_element(By.ID, "signoff-refused").text
     page.set_window_size(1400, 1500)
+    page.execute_script("window.scrollTo(0, 0)")
     docs_screenshot(page, "console-sample")
     page.set_window_size(1400, 1000)
 
@@ -358,6 +360,7 @@ def test_the_review_queue_follows_sign_off(page, console, review_samples):
     assert {"S-TECH-1", "S-FAILED-1"} <= set(queued)
     why = queued["S-FAILED-1"].find_element(By.CSS_SELECTOR, ".why").text  # a sample of which nothing could be read, and why
     assert "no image of the sample could be classified" in why and "a.png: not an image file" in why, why
+    assert "blasts" in queued["S-TECH-1"].find_element(By.CSS_SELECTOR, ".why").text
     assert "b'" not in visible_text(page)
     docs_screenshot(page, "console-review")
     page.get(f"{url}/ui/")

@@ -128,7 +128,7 @@ REFUSED = [  # (case, request keyword arguments, status, words in the error)
         "decompression bomb",
         {"files": [("images", ("bomb.png", png_header(100_000, 100_000), "image/png"))]},
         413,
-        "decompression bomb",
+        "over 1,000,000 pixels (BLOODCELL_MAX_IMAGE_PIXELS)",  # the configured limit, not Pillow's
     ),
     (
         "request over the size limit",
