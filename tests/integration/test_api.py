@@ -92,6 +92,11 @@ def test_health_is_open_and_every_other_route_needs_a_token(api: Api):
     assert api.call("GET", "/redoc", token=None).status_code == 404
 
 
+def test_an_error_message_is_whole_with_its_closing_quote(api: Api):
+    missing = api.call("GET", "/v1/samples/NOPE-404", token="reader")
+    assert missing.status_code == 404 and missing.json()["detail"] == "no sample 'NOPE-404'"
+
+
 def test_scopes_and_revoked_tokens(api: Api):
     files = cell_files(1)
     assert api.call("POST", "/v1/samples", token="reader", data={"accession_id": "S-SCOPE"}, files=files).status_code == 403
