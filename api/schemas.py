@@ -178,6 +178,7 @@ class Cell(BaseModel):
     top3: list[LabelProbability]
     reviewed_label: str | None
     reviewed_by: str | None
+    reviewed_reason: str | None = Field(description="Why the technologist gave their label")
     label: str | None = Field(description="The label that counts: the technologist's, else the model's")
     ood_score: float | None
     needs_review: bool
@@ -193,6 +194,9 @@ class ReviewFailedCell(BaseModel):
 
 class SampleForReview(BaseModel):
     sample_id: str
+    status: str = Field(description="needs_review, or failed when no image of the sample could be classified")
+    error: str | None = Field(description="Why the sample failed; null otherwise")
+    flags: list[str] = Field(description="The report's flags (blasts, immature_cells, unfamiliar_images)")
     cells: list[Cell]
     failed: list[ReviewFailedCell]
     failed_fields: list[ReviewFailedCell] = Field(description="Whole fields that could not be located, with the error")

@@ -8,6 +8,7 @@ The fixtures (``browser``, ``page``, a screenshot of each failed test) are in ``
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
@@ -101,6 +102,20 @@ def screenshot(driver: webdriver.Chrome, artifacts: Path, name: str) -> Path:
     data = driver.get_screenshot_as_png()
     assert data.startswith(PNG_SIGNATURE), "the browser returned no PNG screenshot"
     path.write_bytes(data)
+    return path
+
+
+def docs_screenshot(driver: webdriver.Chrome, name: str, scale: float = 0.6, colours: int = 96) -> Path | None:
+    """With $BLOODCELL_DOCS_SCREENSHOTS set (scripts/screenshots), what the browser shows as docs/NAME.png: scaled down
+    and reduced to a palette, so that it stays small in the repository; None without it."""
+    if not os.environ.get("BLOODCELL_DOCS_SCREENSHOTS"):
+        return None
+    from PIL import Image
+
+    shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
+    small = shot.resize((round(shot.width * scale), round(shot.height * scale)), Image.Resampling.LANCZOS)
+    path = PROJECT / "docs" / f"{name}.png"
+    small.quantize(colours, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
     return path
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote
@@ -74,6 +75,7 @@ class LoginRequired(Exception):
 def _templates() -> Environment:
     environment = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"], default=True))
     environment.filters["pct"] = lambda value: f"{value:.1f}"
+    environment.filters["when"] = _readable_time
     environment.filters["tojson_attr"] = lambda value: json.dumps(value)  # autoescaped again as an attribute value
     return environment
 
@@ -94,10 +96,13 @@ def install_console(app: FastAPI, settings: Settings, client: Client) -> None:
 
     @app.exception_handler(HTTPException)
     async def html_errors(request: Request, exc: HTTPException) -> Response:
-        """Errors of console pages as a page; the API's stay JSON."""
+        """Errors of console pages as a page with the console's navigation; the API's stay JSON."""
         if not request.url.path.startswith("/ui") or request.headers.get("x-requested-with") == "console":
             return await http_exception_handler(request, exc)
-        body = templates.get_template("error.html").render(status=exc.status_code, detail=exc.detail, viewer=None)
+        who = await run_in_threadpool(_viewer_of, settings, request)
+        body = templates.get_template("error.html").render(
+            status=exc.status_code, detail=exc.detail, viewer=who, posted=request.method == "POST"
+        )
         return HTMLResponse(body, status_code=exc.status_code, headers={**SECURITY_HEADERS, **(exc.headers or {})})
 
 
@@ -117,16 +122,21 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
             raise HTTPException(status_of(exc), error_message(exc)) from None
 
     def viewer(request: Request) -> Viewer:
-        token = request.cookies.get(SESSION_COOKIE)
-        found = users.session_user(settings, token) if token else None
+        found = _viewer_of(settings, request)
         if found is None:
             raise LoginRequired()
-        return Viewer(found["name"], found["role"], found["csrf_token"])
+        return found
 
     def csrf_checked(request: Request, who: Viewer = Depends(viewer), csrf_token: str = Form("")) -> Viewer:
         sent = request.headers.get("x-csrf-token") or csrf_token
         if not sent or not secrets.compare_digest(sent, who.csrf_token):
             raise HTTPException(403, "stale or missing CSRF token: reload the page and try again")
+        return who
+
+    def admin_form(who: Viewer = Depends(csrf_checked)) -> Viewer:
+        """A user-management form: a live session, its CSRF token and the admin role."""
+        if not who.can(Role.ADMIN):
+            raise HTTPException(403, "managing users needs the admin role")
         return who
 
     def role(needed: Role) -> Callable[..., Viewer]:
@@ -164,7 +174,7 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
             message = f"too many failed logins: try again in {exc.retry_after_s} s"
             return page("login.html", None, 429, login_csrf=expected, next=_local(next), error=message)
         except users.LoginRefused as exc:
-            return page("login.html", None, 401, login_csrf=expected, next=_local(next), error=str(exc))
+            return page("login.html", None, 401, login_csrf=expected, next=_local(next), error=error_message(exc))
         token, _csrf = users.start_session(settings, user["name"])
         response = RedirectResponse(_local(next), status_code=303)
         response.set_cookie(
@@ -239,9 +249,11 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
         cells = call(client.cells, sample_id)
         fields = call(client.fields, sample_id)
         classes = _classes(settings, report["model_version"])
+        to_review = [cell for cell in cells if cell["needs_review"]]
         gallery: dict[str, list[dict[str, Any]]] = {}
         for cell in cells:
-            gallery.setdefault(cell["label"] or cell["status"], []).append(cell)
+            if not cell["needs_review"]:
+                gallery.setdefault(cell["label"] or cell["status"], []).append(cell)
         order = [label for label in classes if label in gallery] + sorted(set(gallery) - set(classes))
         rows = [(label, report["counts"].get(label, 0), report["percent"].get(label, 0.0)) for label in report["counts"]]
         apart = set(report.get("non_leukocyte_classes", []))  # nucleated red cells and platelets: not among the 100
@@ -250,6 +262,7 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
             "sample.html",
             who,
             report=report,
+            to_review=to_review,  # shown first: they are what the technologist is here for
             gallery=[(label, gallery[label]) for label in order],
             classes=classes,
             rows=[row for row in rows if row[0] not in apart],
@@ -345,23 +358,51 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
 
     @router.post("/users")
     def create_user(
-        who: Viewer = Depends(csrf_checked), name: str = Form(...), user_role: str = Form(...), password: str = Form(...)
+        who: Viewer = Depends(admin_form), name: str = Form(...), user_role: str = Form(...), password: str = Form(...)
     ) -> Response:
-        if not who.can(Role.ADMIN):
-            raise HTTPException(403, "managing users needs the admin role")
         call(users.create_user, settings, name, user_role, password, who.actor)
         return RedirectResponse("/ui/users", status_code=303)
 
     @router.post("/users/{name}/disable")
-    def disable_user(name: str, who: Viewer = Depends(csrf_checked)) -> Response:
-        if not who.can(Role.ADMIN):
-            raise HTTPException(403, "managing users needs the admin role")
+    def disable_user(name: str, who: Viewer = Depends(admin_form)) -> Response:
         if name == who.name:
             raise HTTPException(409, "you cannot disable your own account: another admin can")
         call(users.disable_user, settings, name, who.actor)
         return RedirectResponse("/ui/users", status_code=303)
 
+    @router.post("/users/{name}/enable")
+    def enable_user(name: str, who: Viewer = Depends(admin_form)) -> Response:
+        call(users.enable_user, settings, name, who.actor)
+        return RedirectResponse("/ui/users", status_code=303)
+
+    @router.post("/users/{name}/role")
+    def change_role(name: str, who: Viewer = Depends(admin_form), user_role: str = Form(...)) -> Response:
+        if name == who.name:
+            raise HTTPException(409, "you cannot change your own role: another admin can")
+        call(users.set_role, settings, name, user_role, who.actor)
+        return RedirectResponse("/ui/users", status_code=303)
+
+    @router.post("/users/{name}/password")
+    def reset_password(name: str, who: Viewer = Depends(admin_form), password: str = Form(...)) -> Response:
+        call(users.set_password, settings, name, password, who.actor)
+        return RedirectResponse("/ui/users", status_code=303)
+
     return router
+
+
+def _viewer_of(settings: Settings, request: Request) -> Viewer | None:
+    """The person whose live session the request carries; None without one."""
+    token = request.cookies.get(SESSION_COOKIE)
+    found = users.session_user(settings, token) if token else None
+    return None if found is None else Viewer(found["name"], found["role"], found["csrf_token"])
+
+
+def _readable_time(iso: str | None) -> str:
+    """An ISO time as people read it, to the minute (the console's script shows it in the browser's time zone)."""
+    if not iso:
+        return ""
+    moment = datetime.fromisoformat(iso)
+    return moment.strftime("%d %b %Y, %H:%M") + (f" {moment.tzname()}" if moment.tzinfo is not None else "")
 
 
 def _local(target: str) -> str:

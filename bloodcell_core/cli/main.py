@@ -682,7 +682,7 @@ def locate_fields_command(
                 (crops_dir / f"{path.stem}_cell{k}.png").write_bytes(cell.png)
         if overlays_dir is not None:
             overlays_dir.mkdir(parents=True, exist_ok=True)
-            boxes = [(cell.box, f"{k}") for k, cell in enumerate(cut.cells)]
+            boxes = [(cell.box, f"{k}", False) for k, cell in enumerate(cut.cells)]
             (overlays_dir / f"{path.stem}_overlay.png").write_bytes(draw_overlay(data, boxes))
     if as_json:
         click.echo(json.dumps(results, indent=2))
@@ -1255,6 +1255,27 @@ def users_disable(name: str) -> None:
 
     _users_call(lambda settings: disable_user(settings, name, _actor()))
     click.echo(f"disabled {name}")
+
+
+@users.command("enable")
+@click.argument("name")
+def users_enable(name: str) -> None:
+    """Let disabled user NAME log in again, with the password it had."""
+    from bloodcell_core.service.users import enable_user
+
+    _users_call(lambda settings: enable_user(settings, name, _actor()))
+    click.echo(f"enabled {name}")
+
+
+@users.command("set-role")
+@click.argument("name")
+@click.argument("role", type=click.Choice(["technologist", "supervisor", "admin"]))
+def users_set_role(name: str, role: str) -> None:
+    """Give user NAME another ROLE; its browser sessions end."""
+    from bloodcell_core.service.users import set_role
+
+    _users_call(lambda settings: set_role(settings, name, role, _actor()))
+    click.echo(f"{name} is now {role}")
 
 
 @users.command("set-password")

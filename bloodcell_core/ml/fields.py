@@ -125,13 +125,18 @@ def locator_scores(fields: Iterable[tuple[str, Sequence[Corners], Sequence[Corne
     }
 
 
-def draw_overlay(data: bytes, cells: Sequence[tuple[CellBox, str]]) -> bytes:
-    """The field as PNG with each cell's box drawn and its label written above it."""
+# BGR box colours of an overlay; the console's legend (web/static/console.css, .legend) shows the same three
+BOX_CONFIDENT, BOX_TO_REVIEW, BOX_CUT_BY_EDGE = (40, 170, 40), (40, 40, 220), (0, 160, 255)
+
+
+def draw_overlay(data: bytes, cells: Sequence[tuple[CellBox, str, bool]]) -> bytes:
+    """The field as PNG with each cell's box drawn and its label written above it. A cell is (box, label,
+    needs review): a cell to review is red, whatever else holds; one cut by the field's edge orange; others green."""
     image = cv2.cvtColor(decode_image(data), cv2.COLOR_RGB2BGR)
     thickness = max(2, round(max(image.shape[:2]) / 320))
     scale = max(0.5, max(image.shape[:2]) / 1280)
-    for box, label in cells:
-        colour = (0, 160, 255) if box.touches_edge else (40, 200, 40)  # BGR: orange for a cell cut by the edge
+    for box, label, needs_review in cells:
+        colour = BOX_TO_REVIEW if needs_review else BOX_CUT_BY_EDGE if box.touches_edge else BOX_CONFIDENT
         cv2.rectangle(image, (box.x, box.y), (box.x + box.width - 1, box.y + box.height - 1), colour, thickness)
         if label:
             (text_width, text_height), baseline = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)

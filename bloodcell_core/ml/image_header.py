@@ -12,6 +12,11 @@ class ImageDecodeError(ValueError):
     """The bytes are not an image OpenCV can decode (empty, truncated, too large, or another file type)."""
 
 
+class ImageTooLarge(ImageDecodeError):
+    """The header claims more pixels than Pillow opens at all (a likely decompression bomb): whoever refuses it
+    names their own limit, since Pillow's ceiling is not one a laboratory configured."""
+
+
 def image_dimensions(data: bytes) -> tuple[int, int] | None:
     """(width, height) read from the image header alone, without decoding pixels; None if unreadable."""
     with warnings.catch_warnings():
@@ -19,7 +24,7 @@ def image_dimensions(data: bytes) -> tuple[int, int] | None:
         try:
             with PIL.Image.open(io.BytesIO(data)) as image:
                 return image.size
-        except PIL.Image.DecompressionBombError as exc:  # over twice Pillow's own ceiling
-            raise ImageDecodeError(f"decompression bomb refused: {exc}") from None
+        except PIL.Image.DecompressionBombError:  # over twice Pillow's own ceiling, far above any configured limit
+            raise ImageTooLarge("the image claims more pixels than any limit allows") from None
         except Exception:
             return None

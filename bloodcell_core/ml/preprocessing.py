@@ -12,7 +12,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from bloodcell_core.ml.image_header import ImageDecodeError, image_dimensions
+from bloodcell_core.ml.image_header import ImageDecodeError, ImageTooLarge, image_dimensions
 from bloodcell_core.plugin_manager import get_preprocessing_step
 from bloodcell_core.plugin_types import Augmentation
 
@@ -34,14 +34,17 @@ def decode_image(data: bytes) -> np.ndarray:
     """
     if len(data) == 0:
         raise ImageDecodeError("empty file (0 bytes)")
-    size = image_dimensions(data)
-    image = None
-    if size is not None and size[0] * size[1] > MAX_DECODE_PIXELS:
+    try:
+        size = image_dimensions(data)
+    except ImageTooLarge:
+        raise ImageDecodeError(f"image exceeds the {MAX_DECODE_PIXELS:,} pixel limit") from None
+    if size is None:
+        raise ImageDecodeError(f"not an image file: {len(data):,} bytes in no image format this service reads")
+    if size[0] * size[1] > MAX_DECODE_PIXELS:
         raise ImageDecodeError(f"image of {size[0]} x {size[1]} pixels exceeds the {MAX_DECODE_PIXELS:,} pixel limit")
-    if size is not None:
-        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if image is None:
-        raise ImageDecodeError(f"not a decodable image ({len(data)} bytes, starts with {bytes(data[:8])!r})")
+        raise ImageDecodeError(f"not an image file that decodes: its header says {size[0]} x {size[1]} pixels, its data is damaged")
     if image.dtype == np.uint16:
         image = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
     elif image.dtype != np.uint8:

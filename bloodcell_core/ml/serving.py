@@ -14,7 +14,7 @@ from bloodcell_core.ml.artifacts import ArtifactError, ModelMetadata, read_metad
 from bloodcell_core.ml.dataset import index_dataset, list_class_files
 from bloodcell_core.ml.evaluation import evaluate
 from bloodcell_core.ml.fields import CutField, FieldTooCrowded, cut_field, draw_overlay
-from bloodcell_core.ml.image_header import ImageDecodeError, image_dimensions
+from bloodcell_core.ml.image_header import ImageDecodeError, ImageTooLarge, image_dimensions
 from bloodcell_core.ml.inference import CellPrediction, Classifier, served_views
 from bloodcell_core.ml.ood import FALLBACK_REVIEW_THRESHOLD, UNFAMILIAR_REASON, review_reasons
 
@@ -26,6 +26,7 @@ __all__ = [
     "FieldTooCrowded",
     "FALLBACK_REVIEW_THRESHOLD",
     "ImageDecodeError",
+    "ImageTooLarge",
     "ModelMetadata",
     "UNFAMILIAR_REASON",
     "cut_field",

@@ -141,7 +141,7 @@ def field_overlay(settings: Settings, accession_id: str, field_sha256: str) -> b
             raise NotFound(f"sample {accession_id!r} has no field {field_sha256[:80]!r}")
         data = image_store(settings).get(session, field_sha256)
         boxes = [
-            (CellBox(**row["box"], stained_area=0), row["label"] or row["status"])
+            (CellBox(**row["box"], stained_area=0), row["label"] or row["status"], row["needs_review"])
             for row in _cells_by_field(session, sample).get(field_sha256, [])
         ]
     try:

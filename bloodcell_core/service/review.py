@@ -28,7 +28,7 @@ from bloodcell_core.service.samples import (
     report_row,
     version_predictions,
 )
-from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, CellStatus, FieldStatus, SampleStatus
+from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, CellStatus, FieldStatus, ReportStatus, SampleStatus
 
 
 def _report_version(session: Session, sample: Sample) -> ModelVersion:
@@ -70,6 +70,7 @@ def cell_results(session: Session, sample: Sample) -> list[dict[str, Any]]:
                 "top3": [{"label": label, "probability": round(p, 4)} for label, p in top],
                 "reviewed_label": review.label if review else None,
                 "reviewed_by": review.reviewer if review else None,
+                "reviewed_reason": review.reason if review else None,
                 "label": review.label if review else (prediction.label if prediction else None),
                 "ood_score": round(prediction.ood_score, 2) if prediction and prediction.ood_score is not None else None,
                 "needs_review": bool(reasons),
@@ -88,14 +89,24 @@ def get_cells(settings: Settings, accession_id: str, needs_review: bool = False)
 
 
 def review_queue(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
-    """Samples waiting for a technologist, oldest first, with the cells that need a look."""
+    """Samples waiting for a technologist, oldest first, until someone signs their report off: with the cells to
+    review, the failed images and fields, the report's flags, and why (``error``) when no image could be classified."""
     with session_scope(settings.database_url) as session:
         samples = session.scalars(
-            select(Sample).where(Sample.status == SampleStatus.NEEDS_REVIEW).order_by(Sample.created_at).limit(limit)
+            select(Sample)
+            .where(
+                Sample.status.in_([SampleStatus.NEEDS_REVIEW, SampleStatus.FAILED]),
+                Sample.report_status == ReportStatus.PRELIMINARY,  # approved (final, amended) reports have left it
+            )
+            .order_by(Sample.created_at)
+            .limit(limit)
         )
         return [
             {
                 "sample_id": s.accession_id,
+                "status": s.status,
+                "error": s.error,
+                "flags": list(report.flags) if (report := report_row(session, s)) is not None else [],
                 "cells": [c for c in cell_results(session, s) if c["needs_review"]],
                 "failed": [{"name": c.name, "error": c.error} for c in s.cells if c.status == CellStatus.FAILED],
                 "failed_fields": [{"name": f.name, "error": f.error} for f in s.fields if f.status == FieldStatus.FAILED],

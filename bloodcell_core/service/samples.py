@@ -29,6 +29,17 @@ FLAG_TEXT = {
 }
 
 
+def flag_warnings(settings: Settings, flags: list[str], percent: dict[str, float]) -> list[str]:
+    """A sentence per flag; the immature one with its figures, so that a reader sees how far over the limit it is."""
+    immature = [(label, percent.get(label, 0.0)) for label in settings.immature_classes]
+    figures = " + ".join(f"{label} {share:.1f} %" for label, share in immature)
+    immature_text = (
+        f"immature cells: {figures} = {sum(share for _, share in immature):.1f} % of the leukocytes, "
+        f"over the {settings.immature_percent:g} % that flags a sample (BLOODCELL_IMMATURE_PERCENT)"
+    )
+    return [immature_text if flag == SampleFlag.IMMATURE_CELLS else FLAG_TEXT[SampleFlag(flag)] for flag in flags]
+
+
 def differential_percent(settings: Settings, counts: dict[str, int]) -> tuple[dict[str, float], int]:
     """(percent per class, leukocytes counted) per 100 leukocytes: ``differential.differential_percent`` with the
     settings' non-leukocyte classes (BLOODCELL_NON_LEUKOCYTE_CLASSES)."""
@@ -221,7 +232,7 @@ def report_json(session: Session, settings: Settings, sample: Sample) -> dict[st
         "blast_percent": report.blast_percent,
         "blast_flag": report.blast_flag,
         "flags": report.flags,
-        "warnings": [FLAG_TEXT[flag] for flag in report.flags],
+        "warnings": flag_warnings(settings, report.flags, report.percent),
         "n_unfamiliar": report.n_unfamiliar,
         "review_threshold": report.review_threshold,
         "ood_threshold": report.ood_threshold,

@@ -10,7 +10,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 
 from bloodcell_core.config import Settings
-from bloodcell_core.ml.serving import ImageDecodeError, image_dimensions
+from bloodcell_core.ml.serving import ImageTooLarge, image_dimensions
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict, LimitExceeded, NotFound, ServiceError
@@ -45,14 +45,13 @@ def check_image_limits(settings: Settings, name: str, data: bytes) -> None:
     """Refuse an image over the byte or pixel limit (pixels read from the header: bombs are never decoded)."""
     if len(data) > settings.max_image_bytes:
         raise LimitExceeded(f"image {name!r} is {len(data):,} bytes, over {settings.max_image_bytes:,} (BLOODCELL_MAX_IMAGE_BYTES)")
+    over = f"over {settings.max_image_pixels:,} pixels (BLOODCELL_MAX_IMAGE_PIXELS)"
     try:
         size = image_dimensions(data)
-    except ImageDecodeError as exc:
-        raise LimitExceeded(f"image {name!r}: {exc}") from None
+    except ImageTooLarge:
+        raise LimitExceeded(f"image {name!r} is {over}") from None
     if size is not None and size[0] * size[1] > settings.max_image_pixels:
-        raise LimitExceeded(
-            f"image {name!r} is {size[0]} x {size[1]} pixels, over {settings.max_image_pixels:,} (BLOODCELL_MAX_IMAGE_PIXELS)"
-        )
+        raise LimitExceeded(f"image {name!r} is {size[0]} x {size[1]} pixels, {over}")
 
 
 def request_fingerprint(accession_id: str, image_sha256s: list[str], field_sha256s: Sequence[str] = ()) -> str:

@@ -118,18 +118,46 @@ def list_users(settings: Settings) -> list[dict[str, Any]]:
         return [_user_row(user) for user in session.scalars(select(User).order_by(User.name))]
 
 
+def _keep_an_admin(session: Session, user: User) -> None:
+    """Refuse to take away the last active admin: nobody could manage users any more."""
+    if user.role == Role.ADMIN and user.disabled_at is None:
+        admins = session.scalars(select(User).where(User.role == Role.ADMIN, User.disabled_at.is_(None))).all()
+        if len(admins) == 1:
+            raise Conflict(f"{user.name!r} is the last active admin: create another admin first")
+
+
 def disable_user(settings: Settings, name: str, actor: str) -> None:
     """Disable user NAME: its sessions end at once and it can no longer log in."""
     with session_scope(settings.database_url) as session:
         user = _find_user(session, name)
-        if user.role == Role.ADMIN and user.disabled_at is None:
-            admins = session.scalars(select(User).where(User.role == Role.ADMIN, User.disabled_at.is_(None))).all()
-            if len(admins) == 1:
-                raise Conflict(f"{name!r} is the last active admin: create another admin first")
+        _keep_an_admin(session, user)
         _end_sessions_of(session, user)
         if user.disabled_at is None:
             user.disabled_at = utcnow()
             record_event(session, actor, "user.disabled", name)
+
+
+def enable_user(settings: Settings, name: str, actor: str) -> None:
+    """Let a disabled user NAME log in again, with the password it had."""
+    with session_scope(settings.database_url) as session:
+        user = _find_user(session, name)
+        if user.disabled_at is not None:
+            user.disabled_at = None
+            record_event(session, actor, "user.enabled", name)
+
+
+def set_role(settings: Settings, name: str, role: str, actor: str) -> None:
+    """Give user NAME another role; its sessions end, so that no page keeps the old role's rights."""
+    if role not in {r.value for r in Role}:
+        raise ServiceError(f"role must be one of {', '.join(Role)}; got {role!r}")
+    with session_scope(settings.database_url) as session:
+        user = _find_user(session, name)
+        if user.role == role:
+            return
+        _keep_an_admin(session, user)
+        old, user.role = user.role, Role(role).value
+        _end_sessions_of(session, user)
+        record_event(session, actor, "user.role_changed", name, old=old, new=user.role)
 
 
 def set_password(settings: Settings, name: str, password: str, actor: str) -> None:

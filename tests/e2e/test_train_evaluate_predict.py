@@ -88,7 +88,7 @@ def test_predict_reports_a_bad_image_alone(tiny_model: Path, tmp_path: Path):
     entries = json.loads(result.stdout)
     assert entries[0]["label"] in json.loads((tiny_model / "metadata.json").read_text())["classes"]
     assert len(entries[0]["top3"]) == 3 and 0 < entries[0]["confidence"] <= 1
-    assert "not a decodable image" in entries[1]["error"]
+    assert "not an image file" in entries[1]["error"]
     assert "cannot read file" in entries[2]["error"]
     text = run_cli("predict", str(tiny_model), str(good), check=False).stdout
     assert "top 3:" in text

@@ -94,6 +94,11 @@ def test_health_is_open_and_every_other_route_needs_a_token(api: Api):
     assert api.call("GET", "/redoc", token=None).status_code == 404
 
 
+def test_an_error_message_is_whole_with_its_closing_quote(api: Api):
+    missing = api.call("GET", "/v1/samples/NOPE-404", token="reader")
+    assert missing.status_code == 404 and missing.json()["detail"] == "no sample 'NOPE-404'"
+
+
 def test_scopes_and_revoked_tokens(api: Api):
     files = cell_files(1)
     assert api.call("POST", "/v1/samples", token="reader", data={"accession_id": "S-SCOPE"}, files=files).status_code == 403
@@ -130,7 +135,7 @@ REFUSED = [  # (case, request keyword arguments, status, words in the error)
         "decompression bomb",
         {"files": [("images", ("bomb.png", png_header(100_000, 100_000), "image/png"))]},
         413,
-        "decompression bomb",
+        "over 1,000,000 pixels (BLOODCELL_MAX_IMAGE_PIXELS)",  # the configured limit, not Pillow's
     ),
     (
         "request over the size limit",

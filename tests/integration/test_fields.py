@@ -82,7 +82,7 @@ def test_fields_from_the_cli_are_located_classified_and_kept_with_their_place(st
     report = submit_fields(stack, "F-CLI-1", field_dir)
     by_name = {Path(f["name"]).name: f for f in report["fields"]}
     assert len(by_name) == 5
-    assert by_name["not_a_field.jpg"]["status"] == "failed" and "not a decodable image" in by_name["not_a_field.jpg"]["error"]
+    assert by_name["not_a_field.jpg"]["status"] == "failed" and "not an image file" in by_name["not_a_field.jpg"]["error"]
     assert by_name["empty_field.png"]["status"] == "located" and by_name["empty_field.png"]["n_cells"] == 0
     assert [Path(name).name for name in report["fields_without_cells"]] == ["empty_field.png"]
     located = [f for f in report["fields"] if f["status"] == "located"]

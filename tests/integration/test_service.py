@@ -68,7 +68,7 @@ def test_sample_end_to_end(stack: Stack, sample_dir: Path):
     assert report["blast_flag"] is True  # about half the cells are blasts: far over 20 %
     assert report["status"] == "needs_review"  # a failed image always asks for a person
     assert [f["name"].endswith("broken.jpg") for f in report["failed"]] == [True]
-    assert "not a decodable image" in report["failed"][0]["error"]
+    assert "not an image file" in report["failed"][0]["error"]
     assert report["model_version"].startswith(read_metadata(DEFAULT_MODEL).plugin + "-")
     assert report["review_threshold"] == read_metadata(DEFAULT_MODEL).calibration["review_threshold"]
     assert stack.count(models.Prediction) == 12 and stack.count(models.SampleImage) == 13

@@ -278,6 +278,31 @@ def test_the_last_active_admin_cannot_be_disabled(settings):
     assert [u["disabled"] for u in users.list_users(settings) if u["name"] == "root"] == [True]
 
 
+def test_a_user_is_re_enabled_and_changes_role_with_audit_events_and_the_last_admin_kept(env, settings):
+    users.create_user(settings, "root", "admin", PASSWORD, "cli:root")
+    users.create_user(settings, "alice", "technologist", PASSWORD, "cli:root")
+    token, _ = users.start_session(settings, "alice")
+    users.disable_user(settings, "alice", "cli:root")
+    users.enable_user(settings, "alice", "cli:root")
+    users.enable_user(settings, "alice", "cli:root")  # again: nothing more happens
+    assert users.authenticate(settings, "alice", PASSWORD, ADDRESS) == {"name": "alice", "role": "technologist"}
+    token, _ = users.start_session(settings, "alice")
+    users.set_role(settings, "alice", "supervisor", "cli:root")
+    assert users.session_user(settings, token) is None  # no page keeps the old role
+    assert [u["role"] for u in users.list_users(settings) if u["name"] == "alice"] == ["supervisor"]
+    with pytest.raises(ServiceError, match="role must be one of"):
+        users.set_role(settings, "alice", "root", "cli:root")
+    with pytest.raises(Conflict, match="last active admin"):
+        users.set_role(settings, "root", "supervisor", "cli:root")
+    events = [(e["action"], e["details"]) for e in reversed(audit_events(settings, subject="alice"))]
+    assert ("user.enabled", {}) in events and ("user.role_changed", {"old": "technologist", "new": "supervisor"}) in events
+    assert [action for action, _ in events].count("user.enabled") == 1
+
+    assert "enabled alice" in run_cli("users", "enable", "alice", env=env).stdout
+    assert "alice is now admin" in run_cli("users", "set-role", "alice", "admin", env=env).stdout
+    assert bloodcell("users", "set-role", "alice", "root", env=env).returncode == 2
+
+
 def test_the_audit_log_records_accounts_and_logins_never_passwords(settings):
     users.create_user(settings, "alice", "supervisor", PASSWORD, "cli:root")
     users.set_password(settings, "alice", "second password!", "cli:root")

@@ -58,7 +58,7 @@ def test_audit_cli_text_and_json(tmp_path: Path):
     (tmp_path / "b" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     (tmp_path / "b" / "copy.png").write_bytes((tmp_path / "a" / "0.png").read_bytes())
     text = run_cli("dataset", "audit", str(tmp_path)).stdout
-    assert "b/broken.jpg: not a decodable image" in text
+    assert "b/broken.jpg: not an image file" in text
     assert "a/0.png = b/copy.png" in text
     import json
 

@@ -9,7 +9,16 @@ import numpy as np
 import pytest
 from helpers import BCCD, encode, run_cli, touching_cells_field
 
-from bloodcell_core.ml.fields import FieldTooCrowded, cut_field, draw_overlay, iou, locator_scores, match_boxes
+from bloodcell_core.ml.fields import (
+    BOX_CONFIDENT,
+    BOX_TO_REVIEW,
+    FieldTooCrowded,
+    cut_field,
+    draw_overlay,
+    iou,
+    locator_scores,
+    match_boxes,
+)
 from bloodcell_core.ml.preprocessing import ImageDecodeError, decode_image
 from bloodcell_core.ml.smear_fields import read_fields, score_locator
 from bloodcell_core.plugin_manager import get_cell_locator
@@ -86,7 +95,7 @@ def test_a_crowded_field_fails_whole_and_the_cut_is_deterministic():
 
 
 def test_a_non_image_is_refused_clearly():
-    with pytest.raises(ImageDecodeError, match="not a decodable image"):
+    with pytest.raises(ImageDecodeError, match="not an image file"):
         cut_field(b"GIF89a but not really", locate_field_cells, max_cells=50)
 
 
@@ -94,10 +103,14 @@ def test_the_overlay_is_the_field_with_its_boxes():
     image = field(nuclei=((200, 200, 35),))
     data = encode(cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     cut = cut_field(data, locate_field_cells, max_cells=50)
-    overlay = decode_image(draw_overlay(data, [(cell.box, "neutrophil") for cell in cut.cells]))
-    assert overlay.shape == image.shape
     box = cut.cells[0].box
-    assert (overlay[box.y + box.height // 2, box.x] != image[box.y + box.height // 2, box.x]).any()  # the frame is drawn
+    frame = (box.y + box.height // 2, box.x)  # a pixel of the box's left side
+    confident = decode_image(draw_overlay(data, [(cell.box, "neutrophil", False) for cell in cut.cells]))
+    assert confident.shape == image.shape
+    assert tuple(confident[frame]) == BOX_CONFIDENT[::-1]  # RGB of the green frame
+    # a cell to review is never green: it has a colour of its own, the one the console's legend names
+    to_review = decode_image(draw_overlay(data, [(cell.box, "neutrophil", True) for cell in cut.cells]))
+    assert tuple(to_review[frame]) == BOX_TO_REVIEW[::-1]
 
 
 def test_scores_count_each_found_box_once():
@@ -134,7 +147,7 @@ def test_locate_commands_print_boxes_and_scores(tmp_path):
     assert result.returncode == 1  # one field failed, the other was still located
     entries = json.loads(result.stdout)
     assert len(entries[0]["cells"]) == 2 and set(entries[0]["cells"][0]) >= {"x", "y", "width", "height", "touches_edge"}
-    assert "not a decodable image" in entries[1]["error"]
+    assert "not an image file" in entries[1]["error"]
     assert len(list((tmp_path / "crops").glob("*.png"))) == 2
     scores = json.loads(run_cli("locate", "evaluate", str(BCCD), "--split", "test", "--json").stdout)
     assert set(scores) >= {"precision", "recall", "f1", "n_true", "n_found", "erring_fields"}

@@ -45,17 +45,18 @@ def test_decode_grayscale_alpha_and_16_bit():
     "data, message",
     [
         (b"", "empty file"),
-        (b"this is not an image", "not a decodable image"),
-        (b"\xff\xd8\xff\xe0" + b"\x00" * 10, "not a decodable image"),
+        (b"this is not an image", "not an image file"),
+        (b"\xff\xd8\xff\xe0" + b"\x00" * 10, "not an image file"),
         # formats whose header Pillow cannot read are never handed to OpenCV: this one claims 20000 x 20000
-        (b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 20000 +X 20000\n" + bytes(64), "not a decodable image"),
-        (png_header(100_000, 100_000), "decompression bomb"),
+        (b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 20000 +X 20000\n" + bytes(64), "not an image file"),
+        (png_header(100_000, 100_000), "exceeds the 100,000,000 pixel limit"),
         (png_header(12_000, 12_000), "exceeds the 100,000,000 pixel limit"),
     ],
 )
 def test_bad_bytes_raise_a_clear_error(data, message):
-    with pytest.raises(ImageDecodeError, match=message):
+    with pytest.raises(ImageDecodeError, match=message) as raised:
         decode_image(data)
+    assert "b'" not in str(raised.value) and "Pillow" not in str(raised.value) and "DOS" not in str(raised.value)
 
 
 def test_preprocessor_output_matches_model_input():
