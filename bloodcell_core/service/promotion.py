@@ -174,21 +174,28 @@ def shadow_classify(settings: Settings, sample_pk: int, classifier_for: Callable
     """Classify the sample's cells with the newest candidate too; stored, never used by a report. Returns the count."""
     with session_scope(settings.database_url) as session:
         candidate = shadow_candidate(session)
-        sample = session.get(Sample, sample_pk)
-        if candidate is None or sample is None:
+        if candidate is None:
             return 0
         session.expunge(candidate)
-        done = set(session.scalars(select(Prediction.image_sha256).where(Prediction.model_version_id == candidate.id)))
+    return classify_cells_with(settings, candidate, sample_pk, classifier_for, f"shadow:{worker}")
+
+
+def classify_cells_with(
+    settings: Settings, version: ModelVersion, sample_pk: int, classifier_for: Callable[[ModelVersion], "Classifier"], worker: str
+) -> int:
+    """Classify the sample's cells that VERSION (any status) has not classified yet; stored, never used by a
+    report (shadow scoring, a candidate scored on verified samples). Returns how many were stored."""
+    with session_scope(settings.database_url) as session:
+        sample = session.get(Sample, sample_pk)
+        if sample is None:
+            return 0
+        done = set(session.scalars(select(Prediction.image_sha256).where(Prediction.model_version_id == version.id)))
         store = image_store(settings)
         todo = [cell for cell in sample.cells if cell.status == CellStatus.DONE and cell.image_sha256 not in done]
         stored = store.get_many(session, [cell.image_sha256 for cell in todo])
         images = [(cell.image_sha256, stored[cell.image_sha256]) for cell in todo if cell.image_sha256 in stored]
-    results = classifier_for(candidate).classify(images) if images else []
-    rows = [
-        prediction_row(sha, candidate.id, result, f"shadow:{worker}")
-        for (sha, _), result in zip(images, results)
-        if result.error is None
-    ]
+    results = classifier_for(version).classify(images) if images else []
+    rows = [prediction_row(sha, version.id, result, worker) for (sha, _), result in zip(images, results) if result.error is None]
     with session_scope(settings.database_url) as session:
         insert_predictions(session, rows)
     return len(rows)
