@@ -4,7 +4,9 @@ One module for every sample-level figure: the service's reports flag samples wit
 generalisation table composes seeded synthetic samples out of labelled cells the model has classified
 (``compose_samples``) and summarises them (``summarise_samples``: share of samples flagged, predicted against true
 blast and immature percentages); ``threshold_sweep`` says what a stricter or looser flag rule would cost in
-flagged normal samples and missed leukaemic ones. Nothing here reads images or runs a model: it counts calls.
+flagged normal samples and missed leukaemic ones; local verification (service/verification.py) adds proportions with
+Wilson intervals, sensitivity / specificity / PPV / NPV, Passing-Bablok regression and Bland-Altman agreement.
+Nothing here reads images or runs a model: it counts calls.
 """
 
 from __future__ import annotations
