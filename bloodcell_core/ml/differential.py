@@ -284,13 +284,13 @@ def passing_bablok(reference: Sequence[float], measured: Sequence[float]) -> dic
     finite = np.isfinite([slope, low, high])
 
     def intercept(b: float) -> float | None:
-        return round(float(np.median(y - b * x)), 4) if np.isfinite(b) else None
+        return round(float(np.median(y - b * x)), 4) + 0.0 if np.isfinite(b) else None  # + 0.0: no "-0.0"
 
     return {
         "n": n,
-        "slope": round(slope, 4) if finite[0] else None,
-        "slope_low": round(low, 4) if finite[1] else None,
-        "slope_high": round(high, 4) if finite[2] else None,
+        "slope": round(slope, 4) + 0.0 if finite[0] else None,
+        "slope_low": round(low, 4) + 0.0 if finite[1] else None,
+        "slope_high": round(high, 4) + 0.0 if finite[2] else None,
         "intercept": intercept(slope),
         "intercept_low": intercept(high),
         "intercept_high": intercept(low),

@@ -102,15 +102,17 @@ def _figures(scored: dict[str, Any]) -> dict[str, Figure]:
     sweep = [row for row in scored["flags"]["sweep"] if row["sensitivity"] is not None and row["specificity"] is not None]
     fig, ax = plt.subplots(figsize=(5, 4.2))
     ax.plot([1 - row["specificity"] for row in sweep], [row["sensitivity"] for row in sweep], marker="o")
+    points: dict[tuple[float, float], list[str]] = {}  # counts that land on the same point share one label
     for row in sweep:
-        ax.annotate(
-            f"{row['blast_count']}{' (in force)' if row['in_force'] else ''}", (1 - row["specificity"], row["sensitivity"]), fontsize=8
-        )
+        label = f"{row['blast_count']}{'*' if row['in_force'] else ''}"
+        points.setdefault((1 - row["specificity"], row["sensitivity"]), []).append(label)
+    for i, ((x, y), counts) in enumerate(points.items()):  # labels above and below in turn: neighbours stay readable
+        ax.annotate(", ".join(counts), (x, y), textcoords="offset points", xytext=(4, -12 if i % 2 else 6), fontsize=8)
     ax.set_xlim(-0.05, 1.05)
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("1 - specificity (normal samples flagged)")
     ax.set_ylabel("sensitivity (blast-positive samples flagged)")
-    ax.set_title(f"{version}: blast flag at N blast cells", fontsize=10)
+    ax.set_title(f"{version}: blast flag at N blast cells (* in force)", fontsize=10)
     fig.tight_layout()
     figures["flag_sweep"] = fig
     return figures

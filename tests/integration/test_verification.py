@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,13 @@ pytestmark = pytest.mark.real_data
 NORMAL = {"neutrophil": 11, "lymphocyte": 6, "monocyte": 2, "eosinophil": 1}
 BLASTS = {"myeloblast": 6, "neutrophil": 8, "lymphocyte": 4, "ig": 2}
 IMMATURE = {"ig": 3, "neutrophil": 10, "lymphocyte": 5, "monocyte": 2}
-SAMPLES = {**{f"N-{i:02}": NORMAL for i in range(6)}, **{f"B-{i:02}": BLASTS for i in range(3)}, "I-00": IMMATURE}
+FEW_BLASTS = {"myeloblast": 2, "neutrophil": 12, "lymphocyte": 6}  # under the rule in force (5 cells or 20 %)
+SAMPLES = {
+    **{f"N-{i:02}": NORMAL for i in range(6)},
+    **{f"B-{i:02}": BLASTS for i in range(3)},
+    "I-00": IMMATURE,
+    "L-00": FEW_BLASTS,
+}
 # The technologist's own call where it differs from the folder's class (sample, class, which one, label)
 CHANGED = [("N-00", "lymphocyte", 0, "monocyte"), ("B-01", "myeloblast", 0, "lymphocyte")]
 PASSWORD = "correct horse battery"
@@ -126,7 +132,7 @@ def test_the_dossier_figures_equal_the_ones_computed_from_the_labels(lab, tmp_pa
     cells = scored["cell_level"]
     n = len(reference)
     correct = sum(model[key] == label for key, label in reference.items())
-    assert cells["n_cells"] == n == 200
+    assert cells["n_cells"] == n == 20 * len(SAMPLES)
     assert (cells["agreement"]["k"], cells["agreement"]["n"]) == (correct, n)
     low, high = wilson(correct, n)
     assert cells["agreement"]["low"] == pytest.approx(low, abs=1e-4) and cells["agreement"]["high"] == pytest.approx(high, abs=1e-4)
@@ -171,7 +177,13 @@ def test_the_dossier_figures_equal_the_ones_computed_from_the_labels(lab, tmp_pa
     sensitivities = [row["sensitivity"] for row in sweep]
     specificities = [row["specificity"] for row in sweep]
     assert sensitivities == sorted(sensitivities, reverse=True) and specificities == sorted(specificities)  # stricter: fewer flags
-    assert sweep[0]["blast_count"] == 1 and sweep[-1]["missed"] >= sweep[0]["missed"]
+    for row in sweep:  # what each candidate count would cost, recounted from the model's calls
+        k = row["blast_count"]
+        flags = {s: calls[s]["myeloblast"] >= k or percent(calls[s], "myeloblast") >= 20 for s in SAMPLES}
+        assert row["extra_reviews"] == sum(flags[s] and not truth[s] for s in SAMPLES)
+        assert row["missed"] == sum(truth[s] and not flags[s] for s in SAMPLES)
+    assert [row["blast_count"] for row in sweep] == [1, 2, 3, 5, 8, 10, 15]
+    assert sweep[0]["extra_reviews"] >= 1  # one blast cell flags the sample with two: a looser rule costs reviews
 
     met = {row["criterion"]: row["met"] for row in scored["criteria"]}
     assert met["samples"] and met["cells"]
@@ -188,6 +200,8 @@ def test_too_few_samples_give_no_conclusion(lab, tmp_path: Path):
     (scored,) = dossier["models"]
     assert scored["conclusion"] == "no conclusion"
     assert "too few samples: 3, the criteria ask >= 20" in scored["conclusion_text"]
+    today = datetime.now(timezone.utc).date()  # sign-off dates are UTC days, both ends included
+    assert len(verification.build_dossier(lab["settings"], day_from=today, day_to=today)["samples"]) == len(SAMPLES)
 
 
 def test_bad_input_gives_clear_messages(lab, tmp_path: Path):
@@ -209,7 +223,8 @@ def test_bad_input_gives_clear_messages(lab, tmp_path: Path):
         verification.read_criteria(bad)
     with db.session_scope(settings.database_url) as session:
         candidate = register_model_version(session, KAGGLE5_MODEL, ModelStatus.CANDIDATE, "test").version
-    with pytest.raises(Conflict, match=f"model {candidate} has no predictions on 200 of the 200 verified cells"):
+    cells = 20 * len(SAMPLES)
+    with pytest.raises(Conflict, match=f"model {candidate} has no predictions on {cells} of the {cells} verified cells"):
         verification.build_dossier(settings, model=candidate)
     empty = {**lab["env"], "BLOODCELL_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
     db.upgrade(empty["BLOODCELL_DATABASE_URL"])
@@ -227,7 +242,7 @@ def test_a_candidate_beside_production_on_the_same_cells_and_from_the_cli(lab, t
     dossier = verification.build_dossier(settings, model=candidate, classify=True, classifier_for=lab["classifier_for"])
     production, challenger = dossier["models"]
     assert (production["role"], challenger["role"], challenger["version"]) == ("production", "candidate", candidate)
-    assert production["cell_level"]["n_cells"] == challenger["cell_level"]["n_cells"] == 200
+    assert production["cell_level"]["n_cells"] == challenger["cell_level"]["n_cells"] == 20 * len(SAMPLES)
     assert challenger["cell_level"]["per_class"]["erythroblast"]["tp"] == 0  # the notebook's 5 classes
     samples = tmp_path / "samples.txt"
     samples.write_text("N-00\nN-01\nB-00\nB-01\n")
