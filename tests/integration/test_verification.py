@@ -46,6 +46,50 @@ PASSWORD = "correct horse battery"
 Z = 1.959963984540054
 
 
+def laboratory(env: dict[str, str]):
+    """A migrated database with the shipped model in production: its settings, and the model per version, loaded once."""
+    db.upgrade(env["BLOODCELL_DATABASE_URL"])
+    settings = settings_for(env)
+    ensure_production_model(settings)
+    classifiers: dict = {}
+
+    def classifier_for(version):
+        if version.version not in classifiers:
+            classifiers[version.version] = load_classifier(settings, version)
+        return classifiers[version.version]
+
+    return settings, classifier_for
+
+
+def reviewed_sample(settings, accession_id: str, cells: list[tuple[str, Path]], classifier_for, sign: bool = True):
+    """Submit CELLS (class, image), classify them, relabel every cell the model got wrong or sent to review (and the
+    changes on purpose in CHANGED), sign the sample off; returns the model's labels and the final ones by sha256."""
+    truth, images = {}, []
+    for label, path in cells:
+        data = path.read_bytes()
+        images.append((path.name, data))
+        truth[hashlib.sha256(data).hexdigest()] = label
+    for sample, label, which, new in CHANGED:
+        if sample == accession_id:
+            truth[[sha for sha, t in truth.items() if t == label][which]] = new
+    submission = submit_sample(settings, accession_id, images, "test")
+    classify_sample(settings, submission.sample_pk, classifier_for, "test-worker")
+    model_label = {}
+    for cell in review.get_cells(settings, accession_id):
+        sha = cell["image_sha256"]
+        model_label[sha] = cell["model_label"]
+        if cell["model_label"] != truth[sha] or cell["needs_review"]:
+            review.relabel_cell(settings, accession_id, sha, truth[sha], "anna", "checked on the smear", "user:anna")
+    if sign:
+        review.sign_off(settings, accession_id, "sue", f"verified {accession_id}", "user:sue", role="supervisor")
+    return model_label, truth
+
+
+def relabel_after_sign_off(settings, accession_id: str) -> None:
+    first = review.get_cells(settings, accession_id)[0]["image_sha256"]
+    review.relabel_cell(settings, accession_id, first, "basophil", "anna", "second look after sign-off", "user:anna")
+
+
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """Signed-off samples, one unsigned sample and one relabelled after its sign-off; the model's calls and the
@@ -57,16 +101,7 @@ def lab(tmp_path_factory):
         "BLOODCELL_DEFAULT_MODEL": str(DEFAULT_MODEL),
         "BLOODCELL_MODELS_DIR": str(home / "models"),
     }
-    db.upgrade(env["BLOODCELL_DATABASE_URL"])
-    settings = settings_for(env)
-    ensure_production_model(settings)
-    classifiers: dict = {}
-
-    def classifier_for(version):
-        if version.version not in classifiers:
-            classifiers[version.version] = load_classifier(settings, version)
-        return classifiers[version.version]
-
+    settings, classifier_for = laboratory(env)
     wanted = Counter()
     for composition in [*SAMPLES.values(), NORMAL, NORMAL]:
         wanted.update(composition)
@@ -74,29 +109,11 @@ def lab(tmp_path_factory):
     model_label, reference = {}, {}
     for accession_id, composition in [*SAMPLES.items(), ("U-00", NORMAL), ("A-00", NORMAL)]:
         cells = [(label, pool[label].pop()) for label, k in composition.items() for _ in range(k)]
-        truth = {}
-        images = []
-        for label, path in cells:
-            data = path.read_bytes()
-            images.append((path.name, data))
-            truth[hashlib.sha256(data).hexdigest()] = label
-        for sample, label, which, new in CHANGED:
-            if sample == accession_id:
-                truth[[sha for sha, t in truth.items() if t == label][which]] = new
-        submission = submit_sample(settings, accession_id, images, "test")
-        classify_sample(settings, submission.sample_pk, classifier_for, "test-worker")
-        for cell in review.get_cells(settings, accession_id):
-            sha = cell["image_sha256"]
-            model_label[accession_id, sha] = cell["model_label"]
-            if cell["model_label"] != truth[sha] or cell["needs_review"]:
-                review.relabel_cell(settings, accession_id, sha, truth[sha], "anna", "checked on the smear", "user:anna")
-        if accession_id != "U-00":  # left unsigned
-            review.sign_off(settings, accession_id, "sue", f"verified {accession_id}", "user:sue", role="supervisor")
-            reference.update({(accession_id, sha): label for sha, label in truth.items()})
-    first = review.get_cells(settings, "A-00")[0]["image_sha256"]
-    review.relabel_cell(settings, "A-00", first, "basophil", "anna", "second look after sign-off", "user:anna")
-    for key in [k for k in reference if k[0] == "A-00"]:
-        del reference[key]
+        calls, truth = reviewed_sample(settings, accession_id, cells, classifier_for, sign=accession_id != "U-00")
+        model_label |= {(accession_id, sha): label for sha, label in calls.items()}
+        if accession_id in SAMPLES:
+            reference |= {(accession_id, sha): label for sha, label in truth.items()}
+    relabel_after_sign_off(settings, "A-00")
     return {
         "env": env,
         "settings": settings,
@@ -105,6 +122,30 @@ def lab(tmp_path_factory):
         "reference": reference,
         "classifier_for": classifier_for,
     }
+
+
+def test_signed_off_samples_on_postgresql(postgres_server, tmp_path: Path):
+    """The one rule of what counts as signed off, and the sign-off date window, on the production database."""
+    env = {
+        "BLOODCELL_HOME": str(tmp_path),
+        "BLOODCELL_DATABASE_URL": postgres_server.create_database("bloodcell_verification"),
+        "BLOODCELL_IMAGE_STORE": "database",
+        "BLOODCELL_DEFAULT_MODEL": str(DEFAULT_MODEL),
+        "BLOODCELL_MODELS_DIR": str(tmp_path / "models"),
+    }
+    settings, classifier_for = laboratory(env)
+    images = [("neutrophil", path) for path in unseen_images("neutrophil", 9)]
+    for accession_id, cells, sign in (("P-1", images[:3], True), ("P-2", images[3:6], True), ("P-3", images[6:], False)):
+        reviewed_sample(settings, accession_id, cells, classifier_for, sign)
+    relabel_after_sign_off(settings, "P-2")
+    today = datetime.now(timezone.utc).date()
+    with db.session_scope(settings.database_url) as session:
+        assert [s.accession_id for s in verification.signed_off_samples(session)] == ["P-1"]
+        assert [s.accession_id for s in verification.signed_off_samples(session, today, today)] == ["P-1"]
+        assert verification.signed_off_samples(session, today + timedelta(days=1)) == []
+        assert verification.signed_off_samples(session, None, today - timedelta(days=1)) == []
+    dossier = verification.build_dossier(settings)
+    assert [s["sample_id"] for s in dossier["samples"]] == ["P-1"] and dossier["models"][0]["conclusion"] == "no conclusion"
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
