@@ -27,10 +27,10 @@ from bloodcell_core.ml import differential
 from bloodcell_core.ml.differential import BLASTS, IMMATURE_CELLS, CellCall, FlagRule, SyntheticSample
 from bloodcell_core.ml.serving import UNFAMILIAR_REASON
 from bloodcell_core.service.audit_log import record_event
+from bloodcell_core.service.classification import classify_cells_with
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
 from bloodcell_core.service.models import AuditEvent, CellReview, ModelFile, ModelVersion, Prediction, Sample, SampleReport
-from bloodcell_core.service.promotion import classify_cells_with
 from bloodcell_core.service.samples import cell_review_reasons, latest_reviews, version_predictions
 from bloodcell_core.service.states import CellStatus
 from bloodcell_core.service.versions import current_production, find_version, ood_threshold, review_threshold
@@ -448,6 +448,29 @@ def build_dossier(
         ],
         "models": models,
     }
+
+
+def verified_refusals(settings: Settings, candidate: str) -> list[str]:
+    """Why CANDIDATE may not replace production on the laboratory's own signed-off samples (the promotion gate's
+    part with BLOODCELL_PROMOTION_VERIFIED): a lower cell agreement or blast-flag sensitivity than production's on
+    the same cells. Nothing to compare on (no signed-off samples, cells the candidate has not classified) refuses too."""
+    try:
+        dossier = build_dossier(settings, model=candidate)
+    except ServiceError as exc:
+        return [f"no local verification to compare on: {exc}"]
+    if len(dossier["models"]) == 1:  # the candidate is production
+        return []
+    production, challenger = dossier["models"]
+    figures = {
+        "cell agreement": lambda scored: scored["cell_level"]["agreement"]["value"],
+        "blast flag sensitivity": lambda scored: scored["flags"][BLASTS]["sensitivity"]["value"],
+    }
+    refusals = []
+    for name, figure in figures.items():
+        new, old = figure(challenger), figure(production)
+        if new is not None and old is not None and new < old:
+            refusals.append(f"on {len(dossier['samples'])} verified samples its {name} {new:.4f} is below production's {old:.4f}")
+    return refusals
 
 
 def make_dossier(settings: Settings, out_dir: Path, actor: str, **options: Any) -> dict[str, Any]:

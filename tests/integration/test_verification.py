@@ -9,6 +9,7 @@ the model's calls.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -24,6 +25,7 @@ from servers import settings_for
 from bloodcell_core.service import db, review, users, verification
 from bloodcell_core.service.classification import classify_sample
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
+from bloodcell_core.service.promotion import promote
 from bloodcell_core.service.states import ModelStatus
 from bloodcell_core.service.submission import submit_sample
 from bloodcell_core.service.versions import ensure_production_model, load_classifier, register_model_version
@@ -285,6 +287,16 @@ def test_a_candidate_beside_production_on_the_same_cells_and_from_the_cli(lab, t
     assert (production["role"], challenger["role"], challenger["version"]) == ("production", "candidate", candidate)
     assert production["cell_level"]["n_cells"] == challenger["cell_level"]["n_cells"] == 20 * len(SAMPLES)
     assert challenger["cell_level"]["per_class"]["erythroblast"]["tp"] == 0  # the notebook's 5 classes
+    # the promotion gate, with BLOODCELL_PROMOTION_VERIFIED, compares the two on these cells
+    agreement = challenger["cell_level"]["agreement"]["value"], production["cell_level"]["agreement"]["value"]
+    assert agreement[0] < agreement[1]
+    gated = dataclasses.replace(settings, promotion_verified=True)
+    expected = f"on {len(SAMPLES)} verified samples its cell agreement {agreement[0]:.4f} is below production's {agreement[1]:.4f}"
+    assert expected in verification.verified_refusals(gated, candidate)
+    for checked, refused in ((gated, True), (settings, False)):
+        with db.session_scope(settings.database_url) as session, pytest.raises(Conflict) as refusal:
+            promote(session, checked, candidate, "cli:test")
+        assert (expected in str(refusal.value)) is refused
     samples = tmp_path / "samples.txt"
     samples.write_text("N-00\nN-01\nB-00\nB-01\n")
     out = tmp_path / "cli"
