@@ -64,6 +64,7 @@ class Settings:
     evaluation_set: str  # the registered evaluation set the promotion gate compares models on
     promotion_margin: float  # a candidate must beat production by this much on accuracy and macro-F1
     shadow: bool  # workers also classify live samples with the newest candidate (stored, not reported)
+    promotion_verified: bool  # the gate also compares candidate and production on the lab's signed-off samples
     visibility_timeout: int  # seconds before Redis hands an unacknowledged task of a vanished worker to another
     classify_time_limit_s: int  # hard time limit of every task but retraining and evaluation (samples, webhooks, ...)
     train_time_limit_s: int  # hard time limit of retraining and of evaluating a model version
@@ -119,6 +120,7 @@ class Settings:
             evaluation_set=env("BLOODCELL_EVALUATION_SET", "default"),
             promotion_margin=float(env("BLOODCELL_PROMOTION_MARGIN", "0.001")),
             shadow=env("BLOODCELL_SHADOW", "0").strip().lower() in ("1", "true", "yes", "on"),
+            promotion_verified=env("BLOODCELL_PROMOTION_VERIFIED", "0").strip().lower() in ("1", "true", "yes", "on"),
             visibility_timeout=int(env("BLOODCELL_VISIBILITY_TIMEOUT", str(2 * 3600))),
             classify_time_limit_s=int(env("BLOODCELL_CLASSIFY_TIME_LIMIT_S", "660")),
             train_time_limit_s=int(env("BLOODCELL_TRAIN_TIME_LIMIT_S", str(2 * 3600 - 60))),

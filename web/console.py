@@ -35,6 +35,7 @@ from bloodcell_core.service.http_status import SERVICE_ERRORS, error_message, im
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, Role, SampleFlag, SampleStatus
 from bloodcell_core.service.submission import check_image_limits
 from bloodcell_core.service.versions import version_classes
+from web.verification import verification_router
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "bloodcell_session"
@@ -146,6 +147,8 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
             return who
 
         return check
+
+    router.include_router(verification_router(settings, page, call, role(Role.SUPERVISOR), csrf_checked))
 
     # --- logging in and out -----------------------------------------------------------------------
 

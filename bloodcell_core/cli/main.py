@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, Literal, NoReturn, TypeVar
@@ -1414,3 +1416,63 @@ def models_shadow(version: str) -> None:
         click.echo(json.dumps(_client().shadow_report(version), indent=2))
     except _user_errors() as exc:
         _fail(str(exc))
+
+
+@cli.command("verify")
+@click.option("--model", help="A candidate version to score beside production on the same samples (default: production only).")
+@click.option("--from", "day_from", metavar="DATE", help="Only samples signed off on or after DATE (YYYY-MM-DD).")
+@click.option("--to", "day_to", metavar="DATE", help="Only samples signed off on or before DATE (YYYY-MM-DD).")
+@click.option(
+    "--samples",
+    "samples_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Only these samples: a file of accession ids, one a line.",
+)
+@click.option(
+    "--criteria",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The laboratory's acceptance criteria, JSON or YAML (docs/verification.md; default: the built-in ones).",
+)
+@click.option("--classify", is_flag=True, help="First classify the verified cells --model has not classified yet (loads it).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Folder for the dossier.")
+def verify_command(
+    model: str | None,
+    day_from: str | None,
+    day_to: str | None,
+    samples_file: Path | None,
+    criteria: Path | None,
+    classify: bool,
+    out_dir: Path,
+) -> None:
+    """The local verification dossier: the production model (and --model beside it) against the technologists'
+    final labels on signed-off samples, per cell, per sample and per flag, held against the acceptance criteria.
+    Writes dossier.json, dossier.html, dossier.pdf and the plots into --out (docs/verification.md)."""
+    from bloodcell_core.service import verification
+    from bloodcell_core.service.verification_report import summary_rows
+    from bloodcell_core.service.versions import load_classifier
+
+    settings = _settings()
+    try:
+        accession_ids = None
+        if samples_file is not None:
+            accession_ids = [line.strip() for line in samples_file.read_text().splitlines() if line.strip()]
+        dossier = verification.make_dossier(
+            settings,
+            out_dir,
+            _actor(),
+            model=model,
+            day_from=verification.parse_day(day_from, "--from") if day_from else None,
+            day_to=verification.parse_day(day_to, "--to") if day_to else None,
+            accession_ids=accession_ids,
+            criteria=verification.read_criteria(criteria),
+            classify=classify,
+            classifier_for=functools.cache(lambda version: load_classifier(settings, version)),
+            command=shlex.join(["bloodcell", "verify", *sys.argv[2:]]),
+        )
+    except _user_errors() as exc:
+        _fail(str(exc))
+    for scored in dossier["models"]:
+        click.echo(f"{scored['role']} {scored['version']}")
+        for name, value in summary_rows(scored):
+            click.echo(f"  {name:38} {value}")
+    click.echo(f"dossier: {out_dir / 'dossier.html'} (and dossier.pdf, dossier.json)")

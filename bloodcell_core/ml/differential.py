@@ -4,7 +4,9 @@ One module for every sample-level figure: the service's reports flag samples wit
 generalisation table composes seeded synthetic samples out of labelled cells the model has classified
 (``compose_samples``) and summarises them (``summarise_samples``: share of samples flagged, predicted against true
 blast and immature percentages); ``threshold_sweep`` says what a stricter or looser flag rule would cost in
-flagged normal samples and missed leukaemic ones. Nothing here reads images or runs a model: it counts calls.
+flagged normal samples and missed leukaemic ones; local verification (service/verification.py) adds proportions with
+Wilson intervals, sensitivity / specificity / PPV / NPV, Passing-Bablok regression and Bland-Altman agreement.
+Nothing here reads images or runs a model: it counts calls.
 """
 
 from __future__ import annotations
@@ -153,7 +155,7 @@ def compose_samples(
     return samples
 
 
-def _agreement(predicted: list[float], true: list[float]) -> dict[str, float | None]:
+def percent_agreement(predicted: list[float], true: list[float]) -> dict[str, float | None]:
     """Pearson r (None where either side is constant), mean bias (predicted - true) and mean absolute error, in points."""
     p, t = np.asarray(predicted, float), np.asarray(true, float)
     r = float(np.corrcoef(p, t)[0, 1]) if len(p) > 1 and p.std() > 0 and t.std() > 0 else None
@@ -188,8 +190,8 @@ def summarise_samples(samples: Sequence[SyntheticSample], rule: FlagRule) -> dic
         "flagged_blasts": share(lambda f: BLASTS in f),
         "flagged_immature": share(lambda f: IMMATURE_CELLS in f),
         "flagged_unfamiliar": share(lambda f: UNFAMILIAR_IMAGES in f),
-        "blast_percent": _agreement(*percents["blast"]),
-        "immature_percent": _agreement(*percents["immature"]),
+        "blast_percent": percent_agreement(*percents["blast"]),
+        "immature_percent": percent_agreement(*percents["immature"]),
     }
 
 
@@ -213,3 +215,105 @@ def threshold_sweep(
             }
         )
     return rows
+
+
+# --- verification statistics: the figures a laboratory files before it reports (service/verification.py) -------------
+
+Z95 = 1.959963984540054  # two-sided 95 %
+
+
+def proportion(k: int, n: int) -> dict[str, Any]:
+    """k of n with its Wilson score 95 % interval (scipy's), as CLSI and ICSH verification reports give it;
+    ``value`` and the bounds are None when n is 0 (nothing to estimate)."""
+    from scipy.stats import binomtest
+
+    if not n:
+        return {"k": k, "n": n, "value": None, "low": None, "high": None}
+    interval = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return {"k": k, "n": n, "value": round(k / n, 4), "low": round(float(interval.low), 4), "high": round(float(interval.high), 4)}
+
+
+def binary_agreement(tp: int, fp: int, fn: int, tn: int) -> dict[str, Any]:
+    """Sensitivity, specificity, PPV and NPV of a positive call against the reference, each with its Wilson interval."""
+    return {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "sensitivity": proportion(tp, tp + fn),
+        "specificity": proportion(tn, tn + fp),
+        "ppv": proportion(tp, tp + fp),
+        "npv": proportion(tn, tn + fn),
+    }
+
+
+def passing_bablok(reference: Sequence[float], measured: Sequence[float]) -> dict[str, Any]:
+    """Passing-Bablok regression of ``measured`` on ``reference`` (1983): slope and intercept with 95 % intervals.
+
+    Robust and symmetric in both methods' errors, so suited to differential percentages, which are counts with
+    many ties. Pairs with equal x and y give no slope, and a slope of exactly -1 is dropped (the method's rule);
+    the median is shifted by the number of slopes below -1. None where fewer than 3 samples or no usable pair.
+    """
+    x, y = np.asarray(reference, float), np.asarray(measured, float)
+    n = len(x)
+    i, j = np.triu_indices(n, k=1)
+    dx, dy = x[j] - x[i], y[j] - y[i]
+    usable = ~((dx == 0) & (dy == 0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slopes = np.where(dx != 0, dy / np.where(dx != 0, dx, 1), np.sign(dy) * np.inf)[usable]
+    slopes = np.sort(slopes[slopes != -1])
+    if n < 3 or not len(slopes):
+        return {
+            "n": n,
+            "slope": None,
+            "slope_low": None,
+            "slope_high": None,
+            "intercept": None,
+            "intercept_low": None,
+            "intercept_high": None,
+        }
+    count, shift = len(slopes), int((slopes < -1).sum())
+
+    def shifted(position: float) -> float:  # 1-based position in the sorted slopes, shifted by K
+        return float(slopes[min(max(int(position) + shift, 1), count) - 1])
+
+    slope = shifted((count + 1) // 2) if count % 2 else (shifted(count // 2) + shifted(count // 2 + 1)) / 2
+    c = Z95 * np.sqrt(n * (n - 1) * (2 * n + 5) / 18)
+    m1 = round((count - c) / 2)
+    low, high = shifted(m1), shifted(count - m1 + 1)
+    finite = np.isfinite([slope, low, high])
+
+    def intercept(b: float) -> float | None:
+        return round(float(np.median(y - b * x)), 4) + 0.0 if np.isfinite(b) else None  # + 0.0: no "-0.0"
+
+    return {
+        "n": n,
+        "slope": round(slope, 4) + 0.0 if finite[0] else None,
+        "slope_low": round(low, 4) + 0.0 if finite[1] else None,
+        "slope_high": round(high, 4) + 0.0 if finite[2] else None,
+        "intercept": intercept(slope),
+        "intercept_low": intercept(high),
+        "intercept_high": intercept(low),
+    }
+
+
+def bland_altman(reference: Sequence[float], measured: Sequence[float]) -> dict[str, Any]:
+    """Bland-Altman of ``measured - reference``: mean bias with its 95 % t interval, and the 95 % limits of
+    agreement (bias ± 1.96 SD of the differences). None where fewer than 2 samples."""
+    from scipy.stats import t as student_t
+
+    differences = np.asarray(measured, float) - np.asarray(reference, float)
+    n = len(differences)
+    if n < 2:
+        return {"n": n, "bias": None, "bias_low": None, "bias_high": None, "sd": None, "lower_limit": None, "upper_limit": None}
+    bias, sd = float(differences.mean()), float(differences.std(ddof=1))
+    half = float(student_t.ppf(0.975, n - 1) * sd / np.sqrt(n))
+    return {
+        "n": n,
+        "bias": round(bias, 4),
+        "bias_low": round(bias - half, 4),
+        "bias_high": round(bias + half, 4),
+        "sd": round(sd, 4),
+        "lower_limit": round(bias - Z95 * sd, 4),
+        "upper_limit": round(bias + Z95 * sd, 4),
+    }

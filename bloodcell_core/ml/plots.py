@@ -10,11 +10,21 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 
 def confusion_matrix_png(metrics: dict[str, Any], path: Path, title: str) -> None:
-    matrix = np.array(metrics["confusion_matrix"])
-    classes = metrics["classes"]
+    title = f"{title}\naccuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, n={metrics['n']}"
+    fig = confusion_matrix_figure(metrics["confusion_matrix"], metrics["classes"], title)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def confusion_matrix_figure(
+    counts: list[list[int]], classes: list[str], title: str, true_label: str = "true", predicted_label: str = "predicted"
+) -> Figure:
+    """Counts with each row shaded by its share (rows: the true class, columns: the predicted one)."""
+    matrix = np.array(counts)
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(1.2 * len(classes) + 2.5, 1.1 * len(classes) + 2))
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -23,12 +33,11 @@ def confusion_matrix_png(metrics: dict[str, Any], path: Path, title: str) -> Non
             ax.text(j, i, str(matrix[i, j]), ha="center", va="center", color="white" if rates[i, j] > 0.5 else "black")
     ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
     ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(f"{title}\naccuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, n={metrics['n']}")
+    ax.set_xlabel(predicted_label)
+    ax.set_ylabel(true_label)
+    ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def training_curves_png(history: dict[str, list[float]], path: Path) -> None:

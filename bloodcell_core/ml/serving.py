@@ -29,6 +29,7 @@ __all__ = [
     "ImageTooLarge",
     "ModelMetadata",
     "UNFAMILIAR_REASON",
+    "confusion_matrix_figure",
     "cut_field",
     "draw_overlay",
     "evaluate",
@@ -48,3 +49,10 @@ def train(model_name: str, data_dir: Path | str, out_dir: Path | str, **options:
     from bloodcell_core.ml.training import train as train_model
 
     return train_model(model_name, data_dir, out_dir, **options)
+
+
+def confusion_matrix_figure(counts: list[list[int]], classes: list[str], title: str, true_label: str, predicted_label: str) -> Any:
+    """``bloodcell_core.ml.plots.confusion_matrix_figure`` (a matplotlib Figure), imported on first use."""
+    from bloodcell_core.ml.plots import confusion_matrix_figure as figure
+
+    return figure(counts, classes, title, true_label, predicted_label)

@@ -16,7 +16,7 @@ from bloodcell_core.service.fields import locate_queued_fields
 from bloodcell_core.service.image_store import image_store
 from bloodcell_core.service.models import ModelVersion, Prediction, Sample
 from bloodcell_core.service.samples import build_report, version_predictions
-from bloodcell_core.service.states import SampleStatus
+from bloodcell_core.service.states import CellStatus, SampleStatus
 from bloodcell_core.service.versions import production_version
 
 if TYPE_CHECKING:
@@ -140,3 +140,24 @@ def classify_image(
             "probabilities": existing.probabilities,
             "model_version": version.version,
         }
+
+
+def classify_cells_with(
+    settings: Settings, version: ModelVersion, sample_pk: int, classifier_for: Callable[[ModelVersion], "Classifier"], worker: str
+) -> int:
+    """Classify the sample's cells that VERSION (any status) has not classified yet; stored, never used by a
+    report (shadow scoring, a candidate scored on verified samples). Returns how many were stored."""
+    with session_scope(settings.database_url) as session:
+        sample = session.get(Sample, sample_pk)
+        if sample is None:
+            return 0
+        done = set(session.scalars(select(Prediction.image_sha256).where(Prediction.model_version_id == version.id)))
+        store = image_store(settings)
+        todo = [cell for cell in sample.cells if cell.status == CellStatus.DONE and cell.image_sha256 not in done]
+        stored = store.get_many(session, [cell.image_sha256 for cell in todo])
+        images = [(cell.image_sha256, stored[cell.image_sha256]) for cell in todo if cell.image_sha256 in stored]
+    results = classifier_for(version).classify(images) if images else []
+    rows = [prediction_row(sha, version.id, result, worker) for (sha, _), result in zip(images, results) if result.error is None]
+    with session_scope(settings.database_url) as session:
+        insert_predictions(session, rows)
+    return len(rows)

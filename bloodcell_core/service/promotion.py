@@ -20,12 +20,12 @@ from sqlalchemy.orm import Session, aliased
 from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import evaluate, index_dataset
 from bloodcell_core.service.audit_log import record_event
-from bloodcell_core.service.classification import insert_predictions, prediction_row
+from bloodcell_core.service.classification import classify_cells_with
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
-from bloodcell_core.service.image_store import image_store
-from bloodcell_core.service.models import CellReview, EvaluationSet, ModelEvaluation, ModelVersion, Prediction, Sample
-from bloodcell_core.service.states import CellStatus, ModelStatus
+from bloodcell_core.service.models import CellReview, EvaluationSet, ModelEvaluation, ModelVersion, Prediction
+from bloodcell_core.service.states import ModelStatus
+from bloodcell_core.service.verification import verified_refusals
 from bloodcell_core.service.versions import current_production, find_version, load_classifier
 
 if TYPE_CHECKING:
@@ -144,6 +144,8 @@ def promote(session: Session, settings: Settings, version: str, actor: str, forc
             refusals = gate(session, settings, row, previous)
         except NotFound as exc:  # no evaluation set to compare on
             refusals = [str(exc)]
+        if settings.promotion_verified:  # and on the laboratory's own verified cells
+            refusals += verified_refusals(settings, version)
     if refusals and not force:
         raise Conflict(f"promotion of {version} refused: {'; '.join(refusals)} (force it with a reason to override)")
     if force and not reason.strip():
@@ -174,24 +176,10 @@ def shadow_classify(settings: Settings, sample_pk: int, classifier_for: Callable
     """Classify the sample's cells with the newest candidate too; stored, never used by a report. Returns the count."""
     with session_scope(settings.database_url) as session:
         candidate = shadow_candidate(session)
-        sample = session.get(Sample, sample_pk)
-        if candidate is None or sample is None:
+        if candidate is None:
             return 0
         session.expunge(candidate)
-        done = set(session.scalars(select(Prediction.image_sha256).where(Prediction.model_version_id == candidate.id)))
-        store = image_store(settings)
-        todo = [cell for cell in sample.cells if cell.status == CellStatus.DONE and cell.image_sha256 not in done]
-        stored = store.get_many(session, [cell.image_sha256 for cell in todo])
-        images = [(cell.image_sha256, stored[cell.image_sha256]) for cell in todo if cell.image_sha256 in stored]
-    results = classifier_for(candidate).classify(images) if images else []
-    rows = [
-        prediction_row(sha, candidate.id, result, f"shadow:{worker}")
-        for (sha, _), result in zip(images, results)
-        if result.error is None
-    ]
-    with session_scope(settings.database_url) as session:
-        insert_predictions(session, rows)
-    return len(rows)
+    return classify_cells_with(settings, candidate, sample_pk, classifier_for, f"shadow:{worker}")
 
 
 def shadow_report(settings: Settings, version: str) -> dict[str, Any]:

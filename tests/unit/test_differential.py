@@ -11,8 +11,12 @@ from bloodcell_core.ml.differential import (
     NORMAL_DIFFERENTIAL,
     CellCall,
     FlagRule,
+    binary_agreement,
+    bland_altman,
     compose_samples,
     leukaemic_composition,
+    passing_bablok,
+    proportion,
     summarise_samples,
     threshold_sweep,
 )
@@ -130,3 +134,67 @@ def test_the_generalisation_table_composes_its_per_sample_rows_from_each_sets_ca
     assert all_levels["n_samples"] == 50 * len(BLAST_PERCENTS) and all_levels["blast_percent"]["r"] == 1.0
     # the kaggle5 model has no lymphocyte: it cannot count a normal differential
     assert sample_rows({SAME_SOURCE: same}, ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]) == []
+
+
+def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval from its textbook formula (Newcombe 1998, method 3)."""
+    p = k / n
+    centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (45, 50), (50, 50), (1, 1), (172, 200)])
+def test_proportion_is_the_wilson_interval(k, n):
+    found = proportion(k, n)
+    low, high = wilson(k, n)
+    assert (found["k"], found["n"], found["value"]) == (k, n, round(k / n, 4))
+    assert found["low"] == pytest.approx(low, abs=1e-4) and found["high"] == pytest.approx(high, abs=1e-4)
+    assert proportion(0, 0) == {"k": 0, "n": 0, "value": None, "low": None, "high": None}
+
+
+def test_binary_agreement_counts_each_cell_of_the_two_by_two_table():
+    found = binary_agreement(tp=18, fp=4, fn=2, tn=76)
+    assert (found["sensitivity"]["k"], found["sensitivity"]["n"]) == (18, 20)
+    assert (found["specificity"]["k"], found["specificity"]["n"]) == (76, 80)
+    assert (found["ppv"]["k"], found["ppv"]["n"]) == (18, 22)
+    assert (found["npv"]["k"], found["npv"]["n"]) == (76, 78)
+
+
+def test_passing_bablok_on_an_exact_line_and_against_theil_sen_where_they_coincide():
+    x = np.array([0, 1, 2, 3, 5, 8, 10, 20, 30, 40.0])
+    exact = passing_bablok(x, 2 * x + 1)
+    assert (exact["slope"], exact["slope_low"], exact["slope_high"], exact["intercept"]) == (2.0, 2.0, 2.0, 1.0)
+    # increasing x and y, no ties: no slope is <= -1 or undefined, so Passing-Bablok's slope is Theil-Sen's median
+    rng = np.random.default_rng(3)
+    x = np.sort(rng.uniform(0, 60, 25))
+    y = np.sort(1.08 * x + 1.5 + rng.normal(0, 1.5, 25))
+    fit = passing_bablok(x, y)
+    assert fit["slope"] == pytest.approx(stats.theilslopes(y, x).slope, abs=1e-4)
+    slopes = np.sort([(y[j] - y[i]) / (x[j] - x[i]) for i in range(25) for j in range(i + 1, 25)])
+    c = 1.959963984540054 * np.sqrt(25 * 24 * 55 / 18)
+    m1 = round((len(slopes) - c) / 2)
+    assert fit["slope_low"] == pytest.approx(slopes[m1 - 1], abs=1e-4)
+    assert fit["slope_high"] == pytest.approx(slopes[len(slopes) - m1], abs=1e-4)
+    assert fit["intercept"] == pytest.approx(np.median(y - fit["slope"] * x), abs=1e-3)
+    assert fit["intercept_low"] == pytest.approx(np.median(y - slopes[len(slopes) - m1] * x), abs=1e-4)
+    assert fit["intercept_high"] == pytest.approx(np.median(y - slopes[m1 - 1] * x), abs=1e-4)
+    assert passing_bablok([1.0, 2.0], [1.0, 2.0])["slope"] is None  # too few samples to say
+
+
+def test_passing_bablok_shifts_the_median_by_the_slopes_below_minus_one():
+    x, y = [0.0, 1.0, 2.0, 3.0], [0.0, 3.0, 0.5, 4.0]  # sorted slopes -2.5, 0.25, 0.5, 1.33, 3, 3.5: one below -1
+    assert passing_bablok(x, y)["slope"] == round((4 / 3 + 3) / 2, 4)  # unshifted, the median would be (0.5 + 1.33) / 2
+
+
+def test_bland_altman_against_numpy_and_scipy():
+    rng = np.random.default_rng(5)
+    reference = rng.uniform(0, 70, 40)
+    measured = reference + 1.2 + rng.normal(0, 2.0, 40)
+    found = bland_altman(reference, measured)
+    d = measured - reference
+    low, high = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    assert found["bias"] == pytest.approx(d.mean(), abs=1e-4)
+    assert (found["bias_low"], found["bias_high"]) == (pytest.approx(low, abs=1e-4), pytest.approx(high, abs=1e-4))
+    assert found["lower_limit"] == pytest.approx(d.mean() - 1.96 * d.std(ddof=1), abs=2e-3)
+    assert found["upper_limit"] == pytest.approx(d.mean() + 1.96 * d.std(ddof=1), abs=2e-3)
+    assert bland_altman([1.0], [2.0])["bias"] is None
