@@ -5,12 +5,13 @@ FROM python:3.11-slim
 ARG TENSORFLOW="tensorflow-cpu>=2.18,<2.22"
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
-# The dependencies first, read from pyproject.toml alone: a change to the code rebuilds only the layers after them.
-COPY pyproject.toml README.md ./
+# The dependencies first, read from pyproject.toml alone: a change to the code or the docs rebuilds only the layers after them.
+COPY pyproject.toml ./
 RUN pip install --upgrade pip "setuptools>=78.1.1" && pip install "$TENSORFLOW" \
     && python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
         >/tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt && rm /tmp/requirements.txt
+COPY README.md ./
 COPY bloodcell_core ./bloodcell_core
 COPY plugins ./plugins
 COPY workers ./workers
