@@ -234,7 +234,7 @@ def test_settings_have_no_secret_defaults(monkeypatch):
         assert not re.search(r"://[^/\s:@]+:[^@\s]+@", str(value)), f"{name} has a password in its default"
 
 
-PLACEHOLDERS = {"password", "<password>", "...", "ops:...", "user:password", "your-password"}
+PLACEHOLDERS = {"password", "<password>", "...", "***", "ops:...", "user:password", "your-password"}  # ***: a masked URL
 PRIVATE_KEY = re.compile("-----BEGIN [A-Z ]*PRIVATE KEY" + "-----")
 URL_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s/:@'\"]+:([^\s/@'\"]+)@")
 # NAME = "literal" / "name": "literal" in code; NAME=value / NAME: value in shell, compose, .env and docs
