@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The web console's roles, lowest first: the values of service.states.Role (the top level imports no room).
@@ -21,6 +22,15 @@ def _home() -> Path:
 def soft_time_limit(hard_s: int) -> int:
     """A task's soft time limit (SoftTimeLimitExceeded: it may still clean up), a tenth before its hard kill."""
     return hard_s - max(hard_s // 10, 1)
+
+
+def masked_url(url: str) -> str:
+    """URL with its password replaced by ***: the only form of a database or broker URL that is printed or logged."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
 
 
 def _threshold(value: str) -> float | None:

@@ -800,11 +800,12 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Migrate BLOODCELL_DATABASE_URL to the latest schema (safe to run again)."""
+    from bloodcell_core.config import masked_url
     from bloodcell_core.service.db import upgrade
 
     settings = _settings()
     upgrade(settings.database_url)
-    click.echo(f"database migrated: {settings.database_url}")
+    click.echo(f"database migrated: {masked_url(settings.database_url)}")
 
 
 @cli.command()

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bloodcell_core.config import Settings
+from bloodcell_core.config import Settings, masked_url
 from bloodcell_core.service.db import upgrade
 from bloodcell_core.service.queues import worker_queues
 from bloodcell_core.service.versions import ensure_production_model
@@ -220,8 +220,8 @@ def up(settings: Settings, workers: int = 1, flower: bool = True, api: bool = Tr
     if api:
         _wait_for(lambda: _port_open(settings.api_port, settings.api_host), "HTTP API", 60, settings.home / "log" / "api.log")
     return {
-        "redis": settings.broker_url,
-        "database": settings.database_url,
+        "redis": masked_url(settings.broker_url),
+        "database": masked_url(settings.database_url),
         "model": version,
         "sweep": f"every {settings.sweep_interval_s:g} s (Celery beat)",
         "flower": f"http://127.0.0.1:{settings.flower_port}" if flower else "off",

@@ -16,7 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from bloodcell_core.config import PROJECT_ROOT
+from bloodcell_core.config import PROJECT_ROOT, masked_url
 from bloodcell_core.service.models import Base
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
@@ -109,6 +109,6 @@ def require_migrated(url: str) -> None:
         current = MigrationContext.configure(connection).get_current_revision()
     if current != head:
         raise DatabaseNotMigrated(
-            f"the database {get_engine(url).url.render_as_string(hide_password=True)} is at migration "
+            f"the database {masked_url(url)} is at migration "
             f"{current or 'none (empty)'}, this bloodcell needs {head}: run `bloodcell db upgrade`"
         )

@@ -188,6 +188,39 @@ def test_compose_takes_every_secret_from_the_environment_without_default():
             assert operator == ":?", f"${{{variable}}} must be required (:?) with no default"
 
 
+@pytest.mark.parametrize(
+    ("url", "printed"),
+    [
+        (
+            "postgresql+psycopg://bloodcell:not-shown-0451@postgres:5432/bloodcell",
+            "postgresql+psycopg://bloodcell:***@postgres:5432/bloodcell",
+        ),
+        ("redis://:not-shown-0451@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("redis://default:p%40ss@[::1]:6379/1", "redis://default:***@[::1]:6379/1"),
+        ("postgresql+psycopg://bloodcell@postgres/bloodcell", "postgresql+psycopg://bloodcell@postgres/bloodcell"),
+        ("sqlite:////var/lib/bloodcell/bloodcell.db", "sqlite:////var/lib/bloodcell/bloodcell.db"),
+    ],
+)
+def test_masked_url_hides_only_the_password(url: str, printed: str):
+    from bloodcell_core.config import masked_url
+
+    assert masked_url(url) == printed
+
+
+def test_database_urls_are_printed_without_their_password(postgres_server):
+    """`bloodcell db upgrade` (compose's migrate service) says which database it migrated, and an unmigrated database
+    is named in the refusal: the password in neither (the test server trusts every login, so any password connects)."""
+    from bloodcell_core.service.db import DatabaseNotMigrated, require_migrated
+
+    migrated = postgres_server.create_database("bloodcell_masked").replace("postgres@", "postgres:not-shown-0451@")
+    printed = run_cli("db", "upgrade", env={"BLOODCELL_DATABASE_URL": migrated}).stdout
+    assert printed == f"database migrated: {migrated.replace('not-shown-0451', '***')}\n"
+    empty = postgres_server.create_database("bloodcell_masked_empty").replace("postgres@", "postgres:not-shown-0451@")
+    with pytest.raises(DatabaseNotMigrated) as refused:
+        require_migrated(empty)
+    assert "not-shown-0451" not in str(refused.value) and "postgres:***@" in str(refused.value)
+
+
 def test_settings_have_no_secret_defaults(monkeypatch):
     from bloodcell_core.config import Settings
 
@@ -201,7 +234,7 @@ def test_settings_have_no_secret_defaults(monkeypatch):
         assert not re.search(r"://[^/\s:@]+:[^@\s]+@", str(value)), f"{name} has a password in its default"
 
 
-PLACEHOLDERS = {"password", "<password>", "...", "ops:...", "user:password", "your-password"}
+PLACEHOLDERS = {"password", "<password>", "...", "***", "ops:...", "user:password", "your-password"}  # ***: a masked URL
 PRIVATE_KEY = re.compile("-----BEGIN [A-Z ]*PRIVATE KEY" + "-----")
 URL_PASSWORD = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s/:@'\"]+:([^\s/@'\"]+)@")
 # NAME = "literal" / "name": "literal" in code; NAME=value / NAME: value in shell, compose, .env and docs

@@ -289,6 +289,9 @@ def test_compose_file_is_valid_and_uses_only_known_settings():
     assert used and used <= known, used - known
     assert compose["services"]["worker-gpu"]["profiles"] == ["gpu"]
     assert "--appendonly" in compose["services"]["redis"]["command"]
+    assert "name" not in compose  # Debian's docker-compose 1.29 refuses a top-level name (scripts/compose-check runs it)
+    checks = [service["healthcheck"]["test"] for service in compose["services"].values() if "healthcheck" in service]
+    assert len(checks) >= 5 and all(test[0] == "CMD-SHELL" for test in checks)  # podman's API splits an exec form on spaces
 
 
 def test_each_queue_receives_only_its_own_messages(redis_server, tmp_path: Path):

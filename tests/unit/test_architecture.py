@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from helpers import PROJECT
 
-PACKAGES = ("bloodcell_core", "api", "web", "workers", "plugins")
+PACKAGES = tuple(sorted(path.parent.name for path in PROJECT.glob("*/__init__.py")))  # the top-level packages, a new one too
 TOP_LEVEL = {"bloodcell_core", "bloodcell_core.config", "bloodcell_core.hookspecs", "bloodcell_core.loinc",
              "bloodcell_core.plugin_manager", "bloodcell_core.plugin_types"}  # fmt: skip
 
@@ -171,7 +171,7 @@ def test_every_third_party_import_is_a_declared_dependency():
     project = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]
     declared = {re.split(r"[\[<>=!;~ ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in project["dependencies"]}
     distributions = importlib.metadata.packages_distributions()
-    first_party = {"bloodcell_core", "api", "web", "workers", "plugins"}
+    first_party = set(PACKAGES)
     undeclared = set()
     for path in MODULES.values():
         for node in ast.walk(ast.parse(path.read_text())):
@@ -201,3 +201,40 @@ def test_tests_share_helpers_through_modules_not_through_each_other():
             )
             offenders += [f"{path.relative_to(PROJECT)}: {name}" for name in names if name.startswith(("test_", "conftest"))]
     assert offenders == []
+
+
+def test_the_image_holds_every_package_the_entry_points_import():
+    """The Dockerfile copies every top-level package the image's commands reach by imports: the console script,
+    the plugin entry points and compose's `celery -A` apps (it once left out web/, and the API could not start);
+    and pyproject.toml installs each of them."""
+    import fnmatch
+    import tomllib
+
+    import yaml
+
+    pyproject = tomllib.loads((PROJECT / "pyproject.toml").read_text())
+    project = pyproject["project"]
+    targets = [*project["scripts"].values(), *(t for group in project["entry-points"].values() for t in group.values())]
+    commands = [s.get("command") for s in yaml.safe_load((PROJECT / "docker-compose.yml").read_text())["services"].values()]
+    targets += [c[c.index("-A") + 1] for c in commands if isinstance(c, list) and c[0] == "celery"]
+    reached: set[str] = set()
+    todo = [target.split(":")[0] for target in targets]
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            todo += GRAPH[module]
+            # and the modules it starts by name in another process ("api.app:create_app" for uvicorn, "workers.app")
+            strings = [node.value for node in ast.walk(ast.parse(MODULES[module].read_text())) if isinstance(node, ast.Constant)]
+            todo += [name for value in strings if isinstance(value, str) and (name := value.split(":")[0]) in MODULES and "." in name]
+    packages = {module.split(".")[0] for module in reached}
+    assert {"bloodcell_core", "plugins", "workers", "api", "web"} <= packages  # the walk reaches the lazy imports
+    copied = set()
+    for line in (PROJECT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY "):
+            sources = [word for word in line.split()[1:-1] if not word.startswith("--")]
+            copied |= {source.split("/")[0] for source in sources}
+    read_from_disk = {"migrations", "models"}  # Alembic's scripts (service/db.py), the default model (compose's env)
+    assert sorted((packages | read_from_disk) - copied) == []
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    assert sorted(p for p in packages if not any(fnmatch.fnmatch(p, pattern) for pattern in include)) == []
