@@ -378,6 +378,7 @@ def test_the_review_queue_follows_sign_off(page, console, review_samples):
     confirm_every_cell(page)
     assert "No cell left to review" in page.find_element(By.ID, "review-left").text
     page.find_element(By.ID, "signoff-comment").send_keys("blasts confirmed")
+    page.find_element(By.ID, "signoff-confirm").click()  # a few cells, under BLOODCELL_SIGNOFF_MIN_LEUKOCYTES: confirmed
     page.find_element(By.ID, "signoff").click()
     wait_text(page, "#report-status", "final")
     assert page.find_element(By.ID, "status").text == "signed off"

@@ -53,6 +53,8 @@ def laboratory(env: dict[str, str]):
     db.upgrade(env["BLOODCELL_DATABASE_URL"])
     settings = settings_for(env)
     ensure_production_model(settings)
+    for name, role in (("anna", "technologist"), ("sue", "supervisor")):  # a sign-off names a console user
+        users.create_user(settings, name, role, PASSWORD, "test")
     classifiers: dict = {}
 
     def classifier_for(version):
@@ -83,7 +85,8 @@ def reviewed_sample(settings, accession_id: str, cells: list[tuple[str, Path]], 
         if cell["model_label"] != truth[sha] or cell["needs_review"]:
             review.relabel_cell(settings, accession_id, sha, truth[sha], "anna", "checked on the smear", "user:anna")
     if sign:
-        review.sign_off(settings, accession_id, "sue", f"verified {accession_id}", "user:sue", role="supervisor")
+        # 20-cell samples: fewer leukocytes than BLOODCELL_SIGNOFF_MIN_LEUKOCYTES, confirmed as the rule asks
+        review.sign_off(settings, accession_id, "sue", f"verified {accession_id}", "user:sue", confirm_incomplete=True)
     return model_label, truth
 
 
