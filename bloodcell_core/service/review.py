@@ -11,12 +11,13 @@ from typing import Any
 
 import PIL.Image
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import list_class_files
 from bloodcell_core.service import users, webhooks
 from bloodcell_core.service.audit_log import record_event
+from bloodcell_core.service.counters import count_relabel
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict, Forbidden, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store
@@ -46,17 +47,17 @@ def cell_box(cell: SampleImage) -> dict[str, Any] | None:
     return {"x": cell.box_x, "y": cell.box_y, "width": cell.box_width, "height": cell.box_height, "touches_edge": cell.touches_edge}
 
 
-def cell_results(session: Session, sample: Sample) -> list[dict[str, Any]]:
-    """Every cell of a sample: the model's label and confidence, a reviewer's label, the label that counts."""
+def cell_results(session: Session, sample: Sample, only: set[str] | None = None) -> list[dict[str, Any]]:
+    """Every cell of a sample (or those whose image sha256 is in ONLY): the model's label and confidence, a
+    reviewer's label, the label that counts."""
     report = report_row(session, sample)
-    predictions = (
-        {} if report is None else version_predictions(session, report.model_version_id, [c.image_sha256 for c in sample.cells])
-    )
+    cells = [c for c in sample.cells if only is None or c.image_sha256 in only]
+    predictions = {} if report is None else version_predictions(session, report.model_version_id, [c.image_sha256 for c in cells])
     reviews = latest_reviews(session, sample.id)
     threshold = report.review_threshold if report is not None else 1.0
     unfamiliar_above = report.ood_threshold if report is not None else None
     rows = []
-    for cell in sample.cells:
+    for cell in cells:
         prediction, review = predictions.get(cell.image_sha256), reviews.get(cell.image_sha256)
         top = sorted(prediction.probabilities.items(), key=lambda kv: -kv[1])[:3] if prediction else []
         reasons = cell_review_reasons(prediction, threshold, unfamiliar_above, review is not None) if prediction else []
@@ -92,17 +93,27 @@ def review_queue(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
     """Samples waiting for a technologist, oldest first, with the cells that need a look."""
     with session_scope(settings.database_url) as session:
         samples = session.scalars(
-            select(Sample).where(Sample.status == SampleStatus.NEEDS_REVIEW).order_by(Sample.created_at).limit(limit)
+            select(Sample)
+            .where(Sample.status == SampleStatus.NEEDS_REVIEW)
+            .order_by(Sample.created_at)
+            .limit(limit)
+            .options(selectinload(Sample.cells), selectinload(Sample.fields))  # two queries for the page, not two a sample
         )
         return [
             {
                 "sample_id": s.accession_id,
-                "cells": [c for c in cell_results(session, s) if c["needs_review"]],
+                # the report lists the cells that need review (rebuilt at every change): only those are read
+                "cells": [c for c in cell_results(session, s, _listed_for_review(session, s)) if c["needs_review"]],
                 "failed": [{"name": c.name, "error": c.error} for c in s.cells if c.status == CellStatus.FAILED],
                 "failed_fields": [{"name": f.name, "error": f.error} for f in s.fields if f.status == FieldStatus.FAILED],
             }
             for s in samples
         ]
+
+
+def _listed_for_review(session: Session, sample: Sample) -> set[str]:
+    report = report_row(session, sample)
+    return {cell["image_sha256"] for cell in report.needs_review} if report is not None else set()
 
 
 def relabel_cell(
@@ -136,6 +147,7 @@ def relabel_cell(
                 reason=reason,
             )
         )
+        count_relabel(session, version.id, previous_label, label)
         session.flush()
         record_event(
             session,
