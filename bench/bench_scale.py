@@ -129,6 +129,7 @@ class History:
     def fill(self, conn: psycopg.Connection, client_id: int) -> dict[str, int]:
         counts = {}
         with conn.cursor() as cur:
+            restore = drop_constraints_and_indexes(cur)
             counts["samples"] = self._copy(cur, "samples", self._samples(client_id))
             counts["images"] = self._copy(cur, "images", ((sha("cell", g), 30000, self.at(k)) for k, _, g in self.cells()))
             counts["sample_images"] = self._copy(cur, "sample_images", self._sample_images())
@@ -138,6 +139,8 @@ class History:
             first_event = cur.execute("SELECT coalesce(max(id), 0) FROM audit_log").fetchone()[0]  # type: ignore[index]
             counts["audit_log"] = self._copy(cur, "audit_log", self._audit(first_event))
             counts["webhook_deliveries"] = self._copy(cur, "webhook_deliveries", self._deliveries(client_id))
+            for statement in restore:
+                cur.execute(statement)
             cur.execute(  # the running totals, as the migration backfills them
                 "INSERT INTO cell_counts SELECT p.model_version_id, p.label, count(*), "
                 "sum(CASE WHEN p.confidence < %s OR p.ood_score > %s THEN 1 ELSE 0 END), "
@@ -287,6 +290,30 @@ class History:
                     None,
                     at,
                 )
+
+
+def drop_constraints_and_indexes(cur: psycopg.Cursor) -> list[str]:
+    """Drop the foreign keys, unique constraints and secondary indexes of the filled tables (a bulk load
+    then writes only the heap and the primary keys); returns the statements that put them back, each index
+    built once by sorting and each foreign key checked by one join."""
+    tables = list(COLUMNS)
+    constraints = cur.execute(
+        "SELECT conrelid::regclass::text, conname, contype, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE contype IN ('f', 'u') AND conrelid::regclass::text = ANY(%s) ORDER BY contype",
+        (tables,),
+    ).fetchall()
+    indexes = cur.execute(
+        "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index i WHERE indrelid::regclass::text = ANY(%s) "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.indexrelid)",
+        (tables,),
+    ).fetchall()
+    for table, name, _, _ in constraints:  # foreign keys ('f') first: a unique constraint may be referenced
+        cur.execute(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"')
+    for name, _ in indexes:
+        cur.execute(f"DROP INDEX {name}")
+    unique = [f'ALTER TABLE {t} ADD CONSTRAINT "{n}" {d}' for t, n, kind, d in constraints if kind == "u"]
+    foreign = [f'ALTER TABLE {t} ADD CONSTRAINT "{n}" {d}' for t, n, kind, d in constraints if kind == "f"]
+    return ["SET maintenance_work_mem = '512MB'", *unique, *(d for _, d in indexes), *foreign]
 
 
 COLUMNS = {

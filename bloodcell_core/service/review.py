@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import PIL.Image
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from bloodcell_core.config import Settings
@@ -21,7 +21,7 @@ from bloodcell_core.service.counters import count_relabel
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict, Forbidden, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store
-from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleImage
+from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleImage, SampleReport
 from bloodcell_core.service.samples import (
     build_report,
     cell_review_reasons,
@@ -47,11 +47,11 @@ def cell_box(cell: SampleImage) -> dict[str, Any] | None:
     return {"x": cell.box_x, "y": cell.box_y, "width": cell.box_width, "height": cell.box_height, "touches_edge": cell.touches_edge}
 
 
-def cell_results(session: Session, sample: Sample, only: set[str] | None = None) -> list[dict[str, Any]]:
-    """Every cell of a sample (or those whose image sha256 is in ONLY): the model's label and confidence, a
-    reviewer's label, the label that counts."""
+def cell_results(session: Session, sample: Sample, cells: list[SampleImage] | None = None) -> list[dict[str, Any]]:
+    """Every cell of a sample (or these CELLS of it): the model's label and confidence, a reviewer's label,
+    the label that counts."""
+    cells = sample.cells if cells is None else cells
     report = report_row(session, sample)
-    cells = [c for c in sample.cells if only is None or c.image_sha256 in only]
     predictions = {} if report is None else version_predictions(session, report.model_version_id, [c.image_sha256 for c in cells])
     reviews = latest_reviews(session, sample.id)
     threshold = report.review_threshold if report is not None else 1.0
@@ -97,23 +97,36 @@ def review_queue(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
             .where(Sample.status == SampleStatus.NEEDS_REVIEW)
             .order_by(Sample.created_at)
             .limit(limit)
-            .options(selectinload(Sample.cells), selectinload(Sample.fields))  # two queries for the page, not two a sample
-        )
+            .options(selectinload(Sample.fields))
+        ).all()
+        ids = [s.id for s in samples]
+        reports = session.scalars(select(SampleReport).where(SampleReport.sample_id.in_(ids)))
+        listed = {(r.sample_id, cell["image_sha256"]) for r in reports for cell in r.needs_review}
+        # only the cells the queue shows are read, not every cell of every sample: those the reports list for
+        # review (a report is rebuilt at every change) and the failed ones
+        shown: dict[int, list[SampleImage]] = {}
+        for cell in session.scalars(
+            select(SampleImage)
+            .where(
+                SampleImage.sample_id.in_(ids),
+                or_(SampleImage.status == CellStatus.FAILED, SampleImage.image_sha256.in_({sha for _, sha in listed})),
+            )
+            .order_by(SampleImage.id)
+        ):
+            shown.setdefault(cell.sample_id, []).append(cell)
         return [
             {
                 "sample_id": s.accession_id,
-                # the report lists the cells that need review (rebuilt at every change): only those are read
-                "cells": [c for c in cell_results(session, s, _listed_for_review(session, s)) if c["needs_review"]],
-                "failed": [{"name": c.name, "error": c.error} for c in s.cells if c.status == CellStatus.FAILED],
+                "cells": [
+                    c
+                    for c in cell_results(session, s, [c for c in shown.get(s.id, []) if (s.id, c.image_sha256) in listed])
+                    if c["needs_review"]
+                ],
+                "failed": [{"name": c.name, "error": c.error} for c in shown.get(s.id, []) if c.status == CellStatus.FAILED],
                 "failed_fields": [{"name": f.name, "error": f.error} for f in s.fields if f.status == FieldStatus.FAILED],
             }
             for s in samples
         ]
-
-
-def _listed_for_review(session: Session, sample: Sample) -> set[str]:
-    report = report_row(session, sample)
-    return {cell["image_sha256"] for cell in report.needs_review} if report is not None else set()
 
 
 def relabel_cell(
