@@ -447,6 +447,44 @@ def measure(settings: Settings, history: History, repeat: int, images: list[tupl
     return {name: timed(call, repeat) for name, call in operations.items()}
 
 
+# the queries behind the operations (as the service sends them, with the bench's values), and the scrape's
+# former join over every cell: EXPLAIN ANALYZE shows which index each one uses and how long it ran
+QUERIES = {
+    "worklist": "SELECT s.*, r.* FROM samples s LEFT JOIN sample_reports r ON r.sample_id = s.id ORDER BY s.id DESC LIMIT 200",
+    "review_queue": "SELECT * FROM samples WHERE status = 'needs_review' ORDER BY created_at LIMIT 200",
+    "sample_cells": "SELECT * FROM sample_images WHERE sample_id = %(sample_pk)s ORDER BY id",
+    "sample_predictions": "SELECT * FROM predictions WHERE model_version_id = %(version_id)s AND image_sha256 IN "
+    "(SELECT image_sha256 FROM sample_images WHERE sample_id = %(sample_pk)s)",
+    "audit_subject": "SELECT * FROM audit_log WHERE subject = %(accession_id)s ORDER BY id DESC LIMIT 500",
+    "scrape_cells": "SELECT v.version, c.* FROM cell_counts c JOIN model_versions v ON v.id = c.model_version_id",
+    "scrape_samples_by_status": "SELECT status, count(*) FROM samples GROUP BY status",
+    "scrape_webhooks_by_status": "SELECT status, count(*) FROM webhook_deliveries GROUP BY status",
+    "scrape_turnaround": "SELECT s.created_at, min(a.at) FROM samples s JOIN audit_log a ON a.subject = s.accession_id "
+    "AND a.action = 'sample.classified' WHERE s.created_at >= now() - interval '15 minutes' "
+    "AND a.at >= now() - interval '15 minutes' GROUP BY s.id, s.created_at",
+    "sweep_overdue_webhooks": "SELECT id FROM webhook_deliveries WHERE status = 'pending' AND due_at < now() - interval '60 seconds'",
+    "retention_old_samples": "SELECT id FROM samples WHERE created_at < now() - interval '3650 days' "
+    "AND status IN ('done', 'needs_review', 'failed') ORDER BY id LIMIT 200",
+    "former_scrape_cells_join": "SELECT v.version, p.label, count(*), "
+    "sum(CASE WHEN p.confidence < r.review_threshold THEN 1 ELSE 0 END) "
+    "FROM sample_images c JOIN sample_reports r ON r.sample_id = c.sample_id JOIN predictions p ON "
+    "p.image_sha256 = c.image_sha256 AND p.model_version_id = r.model_version_id JOIN model_versions v ON "
+    "v.id = r.model_version_id GROUP BY v.version, p.label",
+}
+
+
+def explain(conn: psycopg.Connection, history: History, with_plans: bool) -> dict[str, Any]:
+    """Each query's execution time (ms, EXPLAIN ANALYZE) and, WITH_PLANS, its plan."""
+    middle = (len(history.sizes) - PENDING) // 2
+    values = {"sample_pk": middle + 1, "version_id": history.version_id, "accession_id": history.accession(middle)}
+    result: dict[str, Any] = {}
+    for name, query in QUERIES.items():
+        lines = [row[0] for row in conn.execute(f"EXPLAIN (ANALYZE, COSTS OFF) {query}", values).fetchall()]  # type: ignore[arg-type]
+        took = next(float(line.split()[2]) for line in lines if line.startswith("Execution Time"))
+        result[name] = {"ms": took, "plan": lines} if with_plans else {"ms": took}
+    return result
+
+
 def time_migration(url: str) -> float:
     """Seconds of migration 0009 (after going back to 0008): its indexes and its backfill read every cell."""
     from alembic import command
@@ -458,7 +496,9 @@ def time_migration(url: str) -> float:
     return round(time.perf_counter() - start, 2)
 
 
-def run_size(n: int, url: str, redis_url: str, home: Path, repeat: int, images: list[tuple[str, bytes]]) -> dict[str, Any]:
+def run_size(
+    n: int, url: str, redis_url: str, home: Path, repeat: int, images: list[tuple[str, bytes]], with_plans: bool
+) -> dict[str, Any]:
     env = {
         "BLOODCELL_DATABASE_URL": url,
         "BLOODCELL_BROKER_URL": f"{redis_url}/0",
@@ -484,6 +524,8 @@ def run_size(n: int, url: str, redis_url: str, home: Path, repeat: int, images: 
         size_mb = conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] / 2**20  # type: ignore[index]
     result: dict[str, Any] = {"predictions": n, "rows": rows, "fill_s": round(fill_s, 1), "database_mib": round(size_mb)}
     result["ms"] = measure(settings, history, repeat, images)
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        result["queries"] = explain(conn, history, with_plans)
     result["migration_0009_s"] = time_migration(url)
     db.get_engine(url).dispose()
     return result
@@ -550,7 +592,7 @@ def main() -> None:
                         admin.execute(f"DROP DATABASE IF EXISTS {name}")
                         admin.execute(f"CREATE DATABASE {name}")
                     url = args.database_url.rsplit("/", 1)[0] + f"/{name}"
-                results.append(run_size(n, url, redis.url, Path(tmp) / f"home-{n}", args.repeat, images))
+                results.append(run_size(n, url, redis.url, Path(tmp) / f"home-{n}", args.repeat, images, n == max(sizes)))
                 print(json.dumps(results[-1]), file=sys.stderr)
         finally:
             redis.stop()
