@@ -65,6 +65,7 @@ DATA = PROJECT.parent / "shared" / "data" / "kaggle5"
 SAMPLE_SPACING = timedelta(seconds=30)  # 2,880 samples a day: a large hospital laboratory
 PENDING = 40  # the newest samples, not signed off yet: the review queue
 UNSURE = 5  # cells of a pending sample under the review threshold
+TIMED_CELLS = 150  # cells of the sample whose page, relabel and sign-off are timed, the same at every size
 RELABEL_SHARE = 0.02
 SUBMIT_IMAGES = 20
 PASSWORD = "bench password 1"
@@ -114,8 +115,10 @@ class History:
         return min(PENDING, len(self.sizes) // 2)  # a tiny history (the tests' run) keeps signed-off samples
 
     def signed_off_sample(self) -> int:
-        """The sample in the middle of the signed-off history: the one whose report, page, relabel and sign-off are timed."""
-        return (len(self.sizes) - self.n_pending) // 2
+        """The sample whose report, page, relabel and sign-off are timed: in the middle of the signed-off
+        history, with TIMED_CELLS cells at every size (a tiny history: the middle one)."""
+        middle = (len(self.sizes) - self.n_pending) // 2
+        return next((k for k in range(middle, len(self.sizes) - self.n_pending) if self.sizes[k] == TIMED_CELLS), middle)
 
     def at(self, k: int) -> datetime:
         return self.start + SAMPLE_SPACING * k
