@@ -117,8 +117,9 @@ class History:
     def signed_off_sample(self) -> int:
         """The sample whose report, page, relabel and sign-off are timed: in the middle of the signed-off
         history, with TIMED_CELLS cells at every size (a tiny history: the middle one)."""
-        middle = (len(self.sizes) - self.n_pending) // 2
-        return next((k for k in range(middle, len(self.sizes) - self.n_pending) if self.sizes[k] == TIMED_CELLS), middle)
+        signed_off = len(self.sizes) - self.n_pending
+        nearest_first = sorted(range(signed_off), key=lambda k: abs(k - signed_off // 2))
+        return next((k for k in nearest_first if self.sizes[k] == TIMED_CELLS), signed_off // 2)
 
     def at(self, k: int) -> datetime:
         return self.start + SAMPLE_SPACING * k
