@@ -88,6 +88,7 @@ class Settings:
     sweep_interval_s: float  # Celery beat runs the sweep this often
     sweep_webhook_age_s: float  # the sweep re-queues a pending webhook delivery this long overdue
     sweep_orphan_age_s: float  # the sweep removes an image file no row references once it is this old
+    retention_days: float  # `bloodcell retention` purges samples older than this; 0: keep everything
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -144,6 +145,7 @@ class Settings:
             sweep_interval_s=float(env("BLOODCELL_SWEEP_INTERVAL_S", "60")),
             sweep_webhook_age_s=float(env("BLOODCELL_SWEEP_WEBHOOK_AGE_S", "60")),
             sweep_orphan_age_s=float(env("BLOODCELL_SWEEP_ORPHAN_AGE_S", str(24 * 3600))),
+            retention_days=float(env("BLOODCELL_RETENTION_DAYS", "0")),
         )
 
     def validate(self) -> None:
@@ -224,6 +226,8 @@ class Settings:
                 f"BLOODCELL_SWEEP_INTERVAL_S={self.sweep_interval_s:g} is longer than BLOODCELL_SWEEP_WEBHOOK_AGE_S="
                 f"{self.sweep_webhook_age_s:g}: overdue webhooks would wait for the next sweep longer than they may be overdue"
             )
+        if self.retention_days < 0:
+            raise ValueError(f"BLOODCELL_RETENTION_DAYS must be 0 (keep everything) or more, got {self.retention_days:g}")
         if self.sweep_orphan_age_s < MIN_ORPHAN_AGE_S:
             # a submission in progress writes its image files before it commits the rows that reference them
             raise ValueError(

@@ -889,6 +889,31 @@ def sweep(as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--days", type=float, help="Purge samples submitted more than this many days ago [BLOODCELL_RETENTION_DAYS].")
+@click.option("--dry-run", is_flag=True, help="Only count the samples and cells that would be purged.")
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+def retention(days: float | None, dry_run: bool, as_json: bool) -> None:
+    """Purge the classified samples older than the laboratory keeps them: their cells, reports, reviews and
+    webhook deliveries, and the images (rows and files) and predictions no kept sample uses. The audit log
+    stays whole, and each purged sample gets a sample.purged event with its final report. Run it from cron
+    (or by hand) on one machine that reaches the database and the image store.
+
+    Prints: cutoff, dry_run, samples, cells, images, image_bytes, predictions.
+    """
+    from bloodcell_core.service.retention import purge_older_than
+
+    age = days if days is not None else _settings().retention_days
+    if not age:
+        _fail("no retention age: set BLOODCELL_RETENTION_DAYS or give --days")
+    result = _users_call(lambda settings: purge_older_than(settings, age, _actor(), dry_run=dry_run)).as_dict()
+    if as_json:
+        click.echo(json.dumps(result))
+    else:
+        for key, value in result.items():
+            click.echo(f"{key}: {value}")
+
+
+@cli.command()
 @click.option("--sample-id", required=True, help="The LIMS accession id of the sample.")
 @click.option("--wait", is_flag=True, help="Wait for the report.")
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait with --wait.")

@@ -10,12 +10,13 @@ from sqlalchemy.orm import Session
 from bloodcell_core.config import Settings
 from bloodcell_core.service import webhooks
 from bloodcell_core.service.audit_log import record_event
+from bloodcell_core.service.counters import count_reported_cells
 from bloodcell_core.service.db import get_row, insert_new, session_scope
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.fields import locate_queued_fields
 from bloodcell_core.service.image_store import image_store
 from bloodcell_core.service.models import ModelVersion, Prediction, Sample
-from bloodcell_core.service.samples import build_report, version_predictions
+from bloodcell_core.service.samples import build_report, report_row, version_predictions
 from bloodcell_core.service.states import CellStatus, SampleStatus
 from bloodcell_core.service.versions import production_version
 
@@ -86,13 +87,19 @@ def classify_sample(
 
     with session_scope(settings.database_url) as session:
         sample = get_row(session, Sample, sample_pk, with_for_update=True)  # a concurrent review waits for the report
-        classified = _classified(session, sample, version_id)
+        classified = version_predictions(session, version_id, [c.image_sha256 for c in sample.cells])
         for cell in sample.cells:
             if cell.image_sha256 in classified:
                 cell.status, cell.error = "done", None
             elif cell.image_sha256 in errors:
                 cell.status, cell.error = "failed", errors[cell.image_sha256]
+        previous = report_row(session, sample)
+        first_for_version = previous is None or previous.model_version_id != version_id
         report = build_report(session, settings, sample, version_id)
+        if first_for_version:  # a redelivered task rewrites the same report: its cells were counted once
+            written = report_row(session, sample)
+            assert written is not None  # build_report has just written it
+            count_reported_cells(session, version_id, classified.values(), written.review_threshold, written.ood_threshold)
         record_event(
             session,
             worker,

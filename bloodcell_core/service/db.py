@@ -44,6 +44,18 @@ def insert_new(session: Session, model: type[Base], rows: list[dict[str, Any]], 
     session.execute(dialect_insert(model).on_conflict_do_nothing(index_elements=key), rows)
 
 
+def add_to_counts(session: Session, model: type[Base], key: dict[str, Any], increments: dict[str, int]) -> None:
+    """Add INCREMENTS to the counter columns of the row of running totals at KEY, created at zero if new;
+    one statement, so concurrent workers adding to the same row never lose a count."""
+    dialect_insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    statement = dialect_insert(model).values(**key, **increments)
+    session.execute(
+        statement.on_conflict_do_update(
+            index_elements=list(key), set_={column: getattr(model, column) + statement.excluded[column] for column in increments}
+        )
+    )
+
+
 def get_row(session: Session, model: type[RowT], key: Any, **options: Any) -> RowT:
     """``session.get`` for a row that must exist (a foreign key points at it): LookupError when it does not."""
     row = session.get(model, key, **options)

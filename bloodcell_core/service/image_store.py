@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 
 from sqlalchemy import select
@@ -17,6 +18,13 @@ from sqlalchemy.orm import Session
 from bloodcell_core.config import Settings
 from bloodcell_core.service.db import insert_new
 from bloodcell_core.service.models import Image
+
+JOURNAL_DIR = ".written"
+
+
+def journal_hour(at: float) -> str:
+    """The journal folder of the UTC hour that contains AT (epoch seconds): YYYYMMDDHH."""
+    return time.strftime("%Y%m%d%H", time.gmtime(at))
 
 
 class ImageNotFound(KeyError):
@@ -60,16 +68,32 @@ class ImageStore:
 
 
 class FileImageStore(ImageStore):
+    """Besides the images, a journal of writes: ``.written/<UTC hour>/<sha256>``, one empty file per image
+    written or refreshed in that hour. The orphan sweep reads only the hours past its age limit and then
+    removes them, so its work follows the submissions of an hour, not every image ever stored."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.journal = root / JOURNAL_DIR
 
-    def _path(self, sha256: str) -> Path:
+    def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def record_write(self, sha256: str, at: float) -> None:
+        """Note in the journal that the image's file was written or refreshed at AT (epoch seconds)."""
+        entry = self.journal / journal_hour(at) / sha256
+        try:
+            os.close(os.open(entry, os.O_WRONLY | os.O_CREAT, 0o644))
+        except FileNotFoundError:  # the hour's first write
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(entry, os.O_WRONLY | os.O_CREAT, 0o644))
 
     def put_many(self, session: Session, blobs: dict[str, bytes]) -> None:
         """Store images given as {sha256: bytes}; the caller hashed them already."""
+        now = time.time()
         for sha256, data in blobs.items():
-            path = self._path(sha256)
+            path = self.path(sha256)
+            self.record_write(sha256, now)  # before the file: a write cut short leaves its partial file in view
             try:
                 # an existing file is refreshed: the sweep removes only old files no row references, and
                 # this one may be an orphan that the rows of this submission are about to reference
@@ -104,7 +128,7 @@ class FileImageStore(ImageStore):
         found = {}
         for sha256 in sha256s:
             try:
-                found[sha256] = self._path(sha256).read_bytes()
+                found[sha256] = self.path(sha256).read_bytes()
             except FileNotFoundError:
                 pass
         return found

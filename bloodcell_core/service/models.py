@@ -5,7 +5,21 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint, event
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -59,9 +73,11 @@ class Sample(Base):
     """A blood sample from the LIMS: many cell images, one report."""
 
     __tablename__ = "samples"
+    # the review queue reads one status oldest first; retention finds samples past an age
+    __table_args__ = (Index("ix_samples_status_created_at", "status", "created_at"), Index("ix_samples_created_at", "created_at"))
     id: Mapped[int] = mapped_column(primary_key=True)
     accession_id: Mapped[str] = mapped_column(String(128), unique=True, index=True)
-    status: Mapped[str] = mapped_column(String(16), default=SampleStatus.QUEUED, index=True)
+    status: Mapped[str] = mapped_column(String(16), default=SampleStatus.QUEUED)
     error: Mapped[str | None] = mapped_column(Text)
     client_id: Mapped[int | None] = mapped_column(ForeignKey("api_clients.id"))  # whose webhook hears of it
     report_status: Mapped[str] = mapped_column(String(16), default=ReportStatus.PRELIMINARY)
@@ -92,12 +108,12 @@ class SampleImage(Base):
     __table_args__ = (UniqueConstraint("sample_id", "image_sha256"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
-    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"))
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)  # retention: is an image still used?
     name: Mapped[str] = mapped_column(String(512))
     status: Mapped[str] = mapped_column(String(16), default=CellStatus.QUEUED)
     error: Mapped[str | None] = mapped_column(Text)
     # A cell found in a whole field: the field image's sha256 and the cell's box in its pixels.
-    field_sha256: Mapped[str | None] = mapped_column(ForeignKey("images.sha256"))
+    field_sha256: Mapped[str | None] = mapped_column(ForeignKey("images.sha256"), index=True)
     box_x: Mapped[int | None] = mapped_column(Integer)
     box_y: Mapped[int | None] = mapped_column(Integer)
     box_width: Mapped[int | None] = mapped_column(Integer)
@@ -113,7 +129,7 @@ class SampleField(Base):
     __table_args__ = (UniqueConstraint("sample_id", "image_sha256"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
-    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"))
+    image_sha256: Mapped[str] = mapped_column(ForeignKey("images.sha256"), index=True)
     name: Mapped[str] = mapped_column(String(512))
     status: Mapped[str] = mapped_column(String(16), default=FieldStatus.QUEUED)
     error: Mapped[str | None] = mapped_column(Text)
@@ -216,6 +232,28 @@ class SignOff(Base):
     flags: Mapped[list[Any]] = mapped_column(JSON, default=list)
     signed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     withdrawn_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CellCount(Base):
+    """Running totals of reported cells per model version and the model's class, added to when a sample's
+    report is first written for a version: the Prometheus counters read these rows, never the cells."""
+
+    __tablename__ = "cell_counts"
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    label: Mapped[str] = mapped_column(String(64), primary_key=True)
+    n_classified: Mapped[int] = mapped_column(BigInteger, default=0)
+    n_sent_to_review: Mapped[int] = mapped_column(BigInteger, default=0)  # low confidence or unfamiliar
+    n_unfamiliar: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RelabelCount(Base):
+    """Running totals of technologists' relabels per report model version, label before and label given."""
+
+    __tablename__ = "relabel_counts"
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), primary_key=True)
+    from_label: Mapped[str] = mapped_column(String(64), primary_key=True)  # "none" when there was none
+    to_label: Mapped[str] = mapped_column(String(64), primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
 class TrainingRun(Base):
@@ -351,6 +389,7 @@ class AuditEvent(Base):
     """Append-only: rows are only ever inserted (updates and deletes raise)."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_subject_id", "subject", "id"),)  # one sample's trail, newest first
     id: Mapped[int] = mapped_column(primary_key=True)
     at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(255))

@@ -3,7 +3,9 @@ GET /metrics (api/app.py).
 
 Nothing is counted in process memory: every API process answers with the same values, and a restart
 loses nothing. Labels stay bounded (queues, states, model versions, classes), never a sample or a cell.
-Counters (``*_total``) are counts of rows, so they only grow while rows are only added.
+Counters (``*_total``) are running totals added to with the events they count (service/counters.py),
+so they only grow and a scrape never reads the cells. Workers are counted by a thread that pings them
+every WORKER_CENSUS_INTERVAL_S: a scrape never waits for their replies.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator
@@ -20,21 +23,12 @@ from celery import Celery
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import and_, case, func, or_, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from bloodcell_core.config import Settings
 from bloodcell_core.service.db import session_scope
-from bloodcell_core.service.models import (
-    AuditEvent,
-    CellReview,
-    ModelVersion,
-    Prediction,
-    Sample,
-    SampleImage,
-    SampleReport,
-    WebhookDelivery,
-)
+from bloodcell_core.service.models import AuditEvent, CellCount, ModelVersion, RelabelCount, Sample, WebhookDelivery
 from bloodcell_core.service.queues import PUBLISHED_AT_HEADER, QUEUES
 from bloodcell_core.service.states import DeliveryStatus, SampleStatus
 
@@ -42,7 +36,40 @@ log = logging.getLogger(__name__)
 
 TURNAROUND_WINDOW = timedelta(minutes=15)
 TURNAROUND_QUANTILES = (0.5, 0.9, 0.99)
-WORKER_REPLY_TIMEOUT_S = 0.5  # each scrape waits this long for the workers' replies
+WORKER_REPLY_TIMEOUT_S = 0.5  # each census waits this long for the workers' replies
+WORKER_CENSUS_INTERVAL_S = 2.0  # pause between censuses; a scrape reads the latest one
+
+
+class WorkerCensus:
+    """The queues each Celery worker consumes, asked by broadcast in a background thread of this process."""
+
+    def __init__(self, broker_url: str) -> None:
+        self._celery = Celery("bloodcell-metrics", broker=broker_url)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._answered = threading.Event()
+        self._replies: dict[str, Any] | None = None  # None: the latest census could not reach the broker
+
+    def active_queues(self) -> dict[str, Any]:
+        """{worker: its queues} from the latest census; the first call of a process waits for the first one."""
+        with self._lock:
+            if self._thread is None:  # started on first use, so after any fork of the server's processes
+                self._thread = threading.Thread(target=self._run, name="worker-census", daemon=True)
+                self._thread.start()
+        self._answered.wait(WORKER_REPLY_TIMEOUT_S + 5)
+        if self._replies is None:
+            raise ConnectionError("the latest census of the workers could not reach the broker")
+        return self._replies
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._replies = self._celery.control.inspect(timeout=WORKER_REPLY_TIMEOUT_S).active_queues() or {}
+            except Exception:
+                log.exception("metrics: the census of the workers could not reach the broker")
+                self._replies = None
+            self._answered.set()
+            time.sleep(WORKER_CENSUS_INTERVAL_S)
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -57,7 +84,7 @@ class ServiceCollector(Collector):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._redis = redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2)
-        self._celery = Celery("bloodcell-metrics", broker=settings.broker_url)
+        self._census = WorkerCensus(settings.broker_url)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -114,10 +141,11 @@ class ServiceCollector(Collector):
     def _workers(self) -> Metric:
         workers = GaugeMetricFamily(
             "bloodcell_workers",
-            f"Celery workers consuming the queue that answered a control broadcast within {WORKER_REPLY_TIMEOUT_S} s",
+            f"Celery workers consuming the queue that answered the latest control broadcast (one every "
+            f"{WORKER_CENSUS_INTERVAL_S:g} s, answers awaited {WORKER_REPLY_TIMEOUT_S} s)",
             labels=["queue"],
         )
-        replies = self._celery.control.inspect(timeout=WORKER_REPLY_TIMEOUT_S).active_queues() or {}
+        replies = self._census.active_queues()
         for queue in QUEUES:
             workers.add_metric([queue], sum(any(q["name"] == queue for q in queues) for queues in replies.values()))
         return workers
@@ -150,25 +178,11 @@ def _models(session: Session) -> Iterator[Metric]:
 
 def _cells(session: Session) -> Iterator[Metric]:
     """Cells of reports, by the model version of the report and the class the model gave, with the
-    model's review decision (the rule of ml.ood.review_reasons, with the report's thresholds)."""
-    low_confidence = Prediction.confidence < SampleReport.review_threshold
-    unfamiliar = and_(SampleReport.ood_threshold.is_not(None), Prediction.ood_score > SampleReport.ood_threshold)
+    model's review decision: running totals (service/counters.py), so a few rows whatever the history."""
     rows = session.execute(
-        select(
-            ModelVersion.version,
-            Prediction.label,
-            func.count(),
-            func.sum(case((or_(low_confidence, unfamiliar), 1), else_=0)),
-            func.sum(case((unfamiliar, 1), else_=0)),
-        )
-        .select_from(SampleImage)
-        .join(SampleReport, SampleReport.sample_id == SampleImage.sample_id)
-        .join(
-            Prediction,
-            and_(Prediction.image_sha256 == SampleImage.image_sha256, Prediction.model_version_id == SampleReport.model_version_id),
-        )
-        .join(ModelVersion, ModelVersion.id == SampleReport.model_version_id)
-        .group_by(ModelVersion.version, Prediction.label)
+        select(ModelVersion.version, CellCount.label, CellCount.n_classified, CellCount.n_sent_to_review, CellCount.n_unfamiliar)
+        .join(ModelVersion, ModelVersion.id == CellCount.model_version_id)
+        .order_by(ModelVersion.version, CellCount.label)
     ).tuples()
     labels = ["model_version", "label"]
     classified = CounterMetricFamily(
@@ -184,27 +198,25 @@ def _cells(session: Session) -> Iterator[Metric]:
     )
     for version, label, n, n_review, n_unfamiliar in rows:
         classified.add_metric([version, label], n)
-        review.add_metric([version, label], n_review or 0)
-        ood.add_metric([version, label], n_unfamiliar or 0)
+        review.add_metric([version, label], n_review)
+        ood.add_metric([version, label], n_unfamiliar)
     yield from (classified, review, ood)
 
 
 def _relabels(session: Session) -> Iterator[Metric]:
     rows = session.execute(
-        select(ModelVersion.version, CellReview.previous_label, CellReview.label, func.count())
-        .select_from(CellReview)
-        .join(SampleReport, SampleReport.sample_id == CellReview.sample_id)
-        .join(ModelVersion, ModelVersion.id == SampleReport.model_version_id)
-        .group_by(ModelVersion.version, CellReview.previous_label, CellReview.label)
+        select(ModelVersion.version, RelabelCount.from_label, RelabelCount.to_label, RelabelCount.n)
+        .join(ModelVersion, ModelVersion.id == RelabelCount.model_version_id)
+        .order_by(ModelVersion.version, RelabelCount.from_label, RelabelCount.to_label)
     ).tuples()
     relabels = CounterMetricFamily(
         "bloodcell_relabels",
         "Technologists' relabels of cells, by the report's model version, the label before (the model's, or an "
-        "earlier review's) and the label given",
+        "earlier review's; none when there was none) and the label given",
         labels=["model_version", "from_label", "to_label"],
     )
     for version, before, after, n in rows:
-        relabels.add_metric([version, before or "none", after], n)
+        relabels.add_metric([version, before, after], n)
     yield relabels
 
 

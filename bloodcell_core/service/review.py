@@ -9,17 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import PIL.Image
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, selectinload
 
 from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import list_class_files
 from bloodcell_core.service import signoff, webhooks
 from bloodcell_core.service.audit_log import record_event
+from bloodcell_core.service.counters import count_relabel
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store
-from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleImage
+from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleImage, SampleReport
 from bloodcell_core.service.samples import (
     build_report,
     cell_review_reasons,
@@ -45,17 +46,17 @@ def cell_box(cell: SampleImage) -> dict[str, Any] | None:
     return {"x": cell.box_x, "y": cell.box_y, "width": cell.box_width, "height": cell.box_height, "touches_edge": cell.touches_edge}
 
 
-def cell_results(session: Session, sample: Sample) -> list[dict[str, Any]]:
-    """Every cell of a sample: the model's label and confidence, a reviewer's label, the label that counts."""
+def cell_results(session: Session, sample: Sample, cells: list[SampleImage] | None = None) -> list[dict[str, Any]]:
+    """Every cell of a sample (or these CELLS of it): the model's label and confidence, a reviewer's label,
+    the label that counts."""
+    cells = sample.cells if cells is None else cells
     report = report_row(session, sample)
-    predictions = (
-        {} if report is None else version_predictions(session, report.model_version_id, [c.image_sha256 for c in sample.cells])
-    )
+    predictions = {} if report is None else version_predictions(session, report.model_version_id, [c.image_sha256 for c in cells])
     reviews = latest_reviews(session, sample.id)
     threshold = report.review_threshold if report is not None else 1.0
     unfamiliar_above = report.ood_threshold if report is not None else None
     rows = []
-    for cell in sample.cells:
+    for cell in cells:
         prediction, review = predictions.get(cell.image_sha256), reviews.get(cell.image_sha256)
         top = sorted(prediction.probabilities.items(), key=lambda kv: -kv[1])[:3] if prediction else []
         reasons = cell_review_reasons(prediction, threshold, unfamiliar_above, review is not None) if prediction else []
@@ -100,15 +101,35 @@ def review_queue(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
             )
             .order_by(Sample.created_at)
             .limit(limit)
-        )
+            .options(selectinload(Sample.fields))
+        ).all()
+        ids = [s.id for s in samples]
+        reports = {r.sample_id: r for r in session.scalars(select(SampleReport).where(SampleReport.sample_id.in_(ids)))}
+        listed = {(r.sample_id, cell["image_sha256"]) for r in reports.values() for cell in r.needs_review}
+        # only the cells the queue shows are read, not every cell of every sample: those the reports list for
+        # review (a report is rebuilt at every change) and the failed ones
+        shown: dict[int, list[SampleImage]] = {}
+        for cell in session.scalars(
+            select(SampleImage)
+            .where(
+                SampleImage.sample_id.in_(ids),
+                or_(SampleImage.status == CellStatus.FAILED, SampleImage.image_sha256.in_({sha for _, sha in listed})),
+            )
+            .order_by(SampleImage.id)
+        ):
+            shown.setdefault(cell.sample_id, []).append(cell)
         return [
             {
                 "sample_id": s.accession_id,
                 "status": s.status,
                 "error": s.error,
-                "flags": list(report.flags) if (report := report_row(session, s)) is not None else [],
-                "cells": [c for c in cell_results(session, s) if c["needs_review"]],
-                "failed": [{"name": c.name, "error": c.error} for c in s.cells if c.status == CellStatus.FAILED],
+                "flags": list(reports[s.id].flags) if s.id in reports else [],
+                "cells": [
+                    c
+                    for c in cell_results(session, s, [c for c in shown.get(s.id, []) if (s.id, c.image_sha256) in listed])
+                    if c["needs_review"]
+                ],
+                "failed": [{"name": c.name, "error": c.error} for c in shown.get(s.id, []) if c.status == CellStatus.FAILED],
                 "failed_fields": [{"name": f.name, "error": f.error} for f in s.fields if f.status == FieldStatus.FAILED],
             }
             for s in samples
@@ -146,6 +167,7 @@ def relabel_cell(
                 reason=reason,
             )
         )
+        count_relabel(session, version.id, previous_label, label)
         session.flush()
         record_event(
             session,

@@ -6,13 +6,17 @@
 - Files of the file image store that no ``images`` row references (every table that names an image does so
   through that row's key) and that are older than BLOODCELL_SWEEP_ORPHAN_AGE_S are removed: a failed
   submission leaves them, and a submission in progress writes (or refreshes) its files before its rows.
+  Only the files the store's journal lists for the hours past that age are looked at (image_store.py), so a
+  sweep's work follows the last hour's submissions, never the whole store.
 """
 
 from __future__ import annotations
 
+import calendar
 import logging
 import os
 import re
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,13 +27,12 @@ from sqlalchemy import select
 from bloodcell_core.config import Settings
 from bloodcell_core.service import webhooks
 from bloodcell_core.service.db import session_scope
-from bloodcell_core.service.image_store import file_store_root
+from bloodcell_core.service.image_store import FileImageStore, file_store_root
 from bloodcell_core.service.models import Image
 
 log = logging.getLogger(__name__)
 
 SHA256_NAME = re.compile(r"[0-9a-f]{64}")
-PARTIAL_NAME = re.compile(r"\.[0-9a-f]{64}\..*\.partial")  # a write that never finished (FileImageStore._write)
 BATCH = 500  # image hashes per database query
 
 SendDelivery = Callable[[int, str], None]  # (delivery id, task id): put the delivery's message on the webhooks queue
@@ -70,34 +73,53 @@ def requeue_overdue_webhooks(settings: Settings, send: SendDelivery) -> tuple[in
 
 
 def remove_orphan_images(settings: Settings) -> tuple[int, int]:
-    """(files removed, bytes) among the file store's files older than BLOODCELL_SWEEP_ORPHAN_AGE_S that no row references."""
-    root = file_store_root(settings)
-    if settings.image_store != "file" or not root.is_dir():  # the database store keeps no files
+    """(files removed, bytes) among the files the store's journal says were written in the hours now older
+    than BLOODCELL_SWEEP_ORPHAN_AGE_S and that no row references; those hours then leave the journal."""
+    if settings.image_store != "file":  # the database store keeps no files
         return 0, 0
+    store = FileImageStore(file_store_root(settings))
     cutoff = time.time() - settings.sweep_orphan_age_s
-    old: dict[Path, str | None] = {}  # path -> the image hash it holds (None: an unfinished write)
-    for path in root.glob("*/*/*"):
-        if SHA256_NAME.fullmatch(path.name) or PARTIAL_NAME.fullmatch(path.name):
-            if _older_than(path, cutoff):
-                old[path] = path.name if SHA256_NAME.fullmatch(path.name) else None
-    hashes = sorted(sha256 for sha256 in old.values() if sha256 is not None)
-    referenced: set[str] = set()
-    with session_scope(settings.database_url) as session:
-        for start in range(0, len(hashes), BATCH):
-            referenced.update(session.scalars(select(Image.sha256).where(Image.sha256.in_(hashes[start : start + BATCH]))))
     removed, n_bytes = 0, 0
-    for path, sha256 in sorted(old.items()):
-        # checked again just before removing: a submission refreshes an existing file before committing its rows
-        if sha256 in referenced or not _older_than(path, cutoff):
-            continue
-        try:
-            size = path.stat().st_size
-            path.unlink()  # prefix folders stay: a concurrent write may be creating a file in them
-        except FileNotFoundError:  # removed meanwhile (another sweep)
-            continue
-        log.info("sweep: removed orphan image file %s (%d bytes)", path, size)
-        removed, n_bytes = removed + 1, n_bytes + size
+    for hour in _hours_past(store.journal, cutoff):
+        entries = [entry for entry in hour.iterdir() if SHA256_NAME.fullmatch(entry.name)]
+        hashes = sorted(entry.name for entry in entries)
+        referenced: set[str] = set()
+        with session_scope(settings.database_url) as session:
+            for start in range(0, len(hashes), BATCH):
+                referenced.update(session.scalars(select(Image.sha256).where(Image.sha256.in_(hashes[start : start + BATCH]))))
+        for sha256 in hashes:
+            if sha256 in referenced:
+                continue
+            image = store.path(sha256)
+            for path in [image, *image.parent.glob(f".{sha256}.*.partial")]:  # a write that never finished
+                # checked again just before removing: a submission refreshes an existing file (and notes it in
+                # the journal's current hour) before committing its rows
+                if not _older_than(path, cutoff):
+                    continue
+                try:
+                    size = path.stat().st_size
+                    path.unlink()  # prefix folders stay: a concurrent write may be creating a file in them
+                except FileNotFoundError:  # removed meanwhile (another sweep)
+                    continue
+                log.info("sweep: removed orphan image file %s (%d bytes)", path, size)
+                removed, n_bytes = removed + 1, n_bytes + size
+        shutil.rmtree(hour, ignore_errors=True)
     return removed, n_bytes
+
+
+def _hours_past(journal: Path, cutoff: float) -> list[Path]:
+    """The journal's hour folders whose whole hour ended before CUTOFF, oldest first."""
+    if not journal.is_dir():
+        return []
+    due = []
+    for hour in journal.iterdir():
+        try:
+            ends = calendar.timegm(time.strptime(hour.name, "%Y%m%d%H")) + 3600
+        except ValueError:  # not the journal's
+            continue
+        if ends <= cutoff:
+            due.append(hour)
+    return sorted(due)
 
 
 def _older_than(path: Path, cutoff: float) -> bool:

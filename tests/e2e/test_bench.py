@@ -61,3 +61,33 @@ def test_fields_benchmark_scores_the_found_cells_through_the_queue_and_in_proces
 def test_console_benchmark_renders_the_sample_page():
     report = run_bench("bench/bench_console.py", "--cells", "12", "--requests", "3")
     assert report["cells"] == 12 and report["sample_page_ms_p50"] > 0 and report["thumbnail_revalidated_status"] == 304
+
+
+@pytest.mark.slow
+def test_scale_benchmark_fills_each_size_and_times_every_operation(tmp_path: Path):
+    plot = tmp_path / "scale.png"
+    report = run_bench("bench/bench_scale.py", "--sizes", "3000,6000", "--repeat", "1", "--plot", str(plot))
+    small, large = report["results"]
+    assert (small["predictions"], large["predictions"]) == (3000, 6000)
+    assert large["rows"]["predictions"] == large["rows"]["sample_images"] == large["rows"]["images"] == 6000
+    assert large["rows"]["cell_reviews"] > 0 and large["rows"]["audit_log"] > large["rows"]["samples"]
+    operations = {"scrape", "worklist", "worklist_refresh", "review_queue", "report", "sample_page", "relabel", "sign_off"}
+    operations |= {"audit_page", "audit_subject", "sweep", "submission"}
+    assert set(small["ms"]) == set(large["ms"]) == operations and all(ms > 0 for ms in large["ms"].values())
+    assert large["migration_0010_s"] > 0 and plot.stat().st_size > 0
+    # the plans come with the largest size only; the scrape reads the running totals, not the cells
+    assert "plan" not in small["queries"]["scrape_cells"]
+    assert not any("sample_images" in line for line in large["queries"]["scrape_cells"]["plan"])
+    assert all(query["ms"] >= 0 and query["plan"] for query in large["queries"].values())  # (tiny tables: any plan will do)
+    assert set(report["verdict"]["largest_over_smallest"]) == operations
+
+
+@pytest.mark.slow
+def test_scaleout_benchmark_measures_throughput_and_the_share_outside_the_model():
+    report = run_bench(
+        "bench/bench_scaleout.py", "--workers", "1", "--samples", "1", "--images-per-sample", "4", "--submit-seconds", "1"
+    )
+    (run,) = report["results"]
+    assert run["workers"] == 1 and run["images"] == 4 and run["images_per_s"] > 0
+    assert 0 < run["model_share"] <= 1 and run["outside_model_share"] == pytest.approx(1 - run["model_share"], abs=0.002)
+    assert run["api"]["1_client"]["samples_per_s"] > 0 and run["api"]["4_clients"]["images_per_s"] > 0

@@ -22,7 +22,7 @@ from servers import RedisServer, Stack, WebhookReceiver, create_token, settings_
 from sqlalchemy import select
 
 from bloodcell_core.service import db, models, sweepers, users, webhooks
-from bloodcell_core.service.image_store import file_store_root
+from bloodcell_core.service.image_store import FileImageStore, file_store_root, journal_hour
 
 pytestmark = pytest.mark.real_data
 
@@ -174,11 +174,14 @@ def test_a_delivery_waiting_on_its_retry_is_not_requeued_and_a_stale_message_doe
             session.get(models.WebhookDelivery, delivery_id).status = "failed"
 
 
-def put_file(root: Path, sha256: str, age_s: float, data: bytes = b"image bytes") -> Path:
+def put_file(root: Path, sha256: str, age_s: float, data: bytes = b"image bytes", journal: bool = True) -> Path:
+    """An image file AGE_S old, as the store writes it (with its journal entry unless JOURNAL is False)."""
     path = root / sha256[:2] / sha256[2:4] / sha256
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     os.utime(path, (time.time() - age_s, time.time() - age_s))
+    if journal:
+        FileImageStore(root).record_write(sha256, time.time() - age_s)
     return path
 
 
@@ -193,12 +196,15 @@ def test_old_orphan_files_are_removed_referenced_and_fresh_ones_stay(stack: Swee
     orphan = put_file(root, "ab" * 32, 2 * DAY)
     partial = put_file(root, "cd" * 32, 2 * DAY).rename(root / "cd" / "cd" / f".{'cd' * 32}.123.456.partial")
     fresh = put_file(root, "ef" * 32, DAY - 600)  # a submission in progress: its rows are not committed yet
-    stranger = put_file(root, "not-an-image-hash", 2 * DAY)  # not the store's: never touched
+    stranger = put_file(root, "not-an-image-hash", 2 * DAY, journal=False)  # not the store's: never touched
+    unlisted = put_file(root, "9a" * 32, 2 * DAY, journal=False)  # the sweep reads the journal, never the whole store
 
     counts = sweep_cli(stack)
     assert counts["orphans_removed"] == 2 and counts["orphan_bytes"] == 2 * len(b"image bytes"), counts
     assert not orphan.exists() and not partial.exists()
-    assert fresh.exists() and stranger.exists() and all(p.exists() for p in referenced_paths)
+    assert fresh.exists() and stranger.exists() and unlisted.exists() and all(p.exists() for p in referenced_paths)
+    hours = {hour.name for hour in FileImageStore(root).journal.iterdir()}
+    assert journal_hour(time.time() - 2 * DAY) not in hours and journal_hour(time.time() - DAY + 600) in hours  # swept, waiting
     # resubmitting an old orphan's bytes refreshes the file before the rows commit: it is no longer old
     old = put_file(root, "12" * 32, 2 * DAY)
     from bloodcell_core.service.image_store import image_store
