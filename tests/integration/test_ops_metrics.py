@@ -106,7 +106,10 @@ def test_counters_follow_a_sample_through_queue_worker_relabel_and_webhook(api: 
     while api.call("GET", "/v1/samples/S-MET-1/webhooks").json()[0]["status"] != "failed":
         assert time.monotonic() < deadline
         time.sleep(0.3)
-    done = scrape(api)
+    deadline = time.monotonic() + 30  # the census of the workers runs in the background: it sees the new one soon
+    while value(done := scrape(api), "bloodcell_workers", queue="classify") != 1:
+        assert time.monotonic() < deadline, "the worker census never saw the worker"
+        time.sleep(0.5)
     assert value(done, "bloodcell_queue_messages", queue="classify") == 0
     assert value(done, "bloodcell_queue_oldest_age_seconds", queue="classify") == 0
     assert value(done, "bloodcell_workers", queue="classify") == 1 and value(done, "bloodcell_workers", queue="classify.gpu") == 0
