@@ -25,6 +25,16 @@ def _fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
+# The generalisation table and the trials read the same three datasets.
+DATA_ROOT_OPTION = click.option(
+    "--data-root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=Path("../shared/data"),
+    show_default=True,
+    help="The folder holding kaggle5/, pbc8/ and bccd/.",
+)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="bloodcell")
 def cli() -> None:
@@ -360,13 +370,7 @@ def results_command(
 
 @cli.command("generalisation")
 @click.argument("model_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option(
-    "--data-root",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=Path("../shared/data"),
-    show_default=True,
-    help="The folder holding kaggle5/, pbc8/ and bccd/.",
-)
+@DATA_ROOT_OPTION
 @click.option(
     "--out",
     "out_dir",
@@ -406,13 +410,7 @@ def generalisation_command(model_dirs: tuple[Path, ...], data_root: Path, out_di
 
 @cli.command("trials")
 @click.argument("names", nargs=-1)
-@click.option(
-    "--data-root",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=Path("../shared/data"),
-    show_default=True,
-    help="The folder holding kaggle5/, pbc8/ and bccd/.",
-)
+@DATA_ROOT_OPTION
 @click.option(
     "--out",
     "out_dir",
