@@ -9,6 +9,7 @@ Two variants of the same network for the cross-laboratory trials (docs/trials.md
   training sources' activation statistics, a cue that travels with the laboratory; group norm normalises
   each image by its own statistics, which across scanners is the largest single lever published
   (wbc-benchmark, Tsutsui 2023). It needs a warm-up and a higher peak learning rate to converge in 10 epochs.
+- ``compact_cnn_ln``: one group per layer (LayerNorm over each image's whole feature map), same schedule.
 - ``compact_cnn_wide``: twice the filters of every stage (about 4x the parameters).
 """
 
@@ -32,6 +33,9 @@ GROUPS = 8  # divides every stage's width
 def _normalisation(kind: str) -> keras.layers.Layer:
     if kind == "group":
         return keras.layers.GroupNormalization(groups=GROUPS)
+    if kind == "layer":
+        # One group: each image normalised over all its channels and pixels (LayerNorm for conv maps).
+        return keras.layers.GroupNormalization(groups=1)
     # BatchNormalization momentum 0.9 (Keras default 0.99): with ~100 steps an epoch the moving
     # statistics otherwise lag the fast-changing weights, and validation scores collapse for epochs.
     return keras.layers.BatchNormalization(momentum=0.9)
@@ -82,6 +86,15 @@ def register_models(register):
             name="compact_cnn_gn",
             description="compact_cnn with GroupNormalization (8 groups) instead of BatchNorm: no training-set statistics.",
             build=_builder("compact_cnn_gn", normalisation="group"),
+            input_size=(128, 128),
+            defaults=dataclasses.replace(DEFAULTS, learning_rate=2e-3, warmup_epochs=1),
+        )
+    )
+    register(
+        ModelSpec(
+            name="compact_cnn_ln",
+            description="compact_cnn with one-group GroupNormalization (LayerNorm per feature map) instead of BatchNorm.",
+            build=_builder("compact_cnn_ln", normalisation="layer"),
             input_size=(128, 128),
             defaults=dataclasses.replace(DEFAULTS, learning_rate=2e-3, warmup_epochs=1),
         )

@@ -27,6 +27,7 @@ class Trial:
     setting: str  # the factor's value, in words
     model: str
     steps: tuple[str, ...]
+    learning_rate: float | None = None  # peak rate where the model's default does not converge in EPOCHS
 
 
 TRIALS = (
@@ -38,6 +39,22 @@ TRIALS = (
         ("locate_cell", "reinhard"),
     ),
     Trial("gn", "normalisation", "GroupNorm (8 groups), warm-up 1 epoch, peak lr 2e-3", "compact_cnn_gn", ("locate_cell", "reinhard")),
+    Trial(
+        "gn_lr5",
+        "normalisation",
+        "GroupNorm (8 groups), warm-up 1 epoch, peak lr 5e-3",
+        "compact_cnn_gn",
+        ("locate_cell", "reinhard"),
+        learning_rate=5e-3,
+    ),
+    Trial(
+        "ln_lr5",
+        "normalisation",
+        "LayerNorm (1 group), warm-up 1 epoch, peak lr 5e-3",
+        "compact_cnn_ln",
+        ("locate_cell", "reinhard"),
+        learning_rate=5e-3,
+    ),
     Trial("ruler", "scale", "red-cell ruler: 3 red-cell diameters", "compact_cnn", ("red_cell_scale", "reinhard")),
     Trial("colour", "colour", "referenced to red cells and background", "compact_cnn", ("red_cell_colour", "locate_cell")),
     Trial("wide", "width", "2x filters (~3 M parameters)", "compact_cnn_wide", ("locate_cell", "reinhard")),
@@ -62,6 +79,7 @@ def run_trial(trial: Trial, data_root: Path, out: Path, log: Callable[[str], Non
             epochs=EPOCHS,
             seed=SEED,
             max_per_class=PER_CLASS,
+            learning_rate=trial.learning_rate,
             preprocessing_steps=trial.steps,
             renames=RENAMES,
             acquisition_augmentation=True,
