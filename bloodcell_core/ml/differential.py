@@ -199,18 +199,19 @@ def threshold_sweep(
     normal: Sequence[SyntheticSample], leukaemic: Sequence[SyntheticSample], rules: Iterable[FlagRule]
 ) -> list[dict[str, Any]]:
     """For each candidate rule: the share of normal samples it flags (blast or immature; 1 - specificity) and of
-    leukaemic samples it flags with blasts (sensitivity), overall and per intended blast percentage."""
+    leukaemic samples it flags (any flag, and with blasts: sensitivity), overall and per intended blast percentage."""
     rows = []
     levels = sorted({s.blast_percent for s in leukaemic})
     for rule in rules:
-        normal_summary = summarise_samples(normal, rule)
+        normal_summary, leukaemic_summary = summarise_samples(normal, rule), summarise_samples(leukaemic, rule)
         found = {level: summarise_samples([s for s in leukaemic if s.blast_percent == level], rule) for level in levels}
         rows.append(
             {
                 "rule": rule.to_json(),
                 "normal_flagged_any": normal_summary["flagged_any"],
                 "normal_flagged_blasts": normal_summary["flagged_blasts"],
-                "leukaemic_flagged_blasts": summarise_samples(leukaemic, rule)["flagged_blasts"] if leukaemic else None,
+                "leukaemic_flagged_any": leukaemic_summary["flagged_any"],
+                "leukaemic_flagged_blasts": leukaemic_summary["flagged_blasts"],
                 "leukaemic_flagged_blasts_by_percent": {f"{level:g}": summary["flagged_blasts"] for level, summary in found.items()},
             }
         )

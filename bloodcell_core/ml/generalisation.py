@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,6 +42,7 @@ from bloodcell_core.ml.differential import (
     compose_samples,
     leukaemic_composition,
     summarise_samples,
+    threshold_sweep,
 )
 from bloodcell_core.ml.metrics import classification_metrics
 from bloodcell_core.ml.ood import UNFAMILIAR_REASON, auroc
@@ -54,6 +55,12 @@ BLAST_CLASS = FlagRule().blast_class
 SAME_SOURCE = "held-out test split"
 OTHER_LABORATORY = "BCCD test split, white cells by box"
 SAMPLES_PER_GROUP = 50  # synthetic samples of 100 cells per group of the per-sample rows
+SAME_NORMAL = "normal samples, same sources (test split)"
+OTHER_NORMAL = "normal samples, another laboratory (BCCD test split, drawn with replacement)"
+ALL_LEUKAEMIC = "leukaemic samples, same sources, all blast levels"
+THRESHOLD_SWEEP = "flag threshold sweep"
+SWEEP_BLAST_COUNTS = (2, 3, 5, 8, 10, 15)  # blast cells of 100 for the blast flag
+SWEEP_IMMATURE_PERCENTS = (5.0, 10.0, 15.0, 20.0, 30.0)  # immature percent above which the immature flag fires
 
 
 @dataclass
@@ -221,33 +228,66 @@ def _pool(calls: list[CellCall]) -> dict[str, list[CellCall]]:
     return pool
 
 
-def sample_rows(calls: dict[str, list[CellCall]], classes: list[str], rule: FlagRule = FlagRule()) -> list[dict[str, Any]]:
-    """The per-sample rows from the cells each set's classification produced: normal differentials of the same
+SampleGroup = tuple[str, str, list[SyntheticSample]]  # (set name, kind, samples)
+
+
+def sample_groups(calls: dict[str, list[CellCall]], classes: list[str], blast_class: str = BLAST_CLASS) -> list[SampleGroup]:
+    """Seeded synthetic samples from the cells each set's classification produced: normal differentials of the same
     sources (test split) and of another laboratory (BCCD), and leukaemic ones (test-split blasts at BLAST_PERCENTS).
 
     Empty for a model that cannot count a normal differential (it lacks one of its classes)."""
     if any(model_class(label, classes) is None for label in NORMAL_DIFFERENTIAL):
         return []
-    rows = []
     same = _pool(calls.get(SAME_SOURCE, []))
-    groups: list[tuple[str, str, list[SyntheticSample]]] = [
-        ("normal samples, same sources (test split)", "same source",
+    groups: list[SampleGroup] = [
+        (SAME_NORMAL, "same source",
          compose_samples(same, NORMAL_DIFFERENTIAL, SAMPLES_PER_GROUP, kind="normal", seed=0)),
     ]  # fmt: skip
     if calls.get(OTHER_LABORATORY):
         other = compose_samples(_pool(calls[OTHER_LABORATORY]), NORMAL_DIFFERENTIAL, SAMPLES_PER_GROUP, kind="normal", seed=1)
-        groups.append(("normal samples, another laboratory (BCCD test split, drawn with replacement)", "other laboratory", other))
-    if rule.blast_class in classes and same.get(rule.blast_class):
+        groups.append((OTHER_NORMAL, "other laboratory", other))
+    if blast_class in classes and same.get(blast_class):
         leukaemic = []
         for k, percent in enumerate(BLAST_PERCENTS):
-            composition = leukaemic_composition(percent, rule.blast_class)
-            drawn = compose_samples(same, composition, SAMPLES_PER_GROUP, kind="leukaemic", blast_class=rule.blast_class, seed=10 + k)
+            composition = leukaemic_composition(percent, blast_class)
+            drawn = compose_samples(same, composition, SAMPLES_PER_GROUP, kind="leukaemic", blast_class=blast_class, seed=10 + k)
             groups.append((f"leukaemic samples, same sources, {percent} % blasts", "same source", drawn))
             leukaemic += drawn
-        groups.append(("leukaemic samples, same sources, all blast levels", "same source", leukaemic))
-    for name, kind, samples in groups:
-        rows.append({"set": name, "kind": kind, "level": "sample"} | summarise_samples(samples, rule))
-    return rows
+        groups.append((ALL_LEUKAEMIC, "same source", leukaemic))
+    return groups
+
+
+def sample_rows(groups: list[SampleGroup], rule: FlagRule = FlagRule()) -> list[dict[str, Any]]:
+    """The per-sample rows: each group's flagged shares and predicted against true percentages under RULE."""
+    return [{"set": name, "kind": kind, "level": "sample"} | summarise_samples(samples, rule) for name, kind, samples in groups]
+
+
+def candidate_rules(base: FlagRule = FlagRule()) -> list[FlagRule]:
+    """The flag rules the threshold sweep compares: blast count (of 100 cells) by immature percent, the
+    blast percent rule kept (in 100-cell samples it never fires before the count does)."""
+    grid = [(count, percent) for count in SWEEP_BLAST_COUNTS for percent in SWEEP_IMMATURE_PERCENTS]
+    return [replace(base, blast_count=count, immature_percent=percent) for count, percent in grid]
+
+
+def threshold_rows(groups: list[SampleGroup], rules: list[FlagRule]) -> list[dict[str, Any]]:
+    """For each candidate rule (``differential.threshold_sweep``): normal samples flagged, of the same sources and of
+    another laboratory, and leukaemic samples flagged (any flag; blast flag, in all and per blast level)."""
+    named = {name: samples for name, _, samples in groups}
+    same = threshold_sweep(named[SAME_NORMAL], named.get(ALL_LEUKAEMIC, []), rules)
+    other = threshold_sweep(named.get(OTHER_NORMAL, []), [], rules)
+    return [
+        {
+            "blast_count": rule.blast_count,
+            "immature_percent": rule.immature_percent,
+            "same_normal_flagged_any": s["normal_flagged_any"],
+            "other_normal_flagged_any": o["normal_flagged_any"],
+            "other_normal_flagged_blasts": o["normal_flagged_blasts"],
+            "leukaemic_flagged_any": s["leukaemic_flagged_any"],
+            "leukaemic_flagged_blasts": s["leukaemic_flagged_blasts"],
+            "leukaemic_flagged_blasts_by_percent": s["leukaemic_flagged_blasts_by_percent"],
+        }
+        for rule, s, o in zip(rules, same, other)
+    ]
 
 
 def model_rows(model_dir: Path, data_root: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
@@ -277,7 +317,9 @@ def model_rows(model_dir: Path, data_root: Path, log: Callable[[str], None] = pr
             | row
             | ({"source_probe_accuracy": probe} if evaluation.kind == "source swap" else {})
         )
-    return rows + [identity | row for row in sample_rows(calls, metadata.classes)]
+    groups = sample_groups(calls, metadata.classes)
+    sweep = [{"set": THRESHOLD_SWEEP, "level": "thresholds", "rules": threshold_rows(groups, candidate_rules())}] if groups else []
+    return rows + [identity | row for row in sample_rows(groups) + sweep]
 
 
 def _cell(value: Any) -> str:
@@ -301,7 +343,8 @@ def sample_table(rows: list[dict[str, Any]]) -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Both tables: per cell, then (where any model has them) per sample."""
     per_sample = [r for r in rows if r.get("level") == "sample"]
-    rows = [r for r in rows if r.get("level") != "sample"]
+    sweeps = [r for r in rows if r.get("level") == "thresholds"]
+    rows = [r for r in rows if r.get("level") is None]
     header = [
         "model",
         "set",
@@ -338,7 +381,28 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             + " |"
         )
     table = "\n".join(lines)
-    return table + ("\n\n**Per sample** (flag rule: BLOODCELL_* defaults)\n\n" + sample_table(per_sample) if per_sample else "")
+    if per_sample:
+        table += "\n\n**Per sample** (flag rule: BLOODCELL_* defaults)\n\n" + sample_table(per_sample)
+    for sweep in sweeps:
+        table += f"\n\n**Flag thresholds, {sweep['model']}** (samples as above; blast flag at N blasts of 100 cells)\n\n"
+        table += threshold_table(sweep["rules"])
+    return table
+
+
+def threshold_table(rules: list[dict[str, Any]]) -> str:
+    """The threshold sweep as markdown: one row per candidate rule."""
+    levels = list(rules[0]["leukaemic_flagged_blasts_by_percent"]) if rules else []
+    header = ["blast flag at N blasts", "immature flag above %", "same-source normal: any flag", "BCCD normal: any flag",
+              "BCCD normal: blast flag", "leukaemic: any flag", "leukaemic: blast flag"]  # fmt: skip
+    header += [f"blast flag at {level} % blasts" for level in levels]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for r in rules:
+        cells = [str(r["blast_count"]), f"{r['immature_percent']:g}", _cell(r["same_normal_flagged_any"]),
+                 _cell(r["other_normal_flagged_any"]), _cell(r["other_normal_flagged_blasts"]),
+                 _cell(r["leukaemic_flagged_any"]), _cell(r["leukaemic_flagged_blasts"])]  # fmt: skip
+        cells += [_cell(r["leukaemic_flagged_blasts_by_percent"][level]) for level in levels]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def build_table(model_dirs: list[Path], data_root: Path, out_dir: Path, log: Callable[[str], None] = print) -> list[dict[str, Any]]:

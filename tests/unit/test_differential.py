@@ -114,14 +114,14 @@ def test_a_stricter_blast_rule_flags_fewer_samples_of_both_kinds():
 
 
 def test_the_generalisation_table_composes_its_per_sample_rows_from_each_sets_calls():
-    from bloodcell_core.ml.generalisation import OTHER_LABORATORY, SAME_SOURCE, sample_rows
+    from bloodcell_core.ml.generalisation import OTHER_LABORATORY, SAME_SOURCE, sample_groups, sample_rows
 
     nine = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "myeloblast", "neutrophil", "platelet"]
     same = [CellCall(label, label) for label in nine for _ in range(20)]
     bccd = [
         CellCall(label, "lymphocyte" if label == "neutrophil" else label) for label in ("neutrophil", "lymphocyte") for _ in range(9)
     ]
-    rows = sample_rows({SAME_SOURCE: same, OTHER_LABORATORY: bccd}, nine)
+    rows = sample_rows(sample_groups({SAME_SOURCE: same, OTHER_LABORATORY: bccd}, nine))
     assert [r["set"] for r in rows] == [
         "normal samples, same sources (test split)",
         "normal samples, another laboratory (BCCD test split, drawn with replacement)",
@@ -133,7 +133,31 @@ def test_the_generalisation_table_composes_its_per_sample_rows_from_each_sets_ca
     assert bccd_normal["immature_percent"]["bias"] == 0.0  # every BCCD neutrophil called a lymphocyte: no flag for it
     assert all_levels["n_samples"] == 50 * len(BLAST_PERCENTS) and all_levels["blast_percent"]["r"] == 1.0
     # the kaggle5 model has no lymphocyte: it cannot count a normal differential
-    assert sample_rows({SAME_SOURCE: same}, ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]) == []
+    assert sample_groups({SAME_SOURCE: same}, ["basophil", "erythroblast", "monocyte", "myeloblast", "seg_neutrophil"]) == []
+
+
+def test_the_threshold_sweep_rows_trade_normal_samples_flagged_against_leukaemic_ones_found():
+    from bloodcell_core.ml.generalisation import OTHER_LABORATORY, SAME_SOURCE, candidate_rules, sample_groups, threshold_rows
+
+    nine = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "myeloblast", "neutrophil", "platelet"]
+    same = [CellCall(label, label) for label in nine for _ in range(20)]
+    # the other laboratory's lymphocytes: one in ten called a blast, one in five an immature granulocyte
+    bccd = [CellCall("neutrophil", "neutrophil") for _ in range(10)]
+    bccd += [CellCall("lymphocyte", ("myeloblast", "ig", "ig", "lymphocyte", "lymphocyte", *["lymphocyte"] * 5)[k]) for k in range(10)]
+    groups = sample_groups({SAME_SOURCE: same, OTHER_LABORATORY: bccd}, nine)
+    rules = candidate_rules()
+    rows = threshold_rows(groups, rules)
+    assert len(rows) == len(rules) and {(r["blast_count"], r["immature_percent"]) for r in rows} == {
+        (rule.blast_count, rule.immature_percent) for rule in rules
+    }
+    by_rule = {(r["blast_count"], r["immature_percent"]): r for r in rows}
+    # about 3 of 100 cells called blast at the other laboratory: a 2-blast rule flags most of its normals, a 10-blast rule none
+    assert by_rule[(2, 30.0)]["other_normal_flagged_blasts"] > 0.5 and by_rule[(10, 30.0)]["other_normal_flagged_blasts"] == 0.0
+    # same sources are called right: never a normal sample flagged; every 10 % leukaemic sample found from 10 blasts down
+    assert all(r["same_normal_flagged_any"] == 0.0 for r in rows)
+    assert by_rule[(10, 30.0)]["leukaemic_flagged_blasts_by_percent"]["10"] == 1.0
+    assert by_rule[(15, 30.0)]["leukaemic_flagged_blasts_by_percent"]["10"] == 0.0
+    assert by_rule[(5, 5.0)]["leukaemic_flagged_any"] >= by_rule[(5, 5.0)]["leukaemic_flagged_blasts"]
 
 
 def wilson(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
