@@ -9,6 +9,8 @@ Two variants of the same network for the cross-laboratory trials (docs/trials.md
   training sources' activation statistics, a cue that travels with the laboratory; group norm normalises
   each image by its own statistics, which across scanners is the largest single lever published
   (wbc-benchmark, Tsutsui 2023). It needs a warm-up and a higher peak learning rate to converge in 10 epochs.
+- ``compact_cnn_gn_ws`` and ``compact_cnn_ws``: weight-standardised convolutions with GroupNorm, and with no
+  normalisation layer at all: nothing in the network depends on the training data's statistics.
 - ``compact_cnn_ln``: one group per layer (LayerNorm over each image's whole feature map), same schedule.
 - ``compact_cnn_wide``: twice the filters of every stage (about 4x the parameters).
 """
@@ -16,7 +18,7 @@ Two variants of the same network for the cross-laboratory trials (docs/trials.md
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 
@@ -30,7 +32,21 @@ STAGES = ((32, 2), (48, 2), (96, 2), (96, 1), (192, 2), (256, 1))
 GROUPS = 8  # divides every stage's width
 
 
+@keras.saving.register_keras_serializable(package="compact_cnn")
+class StandardisedConv2D(keras.layers.Conv2D):
+    """Conv2D with weight standardisation (Qiao et al. 2019): each filter is used at zero mean and unit
+    spread. It smooths the loss landscape the way BatchNorm does, without any statistics of the training
+    data's activations, and lets group-normalised or unnormalised nets train at BatchNorm's pace."""
+
+    def convolution_op(self, inputs: Any, kernel: Any) -> Any:
+        mean = keras.ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
+        spread = keras.ops.sqrt(keras.ops.var(kernel, axis=(0, 1, 2), keepdims=True) + 1e-5)
+        return super().convolution_op(inputs, (kernel - mean) / spread)
+
+
 def _normalisation(kind: str) -> keras.layers.Layer:
+    if kind == "none":
+        return keras.layers.Identity()
     if kind == "group":
         return keras.layers.GroupNormalization(groups=GROUPS)
     if kind == "layer":
@@ -41,12 +57,17 @@ def _normalisation(kind: str) -> keras.layers.Layer:
     return keras.layers.BatchNormalization(momentum=0.9)
 
 
-def _builder(name: str, normalisation: str = "batch", width: int = 1) -> Callable[[tuple[int, int, int], int], keras.Model]:
+def _builder(
+    name: str, normalisation: str = "batch", width: int = 1, standardise: bool = False
+) -> Callable[[tuple[int, int, int], int], keras.Model]:
+    conv = StandardisedConv2D if standardise else keras.layers.Conv2D
+
     def build(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
         inputs = keras.Input(shape=input_shape)
         x = inputs
         for filters, stride in STAGES:
-            x = keras.layers.Conv2D(filters * width, 3, strides=stride, padding="same", use_bias=False)(x)
+            # without any normalisation layer the convolution's bias is the only per-channel shift
+            x = conv(filters * width, 3, strides=stride, padding="same", use_bias=normalisation == "none")(x)
             x = _normalisation(normalisation)(x)
             x = keras.layers.ReLU()(x)
         x = keras.layers.GlobalAveragePooling2D()(x)
@@ -86,6 +107,24 @@ def register_models(register):
             name="compact_cnn_gn",
             description="compact_cnn with GroupNormalization (8 groups) instead of BatchNorm: no training-set statistics.",
             build=_builder("compact_cnn_gn", normalisation="group"),
+            input_size=(128, 128),
+            defaults=dataclasses.replace(DEFAULTS, learning_rate=2e-3, warmup_epochs=1),
+        )
+    )
+    register(
+        ModelSpec(
+            name="compact_cnn_gn_ws",
+            description="compact_cnn_gn with weight-standardised convolutions.",
+            build=_builder("compact_cnn_gn_ws", normalisation="group", standardise=True),
+            input_size=(128, 128),
+            defaults=dataclasses.replace(DEFAULTS, learning_rate=2e-3, warmup_epochs=1),
+        )
+    )
+    register(
+        ModelSpec(
+            name="compact_cnn_ws",
+            description="compact_cnn with weight-standardised convolutions and no normalisation layer.",
+            build=_builder("compact_cnn_ws", normalisation="none", standardise=True),
             input_size=(128, 128),
             defaults=dataclasses.replace(DEFAULTS, learning_rate=2e-3, warmup_epochs=1),
         )
