@@ -44,6 +44,16 @@ class StandardisedConv2D(keras.layers.Conv2D):
         return super().convolution_op(inputs, (kernel - mean) / spread)
 
 
+@keras.saving.register_keras_serializable(package="compact_cnn")
+class ScaledStandardisedConv2D(StandardisedConv2D):
+    """Weight standardisation scaled by He's gain, sqrt(2 / fan-in) (Brock et al. 2021): without a
+    normalisation layer after it, each ReLU stage then keeps its input's spread instead of multiplying it."""
+
+    def convolution_op(self, inputs: Any, kernel: Any) -> Any:
+        fan_in = kernel.shape[0] * kernel.shape[1] * kernel.shape[2]
+        return super().convolution_op(inputs, kernel) * (2.0 / fan_in) ** 0.5
+
+
 def _normalisation(kind: str) -> keras.layers.Layer:
     if kind == "none":
         return keras.layers.Identity()
@@ -60,7 +70,9 @@ def _normalisation(kind: str) -> keras.layers.Layer:
 def _builder(
     name: str, normalisation: str = "batch", width: int = 1, standardise: bool = False
 ) -> Callable[[tuple[int, int, int], int], keras.Model]:
-    conv = StandardisedConv2D if standardise else keras.layers.Conv2D
+    conv = keras.layers.Conv2D
+    if standardise:
+        conv = ScaledStandardisedConv2D if normalisation == "none" else StandardisedConv2D
 
     def build(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
         inputs = keras.Input(shape=input_shape)
