@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bloodcell_core.config import Settings
-from bloodcell_core.ml.serving import FALLBACK_REVIEW_THRESHOLD, Classifier, read_metadata, served_views, version_id
+from bloodcell_core.ml.serving import FALLBACK_REVIEW_THRESHOLD, REPORT_DIR, Classifier, read_metadata, served_views, version_id
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import NotFound, ServiceError
@@ -191,3 +191,27 @@ def version_classes(settings: Settings, version: str) -> list[str]:
         if row is None:
             raise NotFound(f"no model version {version[:80]!r}")
         return list(row.classes)
+
+
+def report_file_names(settings: Settings, version: str) -> list[str]:
+    """The files of VERSION's report (plots, generalisation.json) as registered with it in the database: what any
+    host can show, whether or not it has the model's directory."""
+    prefix = f"{REPORT_DIR}/"
+    with session_scope(settings.database_url) as session:
+        names = session.scalars(
+            select(ModelFile.name).join(ModelVersion).where(ModelVersion.version == version, ModelFile.name.startswith(prefix))
+        )
+        return sorted(name.removeprefix(prefix) for name in names)
+
+
+def report_file(settings: Settings, version: str, name: str) -> bytes:
+    """One file of VERSION's report, as registered with it in the database."""
+    with session_scope(settings.database_url) as session:
+        content = session.scalar(
+            select(ModelFile.content)
+            .join(ModelVersion)
+            .where(ModelVersion.version == version, ModelFile.name == f"{REPORT_DIR}/{name}")
+        )
+    if content is None:
+        raise NotFound(f"model {version[:80]!r} has no report file {name[:80]!r}")
+    return content
