@@ -210,11 +210,11 @@ class Client:
             return list_versions(session)
 
     def model_report_files(self, version: str) -> list[str]:
-        """The names of VERSION's report files (plots, generalisation.json) registered with it."""
+        """The names of VERSION's report files (plots, generalisation.json): stored with it, or in its directory here."""
         return report_file_names(self.settings, version)
 
     def model_report_file(self, version: str, name: str) -> bytes:
-        """One report file of VERSION, from the files registered with it (no need for its directory here)."""
+        """One report file of VERSION: from its registered directory where this host has it, else as stored with it."""
         return report_file(self.settings, version, name)
 
     def promote(self, version: str, actor: str = "client", force: bool = False, reason: str = "") -> str:
