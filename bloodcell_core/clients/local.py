@@ -21,15 +21,16 @@ from celery import Celery
 from bloodcell_core.clients.waiting import wait_until_classified
 from bloodcell_core.config import Settings
 from bloodcell_core.service import promotion, review, sweepers, webhooks
+from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.db import require_migrated, session_scope
 from bloodcell_core.service.fields import field_overlay, get_fields
 from bloodcell_core.service.queues import TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues
 from bloodcell_core.service.receipts import Submission
-from bloodcell_core.service.samples import find_sample, get_report
+from bloodcell_core.service.samples import find_sample, get_image, get_report, list_samples
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, ModelStatus
 from bloodcell_core.service.submission import store_image, submit_sample
 from bloodcell_core.service.training_runs import FINAL_TRAINING_RUN_STATUSES, create_training_run, training_run_status
-from bloodcell_core.service.versions import list_versions, register_model_version
+from bloodcell_core.service.versions import list_versions, register_model_version, report_file, report_file_names
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,29 @@ class Client:
         return field_overlay(self.settings, accession_id, field_sha256)
 
     def export(self, accession_id: str, format_name: str) -> str:
+        return self.export_document(accession_id, format_name)[1]
+
+    def export_document(self, accession_id: str, format_name: str) -> tuple[str, str]:
+        """(media type, document) of the sample's report in a registered export format."""
         from bloodcell_core.service.exports import export_sample
 
-        return export_sample(self.settings, accession_id, format_name)[1]
+        return export_sample(self.settings, accession_id, format_name)
+
+    def image(self, image_sha256: str) -> bytes:
+        """A stored cell image's bytes, by its sha256."""
+        return get_image(self.settings, image_sha256)
+
+    def worklist(self, status: str | None = None, flag: str | None = None) -> list[dict[str, Any]]:
+        """Samples newest first, optionally of one status or with one flag (the console's worklist)."""
+        return list_samples(self.settings, status, flag)
+
+    def deliveries(self, accession_id: str) -> list[dict[str, Any]]:
+        """The sample's webhook deliveries, each attempt recorded."""
+        return webhooks.get_deliveries(self.settings, accession_id)
+
+    def audit(self, subject: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The audit log, newest first, optionally for one subject."""
+        return audit_events(self.settings, subject, limit)
 
     def review_queue(self, limit: int = 100) -> list[dict[str, Any]]:
         return review.review_queue(self.settings, limit)
@@ -187,6 +208,14 @@ class Client:
     def models(self) -> list[dict[str, Any]]:
         with session_scope(self.settings.database_url) as session:
             return list_versions(session)
+
+    def model_report_files(self, version: str) -> list[str]:
+        """The names of VERSION's report files (plots, generalisation.json): stored with it, or in its directory here."""
+        return report_file_names(self.settings, version)
+
+    def model_report_file(self, version: str, name: str) -> bytes:
+        """One report file of VERSION: from its registered directory where this host has it, else as stored with it."""
+        return report_file(self.settings, version, name)
 
     def promote(self, version: str, actor: str = "client", force: bool = False, reason: str = "") -> str:
         """Make VERSION production if it passes the promotion gate (or ``force`` with a reason, audited)."""

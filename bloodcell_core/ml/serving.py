@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bloodcell_core.ml.artifacts import ArtifactError, ModelMetadata, read_metadata, version_id
+from bloodcell_core.ml.artifacts import REPORT_DIR, ArtifactError, ModelMetadata, read_metadata, version_id
 from bloodcell_core.ml.dataset import index_dataset, list_class_files
 from bloodcell_core.ml.evaluation import evaluate
 from bloodcell_core.ml.fields import CutField, FieldTooCrowded, cut_field, draw_overlay
@@ -28,6 +28,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageTooLarge",
     "ModelMetadata",
+    "REPORT_DIR",
     "UNFAMILIAR_REASON",
     "confusion_matrix_figure",
     "cut_field",

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bloodcell_core.config import Settings
-from bloodcell_core.ml.serving import FALLBACK_REVIEW_THRESHOLD, Classifier, read_metadata, served_views, version_id
+from bloodcell_core.ml.serving import FALLBACK_REVIEW_THRESHOLD, REPORT_DIR, Classifier, read_metadata, served_views, version_id
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import NotFound, ServiceError
@@ -191,3 +191,32 @@ def version_classes(settings: Settings, version: str) -> list[str]:
         if row is None:
             raise NotFound(f"no model version {version[:80]!r}")
         return list(row.classes)
+
+
+def report_file_names(settings: Settings, version: str) -> list[str]:
+    """The files of VERSION's report (plots, generalisation.json): those stored with the version in the database,
+    so any host can show them, and those its registered directory holds where this host has it (``bloodcell
+    generalisation`` writes there after registration)."""
+    prefix = f"{REPORT_DIR}/"
+    with session_scope(settings.database_url) as session:
+        row = find_version(session, version)
+        stored = session.scalars(select(ModelFile.name).where(ModelFile.model_version_id == row.id, ModelFile.name.startswith(prefix)))
+        names = {name.removeprefix(prefix) for name in stored}
+        local = Path(row.artifact_path) / REPORT_DIR
+    names |= {path.name for path in local.glob("*") if path.is_file()} if local.is_dir() else set()
+    return sorted(names)
+
+
+def report_file(settings: Settings, version: str, name: str) -> bytes:
+    """One file of VERSION's report: from its registered directory where this host has it, else as stored with it."""
+    with session_scope(settings.database_url) as session:
+        row = find_version(session, version)
+        local = Path(row.artifact_path) / REPORT_DIR / name
+        content = session.scalar(
+            select(ModelFile.content).where(ModelFile.model_version_id == row.id, ModelFile.name == f"{REPORT_DIR}/{name}")
+        )
+    if Path(name).name == name and local.is_file():  # a plain name: never a path out of the report
+        return local.read_bytes()
+    if content is None:
+        raise NotFound(f"model {version[:80]!r} has no report file {name[:80]!r}")
+    return content

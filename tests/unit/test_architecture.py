@@ -107,6 +107,72 @@ def test_adapters_and_plugins_stay_in_their_rooms():
     assert offending("plugins", lambda i: not any(in_room(i, room) for room in plugin_rooms)) == []
 
 
+ORM = ("bloodcell_core.service.models", "bloodcell_core.service.db")
+EDGE = "bloodcell_core.edge"
+# what an API route may take from the service besides the local client: contracts, the id check, the metrics registry
+ROUTE_SERVICE = {"bloodcell_core.service.states", "bloodcell_core.service.receipts", "bloodcell_core.service.errors",
+                 "bloodcell_core.service.submission", "bloodcell_core.service.ops_metrics"}  # fmt: skip
+
+
+def third_party_imports(module: str) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found - set(PACKAGES)
+
+
+def test_routes_and_pages_never_touch_the_orm():
+    """API routes and console pages reach the database through the client and the service, never a session or a table."""
+    assert offending("api.routes", lambda i: i not in ORM) == []
+    assert offending("web", lambda i: i not in ORM) == []
+    assert offending("api.routes", lambda i: not in_room(i, "bloodcell_core.service") or i in ROUTE_SERVICE) == []
+    edge_modules = [m for m in MODULES if in_room(m, "api.routes") or in_room(m, "web")]
+    assert sorted(m for m in edge_modules if "sqlalchemy" in third_party_imports(m)) == []
+
+
+def test_the_edge_helpers_sit_below_both_adapters():
+    """bloodcell_core.edge (uploads, names, sha256 parameters, the error handler) imports neither adapter."""
+    forbidden = ("api", "web", "workers", "bloodcell_core.cli", "bloodcell_core.ml", "plugins", *ORM)
+    assert sorted(i for i in GRAPH[EDGE] if any(in_room(i, room) for room in forbidden)) == []
+    assert EDGE in GRAPH["api.routes.samples"] and EDGE in GRAPH["web.submit"]  # both read uploads through it
+
+
+def edge_work_outside_the_edge(module: str) -> list[str]:
+    """What only bloodcell_core.edge may do, done in MODULE: read a request's form or an upload, answer errors by
+    installing a handler or catching service errors, spell the sha256 rule."""
+    found = []
+    for node in ast.walk(ast.parse(MODULES[module].read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            name = node.func.attr
+            login_redirect = name == "add_exception_handler" and ast.unparse(node.args[0]) == "LoginRequired"
+            if name in ("form", "read", "exception_handler", "add_exception_handler") and not login_redirect:
+                found.append(f"{module}:{node.lineno} .{name}()")
+        elif isinstance(node, ast.Name) and node.id in ("SERVICE_ERRORS", "ERROR_STATUS", "status_of", "upload_name"):
+            found.append(f"{module}:{node.lineno} {node.id}")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and ("0-9a-f" in node.value or "abcdef" in node.value):
+            found.append(f"{module}:{node.lineno} a sha256 rule")
+    return found
+
+
+def test_routes_and_pages_share_the_edge_helpers():
+    adapters = [m for m in MODULES if in_room(m, "api") or in_room(m, "web")]
+    assert [found for m in adapters for found in edge_work_outside_the_edge(m)] == []
+
+
+def test_every_function_of_the_http_edge_is_shorter_than_60_lines():
+    lengths = {
+        f"{module}.{node.name}": node.end_lineno - node.lineno + 1
+        for module in MODULES
+        if in_room(module, "api") or in_room(module, "web") or module == EDGE
+        for node in ast.walk(ast.parse(MODULES[module].read_text()))
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+    }
+    assert {name: n for name, n in lengths.items() if n >= 60} == {}
+
+
 def test_no_import_cycle():
     """Depth-first search for a back edge over every import, function-level ones included."""
     state: dict[str, int] = {}  # 1: on the current path, 2: done

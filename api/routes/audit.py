@@ -1,0 +1,18 @@
+"""The audit log, newest first: every human change under a person's or a token's name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query
+
+from api import schemas
+from api.deps import Admin
+from bloodcell_core.edge import ClientDep
+
+router = APIRouter(tags=["admin"])
+
+
+@router.get("/v1/audit", response_model=list[schemas.AuditEvent], summary="The audit log, newest first (scope: admin)")
+def audit_log(_: Admin, client: ClientDep, subject: str | None = None, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+    return client.audit(subject, limit)
