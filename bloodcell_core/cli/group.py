@@ -3,6 +3,7 @@ name a default subcommand."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any, NoReturn
 
 import click
@@ -13,30 +14,23 @@ def fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
+# Heavy modules (Celery, OpenCV) whose errors are known: one never imported cannot have raised its error.
+HEAVY_ERRORS = (("bloodcell_core.cli.stack", "StackError"), ("bloodcell_core.ml.artifacts", "ArtifactError"))
+
+
 def known_errors() -> tuple[type[Exception], ...]:
     """Errors that are the caller's to fix: the service's, a plugin's, a model directory's, the HTTP API's,
-    the stack's, an unmigrated database, a wait that ran out, and a value the library refused.
-    Imported when an error happens, so that a command loads only what it uses."""
+    the stack's, an unmigrated database, a wait that ran out, and a value or a file the library refused.
+    Read when an error happens, so that a command loads only what it uses."""
     import httpx
 
-    from bloodcell_core.cli.stack import StackError
     from bloodcell_core.clients.http import HttpApiError
-    from bloodcell_core.ml.artifacts import ArtifactError
     from bloodcell_core.plugin_manager import PluginError
     from bloodcell_core.service.db import DatabaseNotMigrated
     from bloodcell_core.service.http_status import SERVICE_ERRORS
 
-    return SERVICE_ERRORS + (
-        PluginError,
-        ArtifactError,
-        HttpApiError,
-        httpx.TransportError,
-        StackError,
-        DatabaseNotMigrated,
-        TimeoutError,
-        ValueError,
-        OSError,
-    )
+    light = (*SERVICE_ERRORS, PluginError, HttpApiError, httpx.TransportError, DatabaseNotMigrated, TimeoutError, ValueError, OSError)
+    return light + tuple(getattr(sys.modules[module], name) for module, name in HEAVY_ERRORS if module in sys.modules)
 
 
 class BloodcellGroup(click.Group):

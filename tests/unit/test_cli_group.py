@@ -4,8 +4,12 @@ audience's module the command lives in, and a group's default subcommand runs on
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 from helpers import run_cli
+
+from bloodcell_core.cli.group import HEAVY_ERRORS
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +51,9 @@ def test_a_default_subcommand_takes_the_arguments_it_could_take(empty_database):
     assert "No such command 'bogus'" in run_cli("models", "bogus", env=empty_database, check=False).stderr
     # `locate FIELD...` is `locate fields FIELD...`: tests/ml/test_field_locator.py runs it on real fields
     assert "Usage: bloodcell locate [OPTIONS] COMMAND [ARGS]..." in run_cli("locate", check=False).stderr  # no arguments: the help
+
+
+def test_the_heavy_modules_named_by_the_error_rule_hold_those_errors():
+    """The group reads these errors only from modules already imported: a renamed one must fail here."""
+    for module, name in HEAVY_ERRORS:
+        assert issubclass(getattr(importlib.import_module(module), name), Exception)
