@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bloodcell_core.clients.local import Client
 from bloodcell_core.config import Settings
 from bloodcell_core.plugin_manager import UnknownPlugin
-from bloodcell_core.service.errors import Conflict, Forbidden, LimitExceeded, NotFound, ServiceError
+from bloodcell_core.service.errors import Conflict, Forbidden, LimitExceeded, NotFound, ServiceError, error_message
 from bloodcell_core.service.image_store import ImageNotFound
 from bloodcell_core.service.submission import check_image_limits
 
@@ -52,11 +52,6 @@ ErrorPage = Callable[[Request, int, str, dict[str, str]], Awaitable[Response]]
 def status_of(error: Exception) -> int:
     """The HTTP status for one of SERVICE_ERRORS."""
     return next(code for kind, code in ERROR_STATUS if isinstance(error, kind))
-
-
-def error_message(error: Exception) -> str:
-    """A service error's message as written: a KeyError (ImageNotFound) would otherwise come quoted."""
-    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
 def as_http_error(error: Exception) -> StarletteHTTPException:

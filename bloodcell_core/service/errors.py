@@ -19,3 +19,8 @@ class LimitExceeded(ServiceError):
 
 class Forbidden(ServiceError):
     """The person's role does not allow it, e.g. a technologist signing off a sample with blasts (HTTP 403)."""
+
+
+def error_message(error: Exception) -> str:
+    """A service error's message as written: a KeyError (``image_store.ImageNotFound``) would otherwise come quoted."""
+    return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)

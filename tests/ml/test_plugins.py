@@ -42,7 +42,14 @@ def register_preprocessing_steps(register):
 def test_builtin_plugins_come_from_entry_points():
     infos = {info.name: info for info in plugin_manager.describe_plugins()}
     assert infos["baseline_cnn"].models == ["baseline_cnn"]
-    assert infos["compact_cnn"].models == ["compact_cnn", "compact_cnn_gn", "compact_cnn_gn_ws", "compact_cnn_ws", "compact_cnn_ln", "compact_cnn_wide"]
+    assert infos["compact_cnn"].models == [
+        "compact_cnn",
+        "compact_cnn_gn",
+        "compact_cnn_gn_ws",
+        "compact_cnn_ws",
+        "compact_cnn_ln",
+        "compact_cnn_wide",
+    ]
     assert infos["center_crop"].preprocessing_steps == ["center_crop"]
     assert all("from bloodcell" in info.source for info in infos.values())
 
