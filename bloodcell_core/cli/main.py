@@ -743,8 +743,8 @@ def locate_evaluate_command(voc_dir: Path, split: str, locator_name: str, as_jso
 def _settings():
     from bloodcell_core.config import Settings
 
-    settings = Settings.from_env()
     try:
+        settings = Settings.from_env()
         settings.validate()
     except ValueError as exc:
         _fail(str(exc))
