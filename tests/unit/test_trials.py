@@ -42,4 +42,5 @@ def test_a_trials_line_reads_its_generalisation_rows():
 
 def test_an_unknown_trial_is_refused_by_name():
     result = run_cli("trials", "nope", check=False)
-    assert result.returncode == 1 and "unknown trial(s) ['nope']; known: today, gn, ruler, colour, wide" in result.stderr
+    assert result.returncode == 1
+    assert "unknown trial(s) ['nope']; known: today, gn, gn_lr5, ln_lr5, ruler, colour, wide" in result.stderr
