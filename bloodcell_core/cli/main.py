@@ -226,11 +226,12 @@ def train_command(
     from bloodcell_core.ml.artifacts import ArtifactError
     from bloodcell_core.ml.dataset import parse_renames
     from bloodcell_core.ml.training import train
+    from bloodcell_core.ml.training_plan import TrainingPlan
 
     if (out_dir / "metadata.json").exists():
         _fail(f"{out_dir} already holds a model; choose another --out or remove it")
     try:
-        train(
+        plan = TrainingPlan(
             model_name,
             list(data_dirs),
             out_dir,
@@ -245,9 +246,8 @@ def train_command(
             init_from=init_from,
             views=tuple(views.split(",")) if views else None,
             view_gate=view_gate,
-            progress=True,
-            log=lambda message: click.echo(message, err=True),
         )
+        train(plan, progress=True, log=lambda message: click.echo(message, err=True))
     except (ArtifactError, PluginError, ValueError) as exc:
         _fail(str(exc))
 
