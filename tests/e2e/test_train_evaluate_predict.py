@@ -368,33 +368,3 @@ def test_training_can_start_from_a_model_with_the_same_split(tiny_model: Path, t
         check=False,
     )
     assert result.returncode != 0 and "differs from this run in plugin " in result.stderr
-
-
-def test_adapt_fine_tunes_on_lab_cells_with_a_replay_and_keeps_the_held_out_split(tiny_model: Path, tmp_path: Path):
-    """Lab adaptation, tiny: one epoch on six cells the model never saw beside two replayed images per class."""
-    import hashlib
-    import itertools
-
-    from bloodcell_core.ml.artifacts import version_id
-    from bloodcell_core.ml.dataset import read_image_file
-    from bloodcell_core.ml.training import adapt
-
-    base = load_artifact(tiny_model)
-    seen = base.split().hashes("train", "val", "test")
-    lab = tmp_path / "lab"
-    for label in ("basophil", "monocyte"):
-        (lab / label).mkdir(parents=True)
-        images = (read_image_file(path) for path in sorted((KAGGLE5 / label).iterdir()))
-        for k, data in enumerate(itertools.islice((data for data in images if hashlib.sha256(data).hexdigest() not in seen), 3)):
-            (lab / label / f"lab-{k}.jpg").write_bytes(data)
-    out = tmp_path / "adapted"
-    metadata = adapt(tiny_model, lab, out, epochs=1, replay_per_class=2, progress=False, log=lambda _: None)
-    assert metadata.adaptation is not None
-    assert metadata.adaptation["adapted_from"] == {"directory": str(tiny_model.resolve()), "version": version_id(tiny_model)}
-    assert (metadata.adaptation["lab_cells"], metadata.adaptation["lab_repeats"], metadata.adaptation["replay_per_class"]) == (6, 2, 2)
-    assert metadata.training["initialised_from"]["version"] == version_id(tiny_model)
-    assert metadata.training["early_stopping"] is None and metadata.training["epochs_run"] == metadata.training["best_epoch"] == 1
-    adapted = load_artifact(out)
-    assert adapted.classes == base.classes and adapted.split().hashes("val", "test") == base.split().hashes("val", "test")
-    assert len(adapted.split().parts["train"]) == 2 * len(base.classes) + 6
-    assert (out / "report" / "classification_report.txt").is_file() and (out / "report" / "calibration.json").is_file()
