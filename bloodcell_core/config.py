@@ -1,22 +1,31 @@
-"""One typed settings object, read from BLOODCELL_* environment variables (documented in the README)."""
+"""One typed settings object, read from BLOODCELL_* environment variables; each setting is declared once, with its
+default and what it does, and the README's configuration table is generated from the declarations."""
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+import re
 from pathlib import Path
+from typing import Annotated, Any, Callable
 from urllib.parse import urlsplit, urlunsplit
 
+from pydantic import AliasGenerator, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "BLOODCELL_"
 # The web console's roles, lowest first: the values of service.states.Role (the top level imports no room).
 ROLES = ("technologist", "supervisor", "admin")
 MIN_TIME_LIMIT_S = 10  # a task time limit below this would kill ordinary work
 WEBHOOK_TIMEOUT_S = 10.0  # one webhook POST waits this long for the receiver
 MIN_ORPHAN_AGE_S = 3600  # the youngest unreferenced image file the sweep may remove
+# The README's configuration table sits between these lines (scripts/configuration-table rewrites it).
+TABLE_START = "<!-- generated from bloodcell_core/config.py by scripts/configuration-table: do not edit by hand -->"
+TABLE_END = "<!-- end of the generated configuration table -->"
 
 
-def _home() -> Path:
-    return Path(os.environ.get("BLOODCELL_HOME", Path.home() / ".bloodcell")).expanduser()
+def env_name(setting: str) -> str:
+    """The environment variable of a setting: ``api_port`` is read from BLOODCELL_API_PORT."""
+    return ENV_PREFIX + setting.upper()
 
 
 def soft_time_limit(hard_s: int) -> int:
@@ -33,122 +42,221 @@ def masked_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))
 
 
-def _threshold(value: str) -> float | None:
-    return None if value.strip().lower() == "model" else float(value)
+def setting(
+    default: Any = None,
+    description: str = "",
+    *,
+    default_factory: Callable[..., Any] | None = None,
+    shown: str | None = None,
+    note: str | None = None,
+) -> Any:
+    """A setting's declaration: its default (or ``default_factory``, given the settings declared before it), what it
+    does, and for the configuration table ``shown`` (the default column as written, for a derived default) or
+    ``note`` (said after the default)."""
+    extra: dict[str, Any] = {key: value for key, value in (("shown", shown), ("note", note)) if value is not None}
+    if default_factory is not None:
+        return Field(default_factory=default_factory, description=description, json_schema_extra=extra or None)
+    return Field(default, description=description, json_schema_extra=extra or None)
 
 
-@dataclass(frozen=True)
-class Settings:
+CommaList = Annotated[tuple[str, ...], NoDecode]  # read as "a,b,c", not as JSON
+
+
+class Settings(BaseSettings):
     """Every setting with its embedded default; ``Settings.from_env()`` applies the environment."""
 
-    home: Path
-    broker_url: str
-    result_backend: str
-    database_url: str
-    image_store: str  # "file" (BLOODCELL_HOME/images) or "database" (image bytes in the SQL database)
-    models_dir: Path  # where model versions' directories live; shared by every worker
-    default_model: Path  # registered as the first production model on an empty database
-    worker_device: str  # "cpu" or "gpu": which classification queue a worker takes
-    classify_queue: str  # where producers send classification tasks: "classify" or "classify.gpu"
-    review_threshold: float | None  # cells below this confidence go to review; None: the model's own (calibrated)
-    blast_count: int  # blast flag when myeloblasts reach this count ...
-    blast_percent: float  # ... or this percent of classified cells
-    blast_class: str
-    non_leukocyte_classes: tuple[str, ...]  # counted, but not towards the 100 leukocytes of the differential
-    immature_classes: tuple[str, ...]  # immature-cell flag when these together reach ...
-    immature_percent: float  # ... this percent of classified cells
-    unfamiliar_share: float  # unfamiliar-image warning when more than this share of cells is unlike the training images
-    flower_port: int
-    flower_basic_auth: str  # "user:password"; empty: `bloodcell up` makes a one-off `ops` password per start
-    redis_port: int  # the local redis-server `bloodcell up` starts
-    api_host: str  # where `bloodcell api` / `bloodcell up` serve the HTTP API
-    api_port: int
-    max_image_bytes: int  # HTTP API limits, answered with 413 before anything is stored
-    max_images_per_sample: int
-    max_image_pixels: int  # width x height from the image header: refuses decompression bombs
-    max_request_bytes: int
-    max_cells_per_field: int  # a whole field with more white cells than this fails (nothing of it is kept)
-    field_locator: str  # the cell-locator plugin that finds the white cells in submitted fields
-    webhook_attempts: int  # a webhook is tried this often, with exponential backoff, before it is marked failed
-    accession_system: str  # FHIR identifier system / HL7 namespace of the LIMS accession ids
-    evaluation_set: str  # the registered evaluation set the promotion gate compares models on
-    promotion_margin: float  # a candidate must beat production by this much on accuracy and macro-F1
-    shadow: bool  # workers also classify live samples with the newest candidate (stored, not reported)
-    promotion_verified: bool  # the gate also compares candidate and production on the lab's signed-off samples
-    visibility_timeout: int  # seconds before Redis hands an unacknowledged task of a vanished worker to another
-    classify_time_limit_s: int  # hard time limit of every task but retraining and evaluation (samples, webhooks, ...)
-    train_time_limit_s: int  # hard time limit of retraining and of evaluating a model version
-    runtime: str  # inference runtime of this worker: keras, a runtime plugin's name (openvino), or auto
-    session_hours: float  # a web console login lasts this long
-    login_attempts: int  # failed logins (per user name or per address) before logins are refused for ...
-    login_lockout_minutes: float  # ... this long after the oldest counted failure
-    signoff_blast_role: str  # the least role that may sign off a sample with a blast flag
-    signoff_min_leukocytes: int  # a sign-off of a sample with fewer classified leukocytes must confirm it
-    trusted_proxies: tuple[str, ...]  # addresses whose X-Forwarded-For / -Proto the API believes; none by default
-    sweep_interval_s: float  # Celery beat runs the sweep this often
-    sweep_webhook_age_s: float  # the sweep re-queues a pending webhook delivery this long overdue
-    sweep_orphan_age_s: float  # the sweep removes an image file no row references once it is this old
-    retention_days: float  # `bloodcell retention` purges samples older than this; 0: keep everything
+    # exactly BLOODCELL_API_PORT for api_port (case-sensitive, as the shell is); keyword arguments use the field names
+    model_config = SettingsConfigDict(
+        alias_generator=AliasGenerator(validation_alias=env_name),
+        case_sensitive=True,
+        validate_by_name=True,
+        frozen=True,
+        extra="forbid",
+    )
+
+    home: Path = setting(
+        default_factory=lambda: Path.home() / ".bloodcell",
+        description="state of the local stack: SQLite file, image store, Redis data, pid and log files",
+        shown="`~/.bloodcell`",
+    )
+    redis_port: int = setting(6379, "port of the redis-server `bloodcell up` starts (when none answers there)")
+    broker_url: str = setting(
+        default_factory=lambda s: f"redis://127.0.0.1:{s['redis_port']}/0",
+        description="Celery broker",
+        shown="`redis://127.0.0.1:$BLOODCELL_REDIS_PORT/0`",
+    )
+    result_backend: str = setting(
+        default_factory=lambda s: f"redis://127.0.0.1:{s['redis_port']}/1",
+        description="Celery results (single-image tasks)",
+        shown="`redis://127.0.0.1:$BLOODCELL_REDIS_PORT/1`",
+    )
+    database_url: str = setting(
+        default_factory=lambda s: f"sqlite:///{s['home'] / 'bloodcell.db'}",
+        description="SQLAlchemy URL; `postgresql+psycopg://...` for PostgreSQL",
+        shown="`sqlite:///$BLOODCELL_HOME/bloodcell.db`",
+    )
+    image_store: str = setting(
+        "file", "`file` ($BLOODCELL_HOME/images) or `database` (bytes in the SQL database, for several machines)"
+    )
+    models_dir: Path = setting(
+        default_factory=lambda s: s["home"] / "models",
+        description="where retraining writes model versions; shared by every worker",
+        shown="`$BLOODCELL_HOME/models`",
+    )
+    default_model: Path = setting(
+        PROJECT_ROOT / "models" / "default", "registered as production on an empty database", shown="`models/default` of this checkout"
+    )
+    worker_device: str = setting(
+        "cpu", "`gpu`: the worker also takes the `classify.gpu` queue (not with `BLOODCELL_RUNTIME=openvino`, CPU only)"
+    )
+    classify_queue: str = setting("classify", "queue producers send classification to (`classify.gpu` for GPU workers)")
+    review_threshold: float | None = setting(
+        None,
+        "cells under this confidence are listed for review; `model`: the threshold calibrated with the production model "
+        "(0.80 for a model without calibration), or a number",
+        shown="`model`",
+    )
+    blast_class: str = setting("myeloblast", "the class counted as blasts")
+    blast_count: int = setting(5, "blast flag when a sample has at least this many blasts ...")
+    blast_percent: float = setting(20.0, "... or at least this percent (the WHO AML threshold is 20 % blasts)")
+    non_leukocyte_classes: CommaList = setting(
+        ("erythroblast", "platelet"),
+        "classes counted but not among the 100 leukocytes of the differential (their percent is per 100 leukocytes, "
+        "as LOINC's nucleated erythrocytes/100 leukocytes)",
+    )
+    immature_classes: CommaList = setting(("ig", "myeloblast"), "classes the immature-cell flag counts")
+    immature_percent: float = setting(5.0, "immature-cell flag when those classes together exceed this percent of classified cells")
+    unfamiliar_share: float = setting(
+        0.1,
+        "unfamiliar-image warning (flag `unfamiliar_images`) when more than this share of a sample's cells is unlike the "
+        "training images (over the model's out-of-distribution threshold) and not reviewed yet",
+    )
+    flower_port: int = setting(5555, "Flower's port for `bloodcell up`; Redis, the API and Flower need three different ports")
+    flower_basic_auth: str = setting(
+        "",
+        "`user:password` (several separated by commas) for Flower's login; compose requires it",
+        note="`bloodcell up` makes a one-off password for user `ops`, printed once",
+    )
+    api_host: str = setting("127.0.0.1", "address the HTTP API listens on (`0.0.0.0` in compose)")
+    api_port: int = setting(8000, "port of the HTTP API")
+    max_image_bytes: int = setting(
+        10 * 2**20, "larger image files are refused with 413; at most `BLOODCELL_MAX_REQUEST_BYTES`", note="10 MiB"
+    )
+    max_images_per_sample: int = setting(1000, "more images (a whole field counts as one, then its cells) in one sample: 413")
+    max_image_pixels: int = setting(
+        4096 * 4096,
+        "width x height from the image header; larger: 413 naming this limit (decompression bombs too)",
+        note="4096 x 4096",
+    )
+    max_cells_per_field: int = setting(
+        50, "a whole field with more white cells fails (nothing of it is kept; the sample's other fields go on)"
+    )
+    field_locator: str = setting("stain_nucleus", "the cell-locator plugin workers find the white cells of submitted fields with")
+    max_request_bytes: int = setting(256 * 2**20, "larger request bodies: 413 before reading them", note="256 MiB")
+    session_hours: float = setting(8.0, "a console login lasts this long")
+    login_attempts: int = setting(5, "failed console logins (per user name, and per address) before logins wait ...")
+    login_lockout_minutes: float = setting(15.0, "... for the rest of this window")
+    signoff_blast_role: str = setting(
+        "supervisor",
+        "the least role that signs off a sample with a blast flag, in the console, the API and the CLI alike "
+        "(`technologist`, `supervisor`, `admin`; [sign-off](docs/sign-off.md))",
+    )
+    signoff_min_leukocytes: int = setting(
+        100,
+        "a sign-off of a sample with fewer classified leukocytes, or with failed images, needs an explicit confirmation, "
+        "recorded with it (`confirm_incomplete`, `--confirm-incomplete`, the console's checkbox)",
+    )
+    trusted_proxies: CommaList = setting(
+        (),
+        "addresses (comma-separated) of reverse proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` the API believes "
+        "(uvicorn's `--forwarded-allow-ips`, set by `bloodcell api` and `bloodcell up`); with none, the client address is "
+        "the connection's own, so no local process can dodge the per-address login throttle",
+        note="none",
+    )
+    webhook_attempts: int = setting(
+        8,
+        "webhook attempts (backoff 5 s, doubling, at most 1 h and at most half of `BLOODCELL_VISIBILITY_TIMEOUT`, so Redis "
+        "never hands a waiting retry out twice) before a delivery is marked failed; at least 1",
+    )
+    sweep_interval_s: float = setting(
+        60.0,
+        "Celery beat (`bloodcell beat`, started by `up` and compose) sends the sweep this often; at most "
+        "`BLOODCELL_SWEEP_WEBHOOK_AGE_S` ([operations](docs/operations.md#the-sweep))",
+    )
+    sweep_webhook_age_s: float = setting(
+        60.0,
+        "the sweep re-queues a webhook delivery still pending this many seconds after its attempt was due (its message "
+        "was lost, e.g. Redis was down); more than 10 (an attempt's timeout)",
+    )
+    sweep_orphan_age_s: float = setting(
+        24 * 3600.0,
+        "the sweep removes files of the file image store that no database row references once they are this old; at least 3600",
+        note="1 day",
+    )
+    retention_days: float = setting(
+        0.0,
+        "`bloodcell retention` purges the classified samples submitted more than this many days ago, with the images "
+        "and rows only they use; the audit log stays ([operations](docs/operations.md#retention))",
+        note="keep everything",
+    )
+    accession_system: str = setting("urn:bloodcell:accession", "the LIMS's namespace for accession ids in FHIR identifiers")
+    evaluation_set: str = setting("default", "the registered evaluation set the promotion gate compares on")
+    promotion_margin: float = setting(0.001, "a candidate must beat production by this on accuracy and macro-F1")
+    promotion_verified: bool = setting(
+        False,
+        "`1`: the promotion gate also refuses a candidate whose cell agreement or blast-flag sensitivity on the "
+        "laboratory's signed-off samples is below production's, or that has no predictions on them "
+        "([docs/verification.md](docs/verification.md))",
+    )
+    shadow: bool = setting(False, "`1`: workers also classify live samples with the newest candidate (stored, never reported)")
+    visibility_timeout: int = setting(
+        2 * 3600,
+        "seconds before Redis gives the unacknowledged task of a vanished worker (SIGKILL, machine lost) to another "
+        "worker; must be above both task time limits below, or the service refuses to start",
+    )
+    classify_time_limit_s: int = setting(
+        660,
+        "hard time limit of classification, webhook and sweep tasks (the soft limit, when a task may still clean up, "
+        "is a tenth earlier); at least 10",
+    )
+    train_time_limit_s: int = setting(2 * 3600 - 60, "hard time limit of retraining and of evaluating a model version; at least 10")
+    runtime: str = setting(
+        "keras",
+        "a worker's inference runtime: `keras`, `openvino` (CPU, float32), or `auto` (the first runtime plugin for the "
+        "worker's device that matches Keras on a parity batch: OpenVINO on a CPU worker, Keras on a GPU worker); one "
+        "that does not match, or does not run on the worker's device, is refused with a log line and Keras serves",
+    )
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser()
+
+    @field_validator("review_threshold", mode="before")
+    @classmethod
+    def _model_threshold(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() == "model" else value
+
+    @field_validator("non_leukocyte_classes", "immature_classes", "trusted_proxies", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        return tuple(item.strip() for item in value.split(",") if item.strip()) if isinstance(value, str) else value
+
+    @field_validator("runtime", "signoff_blast_role", mode="before")
+    @classmethod
+    def _lower_case(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @classmethod
-    def from_env(cls) -> "Settings":
-        home = _home()
-        env = os.environ.get
-        redis_port = int(env("BLOODCELL_REDIS_PORT", "6379"))
-        return cls(
-            home=home,
-            broker_url=env("BLOODCELL_BROKER_URL", f"redis://127.0.0.1:{redis_port}/0"),
-            result_backend=env("BLOODCELL_RESULT_BACKEND", f"redis://127.0.0.1:{redis_port}/1"),
-            database_url=env("BLOODCELL_DATABASE_URL", f"sqlite:///{home / 'bloodcell.db'}"),
-            image_store=env("BLOODCELL_IMAGE_STORE", "file"),
-            models_dir=Path(env("BLOODCELL_MODELS_DIR", str(home / "models"))),
-            default_model=Path(env("BLOODCELL_DEFAULT_MODEL", str(PROJECT_ROOT / "models" / "default"))),
-            worker_device=env("BLOODCELL_WORKER_DEVICE", "cpu"),
-            classify_queue=env("BLOODCELL_CLASSIFY_QUEUE", "classify"),
-            review_threshold=_threshold(env("BLOODCELL_REVIEW_THRESHOLD", "model")),
-            blast_count=int(env("BLOODCELL_BLAST_COUNT", "5")),
-            blast_percent=float(env("BLOODCELL_BLAST_PERCENT", "20")),
-            blast_class=env("BLOODCELL_BLAST_CLASS", "myeloblast"),
-            non_leukocyte_classes=tuple(
-                c.strip() for c in env("BLOODCELL_NON_LEUKOCYTE_CLASSES", "erythroblast,platelet").split(",") if c.strip()
-            ),
-            immature_classes=tuple(c.strip() for c in env("BLOODCELL_IMMATURE_CLASSES", "ig,myeloblast").split(",") if c.strip()),
-            immature_percent=float(env("BLOODCELL_IMMATURE_PERCENT", "5")),
-            unfamiliar_share=float(env("BLOODCELL_UNFAMILIAR_SHARE", "0.1")),
-            flower_port=int(env("BLOODCELL_FLOWER_PORT", "5555")),
-            flower_basic_auth=env("BLOODCELL_FLOWER_BASIC_AUTH", ""),
-            redis_port=redis_port,
-            api_host=env("BLOODCELL_API_HOST", "127.0.0.1"),
-            api_port=int(env("BLOODCELL_API_PORT", "8000")),
-            max_image_bytes=int(env("BLOODCELL_MAX_IMAGE_BYTES", str(10 * 2**20))),
-            max_images_per_sample=int(env("BLOODCELL_MAX_IMAGES_PER_SAMPLE", "1000")),
-            max_image_pixels=int(env("BLOODCELL_MAX_IMAGE_PIXELS", str(4096 * 4096))),
-            max_request_bytes=int(env("BLOODCELL_MAX_REQUEST_BYTES", str(256 * 2**20))),
-            max_cells_per_field=int(env("BLOODCELL_MAX_CELLS_PER_FIELD", "50")),
-            field_locator=env("BLOODCELL_FIELD_LOCATOR", "stain_nucleus"),
-            webhook_attempts=int(env("BLOODCELL_WEBHOOK_ATTEMPTS", "8")),
-            accession_system=env("BLOODCELL_ACCESSION_SYSTEM", "urn:bloodcell:accession"),
-            evaluation_set=env("BLOODCELL_EVALUATION_SET", "default"),
-            promotion_margin=float(env("BLOODCELL_PROMOTION_MARGIN", "0.001")),
-            shadow=env("BLOODCELL_SHADOW", "0").strip().lower() in ("1", "true", "yes", "on"),
-            promotion_verified=env("BLOODCELL_PROMOTION_VERIFIED", "0").strip().lower() in ("1", "true", "yes", "on"),
-            visibility_timeout=int(env("BLOODCELL_VISIBILITY_TIMEOUT", str(2 * 3600))),
-            classify_time_limit_s=int(env("BLOODCELL_CLASSIFY_TIME_LIMIT_S", "660")),
-            train_time_limit_s=int(env("BLOODCELL_TRAIN_TIME_LIMIT_S", str(2 * 3600 - 60))),
-            runtime=env("BLOODCELL_RUNTIME", "keras").strip().lower(),
-            session_hours=float(env("BLOODCELL_SESSION_HOURS", "8")),
-            login_attempts=int(env("BLOODCELL_LOGIN_ATTEMPTS", "5")),
-            login_lockout_minutes=float(env("BLOODCELL_LOGIN_LOCKOUT_MINUTES", "15")),
-            signoff_blast_role=env("BLOODCELL_SIGNOFF_BLAST_ROLE", "supervisor").strip().lower(),
-            signoff_min_leukocytes=int(env("BLOODCELL_SIGNOFF_MIN_LEUKOCYTES", "100")),
-            trusted_proxies=tuple(a.strip() for a in env("BLOODCELL_TRUSTED_PROXIES", "").split(",") if a.strip()),
-            sweep_interval_s=float(env("BLOODCELL_SWEEP_INTERVAL_S", "60")),
-            sweep_webhook_age_s=float(env("BLOODCELL_SWEEP_WEBHOOK_AGE_S", "60")),
-            sweep_orphan_age_s=float(env("BLOODCELL_SWEEP_ORPHAN_AGE_S", str(24 * 3600))),
-            retention_days=float(env("BLOODCELL_RETENTION_DAYS", "0")),
-        )
+    def from_env(cls) -> Settings:
+        """The embedded defaults with the environment applied; ValueError naming each variable that cannot be read."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise ValueError(unreadable_settings(exc)) from None
 
-    def validate(self) -> None:
+    # pydantic's deprecated classmethod BaseModel.validate goes unused: this checks values, not input
+    def validate(self) -> None:  # type: ignore[override]
         """Raise ValueError, naming the setting(s) and value(s), for a setting alone or a combination that cannot work."""
         if self.image_store not in ("file", "database"):
             raise ValueError(f"BLOODCELL_IMAGE_STORE must be 'file' or 'database', got {self.image_store!r}")
@@ -234,3 +342,49 @@ class Settings:
                 f"BLOODCELL_SWEEP_ORPHAN_AGE_S={self.sweep_orphan_age_s:g} must be at least {MIN_ORPHAN_AGE_S} s, "
                 "or files of a submission in progress could be removed"
             )
+
+
+def unreadable_settings(error: ValidationError) -> str:
+    """One line per setting the environment gave a value that cannot be read, naming its variable."""
+    first: dict[str, str] = {}
+    for item in error.errors():
+        if item["type"] == "default_factory_not_called":  # a default derived from a setting already named
+            continue
+        variable = str(item["loc"][0])  # errors are located by alias: the variable's name
+        value = f"={item['input']!r}" if isinstance(item["input"], str) else ""
+        first.setdefault(variable, f"{variable}{value}: {item['msg']}")  # a union (a threshold) reports each of its types
+    return "; ".join(first.values())
+
+
+def _shown_default(name: str) -> str:
+    info = Settings.model_fields[name]
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    if "shown" in extra:
+        return str(extra["shown"])
+    value = info.default
+    if value in ("", ()):
+        return "empty" + (f": {extra['note']}" if "note" in extra else "")
+    if isinstance(value, bool):
+        text = "1" if value else "0"
+    elif isinstance(value, tuple):
+        text = ",".join(value)
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    else:
+        text = str(value)
+    return f"`{text}`" + (f" ({extra['note']})" if "note" in extra else "")
+
+
+def configuration_table() -> str:
+    """The README's configuration table (markdown): one row per setting, in declaration order."""
+    rows = [f"| `{env_name(name)}` | {_shown_default(name)} | {info.description} |" for name, info in Settings.model_fields.items()]
+    return "\n".join(["| variable | default | effect |", "| --- | --- | --- |", *rows])
+
+
+def with_configuration_table(readme: str) -> str:
+    """README text with the generated table between TABLE_START and TABLE_END in place of what was there."""
+    pattern = re.compile(f"{re.escape(TABLE_START)}\n.*?{re.escape(TABLE_END)}", re.DOTALL)
+    if not pattern.search(readme):
+        raise ValueError(f"the README has no {TABLE_START!r} ... {TABLE_END!r} block")
+    # the blank line ends the table before the closing comment
+    return pattern.sub(lambda _: f"{TABLE_START}\n{configuration_table()}\n\n{TABLE_END}", readme)

@@ -50,8 +50,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A compact_cnn trained for one epoch on 12 real images per class: fast, and real end to end."""
     out = tmp_path_factory.mktemp("models") / "tiny"
     from bloodcell_core.ml.training import train
+    from bloodcell_core.ml.training_plan import TrainingPlan
 
-    train("compact_cnn", KAGGLE5, out, epochs=1, max_per_class=12, progress=False, log=lambda _: None)
+    train(TrainingPlan("compact_cnn", KAGGLE5, out, epochs=1, max_per_class=12), progress=False, log=lambda _: None)
     return out
 
 

@@ -174,9 +174,10 @@ def train_command(
     """
     from bloodcell_core.ml.dataset import parse_renames
     from bloodcell_core.ml.training import train
+    from bloodcell_core.ml.training_plan import TrainingPlan
 
     _refuse_existing_model(out_dir)
-    train(
+    plan = TrainingPlan(
         model_name,
         list(data_dirs),
         out_dir,
@@ -191,9 +192,8 @@ def train_command(
         init_from=init_from,
         views=comma_list(views),
         view_gate=view_gate,
-        progress=True,
-        log=_log,
     )
+    train(plan, progress=True, log=_log)
 
 
 @click.command("adapt")

@@ -54,14 +54,14 @@ class HttpClient:
         files += [("fields", (name, data, "application/octet-stream")) for name, data in fields]
         body = self._request("POST", "/v1/samples", data={"accession_id": accession_id}, files=files, headers=headers).json()
         return Submission(
-            None,
-            body["sample_id"],
-            body["new_cells"],
-            body["status"],
-            body["n_cells"],
-            body["replayed"],
-            body["new_fields"],
-            body["n_fields"],
+            sample_pk=None,
+            accession_id=body["sample_id"],
+            new_cells=body["new_cells"],
+            status=body["status"],
+            n_cells=body["n_cells"],
+            replayed=body["replayed"],
+            new_fields=body["new_fields"],
+            n_fields=body["n_fields"],
         )
 
     def report(self, accession_id: str) -> dict[str, Any]:

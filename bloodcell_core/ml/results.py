@@ -96,6 +96,7 @@ def build_results(
     """Train what is missing (or, without `train_missing`, leave it out of the table), then write
     OUT/results.json and OUT/results.md; returns the rows."""
     from bloodcell_core.ml.training import train
+    from bloodcell_core.ml.training_plan import TrainingPlan
 
     rows = []
     for data_dir in data_dirs:
@@ -106,7 +107,7 @@ def build_results(
                     log(f"not trained yet, left out: {plugin} on {data_dir.name}")
                     continue
                 log(f"training {plugin} on {data_dir} into {model_dir}")
-                train(plugin, data_dir, model_dir, seed=seed, epochs=epochs, log=log)
+                train(TrainingPlan(plugin, data_dir, model_dir, seed=seed, epochs=epochs), log=log)
             rows.append(result_row(data_dir, model_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(rows, indent=1) + "\n")

@@ -7,7 +7,6 @@ is built (``Classifier.from_dir``) or a model is trained (``train``).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from bloodcell_core.ml.artifacts import REPORT_DIR, ArtifactError, ModelMetadata, read_metadata, version_id
@@ -17,6 +16,7 @@ from bloodcell_core.ml.fields import CutField, FieldTooCrowded, cut_field, draw_
 from bloodcell_core.ml.image_header import ImageDecodeError, ImageTooLarge, image_dimensions
 from bloodcell_core.ml.inference import CellPrediction, Classifier, served_views
 from bloodcell_core.ml.ood import FALLBACK_REVIEW_THRESHOLD, UNFAMILIAR_REASON, review_reasons
+from bloodcell_core.ml.training_plan import TrainingPlan
 
 __all__ = [
     "ArtifactError",
@@ -29,6 +29,7 @@ __all__ = [
     "ImageTooLarge",
     "ModelMetadata",
     "REPORT_DIR",
+    "TrainingPlan",
     "UNFAMILIAR_REASON",
     "confusion_matrix_figure",
     "cut_field",
@@ -45,11 +46,11 @@ __all__ = [
 ]
 
 
-def train(model_name: str, data_dir: Path | str, out_dir: Path | str, **options: Any) -> ModelMetadata:
+def train(plan: TrainingPlan, **options: Any) -> ModelMetadata:
     """``bloodcell_core.ml.training.train``, imported on first use: it imports Keras."""
     from bloodcell_core.ml.training import train as train_model
 
-    return train_model(model_name, data_dir, out_dir, **options)
+    return train_model(plan, **options)
 
 
 def confusion_matrix_figure(counts: list[list[int]], classes: list[str], title: str, true_label: str, predicted_label: str) -> Any:

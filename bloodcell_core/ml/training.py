@@ -44,6 +44,7 @@ from bloodcell_core.ml.ood import feature_model, fit_scorer, write_scorer
 from bloodcell_core.ml.preprocessing import PreprocessingConfig, Preprocessor, augment, scale
 from bloodcell_core.ml.shortcuts import colour_only_baseline
 from bloodcell_core.ml.splits import Split, SplitItem, load_split_images, make_split
+from bloodcell_core.ml.training_plan import TrainingPlan
 from bloodcell_core.plugin_manager import get_model_spec
 from bloodcell_core.plugin_types import ACQUISITION_AUGMENTATION, Augmentation, ModelSpec
 
@@ -131,104 +132,85 @@ def limit_per_class(index: DatasetIndex, limit: int) -> DatasetIndex:
     return DatasetIndex(root=index.root, entries=kept, classes=index.classes)
 
 
-def train(
-    model_name: str,
-    data_dir: Path | str | Sequence[Path | str],
-    out_dir: Path | str,
-    *,
-    epochs: int | None = None,
-    seed: int = 0,
-    batch_size: int | None = None,
-    learning_rate: float | None = None,
-    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
-    max_per_class: int | None = None,
-    preprocessing_steps: tuple[str, ...] | None = None,
-    renames: dict[str, str] | None = None,
-    acquisition_augmentation: bool = False,
-    init_from: Path | str | None = None,
-    views: tuple[str, ...] | None = None,
-    view_gate: float | None | Literal["default"] = "default",
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-) -> ModelMetadata:
-    """Train ``model_name`` on DATA_DIR, evaluate on the held-out test split, write OUT_DIR.
-
-    DATA_DIR may be several dataset folders read as one (``dataset.index_dataset``), with ``renames``
-    mapping folder names to class names. ``preprocessing_steps`` replaces the plugin's default steps
-    (e.g. to add colour normalisation); ``acquisition_augmentation`` adds stain and acquisition
-    augmentation (``plugin_types.ACQUISITION_AUGMENTATION``) to the plugin's geometric one.
-    ``init_from`` starts from that model directory's weights instead of random ones (a warm restart
-    with a fresh learning-rate schedule); it must have the same plugin, classes, preprocessing and split.
-    ``views`` replaces the plugin's test-time views, which the model is calibrated and served with, and
-    ``view_gate`` its view gate (None: every view for every cell; see ``inference.predict_views``).
-    Returns the metadata written to OUT_DIR/metadata.json.
-    """
-    spec = get_model_spec(model_name)
+def train(plan: TrainingPlan, *, progress: bool = True, log: Callable[[str], None] = print) -> ModelMetadata:
+    """Carry out PLAN: train its plugin, evaluate on the held-out test split, write its model directory.
+    Returns the metadata written to OUT_DIR/metadata.json."""
+    spec = get_model_spec(plan.model_name)
     defaults = spec.defaults
-    epochs = epochs or defaults.epochs
-    batch_size = batch_size or defaults.batch_size
-    learning_rate = learning_rate or defaults.learning_rate
-    views = check_views(views or defaults.test_time_views)
-    view_gate = check_view_gate(defaults.view_gate if view_gate == "default" else view_gate, views)
-    out_dir = Path(out_dir)
+    views = check_views(plan.views or defaults.test_time_views)
+    view_gate = check_view_gate(defaults.view_gate if plan.view_gate == "default" else plan.view_gate, views)
     started = time.time()
-    keras.utils.set_random_seed(seed)
+    keras.utils.set_random_seed(plan.seed)
+    index, data_audit, split, classes = split_dataset(plan, progress, log)
+    steps = defaults.preprocessing_steps if plan.preprocessing_steps is None else plan.preprocessing_steps
+    config = PreprocessingConfig(input_size=spec.input_size, steps=steps)
+    start_from = None if plan.init_from is None else compatible_start(plan.init_from, plan.model_name, classes, config, split)
+    arrays, labels = load_parts(index.root, split, classes, config, progress)
+    augmentation = defaults.augmentation
+    if plan.acquisition_augmentation:
+        augmentation = dataclasses.replace(augmentation, **ACQUISITION_AUGMENTATION)
+    fit_plan = FitPlan(
+        spec=spec,
+        augmentation=augmentation,
+        epochs=plan.epochs or defaults.epochs,
+        batch_size=plan.batch_size or defaults.batch_size,
+        learning_rate=plan.learning_rate or defaults.learning_rate,
+        seed=plan.seed,
+        views=views,
+        view_gate=view_gate,
+        start_from=start_from,
+    )
+    data = Prepared(split, arrays, labels, classes, config, dataset_record(plan, index, data_audit))
+    return fit_and_write(fit_plan, data, Path(plan.out_dir), started=started, progress=progress, log=log)
 
-    index = index_dataset(data_dir, progress=progress, renames=renames)
-    if max_per_class:
-        index = limit_per_class(index, max_per_class)
+
+def split_dataset(
+    plan: TrainingPlan, progress: bool, log: Callable[[str], None]
+) -> tuple[DatasetIndex, dict[str, Any], Split, list[str]]:
+    """The plan's dataset indexed and audited, its split, and the classes that have images in it."""
+    index = index_dataset(plan.data_dir, progress=progress, renames=plan.renames)
+    if plan.max_per_class:
+        index = limit_per_class(index, plan.max_per_class)
     data_audit = audit_dataset(index)
     for item in data_audit["unreadable"]:
         log(f"skipping unreadable file {item['path']}: {item['error']}")
-    split = make_split(index, seed=seed, fractions=fractions)
+    split = make_split(index, seed=plan.seed, fractions=plan.fractions)
     for item in split.excluded:
         log(f"excluding {' = '.join(item['paths'])}: {item['reason']} {item['labels']}")
     classes = sorted({item.label for items in split.parts.values() for item in items})
     if len(classes) < 2:
-        raise ValueError(f"need at least two classes with images in {data_dir}, found {classes}")
+        raise ValueError(f"need at least two classes with images in {plan.data_dir}, found {classes}")
     if not split.parts["val"] or not split.parts["test"]:
         raise ValueError("the validation or test split is empty: add images or change the fractions")
+    return index, data_audit, split, classes
 
-    steps = defaults.preprocessing_steps if preprocessing_steps is None else preprocessing_steps
-    config = PreprocessingConfig(input_size=spec.input_size, steps=steps)
-    start_from = compatible_start(init_from, model_name, classes, config, split) if init_from is not None else None
-    preprocessor = Preprocessor(config)
-    arrays = {
-        name: load_split_images(index.root, items, preprocessor, f"preprocessing {name}", progress)
-        for name, items in split.parts.items()
-    }
-    labels = {name: np.array([classes.index(i.label) for i in items]) for name, items in split.parts.items()}
-    augmentation = defaults.augmentation
-    if acquisition_augmentation:
-        augmentation = dataclasses.replace(augmentation, **ACQUISITION_AUGMENTATION)
-    dataset_record = {
+
+def dataset_record(plan: TrainingPlan, index: DatasetIndex, data_audit: dict[str, Any]) -> dict[str, Any]:
+    """What the metadata records of the plan's dataset (``ModelMetadata.dataset``)."""
+    return {
         "root": str(index.root),
-        "sources": [str(folder) for folder in dataset_root(data_dir)[1]],
-        "renames": renames or {},
+        "sources": [str(folder) for folder in dataset_root(plan.data_dir)[1]],
+        "renames": plan.renames or {},
         "fingerprint": data_audit["fingerprint"],
         "files": data_audit["files"],
         "unique_images": data_audit["unique_images"],
         "unreadable": data_audit["unreadable"],
         "duplicate_groups": len(data_audit["duplicate_groups"]),
-        "max_per_class": max_per_class,
+        "max_per_class": plan.max_per_class,
         "shortcut_warnings": data_audit["shortcuts"]["warnings"],
     }
-    return fit_and_write(
-        spec,
-        Prepared(split, arrays, labels, classes, config, dataset_record),
-        out_dir,
-        augmentation=augmentation,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        views=views,
-        view_gate=view_gate,
-        start_from=start_from,
-        started=started,
-        progress=progress,
-        log=log,
-    )
+
+
+def load_parts(
+    root: Path, split: Split, classes: list[str], config: PreprocessingConfig, progress: bool
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Each part of SPLIT read from ROOT and preprocessed (uint8 images), and its class indices."""
+    preprocessor = Preprocessor(config)
+    arrays = {
+        name: load_split_images(root, items, preprocessor, f"preprocessing {name}", progress) for name, items in split.parts.items()
+    }
+    labels = {name: np.array([classes.index(item.label) for item in items]) for name, items in split.parts.items()}
+    return arrays, labels
 
 
 @dataclass
@@ -243,136 +225,189 @@ class Prepared:
     dataset_record: dict[str, Any]  # ModelMetadata.dataset
 
 
+@dataclass(frozen=True)
+class FitPlan:
+    """How ``fit_and_write`` fits, every choice made (the plugin's defaults applied): from ``train`` or ``adapt``."""
+
+    spec: ModelSpec
+    augmentation: Augmentation
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    views: tuple[str, ...]
+    view_gate: float | None
+    start_from: ModelArtifact | None = None  # its weights, instead of random ones
+    early_stopping: bool = True  # without: every epoch runs and the last one is kept
+    adaptation: dict[str, Any] | None = None  # from ``adapt``: joins the metadata
+
+
+@dataclass
+class Fitted:
+    """A fitted model, its per-epoch history, and the metadata's training record but for the run's duration."""
+
+    model: keras.Model
+    history: dict[str, list[float]]
+    training: dict[str, Any]
+
+
+@dataclass
+class Calibrated:
+    """A fitted model's calibration: the metadata's record (the out-of-distribution scorer's joins it), the test
+    split's metrics before and after and its coverage curve (for the report), and the calibrated validation metrics."""
+
+    record: dict[str, Any]
+    test: dict[str, Any]
+    val_metrics: dict[str, Any]
+
+    @property
+    def test_metrics(self) -> dict[str, Any]:
+        return self.test["after"]  # the served model is calibrated: same classes, calibrated confidences
+
+
 def fit_and_write(
-    spec: ModelSpec,
-    data: Prepared,
-    out_dir: Path,
-    *,
-    augmentation: Augmentation,
-    epochs: int,
-    batch_size: int,
-    learning_rate: float,
-    seed: int,
-    views: tuple[str, ...],
-    view_gate: float | None,
-    start_from: ModelArtifact | None,
-    started: float,
-    progress: bool,
-    log: Callable[[str], None],
-    early_stopping: bool = True,
-    adaptation: dict[str, Any] | None = None,
+    plan: FitPlan, data: Prepared, out_dir: Path, *, started: float, progress: bool = True, log: Callable[[str], None] = print
 ) -> ModelMetadata:
-    """Fit SPEC on the prepared data (from START_FROM's weights if given), calibrate it, fit its out-of-distribution
-    scorer, and write the model directory with its report; ``adaptation`` (from ``adapt``) joins the metadata.
-    Without ``early_stopping`` every epoch runs and the last one is kept. Returns the metadata."""
-    model_name, defaults = spec.name, spec.defaults
-    split, arrays, labels, classes, config = data.split, data.arrays, data.labels, data.classes, data.config
-    onehot = {name: keras.utils.to_categorical(y, len(classes)) for name, y in labels.items()}
-    class_weight = balanced_class_weights(labels["train"], len(classes))
-    model = spec.build((*spec.input_size, 3), len(classes))
-    initialised_from = None
-    if start_from is not None:
-        model.set_weights(start_from.model.get_weights())
-        initialised_from = {"directory": str(start_from.directory.resolve()), "version": version_id(start_from.directory)}
-        log(f"starting from the weights of {start_from.directory} ({initialised_from['version']})")
-    train_batches = AugmentedBatches(arrays["train"], onehot["train"], batch_size, augmentation, seed)
-    # Cosine decay to zero: the last epochs take small steps, so weights and batch-norm
-    # statistics settle instead of ending on a noisy, high-learning-rate epoch.
-    # A warm-up (plugins whose normalisation has no running statistics to lean on early, e.g. group norm)
-    # climbs linearly to the peak learning rate first.
-    warmup_steps = min(defaults.warmup_epochs, epochs - 1) * len(train_batches)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0 if warmup_steps else learning_rate,
-        decay_steps=epochs * len(train_batches) - warmup_steps,
-        warmup_target=learning_rate if warmup_steps else None,
-        warmup_steps=warmup_steps,
+    """Fit PLAN on the prepared data, calibrate it, fit its out-of-distribution scorer, and write the model
+    directory with its report. ``started`` (a ``time.time()``) dates the run. Returns the metadata."""
+    fitted = fit(plan, data, progress, log)
+    calibrated = calibrate_fitted(plan, data, fitted.model)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    calibrated.record["ood"] = fit_ood(fitted.model, data.arrays, data.labels, len(data.classes), out_dir)
+    baseline = colour_only_baseline(data.arrays["train"], data.labels["train"], data.arrays["test"], data.labels["test"], data.classes)
+    metadata = model_metadata(plan, data, fitted, calibrated, baseline, out_dir.name, seconds=round(time.time() - started, 1))
+    metadata = save_model(plan.spec, fitted.model, metadata, data.split, out_dir)
+    write_report(out_dir, metadata, calibrated, fitted.history, data, plan)
+    write_calibration_report(out_dir, metadata, calibrated.test)
+    record, test = calibrated.record, calibrated.test_metrics
+    log(
+        f"test accuracy {test['accuracy']:.4f}, macro-F1 {test['macro_f1']:.4f}, "
+        f"ECE {record['test']['ece_before']:.4f} -> {record['test']['ece_after']:.4f} after temperature "
+        f"{record['temperature']}; review threshold {record['review_threshold']:.4f} accepts "
+        f"{record['test']['coverage']:.1%} of test cells at accuracy {record['test']['accepted_accuracy']} "
+        f"(n={test['n']}); colour-only baseline accuracy {baseline['accuracy']:.4f}; model written to {out_dir}"
     )
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=schedule),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    patience = defaults.early_stopping_patience
-    batch_norm_images = scale(arrays["train"][np.random.default_rng(seed).permutation(len(arrays["train"]))[:CALIBRATION_IMAGES]])
-    callbacks = [PreciseValidation(batch_norm_images, scale(arrays["val"]), onehot["val"])]
-    if early_stopping:
+    return metadata
+
+
+def fit(plan: FitPlan, data: Prepared, progress: bool, log: Callable[[str], None]) -> Fitted:
+    """Fit the plan's plugin on the augmented training split, validating each epoch with precise batch-norm statistics."""
+    n_classes = len(data.classes)
+    onehot = {name: keras.utils.to_categorical(y, n_classes) for name, y in data.labels.items()}
+    class_weight = balanced_class_weights(data.labels["train"], n_classes)
+    train_batches = AugmentedBatches(data.arrays["train"], onehot["train"], plan.batch_size, plan.augmentation, plan.seed)
+    warmup_epochs = min(plan.spec.defaults.warmup_epochs, plan.epochs - 1)
+    model, initialised_from = compiled_model(plan, n_classes, warmup_epochs * len(train_batches), len(train_batches), log)
+    patience = plan.spec.defaults.early_stopping_patience
+    shuffled = np.random.default_rng(plan.seed).permutation(len(data.arrays["train"]))
+    batch_norm_images = scale(data.arrays["train"][shuffled[:CALIBRATION_IMAGES]])
+    callbacks = [PreciseValidation(batch_norm_images, scale(data.arrays["val"]), onehot["val"])]
+    if plan.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True))
-    log(f"training {model_name} on {len(arrays['train'])} images, validating on {len(arrays['val'])}, up to {epochs} epochs")
+    n_train, n_val = len(data.arrays["train"]), len(data.arrays["val"])
+    log(f"training {plan.spec.name} on {n_train} images, validating on {n_val}, up to {plan.epochs} epochs")
     history = model.fit(
         train_batches,
-        epochs=epochs,
+        epochs=plan.epochs,
         class_weight=class_weight,
         callbacks=callbacks,
         verbose=(1 if sys.stdout.isatty() else 2) if progress else 0,
     )
-    history_lists = {key: [float(v) for v in values] for key, values in history.history.items()}
+    losses = {key: [float(v) for v in values] for key, values in history.history.items()}
     normalisation = sorted({type(layer).__name__ for layer in model._flatten_layers() if "Normalization" in type(layer).__name__})
+    training = {
+        "epochs_requested": plan.epochs,
+        "epochs_run": len(losses["loss"]),
+        # the epoch whose weights were kept: the best validation loss, or the last without early stopping
+        "best_epoch": int(np.argmin(losses["val_loss"])) + 1 if plan.early_stopping else len(losses["loss"]),
+        "batch_size": plan.batch_size,
+        "optimizer": "adam",
+        "learning_rate": plan.learning_rate,
+        "learning_rate_schedule": (f"linear warm-up over {warmup_epochs} epoch(s), " if warmup_epochs else "")
+        + "cosine decay to 0 over the requested epochs",
+        "loss": "categorical_crossentropy",
+        "seed": plan.seed,
+        "initialised_from": initialised_from,
+        "class_weight": {data.classes[k]: w for k, w in class_weight.items()},
+        "early_stopping": {"monitor": "val_loss", "patience": patience, "restore_best_weights": True} if plan.early_stopping else None,
+        "batch_norm": f"moving statistics re-estimated each epoch on {len(batch_norm_images)} clean training images"
+        if "BatchNormalization" in normalisation
+        else None,
+        "normalisation": normalisation,
+        "augmentation": plan.augmentation.to_json(),
+    }
+    return Fitted(model, losses, training)
 
-    probabilities = {name: predict_views(model, scale(arrays[name]), views, gate=view_gate) for name in ("val", "test")}
-    calibration, calibrated = calibrate(
-        probabilities["val"], labels["val"], probabilities["test"], labels["test"], classes, views=views, view_gate=view_gate
+
+def compiled_model(
+    plan: FitPlan, n_classes: int, warmup_steps: int, steps_per_epoch: int, log: Callable[[str], None]
+) -> tuple[keras.Model, dict[str, str] | None]:
+    """The plan's plugin built (from the start model's weights, if any) and compiled; with where its weights came from."""
+    model = plan.spec.build((*plan.spec.input_size, 3), n_classes)
+    initialised_from = None
+    if plan.start_from is not None:
+        model.set_weights(plan.start_from.model.get_weights())
+        initialised_from = {"directory": str(plan.start_from.directory.resolve()), "version": version_id(plan.start_from.directory)}
+        log(f"starting from the weights of {plan.start_from.directory} ({initialised_from['version']})")
+    # Cosine decay to zero: the last epochs take small steps, so weights and batch-norm
+    # statistics settle instead of ending on a noisy, high-learning-rate epoch.
+    # A warm-up (plugins whose normalisation has no running statistics to lean on early, e.g. group norm)
+    # climbs linearly to the peak learning rate first.
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0 if warmup_steps else plan.learning_rate,
+        decay_steps=plan.epochs * steps_per_epoch - warmup_steps,
+        warmup_target=plan.learning_rate if warmup_steps else None,
+        warmup_steps=warmup_steps,
     )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    calibration["ood"] = fit_ood(model, arrays, labels, len(classes), out_dir)
-    test_metrics = calibrated["after"]  # the served model is calibrated: same classes, calibrated confidences
-    val_metrics = classification_metrics(labels["val"], apply_temperature(probabilities["val"], calibration["temperature"]), classes)
-    baseline = colour_only_baseline(arrays["train"], labels["train"], arrays["test"], labels["test"], classes)
-    metadata = ModelMetadata(
-        name=out_dir.name,
-        plugin=model_name,
-        classes=classes,
-        input_shape=[*spec.input_size, 3],
-        preprocessing=config.to_json(),
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule), loss="categorical_crossentropy", metrics=["accuracy"])
+    return model, initialised_from
+
+
+def calibrate_fitted(plan: FitPlan, data: Prepared, model: keras.Model) -> Calibrated:
+    """Temperature and review threshold fitted on the validation split with the plan's test-time views; the test
+    split scored before and after."""
+    probabilities = {name: predict_views(model, scale(data.arrays[name]), plan.views, gate=plan.view_gate) for name in ("val", "test")}
+    record, test = calibrate(
+        probabilities["val"], data.labels["val"], probabilities["test"], data.labels["test"], data.classes,
+        views=plan.views, view_gate=plan.view_gate,
+    )  # fmt: skip
+    val = classification_metrics(data.labels["val"], apply_temperature(probabilities["val"], record["temperature"]), data.classes)
+    return Calibrated(record, test, val)
+
+
+def model_metadata(
+    plan: FitPlan, data: Prepared, fitted: Fitted, calibrated: Calibrated, baseline: dict[str, Any], name: str, seconds: float
+) -> ModelMetadata:
+    """The model directory's metadata.json, before saving adds the files' digests and the library versions."""
+    split_record = {
+        key: value for key, value in data.split.to_json().items() if key in ("seed", "fractions", "unit", "counts", "excluded")
+    }
+    return ModelMetadata(
+        name=name,
+        plugin=plan.spec.name,
+        classes=data.classes,
+        input_shape=[*plan.spec.input_size, 3],
+        preprocessing=data.config.to_json(),
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        training={
-            "epochs_requested": epochs,
-            "epochs_run": len(history_lists["loss"]),
-            # the epoch whose weights were kept: the best validation loss, or the last without early stopping
-            "best_epoch": int(np.argmin(history_lists["val_loss"])) + 1 if early_stopping else len(history_lists["loss"]),
-            "batch_size": batch_size,
-            "optimizer": "adam",
-            "learning_rate": learning_rate,
-            "learning_rate_schedule": (f"linear warm-up over {warmup_steps // len(train_batches)} epoch(s), " if warmup_steps else "")
-            + "cosine decay to 0 over the requested epochs",
-            "loss": "categorical_crossentropy",
-            "seed": seed,
-            "initialised_from": initialised_from,
-            "class_weight": {classes[k]: w for k, w in class_weight.items()},
-            "early_stopping": {"monitor": "val_loss", "patience": patience, "restore_best_weights": True} if early_stopping else None,
-            "batch_norm": f"moving statistics re-estimated each epoch on {len(batch_norm_images)} clean training images"
-            if "BatchNormalization" in normalisation
-            else None,
-            "normalisation": normalisation,
-            "augmentation": augmentation.to_json(),
-            "seconds": round(time.time() - started, 1),
-            "parameters": int(model.count_params()),
-        },
+        training=fitted.training | {"seconds": seconds, "parameters": int(fitted.model.count_params())},
         dataset=data.dataset_record,
-        split={key: value for key, value in split.to_json().items() if key in ("seed", "fractions", "unit", "counts", "excluded")},
-        calibration=calibration,
+        split=split_record,
+        calibration=calibrated.record,
         metrics={
-            "test": _summary(test_metrics),
-            "val": _summary(val_metrics),
+            "test": _summary(calibrated.test_metrics),
+            "val": _summary(calibrated.val_metrics),
             "colour_only_baseline_test": baseline,
         },
-        adaptation=adaptation,
+        adaptation=plan.adaptation,
     )
-    serving = spec.build((*spec.input_size, 3), len(classes))  # uncompiled: carries no optimiser state
+
+
+def save_model(spec: ModelSpec, model: keras.Model, metadata: ModelMetadata, split: Split, out_dir: Path) -> ModelMetadata:
+    """Write the model directory; returns the metadata as written (with the files' digests and the library versions)."""
+    serving = spec.build((*spec.input_size, 3), len(metadata.classes))  # uncompiled: carries no optimiser state
     serving.set_weights(model.get_weights())
     save_artifact(serving, metadata, split, out_dir)
-    metadata = read_metadata(out_dir)  # as written: with the files' digests and the library versions
-    write_report(
-        out_dir, metadata, test_metrics, val_metrics, history_lists, arrays["train"], labels["train"], classes, augmentation, seed
-    )
-    write_calibration_report(out_dir, metadata, calibrated)
-    log(
-        f"test accuracy {test_metrics['accuracy']:.4f}, macro-F1 {test_metrics['macro_f1']:.4f}, "
-        f"ECE {calibration['test']['ece_before']:.4f} -> {calibration['test']['ece_after']:.4f} after temperature "
-        f"{calibration['temperature']}; review threshold {calibration['review_threshold']:.4f} accepts "
-        f"{calibration['test']['coverage']:.1%} of test cells at accuracy {calibration['test']['accepted_accuracy']} "
-        f"(n={test_metrics['n']}); colour-only baseline accuracy {baseline['accuracy']:.4f}; model written to {out_dir}"
-    )
-    return metadata
+    return read_metadata(out_dir)
 
 
 def adapt(
@@ -403,14 +438,64 @@ def adapt(
     base = load_artifact(model_dir)
     spec, classes, metadata = get_model_spec(base.metadata.plugin), base.classes, base.metadata
     lab = index_dataset(lab_dirs, progress=progress, renames=renames)
-    unknown = sorted(set(lab.classes) - set(classes))
-    if unknown:
-        raise ValueError(f"the lab data has classes the model does not know: {unknown} (model: {classes}); use --rename")
-    base_root, base_split = metadata.dataset_root, base.split()
-    held_out = base_split.hashes("val", "test")
-    lab_cells = [item for item in make_split(lab, seed=seed, fractions=(1.0, 0.0, 0.0)).parts["train"] if item.sha256 not in held_out]
+    lab_cells = usable_lab_cells(base, lab, seed)
     if not lab_cells:
         raise ValueError(f"no usable lab cells in {lab_dirs}")
+    root, split, n_replay = adaptation_split(base, lab, lab_cells, seed, replay_per_class)
+    arrays, labels = load_parts(root, split, classes, base.preprocessing, progress)
+    repeats = max(1, math.ceil(n_replay / len(lab_cells)))
+    lab_part = slice(n_replay, None)
+    arrays["train"] = np.concatenate([arrays["train"][:n_replay]] + [arrays["train"][lab_part]] * repeats)
+    labels["train"] = np.concatenate([labels["train"][:n_replay]] + [labels["train"][lab_part]] * repeats)
+    lab_audit = audit_dataset(lab)
+    lab_record = metadata.dataset | {
+        "root": str(root),
+        "sources": list(metadata.dataset.get("sources", [str(metadata.dataset_root)])) + [str(d) for d in dataset_root(lab_dirs)[1]],
+    }
+    adaptation = {
+        "adapted_from": {"directory": str(Path(model_dir).resolve()), "version": version_id(model_dir)},
+        "lab_sources": [str(d) for d in dataset_root(lab_dirs)[1]],
+        "lab_fingerprint": lab_audit["fingerprint"],
+        "lab_cells": len(lab_cells),
+        "lab_repeats": repeats,
+        "replay_per_class": replay_per_class,
+    }
+    views, gate = served_views(metadata, model_dir)
+    log(f"adapting {metadata.plugin} to {len(lab_cells)} lab cells (x{repeats}) with {n_replay} replayed images")
+    plan = FitPlan(
+        spec=spec,
+        augmentation=Augmentation(**metadata.training["augmentation"]),
+        epochs=epochs,
+        batch_size=spec.defaults.batch_size,
+        learning_rate=learning_rate,
+        seed=seed,
+        views=views,
+        view_gate=gate,
+        start_from=base,
+        early_stopping=False,
+        adaptation=adaptation,
+    )
+    data = Prepared(split, arrays, labels, classes, base.preprocessing, lab_record)
+    return fit_and_write(plan, data, Path(out_dir), started=started, progress=progress, log=log)
+
+
+def usable_lab_cells(base: ModelArtifact, lab: DatasetIndex, seed: int) -> list[SplitItem]:
+    """LAB's cells (one per distinct image) but those that are images of BASE's validation or test split;
+    ValueError for a lab class BASE does not know."""
+    unknown = sorted(set(lab.classes) - set(base.classes))
+    if unknown:
+        raise ValueError(f"the lab data has classes the model does not know: {unknown} (model: {base.classes}); use --rename")
+    held_out = base.split().hashes("val", "test")
+    return [item for item in make_split(lab, seed=seed, fractions=(1.0, 0.0, 0.0)).parts["train"] if item.sha256 not in held_out]
+
+
+def adaptation_split(
+    base: ModelArtifact, lab: DatasetIndex, lab_cells: list[SplitItem], seed: int, replay_per_class: int
+) -> tuple[Path, Split, int]:
+    """The split ``adapt`` fits on, under the common root of BASE's dataset and LAB: replayed training images of BASE
+    (``replay_per_class`` per class, drawn by SEED) and the lab cells for training, BASE's own validation and test.
+    Returns the root, the split and the number of replayed images (the first of its training part)."""
+    base_root, base_split = base.metadata.dataset_root, base.split()
     root = dataset_root([base_root, lab.root])[0]
 
     def moved(item: SplitItem, old_root: Path) -> SplitItem:
@@ -418,7 +503,7 @@ def adapt(
 
     replay = [
         item
-        for label in classes
+        for label in base.classes
         for item in sorted(
             (i for i in base_split.parts["train"] if i.label == label),
             key=lambda i: hashlib.sha256(f"{seed}:{i.sha256}".encode()).hexdigest(),
@@ -434,48 +519,7 @@ def adapt(
             "test": [moved(i, base_root) for i in base_split.parts["test"]],
         },
     )
-    preprocessor = Preprocessor(base.preprocessing)
-    arrays = {
-        name: load_split_images(root, items, preprocessor, f"preprocessing {name}", progress) for name, items in split.parts.items()
-    }
-    labels = {name: np.array([classes.index(i.label) for i in items]) for name, items in split.parts.items()}
-    repeats = max(1, math.ceil(len(replay) / len(lab_cells)))
-    lab_part = slice(len(replay), None)
-    arrays["train"] = np.concatenate([arrays["train"][: len(replay)]] + [arrays["train"][lab_part]] * repeats)
-    labels["train"] = np.concatenate([labels["train"][: len(replay)]] + [labels["train"][lab_part]] * repeats)
-    lab_audit = audit_dataset(lab)
-    dataset_record = metadata.dataset | {
-        "root": str(root),
-        "sources": list(metadata.dataset.get("sources", [str(base_root)])) + [str(d) for d in dataset_root(lab_dirs)[1]],
-    }
-    adaptation = {
-        "adapted_from": {"directory": str(Path(model_dir).resolve()), "version": version_id(model_dir)},
-        "lab_sources": [str(d) for d in dataset_root(lab_dirs)[1]],
-        "lab_fingerprint": lab_audit["fingerprint"],
-        "lab_cells": len(lab_cells),
-        "lab_repeats": repeats,
-        "replay_per_class": replay_per_class,
-    }
-    views, gate = served_views(metadata, model_dir)
-    log(f"adapting {metadata.plugin} to {len(lab_cells)} lab cells (x{repeats}) with {len(replay)} replayed images")
-    return fit_and_write(
-        spec,
-        Prepared(split, arrays, labels, classes, base.preprocessing, dataset_record),
-        Path(out_dir),
-        augmentation=Augmentation(**metadata.training["augmentation"]),
-        epochs=epochs,
-        batch_size=spec.defaults.batch_size,
-        learning_rate=learning_rate,
-        seed=seed,
-        views=views,
-        view_gate=gate,
-        start_from=base,
-        started=started,
-        progress=progress,
-        log=log,
-        early_stopping=False,
-        adaptation=adaptation,
-    )
+    return root, split, len(replay)
 
 
 def fit_ood(
@@ -525,24 +569,16 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_report(
-    out_dir: Path,
-    metadata: ModelMetadata,
-    test_metrics: dict[str, Any],
-    val_metrics: dict[str, Any],
-    history: dict[str, list[float]],
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    classes: list[str],
-    augmentation,
-    seed: int,
+    out_dir: Path, metadata: ModelMetadata, calibrated: Calibrated, history: dict[str, list[float]], data: Prepared, plan: FitPlan
 ) -> None:
+    """The report of a fitted model: metrics, the test report, training curves and an augmentation preview."""
     report = out_dir / REPORT_DIR
     report.mkdir(exist_ok=True)
     (report / "metrics.json").write_text(
         json.dumps(
             {
-                "test": test_metrics,
-                "val": val_metrics,
+                "test": calibrated.test_metrics,
+                "val": calibrated.val_metrics,
                 "history": history,
                 "colour_only_baseline_test": metadata.metrics["colour_only_baseline_test"],
             },
@@ -550,21 +586,21 @@ def write_report(
         )
         + "\n"
     )
-    write_test_report(out_dir, metadata, test_metrics)
+    write_test_report(out_dir, metadata, calibrated.test_metrics)
     plots.training_curves_png(history, report / "training_curves.png")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(plan.seed)
     rows, row_labels = [], []
-    for k, label in enumerate(classes):
-        members = np.flatnonzero(train_labels == k)
+    for k, label in enumerate(data.classes):
+        members = np.flatnonzero(data.labels["train"] == k)
         if len(members):
-            original = train_images[members[0]]
-            rows.append([original] + [augment(original, augmentation, rng) for _ in range(5)])
+            original = data.arrays["train"][members[0]]
+            rows.append([original] + [augment(original, plan.augmentation, rng) for _ in range(5)])
             row_labels.append(f"{label}: original, then augmented")
     plots.image_grid_png(
         rows,
         row_labels,
         report / "augmentation_preview.png",
-        "training augmentation:\n" + ", ".join(f"{k}={v}" for k, v in asdict(augmentation).items()),
+        "training augmentation:\n" + ", ".join(f"{k}={v}" for k, v in asdict(plan.augmentation).items()),
     )
 
 
@@ -623,14 +659,8 @@ def recalibrate(
         path = root / item.paths[0]
         if not path.is_file() or hashlib.sha256(read_image_file(path)).hexdigest() != item.sha256:
             raise ValueError(f"{path} is missing or is not the image the model was split with: pass the dataset folder")
-    preprocessor = Preprocessor(artifact.preprocessing)
-    probabilities, labels, arrays = {}, {}, {}
-    for name in ("train", "val", "test"):
-        items = split.parts[name]
-        arrays[name] = load_split_images(root, items, preprocessor, f"preprocessing {name}", progress)
-        labels[name] = np.array([classes.index(item.label) for item in items])
-    for name in ("val", "test"):
-        probabilities[name] = predict_views(artifact.model, scale(arrays[name]), views, gate=view_gate)  # uncalibrated
+    arrays, labels = load_parts(root, split, classes, artifact.preprocessing, progress)
+    probabilities = {name: predict_views(artifact.model, scale(arrays[name]), views, gate=view_gate) for name in ("val", "test")}
     record, calibrated = calibrate(
         probabilities["val"], labels["val"], probabilities["test"], labels["test"], classes, target_accuracy, views, view_gate
     )

@@ -78,6 +78,7 @@ def run_trial(trial: Trial, data_root: Path, out: Path, log: Callable[[str], Non
     """Train (unless OUT/NAME exists) and score one trial; its rows are kept in OUT/NAME/report/trial.json."""
     from bloodcell_core.ml.generalisation import model_rows
     from bloodcell_core.ml.training import train
+    from bloodcell_core.ml.training_plan import TrainingPlan
 
     model_dir = out / trial.name
     scored = model_dir / "report" / "trial.json"
@@ -85,7 +86,7 @@ def run_trial(trial: Trial, data_root: Path, out: Path, log: Callable[[str], Non
         return json.loads(scored.read_text())
     if not (model_dir / "metadata.json").is_file():
         log(f"trial {trial.name}: training {trial.model} with steps {','.join(trial.steps)}")
-        train(
+        plan = TrainingPlan(
             trial.model,
             [data_root / "kaggle5", data_root / "pbc8"],
             model_dir,
@@ -97,8 +98,8 @@ def run_trial(trial: Trial, data_root: Path, out: Path, log: Callable[[str], Non
             renames=RENAMES,
             acquisition_augmentation=True,
             views=("identity",),
-            log=log,
         )
+        train(plan, log=log)
     result = {"trial": trial.__dict__ | {"steps": list(trial.steps)}, "rows": model_rows(model_dir, data_root, log)}
     scored.write_text(json.dumps(result, indent=1) + "\n")
     return result

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(kw_only=True)  # built by keyword: eight fields, several of them counts
 class Submission:
     sample_pk: int | None  # None where the submission went through the HTTP API
     accession_id: str

@@ -20,7 +20,6 @@ from bloodcell_core.service.receipts import Submission
 from bloodcell_core.service.states import FieldStatus, SampleStatus
 
 # No "/": accession ids appear in URL paths and file names.
-# No "/": accession ids appear in URL paths and file names.
 ACCESSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
@@ -104,7 +103,15 @@ def submit_sample(
                     if seen.request_sha256 != fingerprint:
                         raise Conflict(f"Idempotency-Key {idempotency_key[:80]!r} was used before for a different request")
                     first = get_row(session, Sample, seen.sample_id)
-                    return Submission(first.id, first.accession_id, 0, first.status, len(first.cells), True, 0, len(first.fields))
+                    return Submission(
+                        sample_pk=first.id,
+                        accession_id=first.accession_id,
+                        new_cells=0,
+                        status=first.status,
+                        n_cells=len(first.cells),
+                        replayed=True,
+                        n_fields=len(first.fields),
+                    )
             referenced = {sha for _, sha in stored}
             missing = referenced - set(session.scalars(select(Image.sha256).where(Image.sha256.in_(referenced))))
             if missing:
@@ -151,7 +158,15 @@ def submit_sample(
             if idempotency_key is not None:
                 session.add(IdempotencyKey(client_id=client_id, key=idempotency_key, request_sha256=fingerprint, sample_id=sample.id))
                 session.flush()
-            return Submission(sample.id, accession_id, new_cells, sample.status, len(known), False, len(new_fields), len(known_fields))
+            return Submission(
+                sample_pk=sample.id,
+                accession_id=accession_id,
+                new_cells=new_cells,
+                status=sample.status,
+                n_cells=len(known),
+                new_fields=len(new_fields),
+                n_fields=len(known_fields),
+            )
     except IntegrityError:
         raise Conflict(f"a concurrent request created sample {accession_id!r} or used the same Idempotency-Key: retry it") from None
 

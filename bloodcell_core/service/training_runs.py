@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from bloodcell_core.config import Settings
-from bloodcell_core.ml.serving import train
+from bloodcell_core.ml.serving import TrainingPlan, train
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import NotFound
@@ -57,7 +57,7 @@ def run_training(settings: Settings, run_id: int, actor: str) -> str:
         if parameters.pop("include_reviewed", False):
             data_dir = training_data_with_reviews(settings, Path(data_dir), settings.models_dir / f"run-{run_id}-data")
         if not (out_dir / "metadata.json").exists():
-            train(plugin, data_dir, out_dir, progress=False, log=lambda _: None, **parameters)
+            train(TrainingPlan(plugin, data_dir, out_dir, **parameters), progress=False, log=lambda _: None)
     except Exception as exc:
         with session_scope(settings.database_url) as session:
             run = get_row(session, TrainingRun, run_id)

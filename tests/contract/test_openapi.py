@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 from bloodcell_core.config import Settings
 from bloodcell_core.service.db import upgrade
 
@@ -21,7 +19,7 @@ def openapi(tmp_path) -> dict:
 
     url = f"sqlite:///{tmp_path}/bloodcell.db"
     upgrade(url)
-    settings = dataclasses.replace(Settings.from_env(), database_url=url)
+    settings = Settings.from_env().model_copy(update={"database_url": url})
     return create_app(settings).openapi()
 
 

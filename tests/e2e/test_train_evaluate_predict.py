@@ -1,5 +1,6 @@
 """Training writes a complete model directory; evaluate and predict go through the serving path."""
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -320,9 +321,10 @@ def test_training_can_start_from_a_model_with_the_same_split(tiny_model: Path, t
 
     from bloodcell_core.ml.artifacts import version_id
     from bloodcell_core.ml.training import train
+    from bloodcell_core.ml.training_plan import TrainingPlan
 
     warm = tmp_path / "warm"
-    metadata = train(
+    plan = TrainingPlan(
         "compact_cnn",
         KAGGLE5,
         warm,
@@ -332,9 +334,8 @@ def test_training_can_start_from_a_model_with_the_same_split(tiny_model: Path, t
         learning_rate=1e-5,
         views=("flip_horizontal", "identity"),
         view_gate=0.5,
-        progress=False,
-        log=lambda _: None,
     )
+    metadata = train(plan, progress=False, log=lambda _: None)
     assert metadata.training["initialised_from"] == {"directory": str(tiny_model.resolve()), "version": version_id(tiny_model)}
     assert metadata.calibration["views"] == ["identity", "flip_horizontal"]  # one spelling per set of views
     assert metadata.calibration["view_gate"] == 0.5 and metadata.format_version == 3
@@ -346,13 +347,7 @@ def test_training_can_start_from_a_model_with_the_same_split(tiny_model: Path, t
     # Another seed draws another split: starting there from these weights would test on images they trained on
     with pytest.raises(ValueError, match="differs from this run in split "):
         train(
-            "compact_cnn",
-            KAGGLE5,
-            tmp_path / "leaky",
-            epochs=1,
-            max_per_class=12,
-            seed=1,
-            init_from=tiny_model,
+            dataclasses.replace(plan, out_dir=tmp_path / "leaky", seed=1),  # another seed: another split
             progress=False,
             log=lambda _: None,
         )

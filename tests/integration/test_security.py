@@ -227,7 +227,7 @@ def test_settings_have_no_secret_defaults(monkeypatch):
     for name in [n for n in os.environ if n.startswith("BLOODCELL_")]:
         monkeypatch.delenv(name)
     defaults = Settings.from_env()
-    secret_fields = [name for name in Settings.__dataclass_fields__ if SECRET_NAME.search(name)]
+    secret_fields = [name for name in Settings.model_fields if SECRET_NAME.search(name)]
     assert "flower_basic_auth" in secret_fields
     assert all(getattr(defaults, name) == "" for name in secret_fields)
     for name, value in vars(defaults).items():

@@ -282,7 +282,7 @@ def test_compose_file_is_valid_and_uses_only_known_settings():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     compose = yaml.safe_load((PROJECT / "docker-compose.yml").read_text())
-    known = {f"BLOODCELL_{name.upper()}" for name in Settings.__dataclass_fields__}
+    known = {f"BLOODCELL_{name.upper()}" for name in Settings.model_fields}
     used = {
         key for service in compose["services"].values() for key in (service.get("environment") or {}) if key.startswith("BLOODCELL_")
     }

@@ -9,7 +9,6 @@ the model's calls.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -293,7 +292,7 @@ def test_a_candidate_beside_production_on_the_same_cells_and_from_the_cli(lab, t
     # the promotion gate, with BLOODCELL_PROMOTION_VERIFIED, compares the two on these cells
     agreement = challenger["cell_level"]["agreement"]["value"], production["cell_level"]["agreement"]["value"]
     assert agreement[0] < agreement[1]
-    gated = dataclasses.replace(settings, promotion_verified=True)
+    gated = settings.model_copy(update={"promotion_verified": True})
     expected = f"on {len(SAMPLES)} verified samples its cell agreement {agreement[0]:.4f} is below production's {agreement[1]:.4f}"
     assert expected in verification.verified_refusals(gated, candidate)
     for checked, refused in ((gated, True), (settings, False)):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from bloodcell_core.config import Settings
@@ -40,6 +38,6 @@ def test_flags(counts, unfamiliar, expected):
 
 def test_flag_settings_are_checked():
     with pytest.raises(ValueError, match="BLOODCELL_UNFAMILIAR_SHARE"):
-        dataclasses.replace(SETTINGS, unfamiliar_share=1.5).validate()
+        SETTINGS.model_copy(update={"unfamiliar_share": 1.5}).validate()
     with pytest.raises(ValueError, match="BLOODCELL_IMMATURE_PERCENT"):
-        dataclasses.replace(SETTINGS, immature_percent=-1.0).validate()
+        SETTINGS.model_copy(update={"immature_percent": -1.0}).validate()

@@ -1,16 +1,19 @@
-"""Settings.validate: each setting that cannot work alone or with another is refused with both names and values."""
+"""Settings: read from the environment (a value that cannot be read is refused naming its variable), documented by the
+generated README table, and Settings.validate: each setting that cannot work alone or with another is refused with both
+names and values."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
 from unittest import mock
 
 import pytest
 from helpers import PROJECT, run_cli
 
-from bloodcell_core.config import WEBHOOK_TIMEOUT_S, Settings
+from bloodcell_core.config import WEBHOOK_TIMEOUT_S, Settings, configuration_table, with_configuration_table
 
 
 def settings(**env: str) -> Settings:
@@ -24,6 +27,58 @@ def test_the_defaults_are_valid():
     defaults = settings()
     defaults.validate()
     assert (defaults.sweep_interval_s, defaults.sweep_webhook_age_s, defaults.sweep_orphan_age_s) == (60, 60, 24 * 3600)
+
+
+def test_the_environment_is_read_into_typed_settings_and_derived_defaults(tmp_path):
+    read = settings(
+        BLOODCELL_HOME=str(tmp_path),
+        BLOODCELL_REDIS_PORT="7000",
+        BLOODCELL_NON_LEUKOCYTE_CLASSES=" erythroblast, ,platelet,smudge ",
+        BLOODCELL_REVIEW_THRESHOLD="0.9",
+        BLOODCELL_RUNTIME=" OpenVINO ",
+        BLOODCELL_SHADOW="1",
+        BLOODCELL_API_URL="http://127.0.0.1:9",  # a client-side variable, not a setting
+        bloodcell_api_port="9",  # not BLOODCELL_API_PORT: the shell's names are case-sensitive
+    )
+    assert read.broker_url == "redis://127.0.0.1:7000/0" and read.result_backend == "redis://127.0.0.1:7000/1"
+    assert read.database_url == f"sqlite:///{tmp_path / 'bloodcell.db'}" and read.models_dir == tmp_path / "models"
+    assert read.non_leukocyte_classes == ("erythroblast", "platelet", "smudge") and read.review_threshold == 0.9
+    assert (read.runtime, read.shadow, read.api_port, read.trusted_proxies) == ("openvino", True, 8000, ())
+    assert settings().review_threshold is None and settings(BLOODCELL_REVIEW_THRESHOLD="Model").review_threshold is None
+    assert settings(BLOODCELL_HOME="~/elsewhere").home == Path("~/elsewhere").expanduser()
+
+
+UNREADABLE = [  # (environment, words the message has)
+    ({"BLOODCELL_API_PORT": "abc"}, ["BLOODCELL_API_PORT='abc'", "integer"]),
+    ({"BLOODCELL_PROMOTION_MARGIN": "a lot"}, ["BLOODCELL_PROMOTION_MARGIN='a lot'", "number"]),
+    ({"BLOODCELL_REVIEW_THRESHOLD": "high"}, ["BLOODCELL_REVIEW_THRESHOLD='high'", "number"]),
+    ({"BLOODCELL_SHADOW": "maybe"}, ["BLOODCELL_SHADOW='maybe'", "boolean"]),
+    # a derived default (the broker URL from the Redis port) adds no second message
+    ({"BLOODCELL_REDIS_PORT": "x", "BLOODCELL_LOGIN_ATTEMPTS": ""}, ["BLOODCELL_REDIS_PORT='x'", "; BLOODCELL_LOGIN_ATTEMPTS=''"]),
+]
+
+
+@pytest.mark.parametrize("env, words", UNREADABLE, ids=[" ".join(f"{k}={v}" for k, v in env.items()) for env, _ in UNREADABLE])
+def test_a_value_that_cannot_be_read_is_refused_naming_its_variable(env: dict[str, str], words: list[str]):
+    with pytest.raises(ValueError) as refused:
+        settings(**env)
+    message = str(refused.value)
+    assert all(word in message for word in words) and message.count("BLOODCELL_") == len(env), message
+    assert "invalid literal" not in message and "validation error" not in message
+
+
+def test_a_command_refuses_an_unreadable_value_with_one_line_naming_it(tmp_path):
+    result = run_cli("api", env={"BLOODCELL_HOME": str(tmp_path), "BLOODCELL_API_PORT": "abc"}, check=False)
+    assert result.returncode == 1 and result.stderr.startswith("Error: BLOODCELL_API_PORT='abc'"), result
+    assert "Traceback" not in result.stderr
+
+
+def test_every_setting_is_documented_and_the_readme_table_is_the_generated_one():
+    rows = configuration_table().splitlines()[2:]
+    assert len(rows) == len(Settings.model_fields) and all(not row.endswith("|  |") for row in rows)
+    readme = (PROJECT / "README.md").read_text()
+    assert with_configuration_table(readme) == readme, "the README's configuration table is stale: run scripts/configuration-table"
+    assert "| `BLOODCELL_API_PORT` | `8000` | port of the HTTP API |" in rows
 
 
 REFUSED = [  # (environment, words every one of which the message has)
