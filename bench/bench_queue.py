@@ -46,8 +46,8 @@ from bloodcell_core.config import Settings  # noqa: E402
 from bloodcell_core.ml.dataset import list_class_files, read_image_file  # noqa: E402
 from bloodcell_core.ml.inference import Classifier  # noqa: E402
 from bloodcell_core.service.db import session_scope  # noqa: E402
-from bloodcell_core.service.models import Sample  # noqa: E402
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES  # noqa: E402
+from bloodcell_core.service.tables import Sample  # noqa: E402
 
 DATA = PROJECT.parent / "shared" / "data" / "kaggle5"
 

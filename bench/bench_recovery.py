@@ -27,7 +27,7 @@ from bench_queue import PROJECT, LocalStack, children, load_images, wait_final
 from sqlalchemy import func, select
 
 from bloodcell_core.service.db import session_scope
-from bloodcell_core.service.models import Prediction, Sample, SampleImage
+from bloodcell_core.service.tables import Prediction, Sample, SampleImage
 
 TARGET_S = 15.0
 UP_TIMEOUT = "Timed out waiting for UP message"

@@ -57,7 +57,7 @@ from bloodcell_core.config import Settings  # noqa: E402
 from bloodcell_core.ml.dataset import list_class_files  # noqa: E402
 from bloodcell_core.service import db, review, sweepers  # noqa: E402
 from bloodcell_core.service.api_clients import create_client  # noqa: E402
-from bloodcell_core.service.models import ApiClient, ModelVersion  # noqa: E402
+from bloodcell_core.service.tables import ApiClient, ModelVersion  # noqa: E402
 from bloodcell_core.service.users import create_user  # noqa: E402
 from bloodcell_core.service.versions import ensure_production_model  # noqa: E402
 

@@ -20,10 +20,10 @@ from bloodcell_core.config import soft_time_limit
 from bloodcell_core.ml.serving import Classifier
 from bloodcell_core.service import classification, promotion, sweepers, webhooks
 from bloodcell_core.service.db import session_scope
-from bloodcell_core.service.models import ModelVersion
 from bloodcell_core.service.queues import WEBHOOK_QUEUE
 from bloodcell_core.service.samples import mark_sample_failed
 from bloodcell_core.service.states import DeliveryStatus
+from bloodcell_core.service.tables import ModelVersion
 from bloodcell_core.service.training_runs import run_training
 from bloodcell_core.service.versions import load_classifier, production_version
 from workers.app import app, settings

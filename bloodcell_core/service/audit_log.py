@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from bloodcell_core.config import Settings
 from bloodcell_core.service.db import session_scope
-from bloodcell_core.service.models import AuditEvent
+from bloodcell_core.service.tables import AuditEvent
 
 
 def record_event(session: Session, actor: str, action: str, subject: str, **details: Any) -> None:

@@ -15,9 +15,9 @@ from bloodcell_core.service.db import get_row, insert_new, session_scope
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.fields import locate_queued_fields
 from bloodcell_core.service.image_store import image_store
-from bloodcell_core.service.models import ModelVersion, Prediction, Sample
 from bloodcell_core.service.samples import build_report, report_row, version_predictions
 from bloodcell_core.service.states import CellStatus, SampleStatus
+from bloodcell_core.service.tables import ModelVersion, Prediction, Sample
 from bloodcell_core.service.versions import production_version
 
 if TYPE_CHECKING:

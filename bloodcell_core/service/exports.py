@@ -10,9 +10,9 @@ from bloodcell_core.plugin_types import DifferentialRow, ReportDocument
 from bloodcell_core.service import signoff
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict
-from bloodcell_core.service.models import ModelVersion, Sample, SampleReport
 from bloodcell_core.service.samples import FLAG_TEXT, differential_percent, find_sample, latest_reviews, n_relabelled, report_row
 from bloodcell_core.service.states import SampleFlag
+from bloodcell_core.service.tables import ModelVersion, Sample, SampleReport
 
 
 def conclusion_text(report: SampleReport, blast_class: str, n_relabelled: int, awaiting_sign_off_again: bool) -> str:

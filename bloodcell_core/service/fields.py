@@ -21,10 +21,10 @@ from bloodcell_core.plugin_types import CellBox
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.image_store import image_store, sha256_of
-from bloodcell_core.service.models import Sample, SampleField, SampleImage
 from bloodcell_core.service.review import cell_results
 from bloodcell_core.service.samples import field_summaries, find_sample
 from bloodcell_core.service.states import FieldStatus
+from bloodcell_core.service.tables import Sample, SampleField, SampleImage
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.classification import classify_cells_with
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
-from bloodcell_core.service.models import CellReview, EvaluationSet, ModelEvaluation, ModelVersion, Prediction
 from bloodcell_core.service.states import ModelStatus
+from bloodcell_core.service.tables import CellReview, EvaluationSet, ModelEvaluation, ModelVersion, Prediction
 from bloodcell_core.service.verification import verified_refusals
 from bloodcell_core.service.versions import current_production, find_version, load_classifier
 

@@ -20,7 +20,6 @@ from bloodcell_core.service.counters import count_relabel
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store
-from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleImage, SampleReport
 from bloodcell_core.service.samples import (
     build_report,
     cell_review_reasons,
@@ -30,6 +29,7 @@ from bloodcell_core.service.samples import (
     version_predictions,
 )
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, CellStatus, FieldStatus, ReportStatus, SampleStatus
+from bloodcell_core.service.tables import CellReview, ModelVersion, Prediction, Sample, SampleImage, SampleReport
 
 
 def _report_version(session: Session, sample: Sample) -> ModelVersion:

@@ -16,9 +16,9 @@ from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.image_store import image_store
-from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleReport
 from bloodcell_core.service.states import CellStatus, FieldStatus, SampleFlag, SampleStatus
 from bloodcell_core.service.submission import valid_accession_id
+from bloodcell_core.service.tables import CellReview, ModelVersion, Prediction, Sample, SampleReport
 from bloodcell_core.service.versions import ood_threshold, review_threshold
 
 FLAG_TEXT = {

@@ -27,8 +27,8 @@ from sqlalchemy.orm import Session
 from bloodcell_core.config import Settings
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.errors import Conflict, Forbidden
-from bloodcell_core.service.models import Sample, SampleReport, SignOff, User
 from bloodcell_core.service.states import ReportStatus, Role, SampleStatus
+from bloodcell_core.service.tables import Sample, SampleReport, SignOff, User
 from bloodcell_core.service.users import has_role
 
 CONFIRM_FIELD = "confirm_incomplete"  # the API's and the console's name for the explicit confirmation

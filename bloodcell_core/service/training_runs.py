@@ -11,9 +11,9 @@ from bloodcell_core.ml.serving import train
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import NotFound
-from bloodcell_core.service.models import ModelVersion, TrainingRun
 from bloodcell_core.service.review import training_data_with_reviews
 from bloodcell_core.service.states import ModelStatus, TrainingRunStatus
+from bloodcell_core.service.tables import ModelVersion, TrainingRun
 from bloodcell_core.service.versions import register_model_version
 
 FINAL_TRAINING_RUN_STATUSES = frozenset({TrainingRunStatus.DONE, TrainingRunStatus.FAILED})

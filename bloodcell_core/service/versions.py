@@ -18,8 +18,8 @@ from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import NotFound, ServiceError
 from bloodcell_core.service.image_store import sha256_of
-from bloodcell_core.service.models import ModelFile, ModelVersion
 from bloodcell_core.service.states import ModelStatus
+from bloodcell_core.service.tables import ModelFile, ModelVersion
 
 
 def register_model_version(session: Session, artifact_dir: Path, status: str, actor: str) -> ModelVersion:

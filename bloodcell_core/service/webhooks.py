@@ -26,9 +26,9 @@ from sqlalchemy.orm import Session
 
 from bloodcell_core.config import WEBHOOK_TIMEOUT_S, Settings
 from bloodcell_core.service.db import get_row, session_scope
-from bloodcell_core.service.models import ApiClient, Sample, WebhookDelivery
 from bloodcell_core.service.samples import find_sample
 from bloodcell_core.service.states import DeliveryStatus
+from bloodcell_core.service.tables import ApiClient, Sample, WebhookDelivery
 
 SIGNATURE_HEADER = "X-Bloodcell-Signature"
 TIMESTAMP_HEADER = "X-Bloodcell-Timestamp"

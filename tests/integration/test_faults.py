@@ -24,7 +24,7 @@ from servers import PostgresServer, RedisServer, Stack, settings_for
 from sqlalchemy import func, select
 
 from bloodcell_core.ml.artifacts import read_metadata, update_metadata
-from bloodcell_core.service import db, models
+from bloodcell_core.service import db, tables
 
 pytestmark = [pytest.mark.faults, pytest.mark.real_data]
 
@@ -122,18 +122,18 @@ def classified_events(stack: Stack, accession_id: str) -> int:
     with db.session_scope(stack.settings.database_url) as session:
         return session.scalar(
             select(func.count())
-            .select_from(models.AuditEvent)
-            .where(models.AuditEvent.subject == accession_id, models.AuditEvent.action == "sample.classified")
+            .select_from(tables.AuditEvent)
+            .where(tables.AuditEvent.subject == accession_id, tables.AuditEvent.action == "sample.classified")
         )
 
 
 def predictions_per_image(stack: Stack, accession_id: str) -> list[int]:
     """How many predictions each cell of the sample has (any model version)."""
     with db.session_scope(stack.settings.database_url) as session:
-        sample = session.scalar(select(models.Sample).where(models.Sample.accession_id == accession_id))
+        sample = session.scalar(select(tables.Sample).where(tables.Sample.accession_id == accession_id))
         return [
             session.scalar(
-                select(func.count()).select_from(models.Prediction).where(models.Prediction.image_sha256 == cell.image_sha256)
+                select(func.count()).select_from(tables.Prediction).where(tables.Prediction.image_sha256 == cell.image_sha256)
             )
             for cell in sample.cells
         ]
@@ -161,10 +161,10 @@ def sample_predictions(stack: Stack, accession_id: str) -> int:
     with db.session_scope(stack.settings.database_url) as session:
         return session.scalar(
             select(func.count())
-            .select_from(models.Prediction)
-            .join(models.SampleImage, models.SampleImage.image_sha256 == models.Prediction.image_sha256)
-            .join(models.Sample, models.Sample.id == models.SampleImage.sample_id)
-            .where(models.Sample.accession_id == accession_id)
+            .select_from(tables.Prediction)
+            .join(tables.SampleImage, tables.SampleImage.image_sha256 == tables.Prediction.image_sha256)
+            .join(tables.Sample, tables.Sample.id == tables.SampleImage.sample_id)
+            .where(tables.Sample.accession_id == accession_id)
         )
 
 

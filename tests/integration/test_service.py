@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from bloodcell_core.config import Settings
 from bloodcell_core.ml.artifacts import read_metadata
-from bloodcell_core.service import db, models
+from bloodcell_core.service import db, tables
 
 pytestmark = pytest.mark.real_data
 
@@ -71,10 +71,10 @@ def test_sample_end_to_end(stack: Stack, sample_dir: Path):
     assert "not an image file" in report["failed"][0]["error"]
     assert report["model_version"].startswith(read_metadata(DEFAULT_MODEL).plugin + "-")
     assert report["review_threshold"] == read_metadata(DEFAULT_MODEL).calibration["review_threshold"]
-    assert stack.count(models.Prediction) == 12 and stack.count(models.SampleImage) == 13
+    assert stack.count(tables.Prediction) == 12 and stack.count(tables.SampleImage) == 13
     assert json.loads(run_cli("report", "S-E2E-1", "--json", env=stack.env).stdout) == report
     with db.session_scope(stack.settings.database_url) as session:
-        events = session.scalars(select(models.AuditEvent.action).where(models.AuditEvent.subject == "S-E2E-1")).all()
+        events = session.scalars(select(tables.AuditEvent.action).where(tables.AuditEvent.subject == "S-E2E-1")).all()
     assert events == ["sample.submitted", "sample.classified"]
 
 
@@ -96,12 +96,12 @@ def test_exports_from_the_cli_parse_back(stack: Stack, sample_dir: Path):
 
 def test_resubmission_and_redelivery_are_idempotent(stack: Stack, sample_dir: Path):
     submit(stack, "S-E2E-2", sample_dir)
-    counts = {model: stack.count(model) for model in (models.Sample, models.SampleImage, models.Prediction, models.Image)}
+    counts = {model: stack.count(model) for model in (tables.Sample, tables.SampleImage, tables.Prediction, tables.Image)}
     again = json.loads(run_cli("submit", "--sample-id", "S-E2E-2", "--json", str(sample_dir), env=stack.env).stdout)
     assert again["new_cells"] == 0
     client = stack.client()
     with db.session_scope(stack.settings.database_url) as session:
-        sample_pk = session.scalar(select(models.Sample.id).where(models.Sample.accession_id == "S-E2E-2"))
+        sample_pk = session.scalar(select(tables.Sample.id).where(tables.Sample.accession_id == "S-E2E-2"))
     client._send("bloodcell.classify_sample", [sample_pk], "classify").get(timeout=60)  # a redelivered task
     assert {model: stack.count(model) for model in counts} == counts
 
@@ -115,7 +115,7 @@ def test_single_image_task(stack: Stack):
 def test_audit_log_is_append_only(stack: Stack):
     with pytest.raises(PermissionError, match="append-only"):
         with db.session_scope(stack.settings.database_url) as session:
-            session.scalars(select(models.AuditEvent)).first().action = "rewritten"
+            session.scalars(select(tables.AuditEvent)).first().action = "rewritten"
 
 
 def test_two_workers_share_one_queue(stack: Stack, tmp_path: Path):
@@ -127,7 +127,7 @@ def test_two_workers_share_one_queue(stack: Stack, tmp_path: Path):
     for k in range(8):
         assert client.wait(f"S-SHARE-{k}", timeout=120)["status"] in ("done", "needs_review")
     with db.session_scope(stack.settings.database_url) as session:
-        workers = set(session.scalars(select(models.Prediction.worker)))
+        workers = set(session.scalars(select(tables.Prediction.worker)))
     assert {w.split("@")[0] for w in workers} >= {"w1", "w2"}
 
 
@@ -175,7 +175,7 @@ def test_retrain_gate_shadow_and_forced_promotion(stack: Stack, sample_dir: Path
         with db.session_scope(stack.settings.database_url) as session:
             workers = set(
                 session.scalars(
-                    select(models.Prediction.worker).join(models.ModelVersion).where(models.ModelVersion.version == candidate)
+                    select(tables.Prediction.worker).join(tables.ModelVersion).where(tables.ModelVersion.version == candidate)
                 )
             )
         assert {w.split("@")[0] for w in workers} == {"shadow:shadow"}
@@ -191,7 +191,7 @@ def test_retrain_gate_shadow_and_forced_promotion(stack: Stack, sample_dir: Path
         assert submit(stack, "S-AFTER-PROMOTION", sample_dir)["model_version"] == candidate
         with db.session_scope(stack.settings.database_url) as session:
             event = session.scalars(
-                select(models.AuditEvent).where(models.AuditEvent.action == "model.promoted", models.AuditEvent.subject == candidate)
+                select(tables.AuditEvent).where(tables.AuditEvent.action == "model.promoted", tables.AuditEvent.subject == candidate)
             ).one()
             assert event.details["forced"] and event.details["reason"] == "integration test"
             assert any("does not beat" in refusal for refusal in event.details["gate_refusals"])

@@ -21,8 +21,8 @@ from bloodcell_core.config import ROLES
 from bloodcell_core.service import db, signoff, users
 from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
-from bloodcell_core.service.models import LoginAttempt, User, WebSession
 from bloodcell_core.service.states import ROLE_RANK, Role
+from bloodcell_core.service.tables import LoginAttempt, User, WebSession
 
 PASSWORD = "correct horse battery"
 ADDRESS = "192.0.2.10"
