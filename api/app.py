@@ -31,7 +31,7 @@ from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.exports import export_sample
 from bloodcell_core.service.http_status import ERROR_STATUS, error_message, image_headers, upload_name
 from bloodcell_core.service.ops_metrics import ServiceMetrics
-from bloodcell_core.service.states import Scope
+from bloodcell_core.service.states import ModelStatus, Scope
 from bloodcell_core.service.submission import check_accession_id, check_image_limits
 from web.console import install_console
 
@@ -317,7 +317,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     def models(_: Caller = Depends(require(Scope.READ))) -> dict[str, Any]:
         versions = client.models()
-        production = next((v["version"] for v in versions if v["status"] == "production"), None)
+        production = next((v["version"] for v in versions if v["status"] == ModelStatus.PRODUCTION), None)
         return {"production": production, "versions": versions}
 
     @app.get("/v1/exporters", response_model=list[schemas.Exporter], tags=["exports"], summary="Export formats (scope: read)")

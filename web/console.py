@@ -32,7 +32,7 @@ from bloodcell_core.plugin_manager import exporters
 from bloodcell_core.service import samples, signoff, users
 from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.http_status import SERVICE_ERRORS, error_message, image_headers, status_of, upload_name
-from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, Role, SampleFlag, SampleStatus
+from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, ModelStatus, Role, SampleFlag, SampleStatus
 from bloodcell_core.service.submission import check_image_limits
 from bloodcell_core.service.versions import version_classes
 from web.verification import verification_router
@@ -331,7 +331,7 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
     @router.get("/model")
     def model_page(who: Viewer = Depends(viewer)) -> Response:
         versions = client.models()
-        production = next((v for v in versions if v["status"] == "production"), None)
+        production = next((v for v in versions if v["status"] == ModelStatus.PRODUCTION), None)
         generalisation: list[dict[str, Any]] = []
         plots: list[str] = []
         if production is not None:
@@ -343,7 +343,7 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
 
     @router.get("/model/plots/{name}.png")
     def model_plot(name: str, _: Viewer = Depends(viewer)) -> Response:
-        production = next((v for v in client.models() if v["status"] == "production"), None)
+        production = next((v for v in client.models() if v["status"] == ModelStatus.PRODUCTION), None)
         if name not in PLOTS or production is None:
             raise HTTPException(404, "no such plot")
         path = Path(production["artifact"]) / "report" / f"{name}.png"

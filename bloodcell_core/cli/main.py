@@ -15,7 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 import click  # noqa: E402
 
 from bloodcell_core.plugin_manager import PluginError  # noqa: E402
-from bloodcell_core.service.states import Scope  # noqa: E402
+from bloodcell_core.service.states import FieldStatus, Scope, TrainingRunStatus  # noqa: E402
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -997,7 +997,7 @@ def _print_report(report: dict, as_json: bool) -> None:
     for item in report.get("failed", []):
         click.echo(f"  FAILED {item['name']}: {item['error']}")
     for field in report.get("fields", []):
-        found = f"{field['n_cells']} white cell(s)" if field["status"] == "located" else field["status"]
+        found = f"{field['n_cells']} white cell(s)" if field["status"] == FieldStatus.LOCATED else field["status"]
         click.echo(f"  field {field['name']}: {found}" + (f" ({field['error']})" if field["error"] else ""))
 
 
@@ -1024,7 +1024,7 @@ def fields_command(sample_id: str, overlays_dir: Path | None, as_json: bool) -> 
         if overlays_dir is not None:
             overlays_dir.mkdir(parents=True, exist_ok=True)
             for field in found:
-                if field["status"] == "located":
+                if field["status"] == FieldStatus.LOCATED:
                     png = client.field_overlay(sample_id, field["image_sha256"])
                     (overlays_dir / f"{field['image_sha256'][:16]}_overlay.png").write_bytes(png)
         return found
@@ -1355,7 +1355,7 @@ def retrain(model_name: str, data_dir: Path, epochs, seed: int, max_per_class, i
     if wait:
         result = client.wait_training(run_id)
         click.echo(json.dumps(result))
-        if result["status"] != "done":
+        if result["status"] != TrainingRunStatus.DONE:
             sys.exit(1)
 
 
