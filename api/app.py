@@ -31,7 +31,8 @@ from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.exports import export_sample
 from bloodcell_core.service.http_status import ERROR_STATUS, error_message, image_headers, upload_name
 from bloodcell_core.service.ops_metrics import ServiceMetrics
-from bloodcell_core.service.states import ModelStatus, Scope
+from bloodcell_core.service.results import Report, production_of
+from bloodcell_core.service.states import Scope
 from bloodcell_core.service.submission import check_accession_id, check_image_limits
 from web.console import install_console
 
@@ -213,15 +214,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(
         "/v1/samples/{sample_id}",
-        response_model=schemas.SampleReport,
+        response_model=schemas.SampleReportPublic,
         tags=["samples"],
         summary="Sample status and report (scope: read)",
     )
-    def get_sample(sample_id: str, _: Caller = Depends(require(Scope.READ))) -> dict[str, Any]:
-        return client.report(sample_id) | {"links": _links(sample_id)}
+    def get_sample(sample_id: str, _: Caller = Depends(require(Scope.READ))) -> schemas.SampleReportPublic:
+        return schemas.SampleReportPublic(**dict(client.report(sample_id)), links=schemas.SampleLinks(**_links(sample_id)))
 
     @app.get(
-        "/v1/samples/{sample_id}/cells", response_model=list[schemas.Cell], tags=["samples"], summary="Per-cell results (scope: read)"
+        "/v1/samples/{sample_id}/cells",
+        response_model=list[schemas.CellPublic],
+        tags=["samples"],
+        summary="Per-cell results (scope: read)",
     )
     def get_cells(
         sample_id: str,
@@ -232,7 +236,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(
         "/v1/samples/{sample_id}/fields",
-        response_model=list[schemas.SampleField],
+        response_model=list[schemas.SampleFieldPublic],
         tags=["samples"],
         summary="Whole fields with their cells' boxes and labels (scope: read)",
     )
@@ -263,7 +267,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(
         "/v1/samples/{sample_id}/webhooks",
-        response_model=list[schemas.WebhookDelivery],
+        response_model=list[schemas.WebhookDeliveryPublic],
         tags=["samples"],
         summary="Webhook deliveries (scope: read)",
     )
@@ -280,7 +284,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get(
         "/v1/review",
-        response_model=list[schemas.SampleForReview],
+        response_model=list[schemas.SampleForReviewPublic],
         tags=["review"],
         summary="Samples and cells waiting for review (scope: review)",
     )
@@ -289,43 +293,44 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.post(
         "/v1/samples/{sample_id}/cells/{image_sha256}/label",
-        response_model=schemas.Report,
+        response_model=schemas.ReportPublic,
         tags=["review"],
         summary="Reclassify a cell; audited, report recomputed (scope: review)",
     )
-    def relabel(
-        sample_id: str, image_sha256: str, body: schemas.Relabel, caller: Caller = Depends(require(Scope.REVIEW))
-    ) -> dict[str, Any]:
+    def relabel(sample_id: str, image_sha256: str, body: schemas.Relabel, caller: Caller = Depends(require(Scope.REVIEW))) -> Report:
         return client.relabel(sample_id, image_sha256, body.label, body.reviewer, body.reason, f"api:{caller.name}")
 
     @app.post(
         "/v1/samples/{sample_id}/sign-off",
-        response_model=schemas.Report,
+        response_model=schemas.ReportPublic,
         tags=["review"],
         summary="Sign off for a console user: the report becomes final (amended: a corrected one) (scope: review)",
         description="`reviewer` names the console user the sign-off is made for; their role decides whether they may "
         "sign off a sample with a blast flag (docs/sign-off.md).",
     )
-    def sign_off(sample_id: str, body: schemas.SignOff, caller: Caller = Depends(require(Scope.REVIEW))) -> dict[str, Any]:
+    def sign_off(sample_id: str, body: schemas.SignOffCreate, caller: Caller = Depends(require(Scope.REVIEW))) -> Report:
         return client.sign_off(sample_id, body.reviewer, body.comment, f"api:{caller.name}", body.confirm_incomplete)
 
     @app.get(
         "/v1/models",
-        response_model=schemas.ModelRegistry,
+        response_model=schemas.ModelRegistryPublic,
         tags=["models"],
         summary="Model versions and the production one (scope: read)",
     )
     def models(_: Caller = Depends(require(Scope.READ))) -> dict[str, Any]:
         versions = client.models()
-        production = next((v["version"] for v in versions if v["status"] == ModelStatus.PRODUCTION), None)
-        return {"production": production, "versions": versions}
+        production = production_of(versions)
+        return {"production": production.version if production else None, "versions": versions}
 
     @app.get("/v1/exporters", response_model=list[schemas.Exporter], tags=["exports"], summary="Export formats (scope: read)")
     def list_exporters(_: Caller = Depends(require(Scope.READ))) -> list[dict[str, str]]:
         return [{"name": e.name, "media_type": e.media_type, "description": e.description} for e in exporters().values()]
 
     @app.get(
-        "/v1/audit", response_model=list[schemas.AuditEvent], tags=["admin"], summary="The audit log, newest first (scope: admin)"
+        "/v1/audit",
+        response_model=list[schemas.AuditEventPublic],
+        tags=["admin"],
+        summary="The audit log, newest first (scope: admin)",
     )
     def audit_log(
         subject: str | None = None, limit: int = Query(100, ge=1, le=1000), _: Caller = Depends(require(Scope.ADMIN))

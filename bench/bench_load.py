@@ -106,7 +106,7 @@ def main() -> None:
             while pending:
                 still = []
                 for accession_id in pending:
-                    status = client.report(accession_id)["status"]
+                    status = client.report(accession_id).status
                     if status in ("queued", "running"):
                         still.append(accession_id)
                     else:

@@ -166,7 +166,7 @@ class LocalStack:
         elapsed = time.perf_counter() - start
         for accession_id, images in zip(ids, samples):
             report = self.client.report(accession_id)
-            assert report["n_classified"] == len(images), report  # every result persisted
+            assert report.n_classified == len(images), report  # every result persisted
         return elapsed
 
 

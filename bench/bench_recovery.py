@@ -100,9 +100,9 @@ def main() -> None:
                 "model_load_s_per_pool_process": [float(s) for s in re.findall(r"model \S+ loaded in ([\d.]+) s", log)],
                 "up_message_timeouts_in_log": log.count(UP_TIMEOUT),
                 "pool_processes_killed_in_log": log.count("exited with 'signal 9 (SIGKILL)'"),
-                "sample_status": report["status"],
-                "cells_classified": report["n_classified"],
-                "every_cell_classified": report["n_classified"] == args.images and report["n_failed"] == 0,
+                "sample_status": report.status,
+                "cells_classified": report.n_classified,
+                "every_cell_classified": report.n_classified == args.images and report.n_failed == 0,
             },
             indent=2,
         )

@@ -32,7 +32,8 @@ from bloodcell_core.plugin_manager import exporters
 from bloodcell_core.service import samples, signoff, users
 from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.http_status import SERVICE_ERRORS, error_message, image_headers, status_of, upload_name
-from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, ModelStatus, Role, SampleFlag, SampleStatus
+from bloodcell_core.service.results import production_of
+from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, Role, SampleFlag, SampleStatus
 from bloodcell_core.service.submission import check_image_limits
 from bloodcell_core.service.versions import version_classes
 from web.verification import verification_router
@@ -251,15 +252,15 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
         report = call(client.report, sample_id)
         cells = call(client.cells, sample_id)
         fields = call(client.fields, sample_id)
-        classes = _classes(settings, report["model_version"])
+        classes = _classes(settings, report.model_version)
         to_review = [cell for cell in cells if cell["needs_review"]]
         gallery: dict[str, list[dict[str, Any]]] = {}
         for cell in cells:
             if not cell["needs_review"]:
                 gallery.setdefault(cell["label"] or cell["status"], []).append(cell)
         order = [label for label in classes if label in gallery] + sorted(set(gallery) - set(classes))
-        rows = [(label, report["counts"].get(label, 0), report["percent"].get(label, 0.0)) for label in report["counts"]]
-        apart = set(report.get("non_leukocyte_classes", []))  # nucleated red cells and platelets: not among the 100
+        rows = [(label, report.counts.get(label, 0), report.percent.get(label, 0.0)) for label in report.counts]
+        apart = set(report.non_leukocyte_classes or [])  # nucleated red cells and platelets: not among the 100
         most = max([count for _, count, _ in rows], default=0) or 1
         return page(
             "sample.html",
@@ -273,15 +274,15 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
             most=most,
             fields=fields,
             exporters=sorted(exporters()),
-            final=report["status"] in FINAL_SAMPLE_STATUSES,
-            may_sign_off=signoff.may_sign_off(settings, who.role, report["blast_flag"]),
-            to_confirm=signoff.confirmations_needed(settings, report) if report["model_version"] else [],
+            final=report.status in FINAL_SAMPLE_STATUSES,
+            may_sign_off=signoff.may_sign_off(settings, who.role, report.blast_flag),
+            to_confirm=signoff.confirmations_needed(settings, report) if report.model_version else [],
         )
 
     @router.get("/samples/{sample_id}/state")
     def sample_state(sample_id: str, _: Viewer = Depends(viewer)) -> dict[str, Any]:
         report = call(client.report, sample_id)
-        return {"status": report["status"], "n_cells": report["n_cells"], "n_classified": report.get("n_classified")}
+        return {"status": report.status, "n_cells": report.n_cells, "n_classified": report.n_classified}
 
     @router.post("/samples/{sample_id}/cells/{image_sha256}/label")
     def relabel(
@@ -331,11 +332,11 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
     @router.get("/model")
     def model_page(who: Viewer = Depends(viewer)) -> Response:
         versions = client.models()
-        production = next((v for v in versions if v["status"] == ModelStatus.PRODUCTION), None)
+        production = production_of(versions)
         generalisation: list[dict[str, Any]] = []
         plots: list[str] = []
         if production is not None:
-            report_dir = Path(production["artifact"]) / "report"
+            report_dir = Path(production.artifact) / "report"
             if (report_dir / "generalisation.json").is_file():
                 generalisation = json.loads((report_dir / "generalisation.json").read_text())
             plots = [name for name in PLOTS if (report_dir / f"{name}.png").is_file()]
@@ -343,10 +344,10 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
 
     @router.get("/model/plots/{name}.png")
     def model_plot(name: str, _: Viewer = Depends(viewer)) -> Response:
-        production = next((v for v in client.models() if v["status"] == ModelStatus.PRODUCTION), None)
+        production = production_of(client.models())
         if name not in PLOTS or production is None:
             raise HTTPException(404, "no such plot")
-        path = Path(production["artifact"]) / "report" / f"{name}.png"
+        path = Path(production.artifact) / "report" / f"{name}.png"
         if not path.is_file():
             raise HTTPException(404, "the production model's report has no such plot")
         return Response(path.read_bytes(), media_type="image/png", headers={"Cache-Control": "private, max-age=300"})

@@ -138,7 +138,7 @@ def classify_sample(self: Task, sample_pk: int) -> dict:
             promotion.shadow_classify(settings, sample_pk, classifier_for, worker_name(self))
         except Exception:  # the report is done; shadow scoring must never fail the sample
             log.exception("shadow scoring of sample %s failed", sample_pk)
-    return report
+    return report.model_dump(mode="json")
 
 
 @app.task(bind=True, name="bloodcell.deliver_webhook", max_retries=None)

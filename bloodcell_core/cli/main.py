@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 import click  # noqa: E402
 
 from bloodcell_core.plugin_manager import PluginError  # noqa: E402
+from bloodcell_core.service.results import ModelVersionInfo, Report  # noqa: E402
 from bloodcell_core.service.states import FieldStatus, Scope, TrainingRunStatus  # noqa: E402
 
 T = TypeVar("T")
@@ -964,41 +965,38 @@ def submit(sample_id: str, wait: bool, timeout: float, as_json: bool, as_fields:
     _print_report(report, as_json)
 
 
-def _print_report(report: dict, as_json: bool) -> None:
+def _print_report(report: Report, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report.model_dump(mode="json"), indent=2))
         return
-    click.echo(f"sample {report['sample_id']}: {report['status']}, report {report['report_status']} (model {report['model_version']})")
-    if report.get("error"):
-        click.echo(f"  error: {report['error']}")
-    apart = report.get("non_leukocyte_classes", [])  # nucleated red cells and platelets: not among the 100 leukocytes
-    for label, count in report["counts"].items():
+    click.echo(f"sample {report.sample_id}: {report.status}, report {report.report_status} (model {report.model_version})")
+    if report.error:
+        click.echo(f"  error: {report.error}")
+    apart = report.non_leukocyte_classes or []  # nucleated red cells and platelets: not among the 100 leukocytes
+    for label, count in report.counts.items():
         if label not in apart:
-            click.echo(f"  {label:<16}{count:>6}{report['percent'][label]:>8.1f} %")
+            click.echo(f"  {label:<16}{count:>6}{report.percent[label]:>8.1f} %")
     for label in apart:
-        click.echo(
-            f"  {label:<16}{report['counts'][label]:>6}{report['percent'][label]:>8.1f} per 100 leukocytes (not in the differential)"
-        )
-    if report.get("signed_off_by"):
-        comment = f": {report['sign_off_comment']}" if report.get("sign_off_comment") else ""
-        click.echo(f"  signed off by {report['signed_off_by']} ({report['signed_off_role']}) at {report['signed_off_at']}{comment}")
-    elif report.get("awaiting_sign_off_again"):
+        click.echo(f"  {label:<16}{report.counts[label]:>6}{report.percent[label]:>8.1f} per 100 leukocytes (not in the differential)")
+    if report.signed_off_by:
+        comment = f": {report.sign_off_comment}" if report.sign_off_comment else ""
+        click.echo(f"  signed off by {report.signed_off_by} ({report.signed_off_role}) at {report.signed_off_at}{comment}")
+    elif report.awaiting_sign_off_again:
         click.echo("  changed after its sign-off: waits for a new sign-off (the earlier one is in the history)")
-    if report["counts"]:
-        flag = "BLAST FLAG" if report["blast_flag"] else "no blast flag"
-        click.echo(f"  {flag}: {report['blast_count']} blasts, {report['blast_percent']:.1f} %")
-        unfamiliar = report.get("n_unfamiliar", 0)
+    if report.counts:
+        flag = "BLAST FLAG" if report.blast_flag else "no blast flag"
+        click.echo(f"  {flag}: {report.blast_count} blasts, {report.blast_percent or 0.0:.1f} %")
         click.echo(
-            f"  {len(report['needs_review'])} cell(s) for review (below confidence {report['review_threshold']}"
-            f" or unlike the training images: {unfamiliar})"
+            f"  {len(report.needs_review)} cell(s) for review (below confidence {report.review_threshold}"
+            f" or unlike the training images: {report.n_unfamiliar or 0})"
         )
-        for warning in report.get("warnings", []):
+        for warning in report.warnings:
             click.echo(f"  WARNING: {warning}")
-    for item in report.get("failed", []):
-        click.echo(f"  FAILED {item['name']}: {item['error']}")
-    for field in report.get("fields", []):
-        found = f"{field['n_cells']} white cell(s)" if field["status"] == FieldStatus.LOCATED else field["status"]
-        click.echo(f"  field {field['name']}: {found}" + (f" ({field['error']})" if field["error"] else ""))
+    for item in report.failed:
+        click.echo(f"  FAILED {item.name}: {item.error}")
+    for field in report.fields:
+        found = f"{field.n_cells} white cell(s)" if field.status == FieldStatus.LOCATED else field.status
+        click.echo(f"  field {field.name}: {found}" + (f" ({field.error})" if field.error else ""))
 
 
 @cli.command()
@@ -1354,8 +1352,8 @@ def retrain(model_name: str, data_dir: Path, epochs, seed: int, max_per_class, i
     click.echo(f"training run {run_id} queued")
     if wait:
         result = client.wait_training(run_id)
-        click.echo(json.dumps(result))
-        if result["status"] != TrainingRunStatus.DONE:
+        click.echo(json.dumps(result.model_dump(mode="json")))
+        if result.status != TrainingRunStatus.DONE:
             sys.exit(1)
 
 
@@ -1371,13 +1369,13 @@ def models(ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def models_list(as_json: bool = False) -> None:
     """List registered model versions with their status and test metrics."""
-    rows = _remote_or_local(lambda client: client.models())
+    rows: list[ModelVersionInfo] = _remote_or_local(lambda client: client.models())
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps([row.model_dump(mode="json") for row in rows], indent=2))
         return
     for row in rows:
-        accuracy = "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.4f}"
-        click.echo(f"{row['version']:<32}{row['status']:<12}test accuracy {accuracy}  {row['created_at']}")
+        accuracy = "-" if row.test_accuracy is None else f"{row.test_accuracy:.4f}"
+        click.echo(f"{row.version:<32}{row.status:<12}test accuracy {accuracy}  {row.created_at}")
 
 
 @models.command("promote")

@@ -25,6 +25,7 @@ from bloodcell_core.service.db import require_migrated, session_scope
 from bloodcell_core.service.fields import field_overlay, get_fields
 from bloodcell_core.service.queues import TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues
 from bloodcell_core.service.receipts import Submission
+from bloodcell_core.service.results import ModelVersionInfo, Report, TrainingRunInfo
 from bloodcell_core.service.samples import find_sample, get_report
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, ModelStatus
 from bloodcell_core.service.submission import store_image, submit_sample
@@ -68,7 +69,7 @@ class Client:
             self._send("bloodcell.classify_sample", [submission.sample_pk], self.settings.classify_queue)
         return submission
 
-    def report(self, accession_id: str) -> dict[str, Any]:
+    def report(self, accession_id: str) -> Report:
         return get_report(self.settings, accession_id)
 
     def cells(self, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
@@ -90,16 +91,14 @@ class Client:
     def review_queue(self, limit: int = 100) -> list[dict[str, Any]]:
         return review.review_queue(self.settings, limit)
 
-    def relabel(
-        self, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str, actor: str = "client"
-    ) -> dict[str, Any]:
+    def relabel(self, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str, actor: str = "client") -> Report:
         report = review.relabel_cell(self.settings, accession_id, image_sha256, label, reviewer, reason, actor)
         self._send_webhooks(accession_id)
         return report
 
     def sign_off(
         self, accession_id: str, reviewer: str, comment: str = "", actor: str = "client", confirm_incomplete: bool = False
-    ) -> dict[str, Any]:
+    ) -> Report:
         """Release the report under the console user REVIEWER (the sign-off rule: service/signoff.py) and
         tell the client's webhook."""
         report = review.sign_off(self.settings, accession_id, reviewer, comment, actor, confirm_incomplete)
@@ -145,7 +144,7 @@ class Client:
         checks["ready"] = checks["database"] == checks["redis"] == "ok" and bool(checks["workers"])
         return checks
 
-    def wait(self, accession_id: str, timeout: float = 600, poll: float = 0.2) -> dict[str, Any]:
+    def wait(self, accession_id: str, timeout: float = 600, poll: float = 0.2) -> Report:
         """Poll until the sample reaches done, needs_review or failed."""
         return wait_until_classified(self.report, accession_id, timeout, poll)
 
@@ -160,11 +159,11 @@ class Client:
         self._send("bloodcell.retrain", [run_id], TRAIN_QUEUE)
         return run_id
 
-    def wait_training(self, run_id: int, timeout: float = 7200, poll: float = 1.0) -> dict[str, Any]:
+    def wait_training(self, run_id: int, timeout: float = 7200, poll: float = 1.0) -> TrainingRunInfo:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = training_run_status(self.settings, run_id)
-            if status["status"] in FINAL_TRAINING_RUN_STATUSES:
+            if status.status in FINAL_TRAINING_RUN_STATUSES:
                 return status
             time.sleep(poll)
         raise TimeoutError(f"training run {run_id} not finished after {timeout:.0f} s")
@@ -184,7 +183,7 @@ class Client:
     def shadow_report(self, version: str) -> dict[str, Any]:
         return promotion.shadow_report(self.settings, version)
 
-    def models(self) -> list[dict[str, Any]]:
+    def models(self) -> list[ModelVersionInfo]:
         with session_scope(self.settings.database_url) as session:
             return list_versions(session)
 

@@ -118,7 +118,7 @@ def get_fields(settings: Settings, accession_id: str) -> list[dict[str, Any]]:
         sample = find_sample(session, accession_id)
         by_field = _cells_by_field(session, sample)
         return [
-            summary
+            summary.model_dump()
             | {
                 "width": field.width,
                 "height": field.height,

@@ -20,6 +20,7 @@ from bloodcell_core.service.counters import count_relabel
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store
+from bloodcell_core.service.results import Report
 from bloodcell_core.service.samples import (
     build_report,
     cell_review_reasons,
@@ -138,7 +139,7 @@ def review_queue(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
 
 def relabel_cell(
     settings: Settings, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str, actor: str
-) -> dict[str, Any]:
+) -> Report:
     """Set a technologist's label for one cell; the report is recomputed and the change audited."""
     if not reviewer.strip() or not reason.strip():
         raise ServiceError("a review needs the reviewer's name and a reason")
@@ -190,7 +191,7 @@ def relabel_cell(
 
 def sign_off(
     settings: Settings, accession_id: str, reviewer: str, comment: str, actor: str, confirm_incomplete: bool = False
-) -> dict[str, Any]:
+) -> Report:
     """Release the report under the console user REVIEWER: the one entry to the sign-off rule (``signoff``)
     for the console, the API and the CLI. Checked with the sample's row locked, so a relabel in between
     cannot slip through; ``confirm_incomplete`` confirms failed images or too few leukocytes."""

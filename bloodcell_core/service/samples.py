@@ -16,7 +16,8 @@ from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.image_store import image_store
-from bloodcell_core.service.states import CellStatus, FieldStatus, SampleFlag, SampleStatus
+from bloodcell_core.service.results import CellForReview, FailedCell, FieldSummary, Report
+from bloodcell_core.service.states import CellStatus, FieldStatus, ReportStatus, SampleFlag, SampleStatus
 from bloodcell_core.service.submission import valid_accession_id
 from bloodcell_core.service.tables import CellReview, ModelVersion, Prediction, Sample, SampleReport
 from bloodcell_core.service.versions import ood_threshold, review_threshold
@@ -90,15 +91,15 @@ def find_sample(session: Session, accession_id: str, lock: bool = False) -> Samp
     return sample
 
 
-def field_summaries(sample: Sample) -> list[dict[str, Any]]:
+def field_summaries(sample: Sample) -> list[FieldSummary]:
     """The whole fields of a sample, for its report: name, sha256, status, white cells found, error."""
     return [
-        {"name": f.name, "image_sha256": f.image_sha256, "status": f.status, "n_cells": f.n_cells, "error": f.error}
+        FieldSummary(name=f.name, image_sha256=f.image_sha256, status=FieldStatus(f.status), n_cells=f.n_cells, error=f.error)
         for f in sample.fields
     ]
 
 
-def build_report(session: Session, settings: Settings, sample: Sample, version_id: int) -> dict[str, Any]:
+def build_report(session: Session, settings: Settings, sample: Sample, version_id: int) -> Report:
     """Differential count and percent, blast flag, cells for review; sets the sample's final status.
 
     A technologist's label replaces the model's for its cell, and a reviewed cell needs no more review.
@@ -177,7 +178,7 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
         for key, value in values.items():
             setattr(row, key, value)
     session.flush()
-    return report_json(session, settings, sample)
+    return report_of(session, settings, sample)
 
 
 def n_relabelled(session: Session, sample: Sample, version_id: int) -> int:
@@ -187,63 +188,65 @@ def n_relabelled(session: Session, sample: Sample, version_id: int) -> int:
     return sum(sha in predictions and review.label != predictions[sha].label for sha, review in reviews.items())
 
 
-def report_json(session: Session, settings: Settings, sample: Sample) -> dict[str, Any]:
+def report_of(session: Session, settings: Settings, sample: Sample) -> Report:
+    """The sample's report as the API, the console, the CLI and the exporters show it."""
     report = report_row(session, sample)
     sign_offs = signoff.history(session, sample)
     current = sign_offs[-1] if sign_offs and sample.signed_off_at is not None else None
-    base = {
-        "sample_id": sample.accession_id,
-        "status": sample.status,
-        "error": sample.error,
-        "n_cells": len(sample.cells),
-        "report_status": sample.report_status,
-        "report_version": report.version if report is not None else None,
-        "signed_off_by": sample.signed_off_by,
-        "signed_off_at": sample.signed_off_at.isoformat() if sample.signed_off_at else None,
-        "signed_off_role": current["role"] if current else None,
-        "sign_off_comment": current["comment"] if current else None,
-        "awaiting_sign_off_again": bool(sign_offs) and current is None,
-        "sign_offs": sign_offs,
-        "n_reviewed": len(latest_reviews(session, sample.id)),
-        "fields": field_summaries(sample),
-        "fields_without_cells": [f.name for f in sample.fields if f.status == FieldStatus.LOCATED and not f.n_cells],
-    }
+    base = Report(
+        sample_id=sample.accession_id,
+        status=SampleStatus(sample.status),
+        error=sample.error,
+        n_cells=len(sample.cells),
+        report_status=ReportStatus(sample.report_status),
+        report_version=report.version if report is not None else None,
+        signed_off_by=sample.signed_off_by,
+        signed_off_at=sample.signed_off_at.isoformat() if sample.signed_off_at else None,
+        signed_off_role=current.role if current else None,
+        sign_off_comment=current.comment if current else None,
+        awaiting_sign_off_again=bool(sign_offs) and current is None,
+        sign_offs=sign_offs,
+        n_reviewed=len(latest_reviews(session, sample.id)),
+        fields=field_summaries(sample),
+        fields_without_cells=[f.name for f in sample.fields if f.status == FieldStatus.LOCATED and not f.n_cells],
+        model_version=None,
+        counts={},
+        percent={},
+        blast_flag=False,
+        flags=[],
+        warnings=[],
+        needs_review=[],
+        failed=[],
+    )
     if report is None:
-        return base | {
-            "counts": {},
-            "percent": {},
-            "blast_flag": False,
-            "flags": [],
-            "warnings": [],
-            "needs_review": [],
-            "failed": [],
-            "model_version": None,
-        }
-    return base | {
-        "model_version": get_row(session, ModelVersion, report.model_version_id).version,
-        "n_classified": report.n_classified,
-        "n_leukocytes": differential_percent(settings, report.counts)[1],
-        "non_leukocyte_classes": [label for label in report.counts if label in settings.non_leukocyte_classes],
-        "n_relabelled": n_relabelled(session, sample, report.model_version_id),
-        "n_failed": report.n_failed,
-        "counts": report.counts,
-        "percent": report.percent,
-        "blast_count": report.blast_count,
-        "blast_percent": report.blast_percent,
-        "blast_flag": report.blast_flag,
-        "flags": report.flags,
-        "warnings": flag_warnings(settings, report.flags, report.percent),
-        "n_unfamiliar": report.n_unfamiliar,
-        "review_threshold": report.review_threshold,
-        "ood_threshold": report.ood_threshold,
-        "needs_review": report.needs_review,
-        "failed": report.failed,
-    }
+        return base
+    return base.model_copy(
+        update=dict(
+            model_version=get_row(session, ModelVersion, report.model_version_id).version,
+            n_classified=report.n_classified,
+            n_leukocytes=differential_percent(settings, report.counts)[1],
+            non_leukocyte_classes=[label for label in report.counts if label in settings.non_leukocyte_classes],
+            n_relabelled=n_relabelled(session, sample, report.model_version_id),
+            n_failed=report.n_failed,
+            counts=report.counts,
+            percent=report.percent,
+            blast_count=report.blast_count,
+            blast_percent=report.blast_percent,
+            blast_flag=report.blast_flag,
+            flags=[SampleFlag(flag) for flag in report.flags],
+            warnings=flag_warnings(settings, report.flags, report.percent),
+            n_unfamiliar=report.n_unfamiliar,
+            review_threshold=report.review_threshold,
+            ood_threshold=report.ood_threshold,
+            needs_review=[CellForReview(**cell) for cell in report.needs_review],
+            failed=[FailedCell(**cell) for cell in report.failed],
+        )
+    )
 
 
-def get_report(settings: Settings, accession_id: str) -> dict[str, Any]:
+def get_report(settings: Settings, accession_id: str) -> Report:
     with session_scope(settings.database_url) as session:
-        return report_json(session, settings, find_sample(session, accession_id))
+        return report_of(session, settings, find_sample(session, accession_id))
 
 
 def get_image(settings: Settings, image_sha256: str) -> bytes:

@@ -6,7 +6,6 @@ import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
@@ -18,6 +17,7 @@ from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import NotFound, ServiceError
 from bloodcell_core.service.image_store import sha256_of
+from bloodcell_core.service.results import ModelVersionInfo
 from bloodcell_core.service.states import ModelStatus
 from bloodcell_core.service.tables import ModelFile, ModelVersion
 
@@ -155,18 +155,18 @@ def find_version(session: Session, version: str) -> ModelVersion:
     return row
 
 
-def list_versions(session: Session) -> list[dict[str, Any]]:
+def list_versions(session: Session) -> list[ModelVersionInfo]:
     rows = session.scalars(select(ModelVersion).order_by(ModelVersion.id)).all()
     return [
-        {
-            "version": r.version,
-            "plugin": r.plugin,
-            "status": r.status,
-            "created_at": r.created_at.isoformat(),
-            "test_accuracy": r.metrics.get("training", {}).get("test", {}).get("accuracy"),
-            "test_macro_f1": r.metrics.get("training", {}).get("test", {}).get("macro_f1"),
-            "artifact": r.artifact_path,
-        }
+        ModelVersionInfo(
+            version=r.version,
+            plugin=r.plugin,
+            status=ModelStatus(r.status),
+            created_at=r.created_at.isoformat(),
+            test_accuracy=r.metrics.get("training", {}).get("test", {}).get("accuracy"),
+            test_macro_f1=r.metrics.get("training", {}).get("test", {}).get("macro_f1"),
+            artifact=r.artifact_path,
+        )
         for r in rows
     ]
 

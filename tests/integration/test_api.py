@@ -353,8 +353,8 @@ def test_submit_poll_export_review_sign_off(api: Api, tmp_path: Path):
             (small / label / path.name).symlink_to(path)
     client = api.stack.client()
     run = client.wait_training(client.retrain("compact_cnn", str(small), {"epochs": 1, "include_reviewed": True}), timeout=300)
-    assert run["status"] == "done", run
-    run_dir = Path(api.stack.env["BLOODCELL_MODELS_DIR"]) / f"run-{run['run']}-compact_cnn"
+    assert run.status == "done", run
+    run_dir = Path(api.stack.env["BLOODCELL_MODELS_DIR"]) / f"run-{run.run}-compact_cnn"
     metadata = json.loads((run_dir / "metadata.json").read_text())
     assert metadata["dataset"]["files"] == 50 + len(reviewed)
 

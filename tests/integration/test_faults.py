@@ -25,6 +25,7 @@ from sqlalchemy import func, select
 
 from bloodcell_core.ml.artifacts import read_metadata, update_metadata
 from bloodcell_core.service import db, tables
+from bloodcell_core.service.results import Report
 
 pytestmark = [pytest.mark.faults, pytest.mark.real_data]
 
@@ -99,12 +100,12 @@ def faults(tmp_path_factory):
     shutil.rmtree(postgres.directory, ignore_errors=True)
 
 
-def wait_final(stack: Stack, accession_ids: list[str], timeout: float = 240) -> dict[str, dict]:
+def wait_final(stack: Stack, accession_ids: list[str], timeout: float = 240) -> dict[str, Report]:
     client, deadline, reports = stack.client(), time.monotonic() + timeout, {}
     while len(reports) < len(accession_ids):
         for accession_id in accession_ids:
             report = client.report(accession_id)
-            if report["status"] not in ("queued", "running"):
+            if report.status not in ("queued", "running"):
                 reports[accession_id] = report
         assert time.monotonic() < deadline, f"not classified after {timeout} s: {set(accession_ids) - set(reports)}"
         time.sleep(0.2)
@@ -113,7 +114,7 @@ def wait_final(stack: Stack, accession_ids: list[str], timeout: float = 240) -> 
 
 def wait_status(stack: Stack, accession_id: str, status: str, timeout: float = 60) -> None:
     client, deadline = stack.client(), time.monotonic() + timeout
-    while client.report(accession_id)["status"] != status:
+    while client.report(accession_id).status != status:
         assert time.monotonic() < deadline, f"{accession_id} never reached {status}"
         time.sleep(0.02)
 
@@ -150,8 +151,8 @@ def deliveries(stack: Stack) -> dict[str, int]:
     return {key: int(redis.get(key)) for key in keys if not key.endswith(":progress")}  # not the progress marks
 
 
-def assert_complete_once(stack: Stack, accession_id: str, report: dict, n: int) -> None:
-    assert report["n_cells"] == report["n_classified"] == n and report["n_failed"] == 0, report
+def assert_complete_once(stack: Stack, accession_id: str, report: Report, n: int) -> None:
+    assert report.n_cells == report.n_classified == n and report.n_failed == 0, report
     assert predictions_per_image(stack, accession_id) == [1] * n  # none lost, none twice
     assert classified_events(stack, accession_id) == 1  # the killed attempt reported nothing
 
@@ -175,8 +176,8 @@ def worker_logs(stack: Stack) -> str:
 def test_an_image_that_crashes_preprocessing_fails_alone(faults: Stack):
     faults.client().submit("F-CRASH", images(0, 6) + [("magenta.png", MAGENTA)])
     report = wait_final(faults, ["F-CRASH"])["F-CRASH"]
-    assert report["n_classified"] == 6 and report["status"] == "needs_review"
-    assert [(f["name"], f["error"]) for f in report["failed"]] == [
+    assert report.n_classified == 6 and report.status == "needs_review"
+    assert [(f.name, f.error) for f in report.failed] == [
         ("magenta.png", "preprocessing failed: RuntimeError: this step cannot handle an all-magenta image")
     ]
     time.sleep(2)  # a redelivery loop would classify it again

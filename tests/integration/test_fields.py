@@ -120,7 +120,7 @@ def test_fields_over_http_and_their_overlay(stack: Stack, field_dir: Path):
     receipt = api.submit("F-HTTP-1", [], fields=fields)
     assert receipt.new_fields == 3 and receipt.n_fields == 3
     report = api.wait("F-HTTP-1", timeout=180)
-    assert report["n_classified"] == 4 and len(report["fields"]) == 3
+    assert report.n_classified == 4 and len(report.fields) == 3
     listed = api.fields("F-HTTP-1")
     sha = listed[0]["image_sha256"]
     png = api.field_overlay("F-HTTP-1", sha)

@@ -490,7 +490,8 @@ def wait_for(hostile: Hostile, accession: str, path: str) -> tuple[dict, list[di
     if path == "api":
         report = hostile.api.wait_for(accession)
         return report, hostile.api.call("GET", f"/v1/samples/{accession}/cells").json()
-    return hostile.client.wait(accession, timeout=120), hostile.client.cells(accession)
+    # the API's JSON and the in-process client's typed report, checked alike
+    return hostile.client.wait(accession, timeout=120).model_dump(mode="json"), hostile.client.cells(accession)
 
 
 def predicted(hostile: Hostile, sha256: str) -> bool:
@@ -619,5 +620,5 @@ def test_service_stays_up_and_still_classifies_a_normal_sample(hostile: Hostile,
     assert hostile.api.call("POST", "/v1/samples", content=body, headers={"Content-Type": content_type}).status_code == 202
     hostile.client.submit("AFTER-HOSTILE-client", [(p.name, p.read_bytes()) for p in fresh[2:]])
     assert hostile.api.wait_for("AFTER-HOSTILE-api")["counts"]["monocyte"] == 2
-    assert hostile.client.wait("AFTER-HOSTILE-client", timeout=120)["counts"]["myeloblast"] == 2
+    assert hostile.client.wait("AFTER-HOSTILE-client", timeout=120).counts["myeloblast"] == 2
     assert all(p.poll() is None for p in hostile.stack.workers)

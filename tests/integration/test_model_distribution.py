@@ -46,7 +46,7 @@ def test_two_workers_fetch_a_promoted_version_from_the_database(redis_server, po
         for k, sample_id in enumerate(ids):
             client.submit(sample_id, images[4 * k : 4 * k + 4])
         reports = [client.wait(sample_id, timeout=300) for sample_id in ids]
-        assert {r["model_version"] for r in reports} == {version}
+        assert {r.model_version for r in reports} == {version}
         with db.session_scope(stack.settings.database_url) as session:
             row = session.scalar(select(tables.ModelVersion).where(tables.ModelVersion.version == version))
             workers = set(session.scalars(select(tables.Prediction.worker).where(tables.Prediction.model_version_id == row.id)))

@@ -125,7 +125,7 @@ def test_two_workers_share_one_queue(stack: Stack, tmp_path: Path):
     for k in range(8):
         client.submit(f"S-SHARE-{k}", [(p.name, p.read_bytes()) for p in images[5 * k : 5 * k + 5]])
     for k in range(8):
-        assert client.wait(f"S-SHARE-{k}", timeout=120)["status"] in ("done", "needs_review")
+        assert client.wait(f"S-SHARE-{k}", timeout=120).status in ("done", "needs_review")
     with db.session_scope(stack.settings.database_url) as session:
         workers = set(session.scalars(select(tables.Prediction.worker)))
     assert {w.split("@")[0] for w in workers} >= {"w1", "w2"}
@@ -139,17 +139,18 @@ def test_retrain_gate_shadow_and_forced_promotion(stack: Stack, sample_dir: Path
     client = stack.client()
     run_id = client.retrain("compact_cnn", str(KAGGLE5), {"epochs": 1, "max_per_class": 8})
     result = client.wait_training(run_id, timeout=300)
-    assert result["status"] == "done", result
-    candidate = result["version"]
-    versions = {row["version"]: row for row in client.models()}
-    assert versions[candidate]["status"] == "candidate"
-    production = next(v for v, row in versions.items() if row["status"] == "production")
+    assert result.status == "done", result
+    candidate = result.version
+    assert candidate is not None
+    versions = {row.version: row for row in client.models()}
+    assert versions[candidate].status == "candidate"
+    production = next(v for v, row in versions.items() if row.status == "production")
 
     refused = pytest.raises(promotion.Conflict, match="no evaluation set 'default'")
     with refused:
         client.promote(candidate, actor="test")
     evaluation_dir = tmp_path_factory.mktemp("evaluation")  # images neither model trained or early-stopped on
-    seen_by_candidate = Classifier.from_dir(versions[candidate]["artifact"]).artifact.split().hashes("train", "val")
+    seen_by_candidate = Classifier.from_dir(versions[candidate].artifact).artifact.split().hashes("train", "val")
     # the classes both know (the candidate's seg_neutrophil is production's neutrophil): both are scored on the same images
     for label in ("basophil", "erythroblast", "monocyte", "myeloblast"):
         (evaluation_dir / label).mkdir(parents=True)
@@ -179,7 +180,7 @@ def test_retrain_gate_shadow_and_forced_promotion(stack: Stack, sample_dir: Path
                 )
             )
         assert {w.split("@")[0] for w in workers} == {"shadow:shadow"}
-        assert client.report("S-SHADOW") == report  # shadow predictions never touch a report
+        assert client.report("S-SHADOW").model_dump(mode="json") == report  # shadow predictions never touch a report
     finally:
         stack.stop_workers()
         stack.start_worker("w1")

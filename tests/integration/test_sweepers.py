@@ -23,6 +23,7 @@ from sqlalchemy import select
 
 from bloodcell_core.service import db, sweepers, tables, users, webhooks
 from bloodcell_core.service.image_store import FileImageStore, file_store_root, journal_hour
+from bloodcell_core.service.results import Report
 
 pytestmark = pytest.mark.real_data
 
@@ -77,7 +78,7 @@ def lims_id(stack: SweepStack) -> int:
         return session.scalars(select(tables.ApiClient.id).where(tables.ApiClient.name == "lims")).one()
 
 
-def submit(stack: SweepStack, sample_id: str) -> dict:
+def submit(stack: SweepStack, sample_id: str) -> Report:
     client = stack.client()
     images = [(p.name, p.read_bytes()) for p in unseen_images("monocyte", 2) + unseen_images("neutrophil", 2)]
     client.submit(sample_id, images, client_id=lims_id(stack))
@@ -120,7 +121,7 @@ def test_a_delivery_left_pending_while_redis_was_down_is_delivered_after_the_swe
         signed = client.sign_off(sample_id, "tech", confirm_incomplete=True)  # committed; the webhook's message cannot be sent
     finally:
         redis.start()
-    assert signed["report_status"] == "final"
+    assert signed.report_status == "final"
     stack.wait_for_workers(1)
     time.sleep(3)
     [pending] = deliveries(stack, sample_id, "sample.signed_off")
