@@ -28,6 +28,7 @@ from bloodcell_core.config import Settings
 from bloodcell_core.plugin_manager import exporters
 from bloodcell_core.service import samples, webhooks
 from bloodcell_core.service.audit_log import audit_events
+from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.exports import export_sample
 from bloodcell_core.service.http_status import ERROR_STATUS, error_message, image_headers, upload_name
 from bloodcell_core.service.ops_metrics import ServiceMetrics
@@ -262,7 +263,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="The report as FHIR R4 (fhir-r4), HL7 v2 ORU^R01 (hl7v2) or a plugin's format (scope: read)",
     )
     def export(sample_id: str, format_name: str, _: Caller = Depends(require(Scope.READ))) -> Response:
-        media_type, body = export_sample(settings, sample_id, format_name)
+        with session_scope(settings.database_url) as session:
+            media_type, body = export_sample(session, settings=settings, accession_id=sample_id, format_name=format_name)
         return Response(body, media_type=media_type)
 
     @app.get(
@@ -272,15 +274,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Webhook deliveries (scope: read)",
     )
     def get_deliveries(sample_id: str, _: Caller = Depends(require(Scope.READ))) -> list[dict[str, Any]]:
-        return webhooks.get_deliveries(settings, sample_id)
+        with session_scope(settings.database_url) as session:
+            return webhooks.get_deliveries(session, accession_id=sample_id)
 
     @app.get("/v1/images/{image_sha256}", tags=["samples"], summary="A stored cell image (scope: read)")
     def get_image(image_sha256: str, _: Caller = Depends(require(Scope.READ))) -> Response:
         if not SHA256.match(image_sha256):
             raise HTTPException(422, "not a sha256 (64 lowercase hex digits)")
-        return Response(
-            samples.get_image(settings, image_sha256), media_type="application/octet-stream", headers=image_headers(image_sha256)
-        )
+        with session_scope(settings.database_url) as session:
+            data = samples.get_image(session, settings=settings, image_sha256=image_sha256)
+        return Response(data, media_type="application/octet-stream", headers=image_headers(image_sha256))
 
     @app.get(
         "/v1/review",
@@ -335,6 +338,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def audit_log(
         subject: str | None = None, limit: int = Query(100, ge=1, le=1000), _: Caller = Depends(require(Scope.ADMIN))
     ) -> list[dict[str, Any]]:
-        return audit_events(settings, subject, limit)
+        with session_scope(settings.database_url) as session:
+            return audit_events(session, subject=subject, limit=limit)
 
     return app

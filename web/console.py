@@ -31,6 +31,7 @@ from bloodcell_core.config import Settings
 from bloodcell_core.plugin_manager import exporters
 from bloodcell_core.service import samples, signoff, users
 from bloodcell_core.service.audit_log import audit_events
+from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.http_status import SERVICE_ERRORS, error_message, image_headers, status_of, upload_name
 from bloodcell_core.service.results import production_of
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, Role, SampleFlag, SampleStatus
@@ -204,13 +205,16 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
 
     @router.get("/")
     def samples_page(who: Viewer = Depends(viewer), status: str = "", flag: str = "") -> Response:
-        rows = samples.list_samples(settings, status or None, flag or None)
+        with session_scope(settings.database_url) as session:
+            rows = samples.list_samples(session, status=status or None, flag=flag or None)
         return page("samples.html", who, rows=rows, status=status, flag=flag, statuses=list(SampleStatus), flags=_flag_choices())
 
     @router.get("/samples/rows")
     def sample_rows(who: Viewer = Depends(viewer), status: str = "", flag: str = "") -> Response:
         """The worklist's rows alone: the page polls this to stay live."""
-        return page("_sample_rows.html", who, rows=samples.list_samples(settings, status or None, flag or None))
+        with session_scope(settings.database_url) as session:
+            rows = samples.list_samples(session, status=status or None, flag=flag or None)
+        return page("_sample_rows.html", who, rows=rows)
 
     @router.get("/submit")
     def submit_page(who: Viewer = Depends(viewer)) -> Response:
@@ -320,7 +324,8 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
         headers = image_headers(image_sha256)
         if request.headers.get("if-none-match") == headers["ETag"]:
             return Response(status_code=304, headers=headers)
-        data = call(samples.get_image, settings, image_sha256)
+        with session_scope(settings.database_url) as session:
+            data = call(samples.get_image, session, settings=settings, image_sha256=image_sha256)
         return Response(data, media_type=_media_type(data), headers=headers)
 
     # --- review, model, audit, users ----------------------------------------------------------------
@@ -354,7 +359,9 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
 
     @router.get("/audit")
     def audit_page(who: Viewer = Depends(role(Role.ADMIN)), subject: str = "") -> Response:
-        return page("audit.html", who, events=audit_events(settings, subject or None, 500), subject=subject)
+        with session_scope(settings.database_url) as session:
+            events = audit_events(session, subject=subject or None, limit=500)
+        return page("audit.html", who, events=events, subject=subject)
 
     @router.get("/users")
     def users_page(who: Viewer = Depends(role(Role.ADMIN))) -> Response:
@@ -424,7 +431,10 @@ def _flag_choices() -> list[tuple[str, str]]:
 
 def _classes(settings: Settings, version: str | None) -> list[str]:
     """The classes of the model version that made the report: what a cell may be relabelled to."""
-    return [] if version is None else version_classes(settings, version)
+    if version is None:
+        return []
+    with session_scope(settings.database_url) as session:
+        return version_classes(session, version=version)
 
 
 def _from_a_browser(request: Request) -> bool:

@@ -124,7 +124,8 @@ def classify_sample(self: Task, sample_pk: int) -> dict:
     deliveries = count_delivery(self)
     if deliveries_without_progress(self, deliveries) > MAX_DELIVERIES:
         error = f"gave up after {MAX_DELIVERIES} deliveries in a row that did not finish (a worker died each time)"
-        mark_sample_failed(settings, sample_pk, error, worker_name(self))
+        with session_scope(settings.database_url) as session:
+            mark_sample_failed(session, sample_pk=sample_pk, error=error, actor=worker_name(self))
         raise Reject(error, requeue=False)
 
     def progress() -> None:

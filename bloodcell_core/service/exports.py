@@ -7,7 +7,7 @@ from sqlalchemy.orm import Session
 from bloodcell_core.config import Settings
 from bloodcell_core.plugin_manager import get_exporter
 from bloodcell_core.plugin_types import DifferentialRow, ReportDocument
-from bloodcell_core.service.db import get_row, session_scope
+from bloodcell_core.service.db import get_row
 from bloodcell_core.service.errors import Conflict
 from bloodcell_core.service.results import Report
 from bloodcell_core.service.samples import FLAG_TEXT, find_sample, report_of, report_row
@@ -91,9 +91,8 @@ def report_document(session: Session, settings: Settings, sample: Sample) -> Rep
     )
 
 
-def export_sample(settings: Settings, accession_id: str, format_name: str) -> tuple[str, str]:
+def export_sample(session: Session, *, settings: Settings, accession_id: str, format_name: str) -> tuple[str, str]:
     """(media type, document) of a sample's report in a registered format."""
     exporter = get_exporter(format_name)
-    with session_scope(settings.database_url) as session:
-        document = report_document(session, settings, find_sample(session, accession_id))
+    document = report_document(session, settings, find_sample(session, accession_id))
     return exporter.media_type, exporter.render(document)

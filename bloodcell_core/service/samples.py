@@ -13,7 +13,7 @@ from bloodcell_core.ml.differential import FlagRule
 from bloodcell_core.ml.serving import UNFAMILIAR_REASON, review_reasons
 from bloodcell_core.service import signoff
 from bloodcell_core.service.audit_log import record_event
-from bloodcell_core.service.db import get_row, session_scope
+from bloodcell_core.service.db import get_row
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.image_store import image_store
 from bloodcell_core.service.results import CellForReview, FailedCell, FieldSummary, Report
@@ -244,25 +244,22 @@ def report_of(session: Session, settings: Settings, sample: Sample) -> Report:
     )
 
 
-def get_report(settings: Settings, accession_id: str) -> Report:
-    with session_scope(settings.database_url) as session:
-        return report_of(session, settings, find_sample(session, accession_id))
+def get_report(session: Session, *, settings: Settings, accession_id: str) -> Report:
+    return report_of(session, settings, find_sample(session, accession_id))
 
 
-def get_image(settings: Settings, image_sha256: str) -> bytes:
-    with session_scope(settings.database_url) as session:
-        return image_store(settings).get(session, image_sha256)
+def get_image(session: Session, *, settings: Settings, image_sha256: str) -> bytes:
+    return image_store(settings).get(session, image_sha256)
 
 
-def mark_sample_failed(settings: Settings, sample_pk: int, error: str, actor: str) -> None:
-    with session_scope(settings.database_url) as session:
-        sample = session.get(Sample, sample_pk)
-        if sample is not None:
-            sample.status, sample.error = SampleStatus.FAILED, error
-            record_event(session, actor, "sample.failed", sample.accession_id, error=error)
+def mark_sample_failed(session: Session, *, sample_pk: int, error: str, actor: str) -> None:
+    sample = session.get(Sample, sample_pk)
+    if sample is not None:
+        sample.status, sample.error = SampleStatus.FAILED, error
+        record_event(session, actor, "sample.failed", sample.accession_id, error=error)
 
 
-def list_samples(settings: Settings, status: str | None = None, flag: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+def list_samples(session: Session, *, status: str | None = None, flag: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
     """Samples newest first, with what a worklist shows: status, blast flag, cells to review, flags, time.
 
     ``status`` keeps one sample status; ``flag`` one report flag (``blasts``, ``immature_cells``,
@@ -272,26 +269,25 @@ def list_samples(settings: Settings, status: str | None = None, flag: str | None
     if status:
         query = query.where(Sample.status == status)
     rows = []
-    with session_scope(settings.database_url) as session:
-        for sample, report in session.execute(query.order_by(Sample.id.desc()).limit(limit * 5 if flag else limit)):
-            flags = list(report.flags) if report is not None else []
-            to_review = len(report.needs_review) if report is not None else 0
-            if flag == "needs_review" and not to_review or flag not in (None, "", "needs_review") and flag not in flags:
-                continue
-            rows.append(
-                {
-                    "sample_id": sample.accession_id,
-                    "status": sample.status,
-                    "report_status": sample.report_status,
-                    "blast_flag": bool(report is not None and report.blast_flag),
-                    "flags": flags,
-                    "n_cells": report.n_cells if report is not None else None,
-                    "n_to_review": to_review,
-                    "unfamiliar": SampleFlag.UNFAMILIAR_IMAGES in flags,
-                    "created_at": sample.created_at.isoformat(timespec="seconds"),
-                    "signed_off_by": sample.signed_off_by,
-                }
-            )
-            if len(rows) == limit:
-                break
+    for sample, report in session.execute(query.order_by(Sample.id.desc()).limit(limit * 5 if flag else limit)):
+        flags = list(report.flags) if report is not None else []
+        to_review = len(report.needs_review) if report is not None else 0
+        if flag == "needs_review" and not to_review or flag not in (None, "", "needs_review") and flag not in flags:
+            continue
+        rows.append(
+            {
+                "sample_id": sample.accession_id,
+                "status": sample.status,
+                "report_status": sample.report_status,
+                "blast_flag": bool(report is not None and report.blast_flag),
+                "flags": flags,
+                "n_cells": report.n_cells if report is not None else None,
+                "n_to_review": to_review,
+                "unfamiliar": SampleFlag.UNFAMILIAR_IMAGES in flags,
+                "created_at": sample.created_at.isoformat(timespec="seconds"),
+                "signed_off_by": sample.signed_off_by,
+            }
+        )
+        if len(rows) == limit:
+            break
     return rows

@@ -184,10 +184,9 @@ def ood_threshold(version: ModelVersion) -> float | None:
     return float(record["threshold"]) if record else None
 
 
-def version_classes(settings: Settings, version: str) -> list[str]:
+def version_classes(session: Session, *, version: str) -> list[str]:
     """The classes of one registered model version, by its name."""
-    with session_scope(settings.database_url) as session:
-        row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
-        if row is None:
-            raise NotFound(f"no model version {version[:80]!r}")
-        return list(row.classes)
+    row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if row is None:
+        raise NotFound(f"no model version {version[:80]!r}")
+    return list(row.classes)

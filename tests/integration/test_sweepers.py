@@ -86,7 +86,8 @@ def submit(stack: SweepStack, sample_id: str) -> Report:
 
 
 def deliveries(stack: SweepStack, sample_id: str, event: str) -> list[dict]:
-    return [d for d in webhooks.get_deliveries(stack.settings, sample_id) if d["event"] == event]
+    with db.session_scope(stack.settings.database_url) as session:
+        return [d for d in webhooks.get_deliveries(session, accession_id=sample_id) if d["event"] == event]
 
 
 def wait_delivered(stack: SweepStack, sample_id: str, event: str, timeout: float = 60) -> dict:
