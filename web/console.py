@@ -308,7 +308,8 @@ def console_router(settings: Settings, client: Client) -> APIRouter:
     def export(sample_id: str, format_name: str, _: Viewer = Depends(viewer)) -> Response:
         from bloodcell_core.service.exports import export_sample
 
-        media_type, body = call(export_sample, settings, sample_id, format_name)
+        with session_scope(settings.database_url) as session:
+            media_type, body = call(export_sample, session, settings=settings, accession_id=sample_id, format_name=format_name)
         disposition = {"Content-Disposition": f'inline; filename="{sample_id}.{format_name}"'}
         return Response(body, media_type=media_type, headers={**FILE_HEADERS, **disposition})
 
