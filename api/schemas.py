@@ -1,4 +1,7 @@
-"""The HTTP API's contract: request bodies and the response model of every route (shown in /openapi.json)."""
+"""The HTTP API's contract: request bodies and the response model of every route (shown in /openapi.json).
+
+Response models are named ``...Public``; those of the service's typed results (``service/results.py``: the report,
+model versions) derive from them, so their fields are declared once."""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from bloodcell_core.service.states import DeliveryStatus, FieldStatus, ModelStatus, ReportStatus, SampleFlag, SampleStatus
+from bloodcell_core.service.results import FieldSummary, ModelVersionInfo, Report
+from bloodcell_core.service.states import DeliveryStatus, SampleStatus
 
 
 class Relabel(BaseModel):
@@ -15,7 +19,7 @@ class Relabel(BaseModel):
     reason: str = Field(min_length=1, max_length=2000)
 
 
-class SignOff(BaseModel):
+class SignOffCreate(BaseModel):
     reviewer: str = Field(
         min_length=1, max_length=255, description="The console user the sign-off is made for; their account's role is checked"
     )
@@ -58,28 +62,6 @@ class SubmissionReceipt(BaseModel):
     links: SampleLinks
 
 
-class CellForReview(BaseModel):
-    name: str
-    image_sha256: str
-    label: str
-    confidence: float
-    reasons: list[str] = Field(description="Why it needs a technologist: low confidence, unlike the training images")
-
-
-class FailedCell(BaseModel):
-    name: str
-    image_sha256: str | None = None
-    error: str | None
-
-
-class FieldSummary(BaseModel):
-    name: str
-    image_sha256: str = Field(description="The field image's sha256")
-    status: FieldStatus = Field(description="queued, located (its cells are the sample's cells) or failed")
-    n_cells: int | None = Field(description="White cells found; null until located")
-    error: str | None
-
-
 class CellBox(BaseModel):
     x: int
     y: int
@@ -98,68 +80,18 @@ class FieldCell(BaseModel):
     needs_review: bool
 
 
-class SampleField(FieldSummary):
+class SampleFieldPublic(FieldSummary):
     width: int | None
     height: int | None
     locator: str | None = Field(description="The cell-locator plugin that found the cells")
     cells: list[FieldCell]
 
 
-class SignOffRecord(BaseModel):
-    report_version: int
-    report_status: ReportStatus = Field(description="final, or amended for a corrected report")
-    signed_off_by: str
-    role: str
-    signed_off_at: str
-    comment: str
-    confirmed: list[str] = Field(description="What the signer confirmed: failed images, too few leukocytes")
-    counts: dict[str, int]
-    percent: dict[str, float]
-    flags: list[SampleFlag]
-    withdrawn_at: str | None = Field(description="When the report changed after this sign-off")
-
-
-class Report(BaseModel):
+class ReportPublic(Report):
     """A sample's status and differential; the figures after `model_version` exist once it is classified."""
 
-    sample_id: str
-    status: SampleStatus
-    error: str | None
-    n_cells: int
-    report_status: ReportStatus
-    report_version: int | None = Field(description="Goes up whenever what the report says changes; a sign-off approves one")
-    signed_off_by: str | None = Field(description="The console user whose sign-off approves this version; null when none does")
-    signed_off_at: str | None
-    signed_off_role: str | None
-    sign_off_comment: str | None
-    awaiting_sign_off_again: bool = Field(description="Changed after a sign-off: not approved until signed off again")
-    sign_offs: list[SignOffRecord] = Field(description="Every sign-off, oldest first, with what it approved")
-    n_reviewed: int
-    fields: list[FieldSummary] = Field(description="The whole fields submitted, if any")
-    fields_without_cells: list[str] = Field(description="Names of located fields in which no white cell was found")
-    model_version: str | None
-    counts: dict[str, int]
-    percent: dict[str, float] = Field(description="Per 100 leukocytes")
-    blast_flag: bool
-    flags: list[SampleFlag]
-    warnings: list[str]
-    needs_review: list[CellForReview]
-    failed: list[FailedCell]
-    n_classified: int | None = None
-    n_leukocytes: int | None = None
-    non_leukocyte_classes: list[str] | None = Field(
-        None, description="Counted apart, per 100 leukocytes, not part of the differential: nucleated red cells, platelets"
-    )
-    n_relabelled: int | None = Field(None, description="Cells whose label a technologist changed (confirmations excluded)")
-    n_failed: int | None = None
-    blast_count: int | None = None
-    blast_percent: float | None = None
-    n_unfamiliar: int | None = Field(None, description="Unreviewed cells unlike the training images")
-    review_threshold: float | None = None
-    ood_threshold: float | None = None
 
-
-class SampleReport(Report):
+class SampleReportPublic(ReportPublic):
     links: SampleLinks
 
 
@@ -168,7 +100,7 @@ class LabelProbability(BaseModel):
     probability: float
 
 
-class Cell(BaseModel):
+class CellPublic(BaseModel):
     name: str
     image_sha256: str
     status: str
@@ -192,17 +124,17 @@ class ReviewFailedCell(BaseModel):
     error: str | None
 
 
-class SampleForReview(BaseModel):
+class SampleForReviewPublic(BaseModel):
     sample_id: str
     status: str = Field(description="needs_review, or failed when no image of the sample could be classified")
     error: str | None = Field(description="Why the sample failed; null otherwise")
     flags: list[str] = Field(description="The report's flags (blasts, immature_cells, unfamiliar_images)")
-    cells: list[Cell]
+    cells: list[CellPublic]
     failed: list[ReviewFailedCell]
     failed_fields: list[ReviewFailedCell] = Field(description="Whole fields that could not be located, with the error")
 
 
-class WebhookDelivery(BaseModel):
+class WebhookDeliveryPublic(BaseModel):
     id: int
     event: str
     url: str
@@ -214,19 +146,13 @@ class WebhookDelivery(BaseModel):
     delivered_at: str | None
 
 
-class ModelVersion(BaseModel):
-    version: str
-    plugin: str
-    status: ModelStatus
-    created_at: str
-    test_accuracy: float | None
-    test_macro_f1: float | None
-    artifact: str
+class ModelVersionPublic(ModelVersionInfo):
+    """A registered model version: its plugin, status and test scores."""
 
 
-class ModelRegistry(BaseModel):
+class ModelRegistryPublic(BaseModel):
     production: str | None
-    versions: list[ModelVersion]
+    versions: list[ModelVersionPublic]
 
 
 class Exporter(BaseModel):
@@ -235,7 +161,7 @@ class Exporter(BaseModel):
     description: str
 
 
-class AuditEvent(BaseModel):
+class AuditEventPublic(BaseModel):
     at: str
     actor: str
     action: str

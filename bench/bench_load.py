@@ -36,7 +36,7 @@ from tqdm import tqdm  # noqa: E402
 
 from bloodcell_core.clients.http import HttpApiError, HttpClient  # noqa: E402
 from bloodcell_core.ml.dataset import list_class_files, read_image_file  # noqa: E402
-from bloodcell_core.service import db, models  # noqa: E402
+from bloodcell_core.service import db, tables  # noqa: E402
 from bloodcell_core.service.api_clients import create_client  # noqa: E402
 
 DATA = PROJECT.parent / "shared" / "data"
@@ -106,7 +106,7 @@ def main() -> None:
             while pending:
                 still = []
                 for accession_id in pending:
-                    status = client.report(accession_id)["status"]
+                    status = client.report(accession_id).status
                     if status in ("queued", "running"):
                         still.append(accession_id)
                     else:
@@ -118,12 +118,12 @@ def main() -> None:
         elapsed = time.perf_counter() - start
         with db.session_scope(settings.database_url) as session:
             counts = {
-                "samples": count(session, models.Sample),
-                "cells": count(session, models.SampleImage),
-                "images": count(session, models.Image),
-                "predictions": count(session, models.Prediction),
+                "samples": count(session, tables.Sample),
+                "cells": count(session, tables.SampleImage),
+                "images": count(session, tables.Image),
+                "predictions": count(session, tables.Prediction),
                 "failed_cells": session.scalar(
-                    select(func.count()).select_from(models.SampleImage).where(models.SampleImage.status == "failed")
+                    select(func.count()).select_from(tables.SampleImage).where(tables.SampleImage.status == "failed")
                 ),
             }
     expected = {"samples": len(samples), "cells": len(images), "images": len(images), "predictions": len(images), "failed_cells": 0}

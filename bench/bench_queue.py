@@ -46,8 +46,8 @@ from bloodcell_core.config import Settings  # noqa: E402
 from bloodcell_core.ml.dataset import list_class_files, read_image_file  # noqa: E402
 from bloodcell_core.ml.inference import Classifier  # noqa: E402
 from bloodcell_core.service.db import session_scope  # noqa: E402
-from bloodcell_core.service.models import Sample  # noqa: E402
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES  # noqa: E402
+from bloodcell_core.service.tables import Sample  # noqa: E402
 
 DATA = PROJECT.parent / "shared" / "data" / "kaggle5"
 
@@ -166,7 +166,7 @@ class LocalStack:
         elapsed = time.perf_counter() - start
         for accession_id, images in zip(ids, samples):
             report = self.client.report(accession_id)
-            assert report["n_classified"] == len(images), report  # every result persisted
+            assert report.n_classified == len(images), report  # every result persisted
         return elapsed
 
 

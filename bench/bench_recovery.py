@@ -27,7 +27,7 @@ from bench_queue import PROJECT, LocalStack, children, load_images, wait_final
 from sqlalchemy import func, select
 
 from bloodcell_core.service.db import session_scope
-from bloodcell_core.service.models import Prediction, Sample, SampleImage
+from bloodcell_core.service.tables import Prediction, Sample, SampleImage
 
 TARGET_S = 15.0
 UP_TIMEOUT = "Timed out waiting for UP message"
@@ -100,9 +100,9 @@ def main() -> None:
                 "model_load_s_per_pool_process": [float(s) for s in re.findall(r"model \S+ loaded in ([\d.]+) s", log)],
                 "up_message_timeouts_in_log": log.count(UP_TIMEOUT),
                 "pool_processes_killed_in_log": log.count("exited with 'signal 9 (SIGKILL)'"),
-                "sample_status": report["status"],
-                "cells_classified": report["n_classified"],
-                "every_cell_classified": report["n_classified"] == args.images and report["n_failed"] == 0,
+                "sample_status": report.status,
+                "cells_classified": report.n_classified,
+                "every_cell_classified": report.n_classified == args.images and report.n_failed == 0,
             },
             indent=2,
         )

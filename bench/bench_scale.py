@@ -57,7 +57,7 @@ from bloodcell_core.config import Settings  # noqa: E402
 from bloodcell_core.ml.dataset import list_class_files  # noqa: E402
 from bloodcell_core.service import db, review, sweepers  # noqa: E402
 from bloodcell_core.service.api_clients import create_client  # noqa: E402
-from bloodcell_core.service.models import ApiClient, ModelVersion  # noqa: E402
+from bloodcell_core.service.tables import ApiClient, ModelVersion  # noqa: E402
 from bloodcell_core.service.users import create_user  # noqa: E402
 from bloodcell_core.service.versions import ensure_production_model  # noqa: E402
 
@@ -464,10 +464,19 @@ def measure(settings: Settings, history: History, repeat: int, images: list[tupl
     }
 
     def change_a_label() -> None:
-        current = next(c["label"] for c in review.get_cells(settings, sample) if c["image_sha256"] == cell)
-        review.relabel_cell(
-            settings, sample, cell, "monocyte" if current != "monocyte" else "lymphocyte", "bench", "bench", "user:bench"
-        )
+        with db.session_scope(settings.database_url) as session:
+            current = next(c["label"] for c in review.get_cells(session, accession_id=sample) if c["image_sha256"] == cell)
+            new_label = "monocyte" if current != "monocyte" else "lymphocyte"
+            review.relabel_cell(
+                session,
+                settings=settings,
+                accession_id=sample,
+                image_sha256=cell,
+                label=new_label,
+                reviewer="bench",
+                reason="bench",
+                actor="user:bench",
+            )
 
     return {name: timed(call, repeat, change_a_label if name == "sign_off" else lambda: None) for name, call in operations.items()}
 

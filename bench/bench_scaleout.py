@@ -47,7 +47,7 @@ from sqlalchemy import func, select  # noqa: E402
 
 from bloodcell_core.service import db  # noqa: E402
 from bloodcell_core.service.api_clients import create_client  # noqa: E402
-from bloodcell_core.service.models import Prediction, Sample, SampleImage  # noqa: E402
+from bloodcell_core.service.tables import Prediction, Sample, SampleImage  # noqa: E402
 
 
 def model_seconds(stack: LocalStack, accession_ids: list[str]) -> float:

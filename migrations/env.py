@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from bloodcell_core.service.models import Base
+from bloodcell_core.service.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -11,7 +11,6 @@ from bloodcell_core.edge import ClientDep, FieldSha256, ImageSha256, SettingsDep
 from bloodcell_core.plugin_manager import exporters
 from bloodcell_core.service import signoff
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, SampleFlag, SampleStatus
-from bloodcell_core.service.versions import version_classes
 from web.deps import LoggedIn
 from web.rendering import FILE_HEADERS, page
 
@@ -34,9 +33,9 @@ def sample_rows(who: LoggedIn, client: ClientDep, status: str = "", flag: str = 
 def sample_page(sample_id: str, who: LoggedIn, settings: SettingsDep, client: ClientDep) -> Response:
     report = client.report(sample_id)
     cells = client.cells(sample_id)
-    classes = [] if report["model_version"] is None else version_classes(settings, report["model_version"])
-    rows = [(label, report["counts"].get(label, 0), report["percent"].get(label, 0.0)) for label in report["counts"]]
-    apart = set(report.get("non_leukocyte_classes", []))  # nucleated red cells and platelets: not among the 100
+    classes = [] if report.model_version is None else client.model_classes(report.model_version)
+    rows = [(label, report.counts.get(label, 0), report.percent.get(label, 0.0)) for label in report.counts]
+    apart = set(report.non_leukocyte_classes or [])  # nucleated red cells and platelets: not among the 100
     return page(
         "sample.html",
         who,
@@ -50,9 +49,9 @@ def sample_page(sample_id: str, who: LoggedIn, settings: SettingsDep, client: Cl
         most=max([count for _, count, _ in rows], default=0) or 1,
         fields=client.fields(sample_id),
         exporters=sorted(exporters()),
-        final=report["status"] in FINAL_SAMPLE_STATUSES,
-        may_sign_off=signoff.may_sign_off(settings, who.role, report["blast_flag"]),
-        to_confirm=signoff.confirmations_needed(settings, report) if report["model_version"] else [],
+        final=report.status in FINAL_SAMPLE_STATUSES,
+        may_sign_off=signoff.may_sign_off(settings, who.role, report.blast_flag),
+        to_confirm=signoff.confirmations_needed(settings, report) if report.model_version else [],
     )
 
 
@@ -69,7 +68,7 @@ def _gallery(cells: list[dict[str, Any]], classes: list[str]) -> list[tuple[str,
 @router.get("/samples/{sample_id}/state")
 def sample_state(sample_id: str, _: LoggedIn, client: ClientDep) -> dict[str, Any]:
     report = client.report(sample_id)
-    return {"status": report["status"], "n_cells": report["n_cells"], "n_classified": report.get("n_classified")}
+    return {"status": report.status, "n_cells": report.n_cells, "n_classified": report.n_classified}
 
 
 @router.get("/samples/{sample_id}/export/{format_name}")

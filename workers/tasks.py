@@ -20,10 +20,10 @@ from bloodcell_core.config import soft_time_limit
 from bloodcell_core.ml.serving import Classifier
 from bloodcell_core.service import classification, promotion, sweepers, webhooks
 from bloodcell_core.service.db import session_scope
-from bloodcell_core.service.models import ModelVersion
 from bloodcell_core.service.queues import WEBHOOK_QUEUE
 from bloodcell_core.service.samples import mark_sample_failed
 from bloodcell_core.service.states import DeliveryStatus
+from bloodcell_core.service.tables import ModelVersion
 from bloodcell_core.service.training_runs import run_training
 from bloodcell_core.service.versions import load_classifier, production_version
 from workers.app import app, settings
@@ -124,7 +124,8 @@ def classify_sample(self: Task, sample_pk: int) -> dict:
     deliveries = count_delivery(self)
     if deliveries_without_progress(self, deliveries) > MAX_DELIVERIES:
         error = f"gave up after {MAX_DELIVERIES} deliveries in a row that did not finish (a worker died each time)"
-        mark_sample_failed(settings, sample_pk, error, worker_name(self))
+        with session_scope(settings.database_url) as session:
+            mark_sample_failed(session, sample_pk=sample_pk, error=error, actor=worker_name(self))
         raise Reject(error, requeue=False)
 
     def progress() -> None:
@@ -138,7 +139,7 @@ def classify_sample(self: Task, sample_pk: int) -> dict:
             promotion.shadow_classify(settings, sample_pk, classifier_for, worker_name(self))
         except Exception:  # the report is done; shadow scoring must never fail the sample
             log.exception("shadow scoring of sample %s failed", sample_pk)
-    return report
+    return report.model_dump(mode="json")
 
 
 @app.task(bind=True, name="bloodcell.deliver_webhook", max_retries=None)

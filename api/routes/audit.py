@@ -13,6 +13,6 @@ from bloodcell_core.edge import ClientDep
 router = APIRouter(tags=["admin"])
 
 
-@router.get("/v1/audit", response_model=list[schemas.AuditEvent], summary="The audit log, newest first (scope: admin)")
+@router.get("/v1/audit", response_model=list[schemas.AuditEventPublic], summary="The audit log, newest first (scope: admin)")
 def audit_log(_: Admin, client: ClientDep, subject: str | None = None, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
     return client.audit(subject, limit)

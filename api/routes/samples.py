@@ -113,12 +113,12 @@ def _stored_references(form: FormData) -> list[tuple[str, str]]:
     return stored
 
 
-@router.get("/v1/samples/{sample_id}", response_model=schemas.SampleReport, summary="Sample status and report (scope: read)")
-def get_sample(sample_id: str, _: Reader, client: ClientDep) -> dict[str, Any]:
-    return client.report(sample_id) | {"links": links(sample_id)}
+@router.get("/v1/samples/{sample_id}", response_model=schemas.SampleReportPublic, summary="Sample status and report (scope: read)")
+def get_sample(sample_id: str, _: Reader, client: ClientDep) -> schemas.SampleReportPublic:
+    return schemas.SampleReportPublic(**dict(client.report(sample_id)), links=schemas.SampleLinks(**links(sample_id)))
 
 
-@router.get("/v1/samples/{sample_id}/cells", response_model=list[schemas.Cell], summary="Per-cell results (scope: read)")
+@router.get("/v1/samples/{sample_id}/cells", response_model=list[schemas.CellPublic], summary="Per-cell results (scope: read)")
 def get_cells(
     sample_id: str,
     _: Reader,
@@ -130,7 +130,7 @@ def get_cells(
 
 @router.get(
     "/v1/samples/{sample_id}/fields",
-    response_model=list[schemas.SampleField],
+    response_model=list[schemas.SampleFieldPublic],
     summary="Whole fields with their cells' boxes and labels (scope: read)",
 )
 def get_fields(sample_id: str, _: Reader, client: ClientDep) -> list[dict[str, Any]]:
@@ -149,7 +149,7 @@ def get_field_overlay(sample_id: str, _: Reader, field_sha256: FieldSha256, clie
 
 
 @router.get(
-    "/v1/samples/{sample_id}/webhooks", response_model=list[schemas.WebhookDelivery], summary="Webhook deliveries (scope: read)"
+    "/v1/samples/{sample_id}/webhooks", response_model=list[schemas.WebhookDeliveryPublic], summary="Webhook deliveries (scope: read)"
 )
 def get_deliveries(sample_id: str, _: Reader, client: ClientDep) -> list[dict[str, Any]]:
     return client.deliveries(sample_id)

@@ -13,7 +13,8 @@ import click
 from bloodcell_core.cli import context
 from bloodcell_core.cli.group import BloodcellGroup, fail
 from bloodcell_core.cli.options import EXISTING_DIR, json_option
-from bloodcell_core.service.states import Scope
+from bloodcell_core.service.results import ModelVersionInfo
+from bloodcell_core.service.states import Scope, TrainingRunStatus
 
 
 @click.group(cls=BloodcellGroup)
@@ -329,8 +330,8 @@ def retrain(
     click.echo(f"training run {run_id} queued")
     if wait:
         result = client.wait_training(run_id)
-        click.echo(json.dumps(result))
-        if result["status"] != "done":
+        click.echo(json.dumps(result.model_dump(mode="json")))
+        if result.status != TrainingRunStatus.DONE:
             sys.exit(1)
 
 
@@ -343,13 +344,13 @@ def models() -> None:
 @json_option(help=None)
 def models_list(as_json: bool) -> None:
     """List registered model versions with their status and test metrics."""
-    rows = context.client(http=True).models()
+    rows: list[ModelVersionInfo] = context.client(http=True).models()
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps([row.model_dump(mode="json") for row in rows], indent=2))
         return
     for row in rows:
-        accuracy = "-" if row["test_accuracy"] is None else f"{row['test_accuracy']:.4f}"
-        click.echo(f"{row['version']:<32}{row['status']:<12}test accuracy {accuracy}  {row['created_at']}")
+        accuracy = "-" if row.test_accuracy is None else f"{row.test_accuracy:.4f}"
+        click.echo(f"{row.version:<32}{row.status:<12}test accuracy {accuracy}  {row.created_at}")
 
 
 @models.command("promote")

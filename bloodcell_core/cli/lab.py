@@ -15,6 +15,8 @@ import click
 from bloodcell_core.cli import context
 from bloodcell_core.cli.group import BloodcellGroup, fail
 from bloodcell_core.cli.options import EXISTING_FILE, json_option, out_option, overlays_option
+from bloodcell_core.service.results import Report
+from bloodcell_core.service.states import FieldStatus
 
 
 @click.command()
@@ -63,41 +65,38 @@ def submit(sample_id: str, wait: bool, timeout: float, as_json: bool, as_fields:
     click.echo(json.dumps(message) if as_json else f"sample {sample_id}: {what}, status {submission.status}")
 
 
-def _print_report(report: dict, as_json: bool) -> None:
+def _print_report(report: Report, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report.model_dump(mode="json"), indent=2))
         return
-    click.echo(f"sample {report['sample_id']}: {report['status']}, report {report['report_status']} (model {report['model_version']})")
-    if report.get("error"):
-        click.echo(f"  error: {report['error']}")
-    apart = report.get("non_leukocyte_classes", [])  # nucleated red cells and platelets: not among the 100 leukocytes
-    for label, count in report["counts"].items():
+    click.echo(f"sample {report.sample_id}: {report.status}, report {report.report_status} (model {report.model_version})")
+    if report.error:
+        click.echo(f"  error: {report.error}")
+    apart = report.non_leukocyte_classes or []  # nucleated red cells and platelets: not among the 100 leukocytes
+    for label, count in report.counts.items():
         if label not in apart:
-            click.echo(f"  {label:<16}{count:>6}{report['percent'][label]:>8.1f} %")
+            click.echo(f"  {label:<16}{count:>6}{report.percent[label]:>8.1f} %")
     for label in apart:
-        click.echo(
-            f"  {label:<16}{report['counts'][label]:>6}{report['percent'][label]:>8.1f} per 100 leukocytes (not in the differential)"
-        )
-    if report.get("signed_off_by"):
-        comment = f": {report['sign_off_comment']}" if report.get("sign_off_comment") else ""
-        click.echo(f"  signed off by {report['signed_off_by']} ({report['signed_off_role']}) at {report['signed_off_at']}{comment}")
-    elif report.get("awaiting_sign_off_again"):
+        click.echo(f"  {label:<16}{report.counts[label]:>6}{report.percent[label]:>8.1f} per 100 leukocytes (not in the differential)")
+    if report.signed_off_by:
+        comment = f": {report.sign_off_comment}" if report.sign_off_comment else ""
+        click.echo(f"  signed off by {report.signed_off_by} ({report.signed_off_role}) at {report.signed_off_at}{comment}")
+    elif report.awaiting_sign_off_again:
         click.echo("  changed after its sign-off: waits for a new sign-off (the earlier one is in the history)")
-    if report["counts"]:
-        flag = "BLAST FLAG" if report["blast_flag"] else "no blast flag"
-        click.echo(f"  {flag}: {report['blast_count']} blasts, {report['blast_percent']:.1f} %")
-        unfamiliar = report.get("n_unfamiliar", 0)
+    if report.counts:
+        flag = "BLAST FLAG" if report.blast_flag else "no blast flag"
+        click.echo(f"  {flag}: {report.blast_count} blasts, {report.blast_percent or 0.0:.1f} %")
         click.echo(
-            f"  {len(report['needs_review'])} cell(s) for review (below confidence {report['review_threshold']}"
-            f" or unlike the training images: {unfamiliar})"
+            f"  {len(report.needs_review)} cell(s) for review (below confidence {report.review_threshold}"
+            f" or unlike the training images: {report.n_unfamiliar or 0})"
         )
-        for warning in report.get("warnings", []):
+        for warning in report.warnings:
             click.echo(f"  WARNING: {warning}")
-    for item in report.get("failed", []):
-        click.echo(f"  FAILED {item['name']}: {item['error']}")
-    for field in report.get("fields", []):
-        found = f"{field['n_cells']} white cell(s)" if field["status"] == "located" else field["status"]
-        click.echo(f"  field {field['name']}: {found}" + (f" ({field['error']})" if field["error"] else ""))
+    for item in report.failed:
+        click.echo(f"  FAILED {item.name}: {item.error}")
+    for field in report.fields:
+        found = f"{field.n_cells} white cell(s)" if field.status == FieldStatus.LOCATED else field.status
+        click.echo(f"  field {field.name}: {found}" + (f" ({field.error})" if field.error else ""))
 
 
 @click.command()
@@ -120,7 +119,7 @@ def fields_command(sample_id: str, overlays_dir: Path | None, as_json: bool) -> 
     if overlays_dir is not None:
         overlays_dir.mkdir(parents=True, exist_ok=True)
         for field in found:
-            if field["status"] == "located":
+            if field["status"] == FieldStatus.LOCATED:
                 png = client.field_overlay(sample_id, field["image_sha256"])
                 (overlays_dir / f"{field['image_sha256'][:16]}_overlay.png").write_bytes(png)
     if as_json:

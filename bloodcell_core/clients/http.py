@@ -19,6 +19,7 @@ import httpx
 
 from bloodcell_core.clients.waiting import wait_until_classified
 from bloodcell_core.service.receipts import Submission
+from bloodcell_core.service.results import ModelVersionInfo, Report
 
 
 class HttpApiError(RuntimeError):
@@ -64,10 +65,10 @@ class HttpClient:
             n_fields=body["n_fields"],
         )
 
-    def report(self, accession_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/samples/{accession_id}").json()
+    def report(self, accession_id: str) -> Report:
+        return Report.model_validate(self._request("GET", f"/v1/samples/{accession_id}").json())
 
-    def wait(self, accession_id: str, timeout: float = 600, poll: float = 0.5) -> dict[str, Any]:
+    def wait(self, accession_id: str, timeout: float = 600, poll: float = 0.5) -> Report:
         """Poll until the sample reaches done, needs_review or failed."""
         return wait_until_classified(self.report, accession_id, timeout, poll)
 
@@ -86,18 +87,15 @@ class HttpClient:
     def review_queue(self, limit: int = 100) -> list[dict[str, Any]]:
         return self._request("GET", "/v1/review", params={"limit": limit}).json()
 
-    def relabel(self, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str, actor: str = "") -> dict[str, Any]:
-        return self._request(
-            "POST",
-            f"/v1/samples/{accession_id}/cells/{image_sha256}/label",
-            json={"label": label, "reviewer": reviewer, "reason": reason},
-        ).json()
+    def relabel(self, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str, actor: str = "") -> Report:
+        body = {"label": label, "reviewer": reviewer, "reason": reason}
+        return Report.model_validate(self._request("POST", f"/v1/samples/{accession_id}/cells/{image_sha256}/label", json=body).json())
 
     def sign_off(
         self, accession_id: str, reviewer: str, comment: str = "", actor: str = "", confirm_incomplete: bool = False
-    ) -> dict[str, Any]:
+    ) -> Report:
         body = {"reviewer": reviewer, "comment": comment, "confirm_incomplete": confirm_incomplete}
-        return self._request("POST", f"/v1/samples/{accession_id}/sign-off", json=body).json()
+        return Report.model_validate(self._request("POST", f"/v1/samples/{accession_id}/sign-off", json=body).json())
 
-    def models(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/v1/models").json()["versions"]
+    def models(self) -> list[ModelVersionInfo]:
+        return [ModelVersionInfo.model_validate(v) for v in self._request("GET", "/v1/models").json()["versions"]]

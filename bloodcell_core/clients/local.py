@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Sequence
 
 from celery import Celery
+from sqlalchemy.orm import Session
 
 from bloodcell_core.clients.waiting import wait_until_classified
 from bloodcell_core.config import Settings
@@ -26,11 +28,12 @@ from bloodcell_core.service.db import require_migrated, session_scope
 from bloodcell_core.service.fields import field_overlay, get_fields
 from bloodcell_core.service.queues import TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues
 from bloodcell_core.service.receipts import Submission
+from bloodcell_core.service.results import ModelVersionInfo, Report, TrainingRunInfo
 from bloodcell_core.service.samples import find_sample, get_image, get_report, list_samples
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, ModelStatus
 from bloodcell_core.service.submission import store_image, submit_sample
 from bloodcell_core.service.training_runs import FINAL_TRAINING_RUN_STATUSES, create_training_run, training_run_status
-from bloodcell_core.service.versions import list_versions, register_model_version, report_file, report_file_names
+from bloodcell_core.service.versions import list_versions, register_model_version, report_file, report_file_names, version_classes
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +72,27 @@ class Client:
             self._send("bloodcell.classify_sample", [submission.sample_pk], self.settings.classify_queue)
         return submission
 
-    def report(self, accession_id: str) -> dict[str, Any]:
-        return get_report(self.settings, accession_id)
+    def _session(self) -> AbstractContextManager[Session]:
+        """One transaction on this client's database: the session every service call takes first."""
+        return session_scope(self.settings.database_url)
+
+    def report(self, accession_id: str) -> Report:
+        with self._session() as session:
+            return get_report(session, settings=self.settings, accession_id=accession_id)
 
     def cells(self, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
-        return review.get_cells(self.settings, accession_id, needs_review)
+        with self._session() as session:
+            return review.get_cells(session, accession_id=accession_id, needs_review=needs_review)
 
     def fields(self, accession_id: str) -> list[dict[str, Any]]:
         """The sample's whole fields, each with its cells' boxes and labels."""
-        return get_fields(self.settings, accession_id)
+        with self._session() as session:
+            return get_fields(session, accession_id=accession_id)
 
     def field_overlay(self, accession_id: str, field_sha256: str) -> bytes:
         """One field as PNG with its cells' boxes drawn and labelled."""
-        return field_overlay(self.settings, accession_id, field_sha256)
+        with self._session() as session:
+            return field_overlay(session, settings=self.settings, accession_id=accession_id, field_sha256=field_sha256)
 
     def export(self, accession_id: str, format_name: str) -> str:
         return self.export_document(accession_id, format_name)[1]
@@ -90,40 +101,63 @@ class Client:
         """(media type, document) of the sample's report in a registered export format."""
         from bloodcell_core.service.exports import export_sample
 
-        return export_sample(self.settings, accession_id, format_name)
+        with self._session() as session:
+            return export_sample(session, settings=self.settings, accession_id=accession_id, format_name=format_name)
 
     def image(self, image_sha256: str) -> bytes:
         """A stored cell image's bytes, by its sha256."""
-        return get_image(self.settings, image_sha256)
+        with self._session() as session:
+            return get_image(session, settings=self.settings, image_sha256=image_sha256)
 
     def worklist(self, status: str | None = None, flag: str | None = None) -> list[dict[str, Any]]:
         """Samples newest first, optionally of one status or with one flag (the console's worklist)."""
-        return list_samples(self.settings, status, flag)
+        with self._session() as session:
+            return list_samples(session, status=status, flag=flag)
 
     def deliveries(self, accession_id: str) -> list[dict[str, Any]]:
         """The sample's webhook deliveries, each attempt recorded."""
-        return webhooks.get_deliveries(self.settings, accession_id)
+        with self._session() as session:
+            return webhooks.get_deliveries(session, accession_id=accession_id)
 
     def audit(self, subject: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """The audit log, newest first, optionally for one subject."""
-        return audit_events(self.settings, subject, limit)
+        with self._session() as session:
+            return audit_events(session, subject=subject, limit=limit)
 
     def review_queue(self, limit: int = 100) -> list[dict[str, Any]]:
-        return review.review_queue(self.settings, limit)
+        with self._session() as session:
+            return review.review_queue(session, limit=limit)
 
-    def relabel(
-        self, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str, actor: str = "client"
-    ) -> dict[str, Any]:
-        report = review.relabel_cell(self.settings, accession_id, image_sha256, label, reviewer, reason, actor)
+    def relabel(self, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str, actor: str = "client") -> Report:
+        with self._session() as session:  # committed before the webhook deliveries are handed over
+            report = review.relabel_cell(
+                session,
+                settings=self.settings,
+                accession_id=accession_id,
+                image_sha256=image_sha256,
+                label=label,
+                reviewer=reviewer,
+                reason=reason,
+                actor=actor,
+            )
         self._send_webhooks(accession_id)
         return report
 
     def sign_off(
         self, accession_id: str, reviewer: str, comment: str = "", actor: str = "client", confirm_incomplete: bool = False
-    ) -> dict[str, Any]:
+    ) -> Report:
         """Release the report under the console user REVIEWER (the sign-off rule: service/signoff.py) and
         tell the client's webhook."""
-        report = review.sign_off(self.settings, accession_id, reviewer, comment, actor, confirm_incomplete)
+        with self._session() as session:  # committed before the webhook deliveries are handed over
+            report = review.sign_off(
+                session,
+                settings=self.settings,
+                accession_id=accession_id,
+                reviewer=reviewer,
+                comment=comment,
+                actor=actor,
+                confirm_incomplete=confirm_incomplete,
+            )
         self._send_webhooks(accession_id)
         return report
 
@@ -133,7 +167,7 @@ class Client:
         The change is committed already: a broker error here is logged, not raised, and the delivery
         stays pending in the database until the sweep sends it (`bloodcell sweep`, run by Celery beat).
         """
-        with session_scope(self.settings.database_url) as session:
+        with self._session() as session:
             sample_pk = find_sample(session, accession_id).id
         try:
             for delivery_id, task_id in webhooks.assign_new(self.settings, sample_pk):
@@ -166,7 +200,7 @@ class Client:
         checks["ready"] = checks["database"] == checks["redis"] == "ok" and bool(checks["workers"])
         return checks
 
-    def wait(self, accession_id: str, timeout: float = 600, poll: float = 0.2) -> dict[str, Any]:
+    def wait(self, accession_id: str, timeout: float = 600, poll: float = 0.2) -> Report:
         """Poll until the sample reaches done, needs_review or failed."""
         return wait_until_classified(self.report, accession_id, timeout, poll)
 
@@ -177,15 +211,17 @@ class Client:
 
     def retrain(self, plugin: str, data_dir: str, parameters: dict[str, Any], actor: str = "client") -> int:
         """Queue a retraining run on the training queue; returns the run id."""
-        run_id = create_training_run(self.settings, plugin, data_dir, parameters, actor)
+        with self._session() as session:
+            run_id = create_training_run(session, plugin=plugin, data_dir=data_dir, parameters=parameters, actor=actor)
         self._send("bloodcell.retrain", [run_id], TRAIN_QUEUE)
         return run_id
 
-    def wait_training(self, run_id: int, timeout: float = 7200, poll: float = 1.0) -> dict[str, Any]:
+    def wait_training(self, run_id: int, timeout: float = 7200, poll: float = 1.0) -> TrainingRunInfo:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            status = training_run_status(self.settings, run_id)
-            if status["status"] in FINAL_TRAINING_RUN_STATUSES:
+            with self._session() as session:
+                status = training_run_status(session, run_id=run_id)
+            if status.status in FINAL_TRAINING_RUN_STATUSES:
                 return status
             time.sleep(poll)
         raise TimeoutError(f"training run {run_id} not finished after {timeout:.0f} s")
@@ -196,28 +232,36 @@ class Client:
 
     def register(self, model_dir: str, actor: str = "client") -> str:
         """Register a model directory as a candidate version (a new version if its weights or calibration changed)."""
-        with session_scope(self.settings.database_url) as session:
+        with self._session() as session:
             return register_model_version(session, Path(model_dir), ModelStatus.CANDIDATE, actor).version
 
     def register_evaluation_set(self, name: str, data_dir: str, actor: str = "client") -> dict[str, Any]:
         return promotion.register_evaluation_set(self.settings, name, data_dir, actor)
 
     def shadow_report(self, version: str) -> dict[str, Any]:
-        return promotion.shadow_report(self.settings, version)
+        with self._session() as session:
+            return promotion.shadow_report(session, version=version)
 
-    def models(self) -> list[dict[str, Any]]:
-        with session_scope(self.settings.database_url) as session:
+    def models(self) -> list[ModelVersionInfo]:
+        with self._session() as session:
             return list_versions(session)
+
+    def model_classes(self, version: str) -> list[str]:
+        """The classes of one registered model version, in its output order."""
+        with self._session() as session:
+            return version_classes(session, version=version)
 
     def model_report_files(self, version: str) -> list[str]:
         """The names of VERSION's report files (plots, generalisation.json): stored with it, or in its directory here."""
-        return report_file_names(self.settings, version)
+        with self._session() as session:
+            return report_file_names(session, version=version)
 
     def model_report_file(self, version: str, name: str) -> bytes:
         """One report file of VERSION: from its registered directory where this host has it, else as stored with it."""
-        return report_file(self.settings, version, name)
+        with self._session() as session:
+            return report_file(session, version=version, name=name)
 
     def promote(self, version: str, actor: str = "client", force: bool = False, reason: str = "") -> str:
         """Make VERSION production if it passes the promotion gate (or ``force`` with a reason, audited)."""
-        with session_scope(self.settings.database_url) as session:
+        with self._session() as session:
             return promotion.promote(session, self.settings, version, actor, force, reason).version

@@ -20,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
-from bloodcell_core.service.models import ApiClient
 from bloodcell_core.service.states import Scope
+from bloodcell_core.service.tables import ApiClient
 
 TOKEN_PREFIX = "bct_"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")

@@ -7,22 +7,19 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bloodcell_core.config import Settings
-from bloodcell_core.service.db import session_scope
-from bloodcell_core.service.models import AuditEvent
+from bloodcell_core.service.tables import AuditEvent
 
 
 def record_event(session: Session, actor: str, action: str, subject: str, **details: Any) -> None:
     session.add(AuditEvent(actor=actor, action=action, subject=subject, details=details))
 
 
-def audit_events(settings: Settings, subject: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+def audit_events(session: Session, *, subject: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """The audit log, newest first, optionally for one subject (a sample's accession id, a model version)."""
     query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
     if subject is not None:
         query = query.where(AuditEvent.subject == subject)
-    with session_scope(settings.database_url) as session:
-        return [
-            {"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "subject": e.subject, "details": e.details}
-            for e in session.scalars(query)
-        ]
+    return [
+        {"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "subject": e.subject, "details": e.details}
+        for e in session.scalars(query)
+    ]

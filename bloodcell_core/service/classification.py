@@ -15,9 +15,10 @@ from bloodcell_core.service.db import get_row, insert_new, session_scope
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.fields import locate_queued_fields
 from bloodcell_core.service.image_store import image_store
-from bloodcell_core.service.models import ModelVersion, Prediction, Sample
+from bloodcell_core.service.results import Report
 from bloodcell_core.service.samples import build_report, report_row, version_predictions
 from bloodcell_core.service.states import CellStatus, SampleStatus
+from bloodcell_core.service.tables import ModelVersion, Prediction, Sample
 from bloodcell_core.service.versions import production_version
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def classify_sample(
     classifier_for: Callable[[ModelVersion], "Classifier"],
     worker: str,
     on_progress: Callable[[], None] = lambda: None,
-) -> dict[str, Any]:
+) -> Report:
     """Locate the cells of the sample's new whole fields, classify every cell that has no prediction by
     the production model yet, and write the report.
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from bloodcell_core.ml.serving import UNFAMILIAR_REASON, review_reasons
 from bloodcell_core.service.db import add_to_counts
-from bloodcell_core.service.models import CellCount, Prediction, RelabelCount
+from bloodcell_core.service.tables import CellCount, Prediction, RelabelCount
 
 
 def count_reported_cells(

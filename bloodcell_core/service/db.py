@@ -1,4 +1,4 @@
-"""Database engines, sessions and migrations (the tables are in ``models.py``)."""
+"""Database engines, sessions and migrations (the tables are in ``tables.py``)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from bloodcell_core.config import PROJECT_ROOT, masked_url
-from bloodcell_core.service.models import Base
+from bloodcell_core.service.tables import Base
 
 MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
 

@@ -18,13 +18,12 @@ from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import FieldTooCrowded, ImageDecodeError, cut_field, draw_overlay
 from bloodcell_core.plugin_manager import UnknownPlugin, get_cell_locator
 from bloodcell_core.plugin_types import CellBox
-from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.image_store import image_store, sha256_of
-from bloodcell_core.service.models import Sample, SampleField, SampleImage
 from bloodcell_core.service.review import cell_results
 from bloodcell_core.service.samples import field_summaries, find_sample
 from bloodcell_core.service.states import FieldStatus
+from bloodcell_core.service.tables import Sample, SampleField, SampleImage
 
 log = logging.getLogger(__name__)
 
@@ -112,38 +111,36 @@ def _cells_by_field(session: Session, sample: Sample) -> dict[str, list[dict[str
     return by_field
 
 
-def get_fields(settings: Settings, accession_id: str) -> list[dict[str, Any]]:
+def get_fields(session: Session, *, accession_id: str) -> list[dict[str, Any]]:
     """Each field of a sample with its cells' boxes and labels (a technologist's label over the model's)."""
-    with session_scope(settings.database_url) as session:
-        sample = find_sample(session, accession_id)
-        by_field = _cells_by_field(session, sample)
-        return [
-            summary
-            | {
-                "width": field.width,
-                "height": field.height,
-                "locator": field.locator,
-                "cells": [
-                    {key: row[key] for key in ("name", "image_sha256", "status", "box", "label", "confidence", "needs_review")}
-                    for row in by_field.get(field.image_sha256, [])
-                ],
-            }
-            for field, summary in zip(sample.fields, field_summaries(sample))
-        ]
+    sample = find_sample(session, accession_id)
+    by_field = _cells_by_field(session, sample)
+    return [
+        summary.model_dump()
+        | {
+            "width": field.width,
+            "height": field.height,
+            "locator": field.locator,
+            "cells": [
+                {key: row[key] for key in ("name", "image_sha256", "status", "box", "label", "confidence", "needs_review")}
+                for row in by_field.get(field.image_sha256, [])
+            ],
+        }
+        for field, summary in zip(sample.fields, field_summaries(sample))
+    ]
 
 
-def field_overlay(settings: Settings, accession_id: str, field_sha256: str) -> bytes:
+def field_overlay(session: Session, *, settings: Settings, accession_id: str, field_sha256: str) -> bytes:
     """The field as PNG with each of its cells' boxes drawn and labelled."""
-    with session_scope(settings.database_url) as session:
-        sample = find_sample(session, accession_id)
-        field = session.scalar(select(SampleField).where(SampleField.sample_id == sample.id, SampleField.image_sha256 == field_sha256))
-        if field is None:
-            raise NotFound(f"sample {accession_id!r} has no field {field_sha256[:80]!r}")
-        data = image_store(settings).get(session, field_sha256)
-        boxes = [
-            (CellBox(**row["box"], stained_area=0), row["label"] or row["status"], row["needs_review"])
-            for row in _cells_by_field(session, sample).get(field_sha256, [])
-        ]
+    sample = find_sample(session, accession_id)
+    field = session.scalar(select(SampleField).where(SampleField.sample_id == sample.id, SampleField.image_sha256 == field_sha256))
+    if field is None:
+        raise NotFound(f"sample {accession_id!r} has no field {field_sha256[:80]!r}")
+    data = image_store(settings).get(session, field_sha256)
+    boxes = [
+        (CellBox(**row["box"], stained_area=0), row["label"] or row["status"], row["needs_review"])
+        for row in _cells_by_field(session, sample).get(field_sha256, [])
+    ]
     try:
         return draw_overlay(data, boxes)
     except ImageDecodeError as exc:  # a field that failed to decode has no overlay either

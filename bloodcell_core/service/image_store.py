@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from bloodcell_core.config import Settings
 from bloodcell_core.service.db import insert_new
-from bloodcell_core.service.models import Image
+from bloodcell_core.service.tables import Image
 
 JOURNAL_DIR = ".written"
 

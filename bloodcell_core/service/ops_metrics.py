@@ -28,9 +28,9 @@ from sqlalchemy.orm import Session
 
 from bloodcell_core.config import Settings
 from bloodcell_core.service.db import session_scope
-from bloodcell_core.service.models import AuditEvent, CellCount, ModelVersion, RelabelCount, Sample, WebhookDelivery
 from bloodcell_core.service.queues import PUBLISHED_AT_HEADER, QUEUES
 from bloodcell_core.service.states import DeliveryStatus, SampleStatus
+from bloodcell_core.service.tables import AuditEvent, CellCount, ModelVersion, RelabelCount, Sample, WebhookDelivery
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.classification import classify_cells_with
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
-from bloodcell_core.service.models import CellReview, EvaluationSet, ModelEvaluation, ModelVersion, Prediction
 from bloodcell_core.service.states import ModelStatus
+from bloodcell_core.service.tables import CellReview, EvaluationSet, ModelEvaluation, ModelVersion, Prediction
 from bloodcell_core.service.verification import verified_refusals
 from bloodcell_core.service.versions import current_production, find_version, load_classifier
 
@@ -182,20 +182,19 @@ def shadow_classify(settings: Settings, sample_pk: int, classifier_for: Callable
     return classify_cells_with(settings, candidate, sample_pk, classifier_for, f"shadow:{worker}")
 
 
-def shadow_report(settings: Settings, version: str) -> dict[str, Any]:
+def shadow_report(session: Session, *, version: str) -> dict[str, Any]:
     """How a candidate's shadow predictions compare with production's on the same live cells, and with reviews."""
-    with session_scope(settings.database_url) as session:
-        candidate = find_version(session, version)
-        production = current_production(session)
-        if production is None or production.id == candidate.id:
-            raise Conflict("shadow scoring compares a candidate with a different production model")
-        mine, theirs = aliased(Prediction), aliased(Prediction)
-        pairs = session.execute(
-            select(mine.image_sha256, mine.label, theirs.label)
-            .join(theirs, theirs.image_sha256 == mine.image_sha256)
-            .where(mine.model_version_id == candidate.id, theirs.model_version_id == production.id)
-        ).all()
-        reviewed = {review.image_sha256: review.label for review in session.scalars(select(CellReview).order_by(CellReview.id))}
+    candidate = find_version(session, version)
+    production = current_production(session)
+    if production is None or production.id == candidate.id:
+        raise Conflict("shadow scoring compares a candidate with a different production model")
+    mine, theirs = aliased(Prediction), aliased(Prediction)
+    pairs = session.execute(
+        select(mine.image_sha256, mine.label, theirs.label)
+        .join(theirs, theirs.image_sha256 == mine.image_sha256)
+        .where(mine.model_version_id == candidate.id, theirs.model_version_id == production.id)
+    ).all()
+    reviewed = {review.image_sha256: review.label for review in session.scalars(select(CellReview).order_by(CellReview.id))}
     changes = Counter(f"{old} -> {new}" for _, new, old in pairs if new != old)
     checked = [(sha, new, old) for sha, new, old in pairs if sha in reviewed]
     return {

@@ -19,7 +19,8 @@ from bloodcell_core.config import MIN_ORPHAN_AGE_S, Settings
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.image_store import FileImageStore, file_store_root
-from bloodcell_core.service.models import (
+from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES
+from bloodcell_core.service.tables import (
     CellReview,
     IdempotencyKey,
     Image,
@@ -30,7 +31,6 @@ from bloodcell_core.service.models import (
     SampleReport,
     WebhookDelivery,
 )
-from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES
 
 log = logging.getLogger(__name__)
 

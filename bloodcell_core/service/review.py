@@ -20,7 +20,7 @@ from bloodcell_core.service.counters import count_relabel
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store
-from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleImage, SampleReport
+from bloodcell_core.service.results import Report
 from bloodcell_core.service.samples import (
     build_report,
     cell_review_reasons,
@@ -30,6 +30,7 @@ from bloodcell_core.service.samples import (
     version_predictions,
 )
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, CellStatus, FieldStatus, ReportStatus, SampleStatus
+from bloodcell_core.service.tables import CellReview, ModelVersion, Prediction, Sample, SampleImage, SampleReport
 
 
 def _report_version(session: Session, sample: Sample) -> ModelVersion:
@@ -83,129 +84,132 @@ def cell_results(session: Session, sample: Sample, cells: list[SampleImage] | No
     return rows
 
 
-def get_cells(settings: Settings, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
-    with session_scope(settings.database_url) as session:
-        rows = cell_results(session, find_sample(session, accession_id))
+def get_cells(session: Session, *, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
+    rows = cell_results(session, find_sample(session, accession_id))
     return [row for row in rows if row["needs_review"]] if needs_review else rows
 
 
-def review_queue(settings: Settings, limit: int = 100) -> list[dict[str, Any]]:
+def review_queue(session: Session, *, limit: int = 100) -> list[dict[str, Any]]:
     """Samples waiting for a technologist, oldest first, until someone signs their report off: with the cells to
     review, the failed images and fields, the report's flags, and why (``error``) when no image could be classified."""
-    with session_scope(settings.database_url) as session:
-        samples = session.scalars(
-            select(Sample)
-            .where(
-                Sample.status.in_([SampleStatus.NEEDS_REVIEW, SampleStatus.FAILED]),
-                Sample.report_status == ReportStatus.PRELIMINARY,  # approved (final, amended) reports have left it
-            )
-            .order_by(Sample.created_at)
-            .limit(limit)
-            .options(selectinload(Sample.fields))
-        ).all()
-        ids = [s.id for s in samples]
-        reports = {r.sample_id: r for r in session.scalars(select(SampleReport).where(SampleReport.sample_id.in_(ids)))}
-        listed = {(r.sample_id, cell["image_sha256"]) for r in reports.values() for cell in r.needs_review}
-        # only the cells the queue shows are read, not every cell of every sample: those the reports list for
-        # review (a report is rebuilt at every change) and the failed ones
-        shown: dict[int, list[SampleImage]] = {}
-        for cell in session.scalars(
-            select(SampleImage)
-            .where(
-                SampleImage.sample_id.in_(ids),
-                or_(SampleImage.status == CellStatus.FAILED, SampleImage.image_sha256.in_({sha for _, sha in listed})),
-            )
-            .order_by(SampleImage.id)
-        ):
-            shown.setdefault(cell.sample_id, []).append(cell)
-        return [
-            {
-                "sample_id": s.accession_id,
-                "status": s.status,
-                "error": s.error,
-                "flags": list(reports[s.id].flags) if s.id in reports else [],
-                "cells": [
-                    c
-                    for c in cell_results(session, s, [c for c in shown.get(s.id, []) if (s.id, c.image_sha256) in listed])
-                    if c["needs_review"]
-                ],
-                "failed": [{"name": c.name, "error": c.error} for c in shown.get(s.id, []) if c.status == CellStatus.FAILED],
-                "failed_fields": [{"name": f.name, "error": f.error} for f in s.fields if f.status == FieldStatus.FAILED],
-            }
-            for s in samples
-        ]
+    samples = session.scalars(
+        select(Sample)
+        .where(
+            Sample.status.in_([SampleStatus.NEEDS_REVIEW, SampleStatus.FAILED]),
+            Sample.report_status == ReportStatus.PRELIMINARY,  # approved (final, amended) reports have left it
+        )
+        .order_by(Sample.created_at)
+        .limit(limit)
+        .options(selectinload(Sample.fields))
+    ).all()
+    ids = [s.id for s in samples]
+    reports = {r.sample_id: r for r in session.scalars(select(SampleReport).where(SampleReport.sample_id.in_(ids)))}
+    listed = {(r.sample_id, cell["image_sha256"]) for r in reports.values() for cell in r.needs_review}
+    # only the cells the queue shows are read, not every cell of every sample: those the reports list for
+    # review (a report is rebuilt at every change) and the failed ones
+    shown: dict[int, list[SampleImage]] = {}
+    for cell in session.scalars(
+        select(SampleImage)
+        .where(
+            SampleImage.sample_id.in_(ids),
+            or_(SampleImage.status == CellStatus.FAILED, SampleImage.image_sha256.in_({sha for _, sha in listed})),
+        )
+        .order_by(SampleImage.id)
+    ):
+        shown.setdefault(cell.sample_id, []).append(cell)
+    return [
+        {
+            "sample_id": s.accession_id,
+            "status": s.status,
+            "error": s.error,
+            "flags": list(reports[s.id].flags) if s.id in reports else [],
+            "cells": [
+                c
+                for c in cell_results(session, s, [c for c in shown.get(s.id, []) if (s.id, c.image_sha256) in listed])
+                if c["needs_review"]
+            ],
+            "failed": [{"name": c.name, "error": c.error} for c in shown.get(s.id, []) if c.status == CellStatus.FAILED],
+            "failed_fields": [{"name": f.name, "error": f.error} for f in s.fields if f.status == FieldStatus.FAILED],
+        }
+        for s in samples
+    ]
 
 
 def relabel_cell(
-    settings: Settings, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str, actor: str
-) -> dict[str, Any]:
+    session: Session, *, settings: Settings, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str, actor: str
+) -> Report:
     """Set a technologist's label for one cell; the report is recomputed and the change audited."""
     if not reviewer.strip() or not reason.strip():
         raise ServiceError("a review needs the reviewer's name and a reason")
-    with session_scope(settings.database_url) as session:
-        sample = find_sample(session, accession_id, lock=True)
-        version = _report_version(session, sample)
-        if label not in version.classes:
-            raise ServiceError(f"unknown label {label[:64]!r}; this report's classes: {', '.join(version.classes)}")
-        cell = next((c for c in sample.cells if c.image_sha256 == image_sha256), None)
-        if cell is None:
-            raise NotFound(f"sample {accession_id!r} has no cell with image {image_sha256[:80]!r}")
-        if cell.status != CellStatus.DONE:
-            raise Conflict(f"cell {cell.name!r} has no classification to review ({cell.error or cell.status})")
-        previous = latest_reviews(session, sample.id).get(image_sha256)
-        model_label = session.scalar(
-            select(Prediction.label).where(Prediction.image_sha256 == image_sha256, Prediction.model_version_id == version.id)
-        )
-        previous_label = previous.label if previous else model_label
-        session.add(
-            CellReview(
-                sample_id=sample.id,
-                image_sha256=image_sha256,
-                previous_label=previous_label,
-                label=label,
-                reviewer=reviewer,
-                reason=reason,
-            )
-        )
-        count_relabel(session, version.id, previous_label, label)
-        session.flush()
-        record_event(
-            session,
-            actor,
-            "cell.relabelled",
-            accession_id,
+    sample = find_sample(session, accession_id, lock=True)
+    version = _report_version(session, sample)
+    if label not in version.classes:
+        raise ServiceError(f"unknown label {label[:64]!r}; this report's classes: {', '.join(version.classes)}")
+    cell = next((c for c in sample.cells if c.image_sha256 == image_sha256), None)
+    if cell is None:
+        raise NotFound(f"sample {accession_id!r} has no cell with image {image_sha256[:80]!r}")
+    if cell.status != CellStatus.DONE:
+        raise Conflict(f"cell {cell.name!r} has no classification to review ({cell.error or cell.status})")
+    previous = latest_reviews(session, sample.id).get(image_sha256)
+    model_label = session.scalar(
+        select(Prediction.label).where(Prediction.image_sha256 == image_sha256, Prediction.model_version_id == version.id)
+    )
+    previous_label = previous.label if previous else model_label
+    session.add(
+        CellReview(
+            sample_id=sample.id,
             image_sha256=image_sha256,
-            cell=cell.name,
+            previous_label=previous_label,
+            label=label,
             reviewer=reviewer,
-            old=previous_label,
-            new=label,
             reason=reason,
         )
-        was_signed = sample.signed_off_at is not None
-        report = build_report(session, settings, sample, version.id)
-        if was_signed and sample.signed_off_at is None:  # the laboratory system must stop trusting what it was sent
-            webhooks.queue_event(session, sample, "sample.sign_off_withdrawn")
-        return report
+    )
+    count_relabel(session, version.id, previous_label, label)
+    session.flush()
+    record_event(
+        session,
+        actor,
+        "cell.relabelled",
+        accession_id,
+        image_sha256=image_sha256,
+        cell=cell.name,
+        reviewer=reviewer,
+        old=previous_label,
+        new=label,
+        reason=reason,
+    )
+    was_signed = sample.signed_off_at is not None
+    report = build_report(session, settings, sample, version.id)
+    if was_signed and sample.signed_off_at is None:  # the laboratory system must stop trusting what it was sent
+        webhooks.queue_event(session, sample, "sample.sign_off_withdrawn")
+    return report
 
 
 def sign_off(
-    settings: Settings, accession_id: str, reviewer: str, comment: str, actor: str, confirm_incomplete: bool = False
-) -> dict[str, Any]:
+    session: Session,
+    *,
+    settings: Settings,
+    accession_id: str,
+    reviewer: str,
+    comment: str,
+    actor: str,
+    confirm_incomplete: bool = False,
+) -> Report:
     """Release the report under the console user REVIEWER: the one entry to the sign-off rule (``signoff``)
     for the console, the API and the CLI. Checked with the sample's row locked, so a relabel in between
     cannot slip through; ``confirm_incomplete`` confirms failed images or too few leukocytes."""
     if not reviewer.strip():
         raise ServiceError("sign-off needs the name of the console user who signs")
-    with session_scope(settings.database_url) as session:
-        sample = find_sample(session, accession_id, lock=True)
-        if sample.status not in FINAL_SAMPLE_STATUSES:
-            raise Conflict(f"sample {accession_id!r} is still {sample.status}: sign off once it is classified")
-        version = _report_version(session, sample)
-        report = build_report(session, settings, sample, version.id)
-        signoff.approve(session, settings, sample, report, reviewer, comment, confirm_incomplete, actor)
-        webhooks.queue_event(session, sample, "sample.signed_off")
-        session.flush()
-        return build_report(session, settings, sample, version.id)
+    sample = find_sample(session, accession_id, lock=True)
+    if sample.status not in FINAL_SAMPLE_STATUSES:
+        raise Conflict(f"sample {accession_id!r} is still {sample.status}: sign off once it is classified")
+    version = _report_version(session, sample)
+    report = build_report(session, settings, sample, version.id)
+    signoff.approve(session, settings, sample, report, reviewer, comment, confirm_incomplete, actor)
+    webhooks.queue_event(session, sample, "sample.signed_off")
+    session.flush()
+    return build_report(session, settings, sample, version.id)
 
 
 def _image_suffix(data: bytes) -> str:

@@ -13,12 +13,13 @@ from bloodcell_core.ml.differential import FlagRule
 from bloodcell_core.ml.serving import UNFAMILIAR_REASON, review_reasons
 from bloodcell_core.service import signoff
 from bloodcell_core.service.audit_log import record_event
-from bloodcell_core.service.db import get_row, session_scope
+from bloodcell_core.service.db import get_row
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.image_store import image_store
-from bloodcell_core.service.models import CellReview, ModelVersion, Prediction, Sample, SampleReport
-from bloodcell_core.service.states import CellStatus, FieldStatus, SampleFlag, SampleStatus
+from bloodcell_core.service.results import CellForReview, FailedCell, FieldSummary, Report
+from bloodcell_core.service.states import CellStatus, FieldStatus, ReportStatus, SampleFlag, SampleStatus
 from bloodcell_core.service.submission import valid_accession_id
+from bloodcell_core.service.tables import CellReview, ModelVersion, Prediction, Sample, SampleReport
 from bloodcell_core.service.versions import ood_threshold, review_threshold
 
 FLAG_TEXT = {
@@ -90,15 +91,15 @@ def find_sample(session: Session, accession_id: str, lock: bool = False) -> Samp
     return sample
 
 
-def field_summaries(sample: Sample) -> list[dict[str, Any]]:
+def field_summaries(sample: Sample) -> list[FieldSummary]:
     """The whole fields of a sample, for its report: name, sha256, status, white cells found, error."""
     return [
-        {"name": f.name, "image_sha256": f.image_sha256, "status": f.status, "n_cells": f.n_cells, "error": f.error}
+        FieldSummary(name=f.name, image_sha256=f.image_sha256, status=FieldStatus(f.status), n_cells=f.n_cells, error=f.error)
         for f in sample.fields
     ]
 
 
-def build_report(session: Session, settings: Settings, sample: Sample, version_id: int) -> dict[str, Any]:
+def build_report(session: Session, settings: Settings, sample: Sample, version_id: int) -> Report:
     """Differential count and percent, blast flag, cells for review; sets the sample's final status.
 
     A technologist's label replaces the model's for its cell, and a reviewed cell needs no more review.
@@ -177,7 +178,7 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
         for key, value in values.items():
             setattr(row, key, value)
     session.flush()
-    return report_json(session, settings, sample)
+    return report_of(session, settings, sample)
 
 
 def n_relabelled(session: Session, sample: Sample, version_id: int) -> int:
@@ -187,79 +188,78 @@ def n_relabelled(session: Session, sample: Sample, version_id: int) -> int:
     return sum(sha in predictions and review.label != predictions[sha].label for sha, review in reviews.items())
 
 
-def report_json(session: Session, settings: Settings, sample: Sample) -> dict[str, Any]:
+def report_of(session: Session, settings: Settings, sample: Sample) -> Report:
+    """The sample's report as the API, the console, the CLI and the exporters show it."""
     report = report_row(session, sample)
     sign_offs = signoff.history(session, sample)
     current = sign_offs[-1] if sign_offs and sample.signed_off_at is not None else None
-    base = {
-        "sample_id": sample.accession_id,
-        "status": sample.status,
-        "error": sample.error,
-        "n_cells": len(sample.cells),
-        "report_status": sample.report_status,
-        "report_version": report.version if report is not None else None,
-        "signed_off_by": sample.signed_off_by,
-        "signed_off_at": sample.signed_off_at.isoformat() if sample.signed_off_at else None,
-        "signed_off_role": current["role"] if current else None,
-        "sign_off_comment": current["comment"] if current else None,
-        "awaiting_sign_off_again": bool(sign_offs) and current is None,
-        "sign_offs": sign_offs,
-        "n_reviewed": len(latest_reviews(session, sample.id)),
-        "fields": field_summaries(sample),
-        "fields_without_cells": [f.name for f in sample.fields if f.status == FieldStatus.LOCATED and not f.n_cells],
-    }
+    base = Report(
+        sample_id=sample.accession_id,
+        status=SampleStatus(sample.status),
+        error=sample.error,
+        n_cells=len(sample.cells),
+        report_status=ReportStatus(sample.report_status),
+        report_version=report.version if report is not None else None,
+        signed_off_by=sample.signed_off_by,
+        signed_off_at=sample.signed_off_at.isoformat() if sample.signed_off_at else None,
+        signed_off_role=current.role if current else None,
+        sign_off_comment=current.comment if current else None,
+        awaiting_sign_off_again=bool(sign_offs) and current is None,
+        sign_offs=sign_offs,
+        n_reviewed=len(latest_reviews(session, sample.id)),
+        fields=field_summaries(sample),
+        fields_without_cells=[f.name for f in sample.fields if f.status == FieldStatus.LOCATED and not f.n_cells],
+        model_version=None,
+        counts={},
+        percent={},
+        blast_flag=False,
+        flags=[],
+        warnings=[],
+        needs_review=[],
+        failed=[],
+    )
     if report is None:
-        return base | {
-            "counts": {},
-            "percent": {},
-            "blast_flag": False,
-            "flags": [],
-            "warnings": [],
-            "needs_review": [],
-            "failed": [],
-            "model_version": None,
-        }
-    return base | {
-        "model_version": get_row(session, ModelVersion, report.model_version_id).version,
-        "n_classified": report.n_classified,
-        "n_leukocytes": differential_percent(settings, report.counts)[1],
-        "non_leukocyte_classes": [label for label in report.counts if label in settings.non_leukocyte_classes],
-        "n_relabelled": n_relabelled(session, sample, report.model_version_id),
-        "n_failed": report.n_failed,
-        "counts": report.counts,
-        "percent": report.percent,
-        "blast_count": report.blast_count,
-        "blast_percent": report.blast_percent,
-        "blast_flag": report.blast_flag,
-        "flags": report.flags,
-        "warnings": flag_warnings(settings, report.flags, report.percent),
-        "n_unfamiliar": report.n_unfamiliar,
-        "review_threshold": report.review_threshold,
-        "ood_threshold": report.ood_threshold,
-        "needs_review": report.needs_review,
-        "failed": report.failed,
-    }
+        return base
+    return base.model_copy(
+        update=dict(
+            model_version=get_row(session, ModelVersion, report.model_version_id).version,
+            n_classified=report.n_classified,
+            n_leukocytes=differential_percent(settings, report.counts)[1],
+            non_leukocyte_classes=[label for label in report.counts if label in settings.non_leukocyte_classes],
+            n_relabelled=n_relabelled(session, sample, report.model_version_id),
+            n_failed=report.n_failed,
+            counts=report.counts,
+            percent=report.percent,
+            blast_count=report.blast_count,
+            blast_percent=report.blast_percent,
+            blast_flag=report.blast_flag,
+            flags=[SampleFlag(flag) for flag in report.flags],
+            warnings=flag_warnings(settings, report.flags, report.percent),
+            n_unfamiliar=report.n_unfamiliar,
+            review_threshold=report.review_threshold,
+            ood_threshold=report.ood_threshold,
+            needs_review=[CellForReview(**cell) for cell in report.needs_review],
+            failed=[FailedCell(**cell) for cell in report.failed],
+        )
+    )
 
 
-def get_report(settings: Settings, accession_id: str) -> dict[str, Any]:
-    with session_scope(settings.database_url) as session:
-        return report_json(session, settings, find_sample(session, accession_id))
+def get_report(session: Session, *, settings: Settings, accession_id: str) -> Report:
+    return report_of(session, settings, find_sample(session, accession_id))
 
 
-def get_image(settings: Settings, image_sha256: str) -> bytes:
-    with session_scope(settings.database_url) as session:
-        return image_store(settings).get(session, image_sha256)
+def get_image(session: Session, *, settings: Settings, image_sha256: str) -> bytes:
+    return image_store(settings).get(session, image_sha256)
 
 
-def mark_sample_failed(settings: Settings, sample_pk: int, error: str, actor: str) -> None:
-    with session_scope(settings.database_url) as session:
-        sample = session.get(Sample, sample_pk)
-        if sample is not None:
-            sample.status, sample.error = SampleStatus.FAILED, error
-            record_event(session, actor, "sample.failed", sample.accession_id, error=error)
+def mark_sample_failed(session: Session, *, sample_pk: int, error: str, actor: str) -> None:
+    sample = session.get(Sample, sample_pk)
+    if sample is not None:
+        sample.status, sample.error = SampleStatus.FAILED, error
+        record_event(session, actor, "sample.failed", sample.accession_id, error=error)
 
 
-def list_samples(settings: Settings, status: str | None = None, flag: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+def list_samples(session: Session, *, status: str | None = None, flag: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
     """Samples newest first, with what a worklist shows: status, blast flag, cells to review, flags, time.
 
     ``status`` keeps one sample status; ``flag`` one report flag (``blasts``, ``immature_cells``,
@@ -269,26 +269,25 @@ def list_samples(settings: Settings, status: str | None = None, flag: str | None
     if status:
         query = query.where(Sample.status == status)
     rows = []
-    with session_scope(settings.database_url) as session:
-        for sample, report in session.execute(query.order_by(Sample.id.desc()).limit(limit * 5 if flag else limit)):
-            flags = list(report.flags) if report is not None else []
-            to_review = len(report.needs_review) if report is not None else 0
-            if flag == "needs_review" and not to_review or flag not in (None, "", "needs_review") and flag not in flags:
-                continue
-            rows.append(
-                {
-                    "sample_id": sample.accession_id,
-                    "status": sample.status,
-                    "report_status": sample.report_status,
-                    "blast_flag": bool(report is not None and report.blast_flag),
-                    "flags": flags,
-                    "n_cells": report.n_cells if report is not None else None,
-                    "n_to_review": to_review,
-                    "unfamiliar": SampleFlag.UNFAMILIAR_IMAGES in flags,
-                    "created_at": sample.created_at.isoformat(timespec="seconds"),
-                    "signed_off_by": sample.signed_off_by,
-                }
-            )
-            if len(rows) == limit:
-                break
+    for sample, report in session.execute(query.order_by(Sample.id.desc()).limit(limit * 5 if flag else limit)):
+        flags = list(report.flags) if report is not None else []
+        to_review = len(report.needs_review) if report is not None else 0
+        if flag == "needs_review" and not to_review or flag not in (None, "", "needs_review") and flag not in flags:
+            continue
+        rows.append(
+            {
+                "sample_id": sample.accession_id,
+                "status": sample.status,
+                "report_status": sample.report_status,
+                "blast_flag": bool(report is not None and report.blast_flag),
+                "flags": flags,
+                "n_cells": report.n_cells if report is not None else None,
+                "n_to_review": to_review,
+                "unfamiliar": SampleFlag.UNFAMILIAR_IMAGES in flags,
+                "created_at": sample.created_at.isoformat(timespec="seconds"),
+                "signed_off_by": sample.signed_off_by,
+            }
+        )
+        if len(rows) == limit:
+            break
     return rows

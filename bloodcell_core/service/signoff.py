@@ -19,7 +19,6 @@ sample's row locked. As laboratories do it:
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -27,8 +26,9 @@ from sqlalchemy.orm import Session
 from bloodcell_core.config import Settings
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.errors import Conflict, Forbidden
-from bloodcell_core.service.models import Sample, SampleReport, SignOff, User
-from bloodcell_core.service.states import ReportStatus, Role, SampleStatus
+from bloodcell_core.service.results import Report, SignOffRecord
+from bloodcell_core.service.states import ReportStatus, Role, SampleFlag, SampleStatus
+from bloodcell_core.service.tables import Sample, SampleReport, SignOff, User
 from bloodcell_core.service.users import has_role
 
 CONFIRM_FIELD = "confirm_incomplete"  # the API's and the console's name for the explicit confirmation
@@ -41,12 +41,12 @@ def may_sign_off(settings: Settings, role: str, blast_flag: bool) -> bool:
     return not blast_flag or has_role(role, settings.signoff_blast_role)
 
 
-def confirmations_needed(settings: Settings, report: dict[str, Any]) -> list[str]:
+def confirmations_needed(settings: Settings, report: Report) -> list[str]:
     """What a signer must confirm explicitly before this report is released (empty: nothing)."""
     needed = []
-    if report.get("n_failed"):
-        needed.append(f"{report['n_failed']} of {report['n_cells']} images could not be classified")
-    leukocytes = report.get("n_leukocytes") or 0
+    if report.n_failed:
+        needed.append(f"{report.n_failed} of {report.n_cells} images could not be classified")
+    leukocytes = report.n_leukocytes or 0
     if leukocytes < settings.signoff_min_leukocytes:
         needed.append(
             f"only {leukocytes} leukocytes were classified (BLOODCELL_SIGNOFF_MIN_LEUKOCYTES={settings.signoff_min_leukocytes})"
@@ -65,7 +65,7 @@ def approve(
     session: Session,
     settings: Settings,
     sample: Sample,
-    report: dict[str, Any],
+    report: Report,
     signer: str,
     comment: str,
     confirm_incomplete: bool,
@@ -81,12 +81,12 @@ def approve(
             f"sample {accession_id!r} is already signed off by {sample.signed_off_by} at {at} and has not changed since: "
             "there is nothing new to sign off"
         )
-    if report["needs_review"]:
+    if report.needs_review:
         raise Conflict(
-            f"{len(report['needs_review'])} cells still need review (low confidence or unlike the training images) before sign-off"
+            f"{len(report.needs_review)} cells still need review (low confidence or unlike the training images) before sign-off"
         )
     role = _signer_role(session, signer)
-    if not may_sign_off(settings, role, report["blast_flag"]):
+    if not may_sign_off(settings, role, report.blast_flag):
         raise Forbidden(
             f"this sample has a blast flag: signing it off needs the {settings.signoff_blast_role} role; {signer} is {role}"
         )
@@ -156,22 +156,22 @@ def awaiting_sign_off_again(session: Session, sample: Sample) -> bool:
     return session.scalar(select(SignOff.id).where(SignOff.sample_id == sample.id).limit(1)) is not None
 
 
-def history(session: Session, sample: Sample) -> list[dict[str, Any]]:
+def history(session: Session, sample: Sample) -> list[SignOffRecord]:
     """Every sign-off of the sample, oldest first, with the version and the counts it approved."""
     rows = session.scalars(select(SignOff).where(SignOff.sample_id == sample.id).order_by(SignOff.id))
     return [
-        {
-            "report_version": s.report_version,
-            "report_status": s.report_status,
-            "signed_off_by": s.signed_by,
-            "role": s.role,
-            "signed_off_at": s.signed_at.isoformat(),
-            "comment": s.comment,
-            "confirmed": s.confirmed,
-            "counts": s.counts,
-            "percent": s.percent,
-            "flags": s.flags,
-            "withdrawn_at": s.withdrawn_at.isoformat() if s.withdrawn_at else None,
-        }
+        SignOffRecord(
+            report_version=s.report_version,
+            report_status=ReportStatus(s.report_status),
+            signed_off_by=s.signed_by,
+            role=s.role,
+            signed_off_at=s.signed_at.isoformat(),
+            comment=s.comment,
+            confirmed=s.confirmed,
+            counts=s.counts,
+            percent=s.percent,
+            flags=[SampleFlag(flag) for flag in s.flags],
+            withdrawn_at=s.withdrawn_at.isoformat() if s.withdrawn_at else None,
+        )
         for s in rows
     ]

@@ -15,9 +15,9 @@ from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict, LimitExceeded, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store, sha256_of
-from bloodcell_core.service.models import IdempotencyKey, Image, Sample, SampleField, SampleImage
 from bloodcell_core.service.receipts import Submission
 from bloodcell_core.service.states import FieldStatus, SampleStatus
+from bloodcell_core.service.tables import IdempotencyKey, Image, Sample, SampleField, SampleImage
 
 # No "/": accession ids appear in URL paths and file names.
 ACCESSION_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")

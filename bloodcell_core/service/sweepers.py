@@ -28,7 +28,7 @@ from bloodcell_core.config import Settings
 from bloodcell_core.service import webhooks
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.image_store import FileImageStore, file_store_root
-from bloodcell_core.service.models import Image
+from bloodcell_core.service.tables import Image
 
 log = logging.getLogger(__name__)
 

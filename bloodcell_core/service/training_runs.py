@@ -6,36 +6,39 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import TrainingPlan, train
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import NotFound
-from bloodcell_core.service.models import ModelVersion, TrainingRun
+from bloodcell_core.service.results import TrainingRunInfo
 from bloodcell_core.service.review import training_data_with_reviews
 from bloodcell_core.service.states import ModelStatus, TrainingRunStatus
+from bloodcell_core.service.tables import ModelVersion, TrainingRun
 from bloodcell_core.service.versions import register_model_version
 
 FINAL_TRAINING_RUN_STATUSES = frozenset({TrainingRunStatus.DONE, TrainingRunStatus.FAILED})
 
 
-def training_run_status(settings: Settings, run_id: int) -> dict[str, Any]:
+def training_run_status(session: Session, *, run_id: int) -> TrainingRunInfo:
     """A run's status, its error, and the model version it made (None until done)."""
-    with session_scope(settings.database_url) as session:
-        run = session.get(TrainingRun, run_id)
-        if run is None:
-            raise NotFound(f"no training run {run_id}")
-        version = session.get(ModelVersion, run.model_version_id) if run.model_version_id else None
-        return {"run": run_id, "status": run.status, "error": run.error, "version": version.version if version else None}
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise NotFound(f"no training run {run_id}")
+    version = session.get(ModelVersion, run.model_version_id) if run.model_version_id else None
+    return TrainingRunInfo(
+        run=run_id, status=TrainingRunStatus(run.status), error=run.error, version=version.version if version else None
+    )
 
 
-def create_training_run(settings: Settings, plugin: str, data_dir: str, parameters: dict[str, Any], actor: str) -> int:
-    with session_scope(settings.database_url) as session:
-        run = TrainingRun(plugin=plugin, data_dir=data_dir, parameters=parameters)
-        session.add(run)
-        session.flush()
-        record_event(session, actor, "training.requested", f"run {run.id}", plugin=plugin, data_dir=data_dir, parameters=parameters)
-        return run.id
+def create_training_run(session: Session, *, plugin: str, data_dir: str, parameters: dict[str, Any], actor: str) -> int:
+    run = TrainingRun(plugin=plugin, data_dir=data_dir, parameters=parameters)
+    session.add(run)
+    session.flush()
+    record_event(session, actor, "training.requested", f"run {run.id}", plugin=plugin, data_dir=data_dir, parameters=parameters)
+    return run.id
 
 
 def run_training(settings: Settings, run_id: int, actor: str) -> str:

@@ -28,8 +28,8 @@ from bloodcell_core.service.api_clients import token_sha256
 from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
-from bloodcell_core.service.models import LoginAttempt, User, WebSession, utcnow
 from bloodcell_core.service.states import ROLE_RANK, Role
+from bloodcell_core.service.tables import LoginAttempt, User, WebSession, utcnow
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MIN_PASSWORD_CHARS = 10

@@ -30,9 +30,9 @@ from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.classification import classify_cells_with
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
-from bloodcell_core.service.models import AuditEvent, CellReview, ModelFile, ModelVersion, Prediction, Sample, SampleReport
 from bloodcell_core.service.samples import cell_review_reasons, latest_reviews, version_predictions
 from bloodcell_core.service.states import CellStatus
+from bloodcell_core.service.tables import AuditEvent, CellReview, ModelFile, ModelVersion, Prediction, Sample, SampleReport
 from bloodcell_core.service.versions import current_production, find_version, ood_threshold, review_threshold
 
 if TYPE_CHECKING:

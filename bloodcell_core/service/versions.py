@@ -6,7 +6,6 @@ import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
@@ -18,8 +17,9 @@ from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import session_scope
 from bloodcell_core.service.errors import NotFound, ServiceError
 from bloodcell_core.service.image_store import sha256_of
-from bloodcell_core.service.models import ModelFile, ModelVersion
+from bloodcell_core.service.results import ModelVersionInfo
 from bloodcell_core.service.states import ModelStatus
+from bloodcell_core.service.tables import ModelFile, ModelVersion
 
 
 def register_model_version(session: Session, artifact_dir: Path, status: str, actor: str) -> ModelVersion:
@@ -155,18 +155,18 @@ def find_version(session: Session, version: str) -> ModelVersion:
     return row
 
 
-def list_versions(session: Session) -> list[dict[str, Any]]:
+def list_versions(session: Session) -> list[ModelVersionInfo]:
     rows = session.scalars(select(ModelVersion).order_by(ModelVersion.id)).all()
     return [
-        {
-            "version": r.version,
-            "plugin": r.plugin,
-            "status": r.status,
-            "created_at": r.created_at.isoformat(),
-            "test_accuracy": r.metrics.get("training", {}).get("test", {}).get("accuracy"),
-            "test_macro_f1": r.metrics.get("training", {}).get("test", {}).get("macro_f1"),
-            "artifact": r.artifact_path,
-        }
+        ModelVersionInfo(
+            version=r.version,
+            plugin=r.plugin,
+            status=ModelStatus(r.status),
+            created_at=r.created_at.isoformat(),
+            test_accuracy=r.metrics.get("training", {}).get("test", {}).get("accuracy"),
+            test_macro_f1=r.metrics.get("training", {}).get("test", {}).get("macro_f1"),
+            artifact=r.artifact_path,
+        )
         for r in rows
     ]
 
@@ -184,39 +184,36 @@ def ood_threshold(version: ModelVersion) -> float | None:
     return float(record["threshold"]) if record else None
 
 
-def version_classes(settings: Settings, version: str) -> list[str]:
+def version_classes(session: Session, *, version: str) -> list[str]:
     """The classes of one registered model version, by its name."""
-    with session_scope(settings.database_url) as session:
-        row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
-        if row is None:
-            raise NotFound(f"no model version {version[:80]!r}")
-        return list(row.classes)
+    row = session.scalar(select(ModelVersion).where(ModelVersion.version == version))
+    if row is None:
+        raise NotFound(f"no model version {version[:80]!r}")
+    return list(row.classes)
 
 
-def report_file_names(settings: Settings, version: str) -> list[str]:
+def report_file_names(session: Session, *, version: str) -> list[str]:
     """The files of VERSION's report (plots, generalisation.json): those stored with the version in the database,
     so any host can show them, and those its registered directory holds where this host has it (``bloodcell
     generalisation`` writes there after registration)."""
     prefix = f"{REPORT_DIR}/"
-    with session_scope(settings.database_url) as session:
-        row = find_version(session, version)
-        stored = session.scalars(select(ModelFile.name).where(ModelFile.model_version_id == row.id, ModelFile.name.startswith(prefix)))
-        names = {name.removeprefix(prefix) for name in stored}
-        local = Path(row.artifact_path) / REPORT_DIR
+    row = find_version(session, version)
+    stored = session.scalars(select(ModelFile.name).where(ModelFile.model_version_id == row.id, ModelFile.name.startswith(prefix)))
+    names = {name.removeprefix(prefix) for name in stored}
+    local = Path(row.artifact_path) / REPORT_DIR
     names |= {path.name for path in local.glob("*") if path.is_file()} if local.is_dir() else set()
     return sorted(names)
 
 
-def report_file(settings: Settings, version: str, name: str) -> bytes:
+def report_file(session: Session, *, version: str, name: str) -> bytes:
     """One file of VERSION's report: from its registered directory where this host has it, else as stored with it."""
-    with session_scope(settings.database_url) as session:
-        row = find_version(session, version)
-        local = Path(row.artifact_path) / REPORT_DIR / name
-        content = session.scalar(
-            select(ModelFile.content).where(ModelFile.model_version_id == row.id, ModelFile.name == f"{REPORT_DIR}/{name}")
-        )
+    row = find_version(session, version)
+    local = Path(row.artifact_path) / REPORT_DIR / name
     if Path(name).name == name and local.is_file():  # a plain name: never a path out of the report
         return local.read_bytes()
+    content = session.scalar(
+        select(ModelFile.content).where(ModelFile.model_version_id == row.id, ModelFile.name == f"{REPORT_DIR}/{name}")
+    )
     if content is None:
         raise NotFound(f"model {version[:80]!r} has no report file {name[:80]!r}")
     return content

@@ -24,6 +24,7 @@ from servers import Stack, free_port, settings_for, start_api_server
 
 from bloodcell_core.ml.artifacts import read_metadata
 from bloodcell_core.ml.smear_fields import read_fields
+from bloodcell_core.service.results import Report
 
 pytestmark = pytest.mark.real_data
 
@@ -243,7 +244,7 @@ def drawn_cell() -> bytes:
     return encode(image)
 
 
-def submitted(stack, accession_id: str, images: list[tuple[str, bytes]], fields: list[tuple[str, bytes]] = ()) -> dict:
+def submitted(stack, accession_id: str, images: list[tuple[str, bytes]], fields: list[tuple[str, bytes]] = ()) -> Report:
     client = stack.client()
     client.submit(accession_id, images, "user:tech", fields=list(fields))
     return client.wait(accession_id, timeout=300)
@@ -285,14 +286,14 @@ def test_the_sample_page_a_technologist_expects(page, console, review_samples):
     wait_classified(page)
 
     # the review threshold in words, with the number the cells' percentages are compared with
-    threshold = f"{round(100 * blasts['review_threshold'], 1)} %"
+    threshold = f"{round(100 * blasts.review_threshold, 1)} %"
     rule = page.find_element(By.ID, "review-rule").text
     assert f"less than {threshold} sure" in rule, rule
     # how many cells are left to review, and they come first
     cells = page.find_elements(By.CSS_SELECTOR, "button.cell")
     to_review = needs_review(page)
     assert to_review, "the drawn cell at least needs review"
-    assert f"{len(to_review)} of {blasts['n_classified']} cells left to review" in page.find_element(By.ID, "review-left").text
+    assert f"{len(to_review)} of {blasts.n_classified} cells left to review" in page.find_element(By.ID, "review-left").text
     assert [c.get_attribute("id") for c in cells[: len(to_review)]] == [c.get_attribute("id") for c in to_review]
     # the immature warning gives its figures
     immature = next(b.text for b in page.find_elements(By.CSS_SELECTOR, ".banner.warn") if "immature" in b.text)
@@ -334,7 +335,7 @@ def test_the_sample_page_a_technologist_expects(page, console, review_samples):
     assert "kidney-shaped nucleus" in tile.text
 
     # the blast sample's sign-off is closed to a technologist, and the page says why
-    assert blasts["blast_flag"]
+    assert blasts.blast_flag
     assert not page.find_element(By.ID, "signoff").is_enabled()
     assert "needs the supervisor role (you are technologist)" in page.find_element(By.ID, "signoff-refused").text
     page.set_window_size(1400, 1500)

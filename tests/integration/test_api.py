@@ -14,7 +14,7 @@ from helpers import DEFAULT_MODEL, KAGGLE5, encode, png_header, run_cli, unseen_
 from servers import LIMITS, Api, Stack, WebhookReceiver, create_token, free_port, settings_for, start_api_server
 
 from bloodcell_core.ml.artifacts import read_metadata
-from bloodcell_core.service import models, users, webhooks
+from bloodcell_core.service import tables, users, webhooks
 
 pytestmark = pytest.mark.real_data
 
@@ -208,7 +208,7 @@ def test_limits_and_bad_requests_get_clear_4xx_and_store_nothing(api: Api, case,
             (name, (None, value)) for name, values in fields.items() for value in (values if isinstance(values, list) else [values])
         ]
         kwargs["files"] = parts + kwargs.get("files", [])
-    before = {model: api.stack.count(model) for model in (models.Sample, models.SampleImage, models.Image)}
+    before = {model: api.stack.count(model) for model in (tables.Sample, tables.SampleImage, tables.Image)}
     response = api.call("POST", "/v1/samples", **kwargs)
     assert response.status_code == status, response.text
     assert words in response.json()["detail"]
@@ -220,11 +220,11 @@ def test_images_per_sample_counts_every_submission(api: Api):
     """The per-sample limit holds across resubmissions of one accession id, checked before storing anything."""
     first = api.call("POST", "/v1/samples", data={"accession_id": "S-GROW"}, files=cell_files(3))  # 12 images
     assert first.status_code == 202
-    before = api.stack.count(models.Image)
+    before = api.stack.count(tables.Image)
     more = [("images", (f"g{k}.png", encode(np.full((32, 32, 3), k, np.uint8)), "image/png")) for k in range(9)]
     refused = api.call("POST", "/v1/samples", data={"accession_id": "S-GROW"}, files=more)
     assert refused.status_code == 413 and "would have 21 images" in refused.json()["detail"]
-    assert api.stack.count(models.Image) == before
+    assert api.stack.count(tables.Image) == before
     assert api.call("GET", "/v1/samples/S-GROW").json()["n_cells"] == 12
 
 
@@ -356,8 +356,8 @@ def test_submit_poll_export_review_sign_off(api: Api, tmp_path: Path):
             (small / label / path.name).symlink_to(path)
     client = api.stack.client()
     run = client.wait_training(client.retrain("compact_cnn", str(small), {"epochs": 1, "include_reviewed": True}), timeout=300)
-    assert run["status"] == "done", run
-    run_dir = Path(api.stack.env["BLOODCELL_MODELS_DIR"]) / f"run-{run['run']}-compact_cnn"
+    assert run.status == "done", run
+    run_dir = Path(api.stack.env["BLOODCELL_MODELS_DIR"]) / f"run-{run.run}-compact_cnn"
     metadata = json.loads((run_dir / "metadata.json").read_text())
     assert metadata["dataset"]["files"] == 50 + len(reviewed)
 

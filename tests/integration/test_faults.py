@@ -24,7 +24,8 @@ from servers import PostgresServer, RedisServer, Stack, settings_for
 from sqlalchemy import func, select
 
 from bloodcell_core.ml.artifacts import read_metadata, update_metadata
-from bloodcell_core.service import db, models
+from bloodcell_core.service import db, tables
+from bloodcell_core.service.results import Report
 
 pytestmark = [pytest.mark.faults, pytest.mark.real_data]
 
@@ -99,12 +100,12 @@ def faults(tmp_path_factory):
     shutil.rmtree(postgres.directory, ignore_errors=True)
 
 
-def wait_final(stack: Stack, accession_ids: list[str], timeout: float = 240) -> dict[str, dict]:
+def wait_final(stack: Stack, accession_ids: list[str], timeout: float = 240) -> dict[str, Report]:
     client, deadline, reports = stack.client(), time.monotonic() + timeout, {}
     while len(reports) < len(accession_ids):
         for accession_id in accession_ids:
             report = client.report(accession_id)
-            if report["status"] not in ("queued", "running"):
+            if report.status not in ("queued", "running"):
                 reports[accession_id] = report
         assert time.monotonic() < deadline, f"not classified after {timeout} s: {set(accession_ids) - set(reports)}"
         time.sleep(0.2)
@@ -113,7 +114,7 @@ def wait_final(stack: Stack, accession_ids: list[str], timeout: float = 240) -> 
 
 def wait_status(stack: Stack, accession_id: str, status: str, timeout: float = 60) -> None:
     client, deadline = stack.client(), time.monotonic() + timeout
-    while client.report(accession_id)["status"] != status:
+    while client.report(accession_id).status != status:
         assert time.monotonic() < deadline, f"{accession_id} never reached {status}"
         time.sleep(0.02)
 
@@ -122,18 +123,18 @@ def classified_events(stack: Stack, accession_id: str) -> int:
     with db.session_scope(stack.settings.database_url) as session:
         return session.scalar(
             select(func.count())
-            .select_from(models.AuditEvent)
-            .where(models.AuditEvent.subject == accession_id, models.AuditEvent.action == "sample.classified")
+            .select_from(tables.AuditEvent)
+            .where(tables.AuditEvent.subject == accession_id, tables.AuditEvent.action == "sample.classified")
         )
 
 
 def predictions_per_image(stack: Stack, accession_id: str) -> list[int]:
     """How many predictions each cell of the sample has (any model version)."""
     with db.session_scope(stack.settings.database_url) as session:
-        sample = session.scalar(select(models.Sample).where(models.Sample.accession_id == accession_id))
+        sample = session.scalar(select(tables.Sample).where(tables.Sample.accession_id == accession_id))
         return [
             session.scalar(
-                select(func.count()).select_from(models.Prediction).where(models.Prediction.image_sha256 == cell.image_sha256)
+                select(func.count()).select_from(tables.Prediction).where(tables.Prediction.image_sha256 == cell.image_sha256)
             )
             for cell in sample.cells
         ]
@@ -150,8 +151,8 @@ def deliveries(stack: Stack) -> dict[str, int]:
     return {key: int(redis.get(key)) for key in keys if not key.endswith(":progress")}  # not the progress marks
 
 
-def assert_complete_once(stack: Stack, accession_id: str, report: dict, n: int) -> None:
-    assert report["n_cells"] == report["n_classified"] == n and report["n_failed"] == 0, report
+def assert_complete_once(stack: Stack, accession_id: str, report: Report, n: int) -> None:
+    assert report.n_cells == report.n_classified == n and report.n_failed == 0, report
     assert predictions_per_image(stack, accession_id) == [1] * n  # none lost, none twice
     assert classified_events(stack, accession_id) == 1  # the killed attempt reported nothing
 
@@ -161,10 +162,10 @@ def sample_predictions(stack: Stack, accession_id: str) -> int:
     with db.session_scope(stack.settings.database_url) as session:
         return session.scalar(
             select(func.count())
-            .select_from(models.Prediction)
-            .join(models.SampleImage, models.SampleImage.image_sha256 == models.Prediction.image_sha256)
-            .join(models.Sample, models.Sample.id == models.SampleImage.sample_id)
-            .where(models.Sample.accession_id == accession_id)
+            .select_from(tables.Prediction)
+            .join(tables.SampleImage, tables.SampleImage.image_sha256 == tables.Prediction.image_sha256)
+            .join(tables.Sample, tables.Sample.id == tables.SampleImage.sample_id)
+            .where(tables.Sample.accession_id == accession_id)
         )
 
 
@@ -175,8 +176,8 @@ def worker_logs(stack: Stack) -> str:
 def test_an_image_that_crashes_preprocessing_fails_alone(faults: Stack):
     faults.client().submit("F-CRASH", images(0, 6) + [("magenta.png", MAGENTA)])
     report = wait_final(faults, ["F-CRASH"])["F-CRASH"]
-    assert report["n_classified"] == 6 and report["status"] == "needs_review"
-    assert [(f["name"], f["error"]) for f in report["failed"]] == [
+    assert report.n_classified == 6 and report.status == "needs_review"
+    assert [(f.name, f.error) for f in report.failed] == [
         ("magenta.png", "preprocessing failed: RuntimeError: this step cannot handle an all-magenta image")
     ]
     time.sleep(2)  # a redelivery loop would classify it again

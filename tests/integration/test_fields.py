@@ -17,7 +17,7 @@ from bloodcell_core.clients.http import HttpApiError, HttpClient
 from bloodcell_core.ml.artifacts import read_metadata
 from bloodcell_core.ml.preprocessing import decode_image
 from bloodcell_core.ml.smear_fields import read_fields
-from bloodcell_core.service import models
+from bloodcell_core.service import tables
 from bloodcell_core.service.errors import LimitExceeded
 
 pytestmark = pytest.mark.real_data
@@ -105,7 +105,7 @@ def test_fields_from_the_cli_are_located_classified_and_kept_with_their_place(st
     # The same fields again add nothing; under another sample they give the very same cells.
     again = json.loads(run_cli("submit", "--sample-id", "F-CLI-1", "--fields", "--json", str(field_dir), env=stack.env).stdout)
     assert again["new_fields"] == 0 and again["new_cells"] == 0
-    assert stack.count(models.SampleField) == 5
+    assert stack.count(tables.SampleField) == 5
     other = submit_fields(stack, "F-CLI-2", *sorted(field_dir.glob("BloodImage_*.jpg")))
     assert other["n_cells"] == 4
     assert {c["image_sha256"] for c in json.loads(run_cli("cells", "F-CLI-2", "--json", env=stack.env).stdout)} == {
@@ -120,7 +120,7 @@ def test_fields_over_http_and_their_overlay(stack: Stack, field_dir: Path):
     receipt = api.submit("F-HTTP-1", [], fields=fields)
     assert receipt.new_fields == 3 and receipt.n_fields == 3
     report = api.wait("F-HTTP-1", timeout=180)
-    assert report["n_classified"] == 4 and len(report["fields"]) == 3
+    assert report.n_classified == 4 and len(report.fields) == 3
     listed = api.fields("F-HTTP-1")
     sha = listed[0]["image_sha256"]
     png = api.field_overlay("F-HTTP-1", sha)
@@ -151,9 +151,9 @@ def test_bad_fields_each_get_a_clear_result_and_nothing_is_half_written(stack: S
 
     huge = tmp_path / "huge.png"
     huge.write_bytes(png_header(5000, 5000))
-    fields_before = stack.count(models.SampleField)
+    fields_before = stack.count(tables.SampleField)
     with pytest.raises(LimitExceeded, match="5000 x 5000 pixels"):
         stack.client().submit("F-BAD-2", [], fields=[("huge.png", huge.read_bytes())])
     result = run_cli("submit", "--sample-id", "F-BAD-2", "--fields", str(huge), env=stack.env, check=False)
     assert result.returncode == 1 and "BLOODCELL_MAX_IMAGE_PIXELS" in result.stderr
-    assert stack.count(models.SampleField) == fields_before
+    assert stack.count(tables.SampleField) == fields_before

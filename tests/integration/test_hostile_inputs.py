@@ -46,7 +46,7 @@ from sqlalchemy import func, select
 
 from bloodcell_core.clients.local import Client
 from bloodcell_core.ml.preprocessing import decode_image
-from bloodcell_core.service import db, models
+from bloodcell_core.service import db, tables
 from bloodcell_core.service.errors import LimitExceeded, ServiceError
 from bloodcell_core.service.image_store import sha256_of
 from bloodcell_core.service.states import SampleStatus
@@ -54,7 +54,7 @@ from bloodcell_core.service.states import SampleStatus
 pytestmark = [pytest.mark.hostile, pytest.mark.real_data]
 
 Part = tuple[bytes, bytes, "bytes | None"]  # (file name as sent, image bytes, Content-Type of the part or None)
-TABLES = (models.Sample, models.SampleImage, models.Image, models.Prediction)
+TABLES = (tables.Sample, tables.SampleImage, tables.Image, tables.Prediction)
 REFERENCE = unseen_images("basophil", 1)[0]  # a real test-split cell the shipped model classifies as basophil
 COMPANION = unseen_images("neutrophil", 1)[0]  # the normal cell submitted beside each accepted hostile image
 
@@ -374,8 +374,8 @@ class Hostile:
             with db.session_scope(self.stack.settings.database_url) as session:
                 busy = session.scalar(
                     select(func.count())
-                    .select_from(models.Sample)
-                    .where(models.Sample.status.in_([SampleStatus.QUEUED, SampleStatus.RUNNING]))
+                    .select_from(tables.Sample)
+                    .where(tables.Sample.status.in_([SampleStatus.QUEUED, SampleStatus.RUNNING]))
                 )
             if not busy:
                 return
@@ -490,12 +490,13 @@ def wait_for(hostile: Hostile, accession: str, path: str) -> tuple[dict, list[di
     if path == "api":
         report = hostile.api.wait_for(accession)
         return report, hostile.api.call("GET", f"/v1/samples/{accession}/cells").json()
-    return hostile.client.wait(accession, timeout=120), hostile.client.cells(accession)
+    # the API's JSON and the in-process client's typed report, checked alike
+    return hostile.client.wait(accession, timeout=120).model_dump(mode="json"), hostile.client.cells(accession)
 
 
 def predicted(hostile: Hostile, sha256: str) -> bool:
     with db.session_scope(hostile.stack.settings.database_url) as session:
-        return session.scalar(select(func.count()).select_from(models.Prediction).where(models.Prediction.image_sha256 == sha256)) > 0
+        return session.scalar(select(func.count()).select_from(tables.Prediction).where(tables.Prediction.image_sha256 == sha256)) > 0
 
 
 @pytest.mark.parametrize("k,path", params({"fails", "classified"}))
@@ -619,5 +620,5 @@ def test_service_stays_up_and_still_classifies_a_normal_sample(hostile: Hostile,
     assert hostile.api.call("POST", "/v1/samples", content=body, headers={"Content-Type": content_type}).status_code == 202
     hostile.client.submit("AFTER-HOSTILE-client", [(p.name, p.read_bytes()) for p in fresh[2:]])
     assert hostile.api.wait_for("AFTER-HOSTILE-api")["counts"]["monocyte"] == 2
-    assert hostile.client.wait("AFTER-HOSTILE-client", timeout=120)["counts"]["myeloblast"] == 2
+    assert hostile.client.wait("AFTER-HOSTILE-client", timeout=120).counts["myeloblast"] == 2
     assert all(p.poll() is None for p in hostile.stack.workers)

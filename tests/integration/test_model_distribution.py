@@ -11,7 +11,7 @@ from helpers import DEFAULT_MODEL, KAGGLE5_MODEL, run_cli, unseen_images
 from servers import Stack, settings_for
 from sqlalchemy import select
 
-from bloodcell_core.service import db, models
+from bloodcell_core.service import db, tables
 
 pytestmark = pytest.mark.real_data
 
@@ -46,13 +46,13 @@ def test_two_workers_fetch_a_promoted_version_from_the_database(redis_server, po
         for k, sample_id in enumerate(ids):
             client.submit(sample_id, images[4 * k : 4 * k + 4])
         reports = [client.wait(sample_id, timeout=300) for sample_id in ids]
-        assert {r["model_version"] for r in reports} == {version}
+        assert {r.model_version for r in reports} == {version}
         with db.session_scope(stack.settings.database_url) as session:
-            row = session.scalar(select(models.ModelVersion).where(models.ModelVersion.version == version))
-            workers = set(session.scalars(select(models.Prediction.worker).where(models.Prediction.model_version_id == row.id)))
+            row = session.scalar(select(tables.ModelVersion).where(tables.ModelVersion.version == version))
+            workers = set(session.scalars(select(tables.Prediction.worker).where(tables.Prediction.model_version_id == row.id)))
             stored = dict(
                 session.execute(
-                    select(models.ModelFile.name, models.ModelFile.sha256).where(models.ModelFile.model_version_id == row.id)
+                    select(tables.ModelFile.name, tables.ModelFile.sha256).where(tables.ModelFile.model_version_id == row.id)
                 ).all()
             )
         assert {w.split("@")[0] for w in workers} == {"w1", "w2"}  # both served it

@@ -13,7 +13,7 @@ from helpers import run_cli, unseen_images
 from servers import settings_for
 from sqlalchemy import func, select
 
-from bloodcell_core.service import db, models
+from bloodcell_core.service import db, tables
 from bloodcell_core.service.image_store import FileImageStore, file_store_root
 from bloodcell_core.service.submission import submit_sample
 
@@ -35,15 +35,15 @@ def add_history(settings, accession_id: str, images: list[tuple[str, bytes]], ag
     """A classified, relabelled, signed-off sample submitted AGE ago, with a webhook delivery; its cells' hashes."""
     submit_sample(settings, accession_id, images, "user:anna")
     with db.session_scope(settings.database_url) as session:
-        sample = session.scalars(select(models.Sample).where(models.Sample.accession_id == accession_id)).one()
+        sample = session.scalars(select(tables.Sample).where(tables.Sample.accession_id == accession_id)).one()
         sample.created_at = datetime.now(timezone.utc) - age
         sample.status, sample.report_status = "done", "final"
         hashes = [cell.image_sha256 for cell in sample.cells]
         output = dict(model_version_id=version_id, label="monocyte", confidence=0.99, probabilities={"monocyte": 0.99})
         rows = [output | dict(image_sha256=sha256, preprocess_ms=1.0, predict_ms=1.0, worker="w") for sha256 in hashes]
-        db.insert_new(session, models.Prediction, rows, key=["image_sha256", "model_version_id"])  # one per image and version
+        db.insert_new(session, tables.Prediction, rows, key=["image_sha256", "model_version_id"])  # one per image and version
         session.add(
-            models.SampleReport(
+            tables.SampleReport(
                 sample_id=sample.id,
                 model_version_id=version_id,
                 n_cells=len(hashes),
@@ -59,14 +59,14 @@ def add_history(settings, accession_id: str, images: list[tuple[str, bytes]], ag
                 failed=[],
             )
         )
-        session.add(models.CellReview(sample_id=sample.id, image_sha256=hashes[0], label="monocyte", reviewer="anna", reason="shape"))
-        client = session.scalars(select(models.ApiClient)).first()
+        session.add(tables.CellReview(sample_id=sample.id, image_sha256=hashes[0], label="monocyte", reviewer="anna", reason="shape"))
+        client = session.scalars(select(tables.ApiClient)).first()
         if client is None:
-            client = models.ApiClient(name="lims", token_sha256="0" * 64, token_prefix="x", scopes=["submit"])
+            client = tables.ApiClient(name="lims", token_sha256="0" * 64, token_prefix="x", scopes=["submit"])
             session.add(client)
             session.flush()
         session.add(
-            models.WebhookDelivery(client_id=client.id, sample_id=sample.id, event="sample.classified", url="http://x", payload={})
+            tables.WebhookDelivery(client_id=client.id, sample_id=sample.id, event="sample.classified", url="http://x", payload={})
         )
     return hashes
 
@@ -79,7 +79,7 @@ def count(settings, model) -> int:
 def test_retention_purges_old_samples_their_only_images_and_files_and_keeps_the_audit_trail(env: dict[str, str]):
     settings = settings_for(env)
     with db.session_scope(settings.database_url) as session:
-        version = models.ModelVersion(
+        version = tables.ModelVersion(
             version="v1", plugin="p", artifact_path="a", status="production", classes=["monocyte"], metrics={}, data_fingerprint="f"
         )
         session.add(version)
@@ -90,18 +90,18 @@ def test_retention_purges_old_samples_their_only_images_and_files_and_keeps_the_
     new_hashes = add_history(settings, "S-NEW", shared + new_only, timedelta(days=10), version_id)
     submit_sample(settings, "S-OLD-QUEUED", new_only, "user:anna")  # old, but never classified: not the purge's to judge
     with db.session_scope(settings.database_url) as session:
-        queued = session.scalars(select(models.Sample).where(models.Sample.accession_id == "S-OLD-QUEUED")).one()
+        queued = session.scalars(select(tables.Sample).where(tables.Sample.accession_id == "S-OLD-QUEUED")).one()
         queued.created_at = datetime.now(timezone.utc) - timedelta(days=400)
     store = FileImageStore(file_store_root(settings))
     gone, kept = old_hashes[0], old_hashes[1]  # the second is also a cell of the new sample
     assert store.path(gone).exists() and kept in new_hashes
     a_year_ago = (datetime.now(timezone.utc) - timedelta(days=400)).timestamp()
     os.utime(store.path(gone), (a_year_ago, a_year_ago))  # written with its sample (a file refreshed within the hour stays)
-    events_before = count(settings, models.AuditEvent)
+    events_before = count(settings, tables.AuditEvent)
 
     dry = json.loads(run_cli("retention", "--days", "365", "--dry-run", "--json", env=env).stdout)
     assert (dry["dry_run"], dry["samples"], dry["cells"]) == (True, 1, 2)
-    assert count(settings, models.Sample) == 3 and count(settings, models.AuditEvent) == events_before
+    assert count(settings, tables.Sample) == 3 and count(settings, tables.AuditEvent) == events_before
 
     without_age = run_cli("retention", env=env, check=False)  # BLOODCELL_RETENTION_DAYS unset: nothing is purged
     assert without_age.returncode != 0 and "BLOODCELL_RETENTION_DAYS" in without_age.stderr
@@ -110,14 +110,14 @@ def test_retention_purges_old_samples_their_only_images_and_files_and_keeps_the_
     assert (done["samples"], done["cells"], done["images"], done["predictions"]) == (1, 2, 1, 1), done
     assert done["image_bytes"] == len(old_only[0][1])
     with db.session_scope(settings.database_url) as session:
-        accession_ids = set(session.scalars(select(models.Sample.accession_id)))
+        accession_ids = set(session.scalars(select(tables.Sample.accession_id)))
         assert accession_ids == {"S-NEW", "S-OLD-QUEUED"}
-        assert set(session.scalars(select(models.Image.sha256))) == set(new_hashes)
-        assert set(session.scalars(select(models.Prediction.image_sha256))) == set(new_hashes)
-        assert count(settings, models.SampleReport) == 1 and count(settings, models.CellReview) == 1
-        assert count(settings, models.WebhookDelivery) == 1
+        assert set(session.scalars(select(tables.Image.sha256))) == set(new_hashes)
+        assert set(session.scalars(select(tables.Prediction.image_sha256))) == set(new_hashes)
+        assert count(settings, tables.SampleReport) == 1 and count(settings, tables.CellReview) == 1
+        assert count(settings, tables.WebhookDelivery) == 1
         trail = session.scalars(
-            select(models.AuditEvent).where(models.AuditEvent.subject == "S-OLD").order_by(models.AuditEvent.id)
+            select(tables.AuditEvent).where(tables.AuditEvent.subject == "S-OLD").order_by(tables.AuditEvent.id)
         ).all()
     assert [e.action for e in trail] == ["sample.submitted", "sample.purged"]  # the trail stays, and says what went
     assert trail[-1].details["counts"] == {"monocyte": 2} and trail[-1].details["report_status"] == "final"

@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from bloodcell_core.config import Settings
 from bloodcell_core.ml.artifacts import read_metadata
-from bloodcell_core.service import db, models
+from bloodcell_core.service import db, tables
 
 pytestmark = pytest.mark.real_data
 
@@ -71,10 +71,10 @@ def test_sample_end_to_end(stack: Stack, sample_dir: Path):
     assert "not an image file" in report["failed"][0]["error"]
     assert report["model_version"].startswith(read_metadata(DEFAULT_MODEL).plugin + "-")
     assert report["review_threshold"] == read_metadata(DEFAULT_MODEL).calibration["review_threshold"]
-    assert stack.count(models.Prediction) == 12 and stack.count(models.SampleImage) == 13
+    assert stack.count(tables.Prediction) == 12 and stack.count(tables.SampleImage) == 13
     assert json.loads(run_cli("report", "S-E2E-1", "--json", env=stack.env).stdout) == report
     with db.session_scope(stack.settings.database_url) as session:
-        events = session.scalars(select(models.AuditEvent.action).where(models.AuditEvent.subject == "S-E2E-1")).all()
+        events = session.scalars(select(tables.AuditEvent.action).where(tables.AuditEvent.subject == "S-E2E-1")).all()
     assert events == ["sample.submitted", "sample.classified"]
 
 
@@ -96,12 +96,12 @@ def test_exports_from_the_cli_parse_back(stack: Stack, sample_dir: Path):
 
 def test_resubmission_and_redelivery_are_idempotent(stack: Stack, sample_dir: Path):
     submit(stack, "S-E2E-2", sample_dir)
-    counts = {model: stack.count(model) for model in (models.Sample, models.SampleImage, models.Prediction, models.Image)}
+    counts = {model: stack.count(model) for model in (tables.Sample, tables.SampleImage, tables.Prediction, tables.Image)}
     again = json.loads(run_cli("submit", "--sample-id", "S-E2E-2", "--json", str(sample_dir), env=stack.env).stdout)
     assert again["new_cells"] == 0
     client = stack.client()
     with db.session_scope(stack.settings.database_url) as session:
-        sample_pk = session.scalar(select(models.Sample.id).where(models.Sample.accession_id == "S-E2E-2"))
+        sample_pk = session.scalar(select(tables.Sample.id).where(tables.Sample.accession_id == "S-E2E-2"))
     client._send("bloodcell.classify_sample", [sample_pk], "classify").get(timeout=60)  # a redelivered task
     assert {model: stack.count(model) for model in counts} == counts
 
@@ -115,7 +115,7 @@ def test_single_image_task(stack: Stack):
 def test_audit_log_is_append_only(stack: Stack):
     with pytest.raises(PermissionError, match="append-only"):
         with db.session_scope(stack.settings.database_url) as session:
-            session.scalars(select(models.AuditEvent)).first().action = "rewritten"
+            session.scalars(select(tables.AuditEvent)).first().action = "rewritten"
 
 
 def test_two_workers_share_one_queue(stack: Stack, tmp_path: Path):
@@ -125,9 +125,9 @@ def test_two_workers_share_one_queue(stack: Stack, tmp_path: Path):
     for k in range(8):
         client.submit(f"S-SHARE-{k}", [(p.name, p.read_bytes()) for p in images[5 * k : 5 * k + 5]])
     for k in range(8):
-        assert client.wait(f"S-SHARE-{k}", timeout=120)["status"] in ("done", "needs_review")
+        assert client.wait(f"S-SHARE-{k}", timeout=120).status in ("done", "needs_review")
     with db.session_scope(stack.settings.database_url) as session:
-        workers = set(session.scalars(select(models.Prediction.worker)))
+        workers = set(session.scalars(select(tables.Prediction.worker)))
     assert {w.split("@")[0] for w in workers} >= {"w1", "w2"}
 
 
@@ -139,17 +139,18 @@ def test_retrain_gate_shadow_and_forced_promotion(stack: Stack, sample_dir: Path
     client = stack.client()
     run_id = client.retrain("compact_cnn", str(KAGGLE5), {"epochs": 1, "max_per_class": 8})
     result = client.wait_training(run_id, timeout=300)
-    assert result["status"] == "done", result
-    candidate = result["version"]
-    versions = {row["version"]: row for row in client.models()}
-    assert versions[candidate]["status"] == "candidate"
-    production = next(v for v, row in versions.items() if row["status"] == "production")
+    assert result.status == "done", result
+    candidate = result.version
+    assert candidate is not None
+    versions = {row.version: row for row in client.models()}
+    assert versions[candidate].status == "candidate"
+    production = next(v for v, row in versions.items() if row.status == "production")
 
     refused = pytest.raises(promotion.Conflict, match="no evaluation set 'default'")
     with refused:
         client.promote(candidate, actor="test")
     evaluation_dir = tmp_path_factory.mktemp("evaluation")  # images neither model trained or early-stopped on
-    seen_by_candidate = Classifier.from_dir(versions[candidate]["artifact"]).artifact.split().hashes("train", "val")
+    seen_by_candidate = Classifier.from_dir(versions[candidate].artifact).artifact.split().hashes("train", "val")
     # the classes both know (the candidate's seg_neutrophil is production's neutrophil): both are scored on the same images
     for label in ("basophil", "erythroblast", "monocyte", "myeloblast"):
         (evaluation_dir / label).mkdir(parents=True)
@@ -175,11 +176,11 @@ def test_retrain_gate_shadow_and_forced_promotion(stack: Stack, sample_dir: Path
         with db.session_scope(stack.settings.database_url) as session:
             workers = set(
                 session.scalars(
-                    select(models.Prediction.worker).join(models.ModelVersion).where(models.ModelVersion.version == candidate)
+                    select(tables.Prediction.worker).join(tables.ModelVersion).where(tables.ModelVersion.version == candidate)
                 )
             )
         assert {w.split("@")[0] for w in workers} == {"shadow:shadow"}
-        assert client.report("S-SHADOW") == report  # shadow predictions never touch a report
+        assert client.report("S-SHADOW").model_dump(mode="json") == report  # shadow predictions never touch a report
     finally:
         stack.stop_workers()
         stack.start_worker("w1")
@@ -191,7 +192,7 @@ def test_retrain_gate_shadow_and_forced_promotion(stack: Stack, sample_dir: Path
         assert submit(stack, "S-AFTER-PROMOTION", sample_dir)["model_version"] == candidate
         with db.session_scope(stack.settings.database_url) as session:
             event = session.scalars(
-                select(models.AuditEvent).where(models.AuditEvent.action == "model.promoted", models.AuditEvent.subject == candidate)
+                select(tables.AuditEvent).where(tables.AuditEvent.action == "model.promoted", tables.AuditEvent.subject == candidate)
             ).one()
             assert event.details["forced"] and event.details["reason"] == "integration test"
             assert any("does not beat" in refusal for refusal in event.details["gate_refusals"])

@@ -28,8 +28,8 @@ from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import CellPrediction
 from bloodcell_core.service import db, users
 from bloodcell_core.service.classification import classify_sample
-from bloodcell_core.service.models import LoginAttempt
 from bloodcell_core.service.samples import find_sample
+from bloodcell_core.service.tables import LoginAttempt
 from bloodcell_core.service.versions import ensure_production_model
 
 PASSWORD = "correct horse battery"

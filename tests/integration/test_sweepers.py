@@ -21,8 +21,9 @@ from helpers import DEFAULT_MODEL, run_cli, unseen_images
 from servers import RedisServer, Stack, WebhookReceiver, create_token, settings_for
 from sqlalchemy import select
 
-from bloodcell_core.service import db, models, sweepers, users, webhooks
+from bloodcell_core.service import db, sweepers, tables, users, webhooks
 from bloodcell_core.service.image_store import FileImageStore, file_store_root, journal_hour
+from bloodcell_core.service.results import Report
 
 pytestmark = pytest.mark.real_data
 
@@ -74,10 +75,10 @@ def stack(request, redis, tmp_path_factory):
 
 def lims_id(stack: SweepStack) -> int:
     with db.session_scope(stack.settings.database_url) as session:
-        return session.scalars(select(models.ApiClient.id).where(models.ApiClient.name == "lims")).one()
+        return session.scalars(select(tables.ApiClient.id).where(tables.ApiClient.name == "lims")).one()
 
 
-def submit(stack: SweepStack, sample_id: str) -> dict:
+def submit(stack: SweepStack, sample_id: str) -> Report:
     client = stack.client()
     images = [(p.name, p.read_bytes()) for p in unseen_images("monocyte", 2) + unseen_images("neutrophil", 2)]
     client.submit(sample_id, images, client_id=lims_id(stack))
@@ -85,7 +86,8 @@ def submit(stack: SweepStack, sample_id: str) -> dict:
 
 
 def deliveries(stack: SweepStack, sample_id: str, event: str) -> list[dict]:
-    return [d for d in webhooks.get_deliveries(stack.settings, sample_id) if d["event"] == event]
+    with db.session_scope(stack.settings.database_url) as session:
+        return [d for d in webhooks.get_deliveries(session, accession_id=sample_id) if d["event"] == event]
 
 
 def wait_delivered(stack: SweepStack, sample_id: str, event: str, timeout: float = 60) -> dict:
@@ -120,7 +122,7 @@ def test_a_delivery_left_pending_while_redis_was_down_is_delivered_after_the_swe
         signed = client.sign_off(sample_id, "tech", confirm_incomplete=True)  # committed; the webhook's message cannot be sent
     finally:
         redis.start()
-    assert signed["report_status"] == "final"
+    assert signed.report_status == "final"
     stack.wait_for_workers(1)
     time.sleep(3)
     [pending] = deliveries(stack, sample_id, "sample.signed_off")
@@ -140,14 +142,14 @@ def test_a_delivery_waiting_on_its_retry_is_not_requeued_and_a_stale_message_doe
     wait_delivered(stack, sample_id, "sample.classified")
     now = datetime.now(timezone.utc)
     with db.session_scope(stack.settings.database_url) as session:
-        sample = session.scalars(select(models.Sample).where(models.Sample.accession_id == sample_id)).one()
+        sample = session.scalars(select(tables.Sample).where(tables.Sample.accession_id == sample_id)).one()
         rows = {
             # retried 30 s ago with an hour's countdown: its message is on its way
-            "waiting": models.WebhookDelivery(due_at=now + timedelta(hours=1), task_id="retrying-task"),
+            "waiting": tables.WebhookDelivery(due_at=now + timedelta(hours=1), task_id="retrying-task"),
             # handed over a moment ago: its message may still be on its way
-            "fresh": models.WebhookDelivery(due_at=now - timedelta(seconds=2), task_id="fresh-task"),
+            "fresh": tables.WebhookDelivery(due_at=now - timedelta(seconds=2), task_id="fresh-task"),
             # its message was handed over two minutes ago and never ran: lost
-            "lost": models.WebhookDelivery(due_at=now - timedelta(minutes=2), task_id="lost-task"),
+            "lost": tables.WebhookDelivery(due_at=now - timedelta(minutes=2), task_id="lost-task"),
         }
         for row in rows.values():
             row.client_id, row.sample_id, row.event, row.url, row.payload = (
@@ -171,7 +173,7 @@ def test_a_delivery_waiting_on_its_retry_is_not_requeued_and_a_stale_message_doe
     assert webhooks.claim(stack.settings, ids["waiting"], "retrying-task")
     with db.session_scope(stack.settings.database_url) as session:
         for delivery_id in ids.values():  # not to be sent by the tests that follow
-            session.get(models.WebhookDelivery, delivery_id).status = "failed"
+            session.get(tables.WebhookDelivery, delivery_id).status = "failed"
 
 
 def put_file(root: Path, sha256: str, age_s: float, data: bytes = b"image bytes", journal: bool = True) -> Path:
@@ -189,7 +191,7 @@ def test_old_orphan_files_are_removed_referenced_and_fresh_ones_stay(stack: Swee
     submit(stack, f"S-ORPHAN-{stack.settings.database_url[:6]}")
     root = file_store_root(stack.settings)
     with db.session_scope(stack.settings.database_url) as session:
-        referenced = sorted(session.scalars(select(models.SampleImage.image_sha256)))
+        referenced = sorted(session.scalars(select(tables.SampleImage.image_sha256)))
     referenced_paths = [root / s[:2] / s[2:4] / s for s in referenced]
     for path in referenced_paths:  # as old as the orphans: only the rows keep them
         os.utime(path, (time.time() - 2 * DAY, time.time() - 2 * DAY))

@@ -78,20 +78,44 @@ def reviewed_sample(settings, accession_id: str, cells: list[tuple[str, Path]], 
     submission = submit_sample(settings, accession_id, images, "test")
     classify_sample(settings, submission.sample_pk, classifier_for, "test-worker")
     model_label = {}
-    for cell in review.get_cells(settings, accession_id):
-        sha = cell["image_sha256"]
-        model_label[sha] = cell["model_label"]
-        if cell["model_label"] != truth[sha] or cell["needs_review"]:
-            review.relabel_cell(settings, accession_id, sha, truth[sha], "anna", "checked on the smear", "user:anna")
-    if sign:
-        # 20-cell samples: fewer leukocytes than BLOODCELL_SIGNOFF_MIN_LEUKOCYTES, confirmed as the rule asks
-        review.sign_off(settings, accession_id, "sue", f"verified {accession_id}", "user:sue", confirm_incomplete=True)
+    with db.session_scope(settings.database_url) as session:
+        for cell in review.get_cells(session, accession_id=accession_id):
+            sha = cell["image_sha256"]
+            model_label[sha] = cell["model_label"]
+            if cell["model_label"] != truth[sha] or cell["needs_review"]:
+                relabel(session, settings, accession_id, sha, truth[sha], "checked on the smear")
+        if sign:
+            # 20-cell samples: fewer leukocytes than BLOODCELL_SIGNOFF_MIN_LEUKOCYTES, confirmed as the rule asks
+            review.sign_off(
+                session,
+                settings=settings,
+                accession_id=accession_id,
+                reviewer="sue",
+                comment=f"verified {accession_id}",
+                actor="user:sue",
+                confirm_incomplete=True,
+            )
     return model_label, truth
 
 
+def relabel(session, settings, accession_id: str, sha256: str, label: str, reason: str) -> None:
+    """Anna's label for one cell, as the console records it."""
+    review.relabel_cell(
+        session,
+        settings=settings,
+        accession_id=accession_id,
+        image_sha256=sha256,
+        label=label,
+        reviewer="anna",
+        reason=reason,
+        actor="user:anna",
+    )
+
+
 def relabel_after_sign_off(settings, accession_id: str) -> None:
-    first = review.get_cells(settings, accession_id)[0]["image_sha256"]
-    review.relabel_cell(settings, accession_id, first, "basophil", "anna", "second look after sign-off", "user:anna")
+    with db.session_scope(settings.database_url) as session:
+        first = review.get_cells(session, accession_id=accession_id)[0]["image_sha256"]
+        relabel(session, settings, accession_id, first, "basophil", "second look after sign-off")
 
 
 @pytest.fixture(scope="module")

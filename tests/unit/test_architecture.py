@@ -89,13 +89,13 @@ def test_clients_never_import_the_database_models_or_ml():
         return (
             i in TOP_LEVEL
             or in_room(i, "bloodcell_core.clients")
-            or (in_room(i, "bloodcell_core.service") and i != "bloodcell_core.service.models")
+            or (in_room(i, "bloodcell_core.service") and i != "bloodcell_core.service.tables")
         )
 
     assert offending("bloodcell_core.clients", allowed) == []
     # the HTTP client runs on other machines: only the light contracts of the service
     assert GRAPH["bloodcell_core.clients.http"] <= {"bloodcell_core.clients.waiting", "bloodcell_core.service.receipts",
-                                                     "bloodcell_core.service.states"}  # fmt: skip
+                                                     "bloodcell_core.service.results", "bloodcell_core.service.states"}  # fmt: skip
 
 
 def test_adapters_and_plugins_stay_in_their_rooms():
@@ -107,11 +107,12 @@ def test_adapters_and_plugins_stay_in_their_rooms():
     assert offending("plugins", lambda i: not any(in_room(i, room) for room in plugin_rooms)) == []
 
 
-ORM = ("bloodcell_core.service.models", "bloodcell_core.service.db")
+ORM = ("bloodcell_core.service.tables", "bloodcell_core.service.db")
 EDGE = "bloodcell_core.edge"
 # what an API route may take from the service besides the local client: contracts, the id check, the metrics registry
-ROUTE_SERVICE = {"bloodcell_core.service.states", "bloodcell_core.service.receipts", "bloodcell_core.service.errors",
-                 "bloodcell_core.service.submission", "bloodcell_core.service.ops_metrics"}  # fmt: skip
+ROUTE_SERVICE = {"bloodcell_core.service.states", "bloodcell_core.service.receipts", "bloodcell_core.service.results",
+                 "bloodcell_core.service.errors", "bloodcell_core.service.submission",
+                 "bloodcell_core.service.ops_metrics"}  # fmt: skip
 
 
 def third_party_imports(module: str) -> set[str]:

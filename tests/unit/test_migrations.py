@@ -8,7 +8,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
 from bloodcell_core.service.db import alembic_config, upgrade
-from bloodcell_core.service.models import Base
+from bloodcell_core.service.tables import Base
 
 
 def differences(url: str) -> list:

@@ -1,0 +1,109 @@
+"""What the service returns, typed once: the sample report, model versions and training runs.
+
+The API's response models derive from these, the console's pages, the CLI and the exporters render them, and the
+HTTP client reads the API's answers back into them; light enough (pydantic and the states) for the HTTP client.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from bloodcell_core.service.states import FieldStatus, ModelStatus, ReportStatus, SampleFlag, SampleStatus, TrainingRunStatus
+
+
+class CellForReview(BaseModel):
+    name: str
+    image_sha256: str
+    label: str
+    confidence: float
+    reasons: list[str] = Field(description="Why it needs a technologist: low confidence, unlike the training images")
+
+
+class FailedCell(BaseModel):
+    name: str
+    image_sha256: str | None = None
+    error: str | None
+
+
+class FieldSummary(BaseModel):
+    name: str
+    image_sha256: str = Field(description="The field image's sha256")
+    status: FieldStatus = Field(description="queued, located (its cells are the sample's cells) or failed")
+    n_cells: int | None = Field(description="White cells found; null until located")
+    error: str | None
+
+
+class SignOffRecord(BaseModel):
+    report_version: int
+    report_status: ReportStatus = Field(description="final, or amended for a corrected report")
+    signed_off_by: str
+    role: str
+    signed_off_at: str
+    comment: str
+    confirmed: list[str] = Field(description="What the signer confirmed: failed images, too few leukocytes")
+    counts: dict[str, int]
+    percent: dict[str, float]
+    flags: list[SampleFlag]
+    withdrawn_at: str | None = Field(description="When the report changed after this sign-off")
+
+
+class Report(BaseModel):
+    """A sample's status and differential; the figures after `model_version` exist once it is classified."""
+
+    sample_id: str
+    status: SampleStatus
+    error: str | None
+    n_cells: int
+    report_status: ReportStatus
+    report_version: int | None = Field(description="Goes up whenever what the report says changes; a sign-off approves one")
+    signed_off_by: str | None = Field(description="The console user whose sign-off approves this version; null when none does")
+    signed_off_at: str | None
+    signed_off_role: str | None
+    sign_off_comment: str | None
+    awaiting_sign_off_again: bool = Field(description="Changed after a sign-off: not approved until signed off again")
+    sign_offs: list[SignOffRecord] = Field(description="Every sign-off, oldest first, with what it approved")
+    n_reviewed: int
+    fields: list[FieldSummary] = Field(description="The whole fields submitted, if any")
+    fields_without_cells: list[str] = Field(description="Names of located fields in which no white cell was found")
+    model_version: str | None
+    counts: dict[str, int]
+    percent: dict[str, float] = Field(description="Per 100 leukocytes")
+    blast_flag: bool
+    flags: list[SampleFlag]
+    warnings: list[str]
+    needs_review: list[CellForReview]
+    failed: list[FailedCell]
+    n_classified: int | None = None
+    n_leukocytes: int | None = None
+    non_leukocyte_classes: list[str] | None = Field(
+        default=None, description="Counted apart, per 100 leukocytes, not part of the differential: nucleated red cells, platelets"
+    )
+    n_relabelled: int | None = Field(default=None, description="Cells whose label a technologist changed (confirmations excluded)")
+    n_failed: int | None = None
+    blast_count: int | None = None
+    blast_percent: float | None = None
+    n_unfamiliar: int | None = Field(default=None, description="Unreviewed cells unlike the training images")
+    review_threshold: float | None = None
+    ood_threshold: float | None = None
+
+
+class ModelVersionInfo(BaseModel):
+    version: str
+    plugin: str
+    status: ModelStatus
+    created_at: str
+    test_accuracy: float | None
+    test_macro_f1: float | None
+    artifact: str
+
+
+def production_of(versions: list[ModelVersionInfo]) -> ModelVersionInfo | None:
+    """The production version among VERSIONS (None before one is promoted)."""
+    return next((v for v in versions if v.status == ModelStatus.PRODUCTION), None)
+
+
+class TrainingRunInfo(BaseModel):
+    run: int
+    status: TrainingRunStatus
+    error: str | None
+    version: str | None = Field(description="The model version the run made; null until it is done")
