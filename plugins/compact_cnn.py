@@ -103,6 +103,35 @@ DEFAULTS = TrainingDefaults(
 )
 
 
+# Group-, layer- and un-normalised nets start slower: a 1-epoch warm-up to a higher peak learning rate.
+NO_BATCH_STATISTICS = dataclasses.replace(DEFAULTS, learning_rate=2e-3, warmup_epochs=1)
+
+# The trial variants (docs/trials.md): name -> (description, builder options, training defaults)
+VARIANTS: dict[str, tuple[str, dict[str, Any], TrainingDefaults]] = {
+    "compact_cnn_gn": (
+        "compact_cnn with GroupNormalization (8 groups) instead of BatchNorm: no training-set statistics.",
+        {"normalisation": "group"},
+        NO_BATCH_STATISTICS,
+    ),
+    "compact_cnn_gn_ws": (
+        "compact_cnn_gn with weight-standardised convolutions.",
+        {"normalisation": "group", "standardise": True},
+        NO_BATCH_STATISTICS,
+    ),
+    "compact_cnn_ws": (
+        "compact_cnn with weight-standardised convolutions and no normalisation layer.",
+        {"normalisation": "none", "standardise": True},
+        NO_BATCH_STATISTICS,
+    ),
+    "compact_cnn_ln": (
+        "compact_cnn with one-group GroupNormalization (LayerNorm per feature map) instead of BatchNorm.",
+        {"normalisation": "layer"},
+        NO_BATCH_STATISTICS,
+    ),
+    "compact_cnn_wide": ("compact_cnn with twice the filters per stage (~3 M parameters).", {"width": 2}, DEFAULTS),
+}
+
+
 @hookimpl
 def register_models(register):
     register(
@@ -114,48 +143,6 @@ def register_models(register):
             defaults=DEFAULTS,
         )
     )
-    register(
-        ModelSpec(
-            name="compact_cnn_gn",
-            description="compact_cnn with GroupNormalization (8 groups) instead of BatchNorm: no training-set statistics.",
-            build=_builder("compact_cnn_gn", normalisation="group"),
-            input_size=(128, 128),
-            defaults=dataclasses.replace(DEFAULTS, learning_rate=2e-3, warmup_epochs=1),
-        )
-    )
-    register(
-        ModelSpec(
-            name="compact_cnn_gn_ws",
-            description="compact_cnn_gn with weight-standardised convolutions.",
-            build=_builder("compact_cnn_gn_ws", normalisation="group", standardise=True),
-            input_size=(128, 128),
-            defaults=dataclasses.replace(DEFAULTS, learning_rate=2e-3, warmup_epochs=1),
-        )
-    )
-    register(
-        ModelSpec(
-            name="compact_cnn_ws",
-            description="compact_cnn with weight-standardised convolutions and no normalisation layer.",
-            build=_builder("compact_cnn_ws", normalisation="none", standardise=True),
-            input_size=(128, 128),
-            defaults=dataclasses.replace(DEFAULTS, learning_rate=2e-3, warmup_epochs=1),
-        )
-    )
-    register(
-        ModelSpec(
-            name="compact_cnn_ln",
-            description="compact_cnn with one-group GroupNormalization (LayerNorm per feature map) instead of BatchNorm.",
-            build=_builder("compact_cnn_ln", normalisation="layer"),
-            input_size=(128, 128),
-            defaults=dataclasses.replace(DEFAULTS, learning_rate=2e-3, warmup_epochs=1),
-        )
-    )
-    register(
-        ModelSpec(
-            name="compact_cnn_wide",
-            description="compact_cnn with twice the filters per stage (~3 M parameters).",
-            build=_builder("compact_cnn_wide", width=2),
-            input_size=(128, 128),
-            defaults=DEFAULTS,
-        )
-    )
+    for name, (description, options, defaults) in VARIANTS.items():
+        build_variant = _builder(name, **options)
+        register(ModelSpec(name=name, description=description, build=build_variant, input_size=(128, 128), defaults=defaults))
