@@ -28,8 +28,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import httpx  # noqa: E402
 from bench_queue import LocalStack, load_images, wait_final  # noqa: E402
 
-from bloodcell_core.service.users import create_user  # noqa: E402
-
 PROJECT = Path(__file__).resolve().parent.parent
 PASSWORD = "bench password 1"
 
@@ -54,7 +52,7 @@ def main() -> None:
     images = load_images(args.cells)
     with tempfile.TemporaryDirectory(prefix="bench-console-") as home, LocalStack(Path(home), args.model, 1, api=True) as local:
         settings = local.settings
-        create_user(settings, "bench", "technologist", PASSWORD, "bench")
+        local.client.create_user("bench", "technologist", PASSWORD, "bench")
         local.client.submit("BENCH-200", images)
         wait_final(settings, ["BENCH-200"], timeout=900)
         browser = log_in(f"http://{settings.api_host}:{settings.api_port}")

@@ -418,8 +418,8 @@ def ok(response: Any, status: int = 200) -> Any:
 def measure(settings: Settings, history: History, repeat: int, images: list[tuple[str, bytes]]) -> dict[str, float]:
     from api.app import create_app
 
-    create_user(settings, "bench", "admin", PASSWORD, "bench")
     with db.session_scope(settings.database_url) as session:
+        create_user(session, name="bench", role="admin", password=PASSWORD, actor="bench")
         token = create_client(session, "bench-metrics", ["metrics", "read", "submit"], None, "bench").token
     app = create_app(settings)
     api = TestClient(app, headers={"Authorization": f"Bearer {token}"})

@@ -5,8 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Form, HTTPException, Response
 from fastapi.responses import RedirectResponse
 
-from bloodcell_core.edge import ClientDep, SettingsDep
-from bloodcell_core.service import users
+from bloodcell_core.edge import ClientDep
 from bloodcell_core.service.states import Role
 from web.deps import AdminForm, AdminViewer
 from web.rendering import page
@@ -21,41 +20,41 @@ def audit_page(who: AdminViewer, client: ClientDep, subject: str = "") -> Respon
 
 
 @router.get("/users")
-def users_page(who: AdminViewer, settings: SettingsDep) -> Response:
-    return page("users.html", who, people=users.list_users(settings), roles=list(Role))
+def users_page(who: AdminViewer, client: ClientDep) -> Response:
+    return page("users.html", who, people=client.list_users(), roles=list(Role))
 
 
 @router.post("/users")
 def create_user(
-    who: AdminForm, settings: SettingsDep, name: str = Form(...), user_role: str = Form(...), password: str = Form(...)
+    who: AdminForm, client: ClientDep, name: str = Form(...), user_role: str = Form(...), password: str = Form(...)
 ) -> Response:
-    users.create_user(settings, name, user_role, password, who.actor)
+    client.create_user(name, user_role, password, who.actor)
     return RedirectResponse(USERS_PAGE, status_code=303)
 
 
 @router.post("/users/{name}/disable")
-def disable_user(name: str, who: AdminForm, settings: SettingsDep) -> Response:
+def disable_user(name: str, who: AdminForm, client: ClientDep) -> Response:
     if name == who.name:
         raise HTTPException(409, "you cannot disable your own account: another admin can")
-    users.disable_user(settings, name, who.actor)
+    client.disable_user(name, who.actor)
     return RedirectResponse(USERS_PAGE, status_code=303)
 
 
 @router.post("/users/{name}/enable")
-def enable_user(name: str, who: AdminForm, settings: SettingsDep) -> Response:
-    users.enable_user(settings, name, who.actor)
+def enable_user(name: str, who: AdminForm, client: ClientDep) -> Response:
+    client.enable_user(name, who.actor)
     return RedirectResponse(USERS_PAGE, status_code=303)
 
 
 @router.post("/users/{name}/role")
-def change_role(name: str, who: AdminForm, settings: SettingsDep, user_role: str = Form(...)) -> Response:
+def change_role(name: str, who: AdminForm, client: ClientDep, user_role: str = Form(...)) -> Response:
     if name == who.name:
         raise HTTPException(409, "you cannot change your own role: another admin can")
-    users.set_role(settings, name, user_role, who.actor)
+    client.set_user_role(name, user_role, who.actor)
     return RedirectResponse(USERS_PAGE, status_code=303)
 
 
 @router.post("/users/{name}/password")
-def reset_password(name: str, who: AdminForm, settings: SettingsDep, password: str = Form(...)) -> Response:
-    users.set_password(settings, name, password, who.actor)
+def reset_password(name: str, who: AdminForm, client: ClientDep, password: str = Form(...)) -> Response:
+    client.set_user_password(name, password, who.actor)
     return RedirectResponse(USERS_PAGE, status_code=303)

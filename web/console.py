@@ -45,7 +45,7 @@ def login_required(request: Request, _exc: Exception) -> Response:
 
 async def error_page(request: Request, status: int, detail: str, headers: dict[str, str]) -> Response:
     """An error as a page with the console's navigation (``bloodcell_core.edge`` answers the console's errors so)."""
-    who = await run_in_threadpool(viewer_of, request.app.state.settings, request)
+    who = await run_in_threadpool(viewer_of, request.app.state.client, request)
     return page("error.html", who, status, headers, status=status, detail=detail, posted=request.method == "POST")
 
 

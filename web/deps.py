@@ -9,8 +9,8 @@ from typing import Annotated, Callable
 
 from fastapi import Depends, Form, HTTPException, Request
 
-from bloodcell_core.config import Settings
-from bloodcell_core.edge import SettingsDep
+from bloodcell_core.clients.local import Client
+from bloodcell_core.edge import ClientDep
 from bloodcell_core.service import users
 from bloodcell_core.service.states import Role
 
@@ -37,15 +37,15 @@ class LoginRequired(Exception):
     """No live session: pages redirect to the login page, scripts get 401."""
 
 
-def viewer_of(settings: Settings, request: Request) -> Viewer | None:
+def viewer_of(client: Client, request: Request) -> Viewer | None:
     """The person whose live session the request carries; None without one."""
     token = request.cookies.get(SESSION_COOKIE)
-    found = users.session_user(settings, token) if token else None
+    found = client.session_user(token) if token else None
     return None if found is None else Viewer(found["name"], found["role"], found["csrf_token"])
 
 
-def logged_in(request: Request, settings: SettingsDep) -> Viewer:
-    found = viewer_of(settings, request)
+def logged_in(request: Request, client: ClientDep) -> Viewer:
+    found = viewer_of(client, request)
     if found is None:
         raise LoginRequired()
     return found

@@ -7,7 +7,7 @@ import secrets
 from fastapi import APIRouter, Form, HTTPException, Request, Response
 from fastapi.responses import RedirectResponse
 
-from bloodcell_core.edge import SettingsDep, error_message
+from bloodcell_core.edge import ClientDep, SettingsDep, error_message
 from bloodcell_core.service import users
 from web.deps import SESSION_COOKIE, FormSender
 from web.rendering import page
@@ -28,6 +28,7 @@ def login_page(next: str = "/ui/") -> Response:
 def login(
     request: Request,
     settings: SettingsDep,
+    client: ClientDep,
     name: str = Form(""),
     password: str = Form(""),
     csrf_token: str = Form(""),
@@ -44,7 +45,7 @@ def login(
         return page("login.html", None, 429, login_csrf=expected, next=_local(next), error=message)
     except users.LoginRefused as exc:
         return page("login.html", None, 401, login_csrf=expected, next=_local(next), error=error_message(exc))
-    token, _csrf = users.start_session(settings, user["name"])
+    token, _csrf = client.start_session(user["name"])
     response = RedirectResponse(_local(next), status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
@@ -60,8 +61,8 @@ def login(
 
 
 @router.post("/logout")
-def logout(request: Request, settings: SettingsDep, _: FormSender) -> Response:
-    users.end_session(settings, request.cookies.get(SESSION_COOKIE, ""))
+def logout(request: Request, client: ClientDep, _: FormSender) -> Response:
+    client.end_session(request.cookies.get(SESSION_COOKIE, ""))
     response = RedirectResponse("/ui/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/ui")
     return response

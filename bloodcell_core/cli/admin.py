@@ -164,9 +164,8 @@ def tokens() -> None:
 def tokens_create(name: str, scopes: tuple[str, ...], webhook_url: str | None) -> None:
     """Create API client NAME and print its token (and webhook secret) once."""
     from bloodcell_core.service.api_clients import create_client
-    from bloodcell_core.service.db import session_scope
 
-    with session_scope(context.migrated_settings().database_url) as session:
+    with context.transaction() as session:
         created = create_client(session, name, list(scopes), webhook_url, context.actor())
     shown = {
         "name": created.name,
@@ -183,9 +182,8 @@ def tokens_create(name: str, scopes: tuple[str, ...], webhook_url: str | None) -
 def tokens_list(as_json: bool) -> None:
     """List API clients (token prefixes only)."""
     from bloodcell_core.service.api_clients import list_clients
-    from bloodcell_core.service.db import session_scope
 
-    with session_scope(context.settings().database_url) as session:
+    with context.transaction() as session:
         rows = list_clients(session)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -200,9 +198,8 @@ def tokens_list(as_json: bool) -> None:
 def tokens_revoke(name: str) -> None:
     """Revoke API client NAME: its token stops working at once."""
     from bloodcell_core.service.api_clients import revoke_client
-    from bloodcell_core.service.db import session_scope
 
-    with session_scope(context.settings().database_url) as session:
+    with context.transaction() as session:
         revoke_client(session, name, context.actor())
     click.echo(f"revoked {name}")
 
@@ -245,7 +242,8 @@ def users_create(name: str, role: str, password_stdin: bool) -> None:
     from bloodcell_core.service.users import create_user
 
     password = _new_password(password_stdin)
-    row = create_user(context.migrated_settings(), name, role, password, context.actor())
+    with context.transaction() as session:
+        row = create_user(session, name=name, role=role, password=password, actor=context.actor())
     click.echo(f"created user {row['name']} ({row['role']})")
 
 
@@ -255,7 +253,8 @@ def users_list(as_json: bool) -> None:
     """List users with their role, state and last login."""
     from bloodcell_core.service.users import list_users
 
-    rows = list_users(context.migrated_settings())
+    with context.transaction() as session:
+        rows = list_users(session)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -270,7 +269,8 @@ def users_disable(name: str) -> None:
     """Disable user NAME: its browser sessions end at once and it can no longer log in."""
     from bloodcell_core.service.users import disable_user
 
-    disable_user(context.migrated_settings(), name, context.actor())
+    with context.transaction() as session:
+        disable_user(session, name=name, actor=context.actor())
     click.echo(f"disabled {name}")
 
 
@@ -280,7 +280,8 @@ def users_enable(name: str) -> None:
     """Let disabled user NAME log in again, with the password it had."""
     from bloodcell_core.service.users import enable_user
 
-    enable_user(context.migrated_settings(), name, context.actor())
+    with context.transaction() as session:
+        enable_user(session, name=name, actor=context.actor())
     click.echo(f"enabled {name}")
 
 
@@ -291,7 +292,8 @@ def users_set_role(name: str, role: str) -> None:
     """Give user NAME another ROLE; its browser sessions end."""
     from bloodcell_core.service.users import set_role
 
-    set_role(context.migrated_settings(), name, role, context.actor())
+    with context.transaction() as session:
+        set_role(session, name=name, role=role, actor=context.actor())
     click.echo(f"{name} is now {role}")
 
 
@@ -303,7 +305,8 @@ def users_set_password(name: str, password_stdin: bool) -> None:
     from bloodcell_core.service.users import set_password
 
     password = _new_password(password_stdin)
-    set_password(context.migrated_settings(), name, password, context.actor())
+    with context.transaction() as session:
+        set_password(session, name=name, password=password, actor=context.actor())
     click.echo(f"password set for {name}")
 
 

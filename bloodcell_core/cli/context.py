@@ -4,10 +4,14 @@ Their errors (invalid settings, an unmigrated database) reach the user through t
 from __future__ import annotations
 
 import os
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 from bloodcell_core.cli.group import fail
 from bloodcell_core.config import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 def settings() -> Settings:
@@ -24,6 +28,13 @@ def migrated_settings() -> Settings:
     found = settings()
     require_migrated(found.database_url)
     return found
+
+
+def transaction() -> AbstractContextManager[Session]:
+    """One transaction on the migrated database: the session a service call takes first."""
+    from bloodcell_core.service.db import session_scope
+
+    return session_scope(migrated_settings().database_url)
 
 
 def actor() -> str:

@@ -103,7 +103,8 @@ def dataset_export_reviewed(out_dir: Path) -> None:
     """Write the cells technologists relabelled as OUT_DIR/<label>/<sha256>.<ext> (training data)."""
     from bloodcell_core.service.review import export_reviewed_labels
 
-    counts = export_reviewed_labels(context.settings(), out_dir)
+    with context.transaction() as session:
+        counts = export_reviewed_labels(session, settings=context.settings(), out_dir=out_dir)
     click.echo(json.dumps(counts) if counts else "no reviewed cells")
 
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from bloodcell_core.clients.waiting import wait_until_classified
 from bloodcell_core.config import Settings
-from bloodcell_core.service import promotion, review, sweepers, webhooks
+from bloodcell_core.service import promotion, review, sweepers, users, webhooks
 from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.db import require_migrated, session_scope
 from bloodcell_core.service.fields import field_overlay, get_fields
@@ -206,7 +206,8 @@ class Client:
 
     def classify_image(self, data: bytes, timeout: float = 60) -> dict[str, Any]:
         """Classify one image through the queue and wait for its result."""
-        sha256 = store_image(self.settings, data)
+        with self._session() as session:  # committed before the worker looks the image up
+            sha256 = store_image(session, settings=self.settings, data=data)
         return self._send("bloodcell.classify_image", [sha256], self.settings.classify_queue).get(timeout=timeout)
 
     def retrain(self, plugin: str, data_dir: str, parameters: dict[str, Any], actor: str = "client") -> int:
@@ -265,3 +266,44 @@ class Client:
         """Make VERSION production if it passes the promotion gate (or ``force`` with a reason, audited)."""
         with self._session() as session:
             return promotion.promote(session, self.settings, version, actor, force, reason).version
+
+    # Console users and browser sessions: the console's login and administration pages.
+
+    def list_users(self) -> list[dict[str, Any]]:
+        """Every console user, by name, with role, state and last login."""
+        with self._session() as session:
+            return users.list_users(session)
+
+    def create_user(self, name: str, role: str, password: str, actor: str = "client") -> dict[str, Any]:
+        with self._session() as session:
+            return users.create_user(session, name=name, role=role, password=password, actor=actor)
+
+    def disable_user(self, name: str, actor: str = "client") -> None:
+        with self._session() as session:
+            users.disable_user(session, name=name, actor=actor)
+
+    def enable_user(self, name: str, actor: str = "client") -> None:
+        with self._session() as session:
+            users.enable_user(session, name=name, actor=actor)
+
+    def set_user_role(self, name: str, role: str, actor: str = "client") -> None:
+        with self._session() as session:
+            users.set_role(session, name=name, role=role, actor=actor)
+
+    def set_user_password(self, name: str, password: str, actor: str = "client") -> None:
+        with self._session() as session:
+            users.set_password(session, name=name, password=password, actor=actor)
+
+    def start_session(self, name: str) -> tuple[str, str]:
+        """A browser session for the authenticated user NAME: (session token, CSRF token)."""
+        with self._session() as session:
+            return users.start_session(session, settings=self.settings, name=name)
+
+    def session_user(self, token: str) -> dict[str, Any] | None:
+        """The user of a live browser session (name, role, CSRF token, expiry), else None."""
+        with self._session() as session:
+            return users.session_user(session, token=token)
+
+    def end_session(self, token: str) -> None:
+        with self._session() as session:
+            users.end_session(session, token=token)

@@ -220,20 +220,19 @@ def _image_suffix(data: bytes) -> str:
         return ".img"
 
 
-def export_reviewed_labels(settings: Settings, out_dir: Path) -> dict[str, int]:
+def export_reviewed_labels(session: Session, *, settings: Settings, out_dir: Path) -> dict[str, int]:
     """Write every reviewed cell image, under its latest reviewed label, as OUT/<label>/<sha256>.<ext>."""
     store = image_store(settings)
     counts: dict[str, int] = {}
-    with session_scope(settings.database_url) as session:
-        latest: dict[str, CellReview] = {}
-        for review in session.scalars(select(CellReview).order_by(CellReview.id)):
-            latest[review.image_sha256] = review
-        for sha256, review in sorted(latest.items()):
-            data = store.get(session, sha256)
-            target = out_dir / review.label / f"{sha256}{_image_suffix(data)}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-            counts[review.label] = counts.get(review.label, 0) + 1
+    latest: dict[str, CellReview] = {}
+    for review in session.scalars(select(CellReview).order_by(CellReview.id)):
+        latest[review.image_sha256] = review
+    for sha256, review in sorted(latest.items()):
+        data = store.get(session, sha256)
+        target = out_dir / review.label / f"{sha256}{_image_suffix(data)}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        counts[review.label] = counts.get(review.label, 0) + 1
     return counts
 
 
@@ -245,5 +244,6 @@ def training_data_with_reviews(settings: Settings, data_dir: Path, out_dir: Path
         link.parent.mkdir(parents=True, exist_ok=True)
         if not link.exists():
             os.symlink(path.resolve(), link)
-    export_reviewed_labels(settings, out_dir)
+    with session_scope(settings.database_url) as session:
+        export_reviewed_labels(session, settings=settings, out_dir=out_dir)
     return out_dir

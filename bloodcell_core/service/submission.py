@@ -8,6 +8,7 @@ from typing import Sequence
 
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import ImageTooLarge, image_dimensions
@@ -171,7 +172,6 @@ def submit_sample(
         raise Conflict(f"a concurrent request created sample {accession_id!r} or used the same Idempotency-Key: retry it") from None
 
 
-def store_image(settings: Settings, data: bytes) -> str:
+def store_image(session: Session, *, settings: Settings, data: bytes) -> str:
     """Put one image into the store (for single-image classification); returns its sha256."""
-    with session_scope(settings.database_url) as session:
-        return image_store(settings).put(session, data)
+    return image_store(settings).put(session, data)

@@ -97,25 +97,23 @@ def _end_sessions_of(session: Session, user: User) -> None:
     session.execute(delete(WebSession).where(WebSession.user_id == user.id))
 
 
-def create_user(settings: Settings, name: str, role: str, password: str, actor: str) -> dict[str, Any]:
+def create_user(session: Session, *, name: str, role: str, password: str, actor: str) -> dict[str, Any]:
     """Create an enabled user; returns the row as ``list_users`` shows it (never the password or its hash)."""
     _check_name(name)
     if role not in {r.value for r in Role}:
         raise ServiceError(f"role must be one of {', '.join(Role)}; got {role!r}")
     _check_password(password)
-    with session_scope(settings.database_url) as session:
-        if session.scalar(select(User).where(User.name == name)) is not None:
-            raise Conflict(f"a user named {name!r} exists already (disable it or pick another name)")
-        user = User(name=name, role=Role(role).value, password_hash=_HASHER.hash(password), created_at=utcnow())
-        session.add(user)
-        record_event(session, actor, "user.created", name, role=user.role)
-        return _user_row(user)
+    if session.scalar(select(User).where(User.name == name)) is not None:
+        raise Conflict(f"a user named {name!r} exists already (disable it or pick another name)")
+    user = User(name=name, role=Role(role).value, password_hash=_HASHER.hash(password), created_at=utcnow())
+    session.add(user)
+    record_event(session, actor, "user.created", name, role=user.role)
+    return _user_row(user)
 
 
-def list_users(settings: Settings) -> list[dict[str, Any]]:
+def list_users(session: Session) -> list[dict[str, Any]]:
     """Every user, by name: name, role, disabled, created_at and last_login_at (ISO strings or None)."""
-    with session_scope(settings.database_url) as session:
-        return [_user_row(user) for user in session.scalars(select(User).order_by(User.name))]
+    return [_user_row(user) for user in session.scalars(select(User).order_by(User.name))]
 
 
 def _keep_an_admin(session: Session, user: User) -> None:
@@ -126,51 +124,47 @@ def _keep_an_admin(session: Session, user: User) -> None:
             raise Conflict(f"{user.name!r} is the last active admin: create another admin first")
 
 
-def disable_user(settings: Settings, name: str, actor: str) -> None:
+def disable_user(session: Session, *, name: str, actor: str) -> None:
     """Disable user NAME: its sessions end at once and it can no longer log in."""
-    with session_scope(settings.database_url) as session:
-        user = _find_user(session, name)
-        _keep_an_admin(session, user)
-        _end_sessions_of(session, user)
-        if user.disabled_at is None:
-            user.disabled_at = utcnow()
-            record_event(session, actor, "user.disabled", name)
+    user = _find_user(session, name)
+    _keep_an_admin(session, user)
+    _end_sessions_of(session, user)
+    if user.disabled_at is None:
+        user.disabled_at = utcnow()
+        record_event(session, actor, "user.disabled", name)
 
 
-def enable_user(settings: Settings, name: str, actor: str) -> None:
+def enable_user(session: Session, *, name: str, actor: str) -> None:
     """Let a disabled user NAME log in again, with the password it had."""
-    with session_scope(settings.database_url) as session:
-        user = _find_user(session, name)
-        if user.disabled_at is not None:
-            user.disabled_at = None
-            record_event(session, actor, "user.enabled", name)
+    user = _find_user(session, name)
+    if user.disabled_at is not None:
+        user.disabled_at = None
+        record_event(session, actor, "user.enabled", name)
 
 
-def set_role(settings: Settings, name: str, role: str, actor: str) -> None:
+def set_role(session: Session, *, name: str, role: str, actor: str) -> None:
     """Give user NAME another role; its sessions end, so that no page keeps the old role's rights."""
     if role not in {r.value for r in Role}:
         raise ServiceError(f"role must be one of {', '.join(Role)}; got {role!r}")
-    with session_scope(settings.database_url) as session:
-        user = _find_user(session, name)
-        if user.role == role:
-            return
-        _keep_an_admin(session, user)
-        old, user.role = user.role, Role(role).value
-        _end_sessions_of(session, user)
-        record_event(session, actor, "user.role_changed", name, old=old, new=user.role)
+    user = _find_user(session, name)
+    if user.role == role:
+        return
+    _keep_an_admin(session, user)
+    old, user.role = user.role, Role(role).value
+    _end_sessions_of(session, user)
+    record_event(session, actor, "user.role_changed", name, old=old, new=user.role)
 
 
-def set_password(settings: Settings, name: str, password: str, actor: str) -> None:
+def set_password(session: Session, *, name: str, password: str, actor: str) -> None:
     """Give user NAME a new password (same policy as ``create_user``); its sessions end."""
     _check_password(password)
-    with session_scope(settings.database_url) as session:
-        user = _find_user(session, name)
-        user.password_hash = _HASHER.hash(password)
-        _end_sessions_of(session, user)
-        record_event(session, actor, "user.password_set", name)
+    user = _find_user(session, name)
+    user.password_hash = _HASHER.hash(password)
+    _end_sessions_of(session, user)
+    record_event(session, actor, "user.password_set", name)
 
 
-def _retry_after(session: Session, settings: Settings, column: Any, value: str, now: datetime) -> float:
+def _retry_after(session: Session, *, settings: Settings, column: Any, value: str, now: datetime) -> float:
     """Seconds until fewer than ``login_attempts`` failures for COLUMN == VALUE are in the window; 0 if there are."""
     window = timedelta(minutes=settings.login_lockout_minutes)
     since = now - window
@@ -200,8 +194,8 @@ def authenticate(settings: Settings, name: str, password: str, address: str) -> 
     with session_scope(settings.database_url) as session:
         now = utcnow()
         wait = max(
-            _retry_after(session, settings, LoginAttempt.name, name_key, now),
-            _retry_after(session, settings, LoginAttempt.address, address_key, now),
+            _retry_after(session, settings=settings, column=LoginAttempt.name, value=name_key, now=now),
+            _retry_after(session, settings=settings, column=LoginAttempt.address, value=address_key, now=now),
         )
         if wait > 0:
             record_event(session, "web", "user.login_throttled", name_key, address=address_key, retry_after_s=math.ceil(wait))
@@ -233,68 +227,65 @@ def authenticate(settings: Settings, name: str, password: str, address: str) -> 
     return result
 
 
-def start_session(settings: Settings, name: str) -> tuple[str, str]:
+def start_session(session: Session, *, settings: Settings, name: str) -> tuple[str, str]:
     """A new browser session for the (authenticated) user NAME: (session token, CSRF token), each shown once.
 
     Only the session token's sha256 is stored; the session lasts ``settings.session_hours``.
     """
     token, csrf_token = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
-    with session_scope(settings.database_url) as session:
-        user = _find_user(session, name)
-        if user.disabled_at is not None:
-            raise LoginRefused()
-        now = utcnow()
-        session.execute(delete(WebSession).where(WebSession.expires_at <= now))  # housekeeping: every expired session
-        session.add(
-            WebSession(
-                token_sha256=token_sha256(token),
-                user_id=user.id,
-                csrf_token=csrf_token,
-                created_at=now,
-                expires_at=now + timedelta(hours=settings.session_hours),
-                last_seen_at=now,
-            )
+    user = _find_user(session, name)
+    if user.disabled_at is not None:
+        raise LoginRefused()
+    now = utcnow()
+    session.execute(delete(WebSession).where(WebSession.expires_at <= now))  # housekeeping: every expired session
+    session.add(
+        WebSession(
+            token_sha256=token_sha256(token),
+            user_id=user.id,
+            csrf_token=csrf_token,
+            created_at=now,
+            expires_at=now + timedelta(hours=settings.session_hours),
+            last_seen_at=now,
         )
+    )
     return token, csrf_token
 
 
-def session_user(settings: Settings, token: str) -> dict[str, Any] | None:
+def session_user(session: Session, *, token: str) -> dict[str, Any] | None:
     """{"name", "role", "csrf_token", "expires_at"} of a live session of an enabled user, else None.
 
     An expired session (or one of a disabled user) is deleted; a live one's ``last_seen_at`` is updated.
     """
     if not token:
         return None
-    with session_scope(settings.database_url) as session:
-        web_session = session.scalar(select(WebSession).where(WebSession.token_sha256 == token_sha256(token)))
-        if web_session is None:
-            return None
-        user = session.get(User, web_session.user_id)
-        now = utcnow()
-        if web_session.expires_at <= now or user is None or user.disabled_at is not None:
-            session.delete(web_session)
-            return None
-        web_session.last_seen_at = now
-        return {
-            "name": user.name,
-            "role": user.role,
-            "csrf_token": web_session.csrf_token,
-            "expires_at": web_session.expires_at.isoformat(),
-        }
+    web_session = session.scalar(select(WebSession).where(WebSession.token_sha256 == token_sha256(token)))
+    if web_session is None:
+        return None
+    user = session.get(User, web_session.user_id)
+    now = utcnow()
+    if web_session.expires_at <= now or user is None or user.disabled_at is not None:
+        session.delete(web_session)
+        return None
+    web_session.last_seen_at = now
+    return {
+        "name": user.name,
+        "role": user.role,
+        "csrf_token": web_session.csrf_token,
+        "expires_at": web_session.expires_at.isoformat(),
+    }
 
 
-def end_session(settings: Settings, token: str) -> None:
+def end_session(session: Session, *, token: str) -> None:
     """Log out: the session of TOKEN is deleted (nothing happens for an unknown token)."""
     if not token:
         return
-    with session_scope(settings.database_url) as session:
-        web_session = session.scalar(select(WebSession).where(WebSession.token_sha256 == token_sha256(token)))
-        if web_session is None:
-            return
-        user = session.get(User, web_session.user_id)
-        session.delete(web_session)
-        name = user.name if user is not None else f"user id {web_session.user_id}"
-        record_event(session, f"user:{name}", "user.logout", name)
+    web_session = session.scalar(select(WebSession).where(WebSession.token_sha256 == token_sha256(token)))
+    if web_session is None:
+        return
+    user = session.get(User, web_session.user_id)
+    session.delete(web_session)
+    name = user.name if user is not None else f"user id {web_session.user_id}"
+    record_event(session, f"user:{name}", "user.logout", name)
 
 
 def has_role(role: str, needed: str) -> bool:

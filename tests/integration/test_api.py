@@ -14,7 +14,7 @@ from helpers import DEFAULT_MODEL, KAGGLE5, encode, png_header, run_cli, unseen_
 from servers import LIMITS, Api, Stack, WebhookReceiver, create_token, free_port, settings_for, start_api_server
 
 from bloodcell_core.ml.artifacts import read_metadata
-from bloodcell_core.service import tables, users, webhooks
+from bloodcell_core.service import tables, webhooks
 
 pytestmark = pytest.mark.real_data
 
@@ -44,8 +44,9 @@ def api(redis_server, postgres_server, tmp_path_factory):
         "admin": create_token(env, "admin", "admin")["token"],
     }
     stack = Stack(env=env, settings=settings_for(env))
+    client = stack.client()
     for name, role in (("anna", "technologist"), ("sam", "supervisor")):  # who signs off, as in the docs
-        users.create_user(stack.settings, name, role, "correct horse battery", "test")
+        client.create_user(name, role, "correct horse battery", "test")
     stack.start_worker("api-w1")
     server = start_api_server(env, home / "api.log")
     yield Api(f"http://127.0.0.1:{env['BLOODCELL_API_PORT']}", stack, tokens, lims["webhook_secret"], receiver)

@@ -19,9 +19,10 @@ from fastapi.testclient import TestClient
 from helpers import DEFAULT_MODEL, encode
 from servers import LIMITS, create_token, settings_for
 
+from bloodcell_core.clients.local import Client
 from bloodcell_core.config import Settings
 from bloodcell_core.edge import NOT_A_SHA256, upload_name
-from bloodcell_core.service import db, users
+from bloodcell_core.service import db
 from bloodcell_core.service.versions import ensure_production_model
 
 PASSWORD = "correct horse battery"
@@ -61,10 +62,11 @@ def edge(redis_server, tmp_path_factory):
     settings = settings_for(env)
     ensure_production_model(settings)  # registered with its files, report included
     shutil.rmtree(model_dir)  # this host no longer has the model's directory
-    users.create_user(settings, "tech", "technologist", PASSWORD, "test")
+    client = Client(settings)
+    client.create_user("tech", "technologist", PASSWORD, "test")
     token = create_token(env, "lims", "submit", "read")["token"]
     app = TestClient(create_app(settings), follow_redirects=False)
-    session, csrf = users.start_session(settings, "tech")
+    session, csrf = client.start_session("tech")
     app.cookies.set("bloodcell_session", session)
     yield Edge(app, settings, token, csrf, model_dir)
     app.close()

@@ -120,9 +120,10 @@ def lab(redis_server, postgres_server, tmp_path_factory):
     env = lab_env(redis_server, postgres_server, home, "bloodcell_sign_off")
     settings = settings_for(env)
     ensure_production_model(settings)
-    for name, role in (("tech", "technologist"), ("sup", "supervisor"), ("gone", "supervisor")):
-        users.create_user(settings, name, role, PASSWORD, "test")
-    users.disable_user(settings, "gone", "test")
+    with db.session_scope(settings.database_url) as session:
+        for name, role in (("tech", "technologist"), ("sup", "supervisor"), ("gone", "supervisor")):
+            users.create_user(session, name=name, role=role, password=PASSWORD, actor="test")
+        users.disable_user(session, name="gone", actor="test")
     tokens = {
         "lims": create_token(env, "lims", "submit", "read")["token"],
         "review": create_token(env, "lis-review", "read", "review")["token"],
@@ -335,7 +336,8 @@ def test_forwarded_headers_count_only_from_configured_proxies(redis_server, post
     for database, proxies in (("bloodcell_no_proxy", ""), ("bloodcell_proxy", "127.0.0.1")):
         env = lab_env(redis_server, postgres_server, tmp_path / database, database, BLOODCELL_TRUSTED_PROXIES=proxies)
         settings = settings_for(env)
-        users.create_user(settings, "tech", "technologist", PASSWORD, "test")
+        with db.session_scope(settings.database_url) as session:
+            users.create_user(session, name="tech", role="technologist", password=PASSWORD, actor="test")
         server = start_api_server(env, tmp_path / f"{database}.log")
         try:
             url = f"http://127.0.0.1:{env['BLOODCELL_API_PORT']}"

@@ -65,7 +65,8 @@ def stack(request, redis, tmp_path_factory):
     }
     run_cli("db", "upgrade", env=env)
     stack = SweepStack(env=env, settings=settings_for(env))
-    users.create_user(stack.settings, "tech", "technologist", "correct horse battery", "test")  # the person who signs off
+    with db.session_scope(stack.settings.database_url) as session:  # the person who signs off
+        users.create_user(session, name="tech", role="technologist", password="correct horse battery", actor="test")
     create_token(env, "lims", "submit", "read", webhook_url=stack.receiver.url)
     stack.start_worker(f"sweep-{request.param}")
     yield stack

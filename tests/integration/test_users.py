@@ -17,6 +17,7 @@ from helpers import PROJECT, run_cli
 from servers import settings_for
 from sqlalchemy import select, update
 
+from bloodcell_core.clients.local import Client
 from bloodcell_core.config import ROLES
 from bloodcell_core.service import db, signoff, users
 from bloodcell_core.service.audit_log import audit_events
@@ -43,6 +44,12 @@ def env(tmp_path: Path) -> dict[str, str]:
 @pytest.fixture
 def settings(env):
     return settings_for(env)
+
+
+@pytest.fixture
+def client(settings) -> Client:
+    """The in-process client: each call one transaction, as the console's pages make them."""
+    return Client(settings)
 
 
 def age_login_attempts(settings, minutes: float) -> None:
@@ -75,11 +82,11 @@ def test_roles_settings_and_ranks_agree():
     assert settings_for({"BLOODCELL_SIGNOFF_BLAST_ROLE": "Admin"}).signoff_blast_role == "admin"
 
 
-def test_create_list_disable_and_set_password(settings):
-    created = users.create_user(settings, "alice", "technologist", PASSWORD, "cli:test")
+def test_create_list_disable_and_set_password(settings, client):
+    created = client.create_user("alice", "technologist", PASSWORD, "cli:test")
     assert created == {**created, "name": "alice", "role": "technologist", "disabled": False, "last_login_at": None}
-    users.create_user(settings, "bob.s_2-x", Role.SUPERVISOR, PASSWORD, "cli:test")
-    rows = users.list_users(settings)
+    client.create_user("bob.s_2-x", Role.SUPERVISOR, PASSWORD, "cli:test")
+    rows = client.list_users()
     assert [(r["name"], r["role"], r["disabled"]) for r in rows] == [
         ("alice", "technologist", False),
         ("bob.s_2-x", "supervisor", False),
@@ -91,47 +98,47 @@ def test_create_list_disable_and_set_password(settings):
         stored = session.scalar(select(User.password_hash).where(User.name == "alice"))
     assert stored.startswith("$argon2id$") and PASSWORD not in stored
 
-    users.set_password(settings, "alice", "a brand new password", "cli:test")
+    client.set_user_password("alice", "a brand new password", "cli:test")
     with pytest.raises(users.LoginRefused):
         users.authenticate(settings, "alice", PASSWORD, ADDRESS)
     assert users.authenticate(settings, "alice", "a brand new password", ADDRESS) == {"name": "alice", "role": "technologist"}
-    assert users.list_users(settings)[0]["last_login_at"] is not None
+    assert client.list_users()[0]["last_login_at"] is not None
 
-    users.disable_user(settings, "alice", "cli:test")
-    users.disable_user(settings, "alice", "cli:test")  # again: nothing more happens
-    assert users.list_users(settings)[0]["disabled"] is True
+    client.disable_user("alice", "cli:test")
+    client.disable_user("alice", "cli:test")  # again: nothing more happens
+    assert client.list_users()[0]["disabled"] is True
     with pytest.raises(NotFound):
-        users.disable_user(settings, "nobody", "cli:test")
+        client.disable_user("nobody", "cli:test")
     with pytest.raises(NotFound):
-        users.set_password(settings, "nobody", PASSWORD, "cli:test")
+        client.set_user_password("nobody", PASSWORD, "cli:test")
     actions = [e["action"] for e in audit(settings) if e["subject"] == "alice"]
     assert actions.count("user.disabled") == 1 and "user.password_set" in actions and "user.created" in actions
 
 
-def test_names_roles_passwords_and_duplicates_are_checked(settings):
+def test_names_roles_passwords_and_duplicates_are_checked(client):
     for name in ["", "-alice", "al ice", "alice/..", "ålice", "a" * 129, "alice\n"]:
         with pytest.raises(ServiceError, match="invalid user name"):
-            users.create_user(settings, name, "technologist", PASSWORD, "cli:test")
-    users.create_user(settings, "a" * 128, "admin", PASSWORD, "cli:test")
+            client.create_user(name, "technologist", PASSWORD, "cli:test")
+    client.create_user("a" * 128, "admin", PASSWORD, "cli:test")
     with pytest.raises(ServiceError, match="role must be one of"):
-        users.create_user(settings, "carol", "root", PASSWORD, "cli:test")
+        client.create_user("carol", "root", PASSWORD, "cli:test")
     for password in ["", "short", "nine char"]:
         with pytest.raises(ServiceError, match="at least 10 characters"):
-            users.create_user(settings, "carol", "technologist", password, "cli:test")
+            client.create_user("carol", "technologist", password, "cli:test")
     with pytest.raises(ServiceError, match="at most"):
-        users.create_user(settings, "carol", "technologist", "x" * 1025, "cli:test")
-    users.create_user(settings, "carol", "technologist", "ten chars!", "cli:test")
+        client.create_user("carol", "technologist", "x" * 1025, "cli:test")
+    client.create_user("carol", "technologist", "ten chars!", "cli:test")
     with pytest.raises(Conflict):
-        users.create_user(settings, "carol", "admin", PASSWORD, "cli:test")
+        client.create_user("carol", "admin", PASSWORD, "cli:test")
     with pytest.raises(ServiceError, match="at least 10 characters"):
-        users.set_password(settings, "carol", "short", "cli:test")
-    assert [r["name"] for r in users.list_users(settings)] == ["a" * 128, "carol"]
+        client.set_user_password("carol", "short", "cli:test")
+    assert [r["name"] for r in client.list_users()] == ["a" * 128, "carol"]
 
 
-def test_wrong_password_unknown_user_and_disabled_user_are_refused_alike(settings):
-    users.create_user(settings, "alice", "technologist", PASSWORD, "cli:test")
-    users.create_user(settings, "dave", "technologist", PASSWORD, "cli:test")
-    users.disable_user(settings, "dave", "cli:test")
+def test_wrong_password_unknown_user_and_disabled_user_are_refused_alike(settings, client):
+    client.create_user("alice", "technologist", PASSWORD, "cli:test")
+    client.create_user("dave", "technologist", PASSWORD, "cli:test")
+    client.disable_user("dave", "cli:test")
     messages = []
     for name, password in [
         ("alice", "wrong password!"),
@@ -149,8 +156,8 @@ def test_wrong_password_unknown_user_and_disabled_user_are_refused_alike(setting
     assert attempts == [(n, ADDRESS, False) for n in ["alice", "nobody", "dave", "bad name!", "alice"]]
 
 
-def test_login_succeeds_and_rehashes_an_outdated_hash(settings):
-    users.create_user(settings, "alice", "supervisor", PASSWORD, "cli:test")
+def test_login_succeeds_and_rehashes_an_outdated_hash(settings, client):
+    client.create_user("alice", "supervisor", PASSWORD, "cli:test")
     weak = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(PASSWORD)
     with db.session_scope(settings.database_url) as session:
         session.execute(update(User).where(User.name == "alice").values(password_hash=weak))
@@ -163,7 +170,8 @@ def test_login_succeeds_and_rehashes_an_outdated_hash(settings):
 
 def test_failed_logins_for_a_name_throttle_it_until_the_window_has_passed(env):
     settings = settings_for({**env, "BLOODCELL_LOGIN_ATTEMPTS": "3", "BLOODCELL_LOGIN_LOCKOUT_MINUTES": "10"})
-    users.create_user(settings, "alice", "technologist", PASSWORD, "cli:test")
+    client = Client(settings)
+    client.create_user("alice", "technologist", PASSWORD, "cli:test")
     fail_logins(settings, "alice", 3, address="192.0.2.1")
     with pytest.raises(users.LoginThrottled) as throttled:  # even with the right password, from another address
         users.authenticate(settings, "alice", PASSWORD, "198.51.100.7")
@@ -183,7 +191,8 @@ def test_failed_logins_for_a_name_throttle_it_until_the_window_has_passed(env):
 
 def test_failed_logins_from_an_address_throttle_it_for_every_name(env):
     settings = settings_for({**env, "BLOODCELL_LOGIN_ATTEMPTS": "3"})
-    users.create_user(settings, "alice", "technologist", PASSWORD, "cli:test")
+    client = Client(settings)
+    client.create_user("alice", "technologist", PASSWORD, "cli:test")
     for name in ["x1", "x2", "x3"]:
         fail_logins(settings, name, 1)
     with pytest.raises(users.LoginThrottled) as throttled:
@@ -196,7 +205,8 @@ def test_failed_logins_from_an_address_throttle_it_for_every_name(env):
 
 def test_a_success_restarts_the_count_and_a_short_window_passes(env):
     settings = settings_for({**env, "BLOODCELL_LOGIN_ATTEMPTS": "2", "BLOODCELL_LOGIN_LOCKOUT_MINUTES": "0.02"})
-    users.create_user(settings, "alice", "technologist", PASSWORD, "cli:test")
+    client = Client(settings)
+    client.create_user("alice", "technologist", PASSWORD, "cli:test")
     fail_logins(settings, "alice", 1)
     users.authenticate(settings, "alice", PASSWORD, ADDRESS)
     fail_logins(settings, "alice", 1)  # one failure since the success: under the limit
@@ -209,53 +219,54 @@ def test_a_success_restarts_the_count_and_a_short_window_passes(env):
     assert users.authenticate(settings, "alice", PASSWORD, ADDRESS)["name"] == "alice"
 
 
-def test_sessions_start_identify_and_end(settings):
-    users.create_user(settings, "alice", "supervisor", PASSWORD, "cli:test")
-    token, csrf = users.start_session(settings, "alice")
-    other, other_csrf = users.start_session(settings, "alice")
+def test_sessions_start_identify_and_end(settings, client):
+    client.create_user("alice", "supervisor", PASSWORD, "cli:test")
+    token, csrf = client.start_session("alice")
+    other, other_csrf = client.start_session("alice")
     assert len({token, csrf, other, other_csrf}) == 4 and min(map(len, [token, csrf])) >= 43
     with db.session_scope(settings.database_url) as session:
         stored = [s.token_sha256 for s in session.scalars(select(WebSession))]
     assert len(stored) == 2 and token not in stored and all(len(s) == 64 for s in stored)
 
-    live = users.session_user(settings, token)
+    live = client.session_user(token)
     assert live is not None and (live["name"], live["role"], live["csrf_token"]) == ("alice", "supervisor", csrf)
     expires = datetime.fromisoformat(live["expires_at"])
     assert abs(expires - (datetime.now(timezone.utc) + timedelta(hours=8))) < timedelta(minutes=1)
-    assert users.session_user(settings, "not a token") is None and users.session_user(settings, "") is None
+    assert client.session_user("not a token") is None and client.session_user("") is None
 
-    users.end_session(settings, token)
-    users.end_session(settings, token)  # again: nothing
-    assert users.session_user(settings, token) is None
-    assert users.session_user(settings, other) is not None
+    client.end_session(token)
+    client.end_session(token)  # again: nothing
+    assert client.session_user(token) is None
+    assert client.session_user(other) is not None
     with pytest.raises(NotFound):
-        users.start_session(settings, "nobody")
+        client.start_session("nobody")
     logouts = [e for e in audit(settings) if e["action"] == "user.logout"]
     assert [(e["actor"], e["subject"]) for e in logouts] == [("user:alice", "alice")]
 
 
 def test_expired_sessions_are_refused_and_deleted(env):
     settings = settings_for({**env, "BLOODCELL_SESSION_HOURS": "0.0002"})  # 0.72 s
-    users.create_user(settings, "alice", "technologist", PASSWORD, "cli:test")
-    token, _ = users.start_session(settings, "alice")
-    assert users.session_user(settings, token) is not None
+    client = Client(settings)
+    client.create_user("alice", "technologist", PASSWORD, "cli:test")
+    token, _ = client.start_session("alice")
+    assert client.session_user(token) is not None
     time.sleep(1.0)
-    assert users.session_user(settings, token) is None
+    assert client.session_user(token) is None
     with db.session_scope(settings.database_url) as session:
         assert list(session.scalars(select(WebSession))) == []
 
 
-def test_disabling_a_user_or_setting_its_password_ends_its_sessions(settings):
-    users.create_user(settings, "alice", "technologist", PASSWORD, "cli:test")
-    users.create_user(settings, "bob", "technologist", PASSWORD, "cli:test")
-    alice, _ = users.start_session(settings, "alice")
-    bob, _ = users.start_session(settings, "bob")
-    users.set_password(settings, "bob", "another long password", "cli:test")
-    assert users.session_user(settings, bob) is None and users.session_user(settings, alice) is not None
-    users.disable_user(settings, "alice", "cli:test")
-    assert users.session_user(settings, alice) is None
+def test_disabling_a_user_or_setting_its_password_ends_its_sessions(settings, client):
+    client.create_user("alice", "technologist", PASSWORD, "cli:test")
+    client.create_user("bob", "technologist", PASSWORD, "cli:test")
+    alice, _ = client.start_session("alice")
+    bob, _ = client.start_session("bob")
+    client.set_user_password("bob", "another long password", "cli:test")
+    assert client.session_user(bob) is None and client.session_user(alice) is not None
+    client.disable_user("alice", "cli:test")
+    assert client.session_user(alice) is None
     with pytest.raises(users.LoginRefused):
-        users.start_session(settings, "alice")
+        client.start_session("alice")
     with db.session_scope(settings.database_url) as session:
         assert list(session.scalars(select(WebSession))) == []
 
@@ -274,31 +285,31 @@ def test_who_may_sign_off(blast_role, allowed_with_blasts):
     assert not users.has_role("technologist", "supervisor") and not users.has_role("root", "technologist")
 
 
-def test_the_last_active_admin_cannot_be_disabled(settings):
-    users.create_user(settings, "root", "admin", PASSWORD, "cli:root")
+def test_the_last_active_admin_cannot_be_disabled(client):
+    client.create_user("root", "admin", PASSWORD, "cli:root")
     with pytest.raises(Conflict, match="last active admin"):
-        users.disable_user(settings, "root", "cli:root")
-    users.create_user(settings, "root2", "admin", PASSWORD, "cli:root")
-    users.disable_user(settings, "root", "cli:root")
-    assert [u["disabled"] for u in users.list_users(settings) if u["name"] == "root"] == [True]
+        client.disable_user("root", "cli:root")
+    client.create_user("root2", "admin", PASSWORD, "cli:root")
+    client.disable_user("root", "cli:root")
+    assert [u["disabled"] for u in client.list_users() if u["name"] == "root"] == [True]
 
 
-def test_a_user_is_re_enabled_and_changes_role_with_audit_events_and_the_last_admin_kept(env, settings):
-    users.create_user(settings, "root", "admin", PASSWORD, "cli:root")
-    users.create_user(settings, "alice", "technologist", PASSWORD, "cli:root")
-    token, _ = users.start_session(settings, "alice")
-    users.disable_user(settings, "alice", "cli:root")
-    users.enable_user(settings, "alice", "cli:root")
-    users.enable_user(settings, "alice", "cli:root")  # again: nothing more happens
+def test_a_user_is_re_enabled_and_changes_role_with_audit_events_and_the_last_admin_kept(env, settings, client):
+    client.create_user("root", "admin", PASSWORD, "cli:root")
+    client.create_user("alice", "technologist", PASSWORD, "cli:root")
+    token, _ = client.start_session("alice")
+    client.disable_user("alice", "cli:root")
+    client.enable_user("alice", "cli:root")
+    client.enable_user("alice", "cli:root")  # again: nothing more happens
     assert users.authenticate(settings, "alice", PASSWORD, ADDRESS) == {"name": "alice", "role": "technologist"}
-    token, _ = users.start_session(settings, "alice")
-    users.set_role(settings, "alice", "supervisor", "cli:root")
-    assert users.session_user(settings, token) is None  # no page keeps the old role
-    assert [u["role"] for u in users.list_users(settings) if u["name"] == "alice"] == ["supervisor"]
+    token, _ = client.start_session("alice")
+    client.set_user_role("alice", "supervisor", "cli:root")
+    assert client.session_user(token) is None  # no page keeps the old role
+    assert [u["role"] for u in client.list_users() if u["name"] == "alice"] == ["supervisor"]
     with pytest.raises(ServiceError, match="role must be one of"):
-        users.set_role(settings, "alice", "root", "cli:root")
+        client.set_user_role("alice", "root", "cli:root")
     with pytest.raises(Conflict, match="last active admin"):
-        users.set_role(settings, "root", "supervisor", "cli:root")
+        client.set_user_role("root", "supervisor", "cli:root")
     events = [(e["action"], e["details"]) for e in reversed(audit(settings, subject="alice"))]
     assert ("user.enabled", {}) in events and ("user.role_changed", {"old": "technologist", "new": "supervisor"}) in events
     assert [action for action, _ in events].count("user.enabled") == 1
@@ -308,15 +319,15 @@ def test_a_user_is_re_enabled_and_changes_role_with_audit_events_and_the_last_ad
     assert bloodcell("users", "set-role", "alice", "root", env=env).returncode == 2
 
 
-def test_the_audit_log_records_accounts_and_logins_never_passwords(settings):
-    users.create_user(settings, "alice", "supervisor", PASSWORD, "cli:root")
-    users.set_password(settings, "alice", "second password!", "cli:root")
+def test_the_audit_log_records_accounts_and_logins_never_passwords(settings, client):
+    client.create_user("alice", "supervisor", PASSWORD, "cli:root")
+    client.set_user_password("alice", "second password!", "cli:root")
     users.authenticate(settings, "alice", "second password!", ADDRESS)
     with pytest.raises(users.LoginRefused):
         users.authenticate(settings, "alice", PASSWORD, ADDRESS)
-    token, _ = users.start_session(settings, "alice")
-    users.end_session(settings, token)
-    users.disable_user(settings, "alice", "cli:root")
+    token, _ = client.start_session("alice")
+    client.end_session(token)
+    client.disable_user("alice", "cli:root")
     events = list(reversed(audit(settings)))
     assert [(e["actor"], e["action"], e["subject"]) for e in events] == [
         ("cli:root", "user.created", "alice"),

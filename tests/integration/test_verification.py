@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from helpers import DEFAULT_MODEL, KAGGLE5_MODEL, run_cli, unseen_images
 from servers import settings_for
 
+from bloodcell_core.clients.local import Client
 from bloodcell_core.service import db, review, users, verification
 from bloodcell_core.service.classification import classify_sample
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
@@ -52,8 +53,9 @@ def laboratory(env: dict[str, str]):
     db.upgrade(env["BLOODCELL_DATABASE_URL"])
     settings = settings_for(env)
     ensure_production_model(settings)
-    for name, role in (("anna", "technologist"), ("sue", "supervisor")):  # a sign-off names a console user
-        users.create_user(settings, name, role, PASSWORD, "test")
+    with db.session_scope(settings.database_url) as session:
+        for name, role in (("anna", "technologist"), ("sue", "supervisor")):  # a sign-off names a console user
+            users.create_user(session, name=name, role=role, password=PASSWORD, actor="test")
     classifiers: dict = {}
 
     def classifier_for(version):
@@ -338,12 +340,13 @@ def test_the_console_page_is_for_supervisors_and_makes_a_dossier(lab):
     from api.app import create_app
 
     settings = lab["settings"]
+    client = Client(settings)
     for name, role in (("tina", "technologist"), ("sam", "supervisor")):
-        users.create_user(settings, name, role, PASSWORD, "test")
+        client.create_user(name, role, PASSWORD, "test")
     app = TestClient(create_app(settings))
 
     def login(name: str) -> str:
-        token, csrf = users.start_session(settings, name)
+        token, csrf = client.start_session(name)
         app.cookies.set("bloodcell_session", token)
         return csrf
 
