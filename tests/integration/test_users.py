@@ -21,6 +21,7 @@ from bloodcell_core.config import ROLES
 from bloodcell_core.service import db, signoff, users
 from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
+from bloodcell_core.service.results import AuditEventInfo
 from bloodcell_core.service.states import ROLE_RANK, Role
 from bloodcell_core.service.tables import LoginAttempt, User, WebSession
 
@@ -28,7 +29,7 @@ PASSWORD = "correct horse battery"
 ADDRESS = "192.0.2.10"
 
 
-def audit(settings, subject: str | None = None) -> list[dict]:
+def audit(settings, subject: str | None = None) -> list[AuditEventInfo]:
     with db.session_scope(settings.database_url) as session:
         return audit_events(session, subject=subject)
 
@@ -104,7 +105,7 @@ def test_create_list_disable_and_set_password(settings):
         users.disable_user(settings, "nobody", "cli:test")
     with pytest.raises(NotFound):
         users.set_password(settings, "nobody", PASSWORD, "cli:test")
-    actions = [e["action"] for e in audit(settings) if e["subject"] == "alice"]
+    actions = [e.action for e in audit(settings) if e.subject == "alice"]
     assert actions.count("user.disabled") == 1 and "user.password_set" in actions and "user.created" in actions
 
 
@@ -230,7 +231,7 @@ def test_sessions_start_identify_and_end(settings):
     assert users.session_user(settings, other) is not None
     with pytest.raises(NotFound):
         users.start_session(settings, "nobody")
-    logouts = [e for e in audit(settings) if e["action"] == "user.logout"]
+    logouts = [e for e in audit(settings) if e.action == "user.logout"]
     assert [(e["actor"], e["subject"]) for e in logouts] == [("user:alice", "alice")]
 
 
@@ -299,7 +300,7 @@ def test_a_user_is_re_enabled_and_changes_role_with_audit_events_and_the_last_ad
         users.set_role(settings, "alice", "root", "cli:root")
     with pytest.raises(Conflict, match="last active admin"):
         users.set_role(settings, "root", "supervisor", "cli:root")
-    events = [(e["action"], e["details"]) for e in reversed(audit(settings, subject="alice"))]
+    events = [(e.action, e.details) for e in reversed(audit(settings, subject="alice"))]
     assert ("user.enabled", {}) in events and ("user.role_changed", {"old": "technologist", "new": "supervisor"}) in events
     assert [action for action, _ in events].count("user.enabled") == 1
 
@@ -353,7 +354,7 @@ def test_the_users_command(env, settings):
     assert created.returncode == 0 and "created user alice (supervisor)" in created.stdout, created.stderr
     assert PASSWORD not in created.stdout + created.stderr
     assert users.authenticate(settings, "alice", PASSWORD, ADDRESS) == {"name": "alice", "role": "supervisor"}
-    assert [e["actor"] for e in audit(settings, subject="alice") if e["action"] == "user.created"][0].startswith("cli:")
+    assert [e.actor for e in audit(settings, subject="alice") if e.action == "user.created"][0].startswith("cli:")
 
     again = bloodcell("users", "create", "alice", "--role", "admin", "--password-stdin", env=env, input=PASSWORD + "\n")
     assert again.returncode == 1 and "exists already" in again.stderr and "Traceback" not in again.stderr
