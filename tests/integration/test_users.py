@@ -232,7 +232,7 @@ def test_sessions_start_identify_and_end(settings):
     with pytest.raises(NotFound):
         users.start_session(settings, "nobody")
     logouts = [e for e in audit(settings) if e.action == "user.logout"]
-    assert [(e["actor"], e["subject"]) for e in logouts] == [("user:alice", "alice")]
+    assert [(e.actor, e.subject) for e in logouts] == [("user:alice", "alice")]
 
 
 def test_expired_sessions_are_refused_and_deleted(env):
@@ -319,7 +319,7 @@ def test_the_audit_log_records_accounts_and_logins_never_passwords(settings):
     users.end_session(settings, token)
     users.disable_user(settings, "alice", "cli:root")
     events = list(reversed(audit(settings)))
-    assert [(e["actor"], e["action"], e["subject"]) for e in events] == [
+    assert [(e.actor, e.action, e.subject) for e in events] == [
         ("cli:root", "user.created", "alice"),
         ("cli:root", "user.password_set", "alice"),
         ("user:alice", "user.login", "alice"),
@@ -327,7 +327,7 @@ def test_the_audit_log_records_accounts_and_logins_never_passwords(settings):
         ("user:alice", "user.logout", "alice"),
         ("cli:root", "user.disabled", "alice"),
     ]
-    assert events[0]["details"] == {"role": "supervisor"} and events[2]["details"] == {"address": ADDRESS}
+    assert events[0].details == {"role": "supervisor"} and events[2].details == {"address": ADDRESS}
     dumped = json.dumps(events)
     assert PASSWORD not in dumped and "second password!" not in dumped and "$argon2" not in dumped and token not in dumped
 
