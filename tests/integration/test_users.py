@@ -328,7 +328,7 @@ def test_the_audit_log_records_accounts_and_logins_never_passwords(settings):
         ("cli:root", "user.disabled", "alice"),
     ]
     assert events[0].details == {"role": "supervisor"} and events[2].details == {"address": ADDRESS}
-    dumped = json.dumps(events)
+    dumped = json.dumps([e.model_dump(mode="json") for e in events])
     assert PASSWORD not in dumped and "second password!" not in dumped and "$argon2" not in dumped and token not in dumped
 
 
