@@ -1,16 +1,23 @@
 """The HTTP API's contract: request bodies and the response model of every route (shown in /openapi.json).
 
-Response models are named ``...Public``; those of the service's typed results (``service/results.py``: the report,
-model versions) derive from them, so their fields are declared once."""
+Response models are named ``...Public``. Those that answer with a service's typed result (``service/results.py``: the
+report, its cells and fields, the review queue, webhook deliveries, audit events, model versions) derive from it, so
+their fields are declared once."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, Field
 
-from bloodcell_core.service.results import FieldSummary, ModelVersionInfo, Report
-from bloodcell_core.service.states import DeliveryStatus, SampleStatus
+from bloodcell_core.service.results import (
+    AuditEventInfo,
+    CellResult,
+    ModelVersionInfo,
+    Report,
+    SampleFieldInfo,
+    SampleForReview,
+    WebhookDeliveryInfo,
+)
+from bloodcell_core.service.states import SampleStatus
 
 
 class Relabel(BaseModel):
@@ -62,29 +69,8 @@ class SubmissionReceipt(BaseModel):
     links: SampleLinks
 
 
-class CellBox(BaseModel):
-    x: int
-    y: int
-    width: int
-    height: int
-    touches_edge: bool = Field(description="The field's edge cuts the cell")
-
-
-class FieldCell(BaseModel):
-    name: str
-    image_sha256: str = Field(description="The cell's crop, served at /v1/images/{sha256}")
-    status: str
-    box: CellBox
-    label: str | None = Field(description="The label that counts: the technologist's, else the model's")
-    confidence: float | None
-    needs_review: bool
-
-
-class SampleFieldPublic(FieldSummary):
-    width: int | None
-    height: int | None
-    locator: str | None = Field(description="The cell-locator plugin that found the cells")
-    cells: list[FieldCell]
+class SampleFieldPublic(SampleFieldInfo):
+    """GET /v1/samples/{sample_id}/fields: a whole field with its cells' boxes and labels."""
 
 
 class ReportPublic(Report):
@@ -95,55 +81,16 @@ class SampleReportPublic(ReportPublic):
     links: SampleLinks
 
 
-class LabelProbability(BaseModel):
-    label: str
-    probability: float
+class CellPublic(CellResult):
+    """GET /v1/samples/{sample_id}/cells: a cell's labels, confidence and why it needs review."""
 
 
-class CellPublic(BaseModel):
-    name: str
-    image_sha256: str
-    status: str
-    error: str | None
-    model_label: str | None
-    confidence: float | None
-    top3: list[LabelProbability]
-    reviewed_label: str | None
-    reviewed_by: str | None
-    reviewed_reason: str | None = Field(description="Why the technologist gave their label")
-    label: str | None = Field(description="The label that counts: the technologist's, else the model's")
-    ood_score: float | None
-    needs_review: bool
-    review_reasons: list[str]
-    field_sha256: str | None = Field(description="The whole field the cell was found in; null for a cell image")
-    box: CellBox | None = Field(description="Where the cell sat in its field (pixels)")
+class SampleForReviewPublic(SampleForReview):
+    """GET /v1/review: a sample waiting for a technologist."""
 
 
-class ReviewFailedCell(BaseModel):
-    name: str
-    error: str | None
-
-
-class SampleForReviewPublic(BaseModel):
-    sample_id: str
-    status: str = Field(description="needs_review, or failed when no image of the sample could be classified")
-    error: str | None = Field(description="Why the sample failed; null otherwise")
-    flags: list[str] = Field(description="The report's flags (blasts, immature_cells, unfamiliar_images)")
-    cells: list[CellPublic]
-    failed: list[ReviewFailedCell]
-    failed_fields: list[ReviewFailedCell] = Field(description="Whole fields that could not be located, with the error")
-
-
-class WebhookDeliveryPublic(BaseModel):
-    id: int
-    event: str
-    url: str
-    status: DeliveryStatus
-    attempts: int
-    last_status_code: int | None
-    last_error: str | None
-    created_at: str
-    delivered_at: str | None
+class WebhookDeliveryPublic(WebhookDeliveryInfo):
+    """GET /v1/samples/{sample_id}/webhooks: one delivery of a sample's event, with its attempts."""
 
 
 class ModelVersionPublic(ModelVersionInfo):
@@ -161,9 +108,5 @@ class Exporter(BaseModel):
     description: str
 
 
-class AuditEventPublic(BaseModel):
-    at: str
-    actor: str
-    action: str
-    subject: str
-    details: dict[str, Any]
+class AuditEventPublic(AuditEventInfo):
+    """GET /v1/audit: who did what to which sample, cell or model version, and when."""

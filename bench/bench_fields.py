@@ -98,14 +98,12 @@ def through_queue(model: Path, fields: list[Field], datas: list[bytes], warm: li
         local.client.submit("BCCD-TEST", [], fields=[(f.image_path.name, data) for f, data in zip(fields, datas)])
         wait_final(local.settings, ["BCCD-TEST"], timeout=1800)
         seconds = time.perf_counter() - start
-        listed = {row["image_sha256"]: row for row in local.client.fields("BCCD-TEST")}
+        listed = {row.image_sha256: row for row in local.client.fields("BCCD-TEST")}
     found = {}
     for field, data in zip(fields, datas):
         row = listed[hashlib.sha256(data).hexdigest()]
-        assert row["status"] == "located", row
-        found[field.field_id] = [
-            (CellBox(**cell["box"], stained_area=0), cell["label"], cell["needs_review"]) for cell in row["cells"]
-        ]
+        assert row.status == "located", row
+        found[field.field_id] = [(CellBox(**dict(cell.box), stained_area=0), cell.label, cell.needs_review) for cell in row.cells]
     return seconds, found
 
 

@@ -465,7 +465,7 @@ def measure(settings: Settings, history: History, repeat: int, images: list[tupl
 
     def change_a_label() -> None:
         with db.session_scope(settings.database_url) as session:
-            current = next(c["label"] for c in review.get_cells(session, accession_id=sample) if c["image_sha256"] == cell)
+            current = next(c.label for c in review.get_cells(session, accession_id=sample) if c.image_sha256 == cell)
             new_label = "monocyte" if current != "monocyte" else "lymphocyte"
             review.relabel_cell(
                 session,

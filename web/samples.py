@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 from bloodcell_core.edge import ClientDep, FieldSha256, ImageSha256, SettingsDep, image_headers
 from bloodcell_core.plugin_manager import exporters
 from bloodcell_core.service import signoff
+from bloodcell_core.service.results import CellResult
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, SampleFlag, SampleStatus
 from web.deps import LoggedIn
 from web.rendering import FILE_HEADERS, page
@@ -41,7 +42,7 @@ def sample_page(sample_id: str, who: LoggedIn, settings: SettingsDep, client: Cl
         who,
         settings=settings,
         report=report,
-        to_review=[cell for cell in cells if cell["needs_review"]],  # shown first: they are what the technologist is here for
+        to_review=[cell for cell in cells if cell.needs_review],  # shown first: they are what the technologist is here for
         gallery=_gallery(cells, classes),
         classes=classes,
         rows=[row for row in rows if row[0] not in apart],
@@ -55,12 +56,12 @@ def sample_page(sample_id: str, who: LoggedIn, settings: SettingsDep, client: Cl
     )
 
 
-def _gallery(cells: list[dict[str, Any]], classes: list[str]) -> list[tuple[str, list[dict[str, Any]]]]:
+def _gallery(cells: list[CellResult], classes: list[str]) -> list[tuple[str, list[CellResult]]]:
     """The cells that need no review grouped by label (or status), in the model's class order, others after."""
-    gallery: dict[str, list[dict[str, Any]]] = {}
+    gallery: dict[str, list[CellResult]] = {}
     for cell in cells:
-        if not cell["needs_review"]:
-            gallery.setdefault(cell["label"] or cell["status"], []).append(cell)
+        if not cell.needs_review:
+            gallery.setdefault(cell.label or cell.status, []).append(cell)
     order = [label for label in classes if label in gallery] + sorted(set(gallery) - set(classes))
     return [(label, gallery[label]) for label in order]
 

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Query
 
 from api import schemas
 from api.deps import Reviewer
 from bloodcell_core.edge import ClientDep
-from bloodcell_core.service.results import Report
+from bloodcell_core.service.results import Report, SampleForReview
 
 router = APIRouter(tags=["review"])
 
@@ -17,7 +15,7 @@ router = APIRouter(tags=["review"])
 @router.get(
     "/v1/review", response_model=list[schemas.SampleForReviewPublic], summary="Samples and cells waiting for review (scope: review)"
 )
-def review_queue(_: Reviewer, client: ClientDep, limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+def review_queue(_: Reviewer, client: ClientDep, limit: int = Query(100, ge=1, le=1000)) -> list[SampleForReview]:
     return client.review_queue(limit)
 
 

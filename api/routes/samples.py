@@ -13,6 +13,7 @@ from api import schemas
 from api.deps import Reader, Submitter
 from bloodcell_core.config import Settings
 from bloodcell_core.edge import SHA256, ClientDep, FieldSha256, SettingsDep, read_files, read_form
+from bloodcell_core.service.results import CellResult, SampleFieldInfo, WebhookDeliveryInfo
 from bloodcell_core.service.submission import check_accession_id
 
 router = APIRouter(tags=["samples"])
@@ -124,7 +125,7 @@ def get_cells(
     _: Reader,
     client: ClientDep,
     needs_review: bool = Query(False, description="Only cells waiting for review"),
-) -> list[dict[str, Any]]:
+) -> list[CellResult]:
     return client.cells(sample_id, needs_review)
 
 
@@ -133,7 +134,7 @@ def get_cells(
     response_model=list[schemas.SampleFieldPublic],
     summary="Whole fields with their cells' boxes and labels (scope: read)",
 )
-def get_fields(sample_id: str, _: Reader, client: ClientDep) -> list[dict[str, Any]]:
+def get_fields(sample_id: str, _: Reader, client: ClientDep) -> list[SampleFieldInfo]:
     return client.fields(sample_id)
 
 
@@ -151,5 +152,5 @@ def get_field_overlay(sample_id: str, _: Reader, field_sha256: FieldSha256, clie
 @router.get(
     "/v1/samples/{sample_id}/webhooks", response_model=list[schemas.WebhookDeliveryPublic], summary="Webhook deliveries (scope: read)"
 )
-def get_deliveries(sample_id: str, _: Reader, client: ClientDep) -> list[dict[str, Any]]:
+def get_deliveries(sample_id: str, _: Reader, client: ClientDep) -> list[WebhookDeliveryInfo]:
     return client.deliveries(sample_id)

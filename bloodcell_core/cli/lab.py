@@ -119,20 +119,18 @@ def fields_command(sample_id: str, overlays_dir: Path | None, as_json: bool) -> 
     if overlays_dir is not None:
         overlays_dir.mkdir(parents=True, exist_ok=True)
         for field in found:
-            if field["status"] == FieldStatus.LOCATED:
-                png = client.field_overlay(sample_id, field["image_sha256"])
-                (overlays_dir / f"{field['image_sha256'][:16]}_overlay.png").write_bytes(png)
+            if field.status == FieldStatus.LOCATED:
+                png = client.field_overlay(sample_id, field.image_sha256)
+                (overlays_dir / f"{field.image_sha256[:16]}_overlay.png").write_bytes(png)
     if as_json:
-        click.echo(json.dumps(found, indent=2))
+        click.echo(json.dumps([field.model_dump(mode="json") for field in found], indent=2))
         return
     for field in found:
-        click.echo(f"{field['name']}\t{field['status']}\t{field['image_sha256']}" + (f"\t{field['error']}" if field["error"] else ""))
-        for cell in field["cells"]:
-            box = cell["box"]
-            label = (
-                f"{cell['label']} {cell['confidence']:.3f}" if cell["confidence"] is not None else (cell["label"] or cell["status"])
-            )
-            click.echo(f"  x={box['x']} y={box['y']} width={box['width']} height={box['height']}\t{label}")
+        click.echo(f"{field.name}\t{field.status}\t{field.image_sha256}" + (f"\t{field.error}" if field.error else ""))
+        for cell in field.cells:
+            box = cell.box
+            label = f"{cell.label} {cell.confidence:.3f}" if cell.confidence is not None else (cell.label or cell.status)
+            click.echo(f"  x={box.x} y={box.y} width={box.width} height={box.height}\t{label}")
 
 
 @click.command()
@@ -143,18 +141,16 @@ def cells(sample_id: str, needs_review: bool, as_json: bool) -> None:
     """Per-cell results of a sample: model label and confidence, reviewed label, the label that counts."""
     rows = context.client(http=True).cells(sample_id, needs_review)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps([row.model_dump(mode="json") for row in rows], indent=2))
         return
     for row in rows:
-        confidence = "" if row["confidence"] is None else f"{row['confidence']:.3f}"
+        confidence = "" if row.confidence is None else f"{row.confidence:.3f}"
         mark = (
-            f" REVIEW: {', '.join(row['review_reasons'])}"
-            if row["needs_review"]
-            else (f" (reviewed: {row['reviewed_label']})" if row["reviewed_label"] else "")
+            f" REVIEW: {', '.join(row.review_reasons)}"
+            if row.needs_review
+            else (f" (reviewed: {row.reviewed_label})" if row.reviewed_label else "")
         )
-        click.echo(
-            f"{row['image_sha256'][:12]}  {row['label'] or row['error'] or row['status']:<16}{confidence:>7}  {row['name']}{mark}"
-        )
+        click.echo(f"{row.image_sha256[:12]}  {row.label or row.error or row.status:<16}{confidence:>7}  {row.name}{mark}")
 
 
 @click.command("export")
@@ -187,12 +183,12 @@ def review_list(as_json: bool) -> None:
     """Samples waiting for review, with their low-confidence cells."""
     queue = context.client(http=True).review_queue()
     if as_json:
-        click.echo(json.dumps(queue, indent=2))
+        click.echo(json.dumps([item.model_dump(mode="json") for item in queue], indent=2))
         return
     for item in queue:
-        click.echo(f"sample {item['sample_id']}: {len(item['cells'])} cell(s) to review, {len(item['failed'])} failed")
-        for cell in item["cells"]:
-            click.echo(f"  {cell['image_sha256']}  {cell['model_label']:<16}{cell['confidence']:.3f}  {cell['name']}")
+        click.echo(f"sample {item.sample_id}: {len(item.cells)} cell(s) to review, {len(item.failed)} failed")
+        for cell in item.cells:
+            click.echo(f"  {cell.image_sha256}  {cell.model_label:<16}{cell.confidence:.3f}  {cell.name}")
 
 
 @review.command("label")

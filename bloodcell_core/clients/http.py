@@ -19,7 +19,7 @@ import httpx
 
 from bloodcell_core.clients.waiting import wait_until_classified
 from bloodcell_core.service.receipts import Submission
-from bloodcell_core.service.results import ModelVersionInfo, Report
+from bloodcell_core.service.results import CellResult, ModelVersionInfo, Report, SampleFieldInfo, SampleForReview
 
 
 class HttpApiError(RuntimeError):
@@ -72,11 +72,12 @@ class HttpClient:
         """Poll until the sample reaches done, needs_review or failed."""
         return wait_until_classified(self.report, accession_id, timeout, poll)
 
-    def cells(self, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
-        return self._request("GET", f"/v1/samples/{accession_id}/cells", params={"needs_review": str(needs_review).lower()}).json()
+    def cells(self, accession_id: str, needs_review: bool = False) -> list[CellResult]:
+        rows = self._request("GET", f"/v1/samples/{accession_id}/cells", params={"needs_review": str(needs_review).lower()}).json()
+        return [CellResult.model_validate(row) for row in rows]
 
-    def fields(self, accession_id: str) -> list[dict[str, Any]]:
-        return self._request("GET", f"/v1/samples/{accession_id}/fields").json()
+    def fields(self, accession_id: str) -> list[SampleFieldInfo]:
+        return [SampleFieldInfo.model_validate(field) for field in self._request("GET", f"/v1/samples/{accession_id}/fields").json()]
 
     def field_overlay(self, accession_id: str, field_sha256: str) -> bytes:
         return self._request("GET", f"/v1/samples/{accession_id}/fields/{field_sha256}/overlay").content
@@ -84,8 +85,8 @@ class HttpClient:
     def export(self, accession_id: str, format_name: str) -> str:
         return self._request("GET", f"/v1/samples/{accession_id}/export/{format_name}").text
 
-    def review_queue(self, limit: int = 100) -> list[dict[str, Any]]:
-        return self._request("GET", "/v1/review", params={"limit": limit}).json()
+    def review_queue(self, limit: int = 100) -> list[SampleForReview]:
+        return [SampleForReview.model_validate(item) for item in self._request("GET", "/v1/review", params={"limit": limit}).json()]
 
     def relabel(self, accession_id: str, image_sha256: str, label: str, reviewer: str, reason: str, actor: str = "") -> Report:
         body = {"label": label, "reviewer": reviewer, "reason": reason}

@@ -28,7 +28,17 @@ from bloodcell_core.service.db import require_migrated, session_scope
 from bloodcell_core.service.fields import field_overlay, get_fields
 from bloodcell_core.service.queues import TRAIN_QUEUE, WEBHOOK_QUEUE, task_queues
 from bloodcell_core.service.receipts import Submission
-from bloodcell_core.service.results import ModelVersionInfo, Report, TrainingRunInfo
+from bloodcell_core.service.results import (
+    AuditEventInfo,
+    CellResult,
+    ModelVersionInfo,
+    Report,
+    SampleFieldInfo,
+    SampleForReview,
+    TrainingRunInfo,
+    WebhookDeliveryInfo,
+    WorklistRow,
+)
 from bloodcell_core.service.samples import find_sample, get_image, get_report, list_samples
 from bloodcell_core.service.states import FINAL_SAMPLE_STATUSES, ModelStatus
 from bloodcell_core.service.submission import store_image, submit_sample
@@ -80,11 +90,11 @@ class Client:
         with self._session() as session:
             return get_report(session, settings=self.settings, accession_id=accession_id)
 
-    def cells(self, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
+    def cells(self, accession_id: str, needs_review: bool = False) -> list[CellResult]:
         with self._session() as session:
             return review.get_cells(session, accession_id=accession_id, needs_review=needs_review)
 
-    def fields(self, accession_id: str) -> list[dict[str, Any]]:
+    def fields(self, accession_id: str) -> list[SampleFieldInfo]:
         """The sample's whole fields, each with its cells' boxes and labels."""
         with self._session() as session:
             return get_fields(session, accession_id=accession_id)
@@ -109,22 +119,22 @@ class Client:
         with self._session() as session:
             return get_image(session, settings=self.settings, image_sha256=image_sha256)
 
-    def worklist(self, status: str | None = None, flag: str | None = None) -> list[dict[str, Any]]:
+    def worklist(self, status: str | None = None, flag: str | None = None) -> list[WorklistRow]:
         """Samples newest first, optionally of one status or with one flag (the console's worklist)."""
         with self._session() as session:
             return list_samples(session, status=status, flag=flag)
 
-    def deliveries(self, accession_id: str) -> list[dict[str, Any]]:
+    def deliveries(self, accession_id: str) -> list[WebhookDeliveryInfo]:
         """The sample's webhook deliveries, each attempt recorded."""
         with self._session() as session:
             return webhooks.get_deliveries(session, accession_id=accession_id)
 
-    def audit(self, subject: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def audit(self, subject: str | None = None, limit: int = 100) -> list[AuditEventInfo]:
         """The audit log, newest first, optionally for one subject."""
         with self._session() as session:
             return audit_events(session, subject=subject, limit=limit)
 
-    def review_queue(self, limit: int = 100) -> list[dict[str, Any]]:
+    def review_queue(self, limit: int = 100) -> list[SampleForReview]:
         with self._session() as session:
             return review.review_queue(session, limit=limit)
 

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from bloodcell_core.service.results import AuditEventInfo
 from bloodcell_core.service.tables import AuditEvent
 
 
@@ -14,12 +15,12 @@ def record_event(session: Session, actor: str, action: str, subject: str, **deta
     session.add(AuditEvent(actor=actor, action=action, subject=subject, details=details))
 
 
-def audit_events(session: Session, *, subject: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+def audit_events(session: Session, *, subject: str | None = None, limit: int = 100) -> list[AuditEventInfo]:
     """The audit log, newest first, optionally for one subject (a sample's accession id, a model version)."""
     query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
     if subject is not None:
         query = query.where(AuditEvent.subject == subject)
     return [
-        {"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "subject": e.subject, "details": e.details}
+        AuditEventInfo(at=e.at.isoformat(), actor=e.actor, action=e.action, subject=e.subject, details=e.details)
         for e in session.scalars(query)
     ]

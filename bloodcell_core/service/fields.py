@@ -9,7 +9,6 @@ and adds nothing; the locator is deterministic, so the same field gives the same
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -17,9 +16,10 @@ from sqlalchemy.orm import Session
 from bloodcell_core.config import Settings
 from bloodcell_core.ml.serving import FieldTooCrowded, ImageDecodeError, cut_field, draw_overlay
 from bloodcell_core.plugin_manager import UnknownPlugin, get_cell_locator
-from bloodcell_core.plugin_types import CellBox
+from bloodcell_core.plugin_types import CellBox as LocatedBox
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.image_store import image_store, sha256_of
+from bloodcell_core.service.results import CellResult, FieldCell, SampleFieldInfo
 from bloodcell_core.service.review import cell_results
 from bloodcell_core.service.samples import field_summaries, find_sample
 from bloodcell_core.service.states import FieldStatus
@@ -102,30 +102,27 @@ def locate_queued_fields(session: Session, settings: Settings, sample: Sample) -
     return added
 
 
-def _cells_by_field(session: Session, sample: Sample) -> dict[str, list[dict[str, Any]]]:
+def _cells_by_field(session: Session, sample: Sample) -> dict[str, list[CellResult]]:
     """The sample's cells found in fields, as ``review.cell_results`` gives them, by field sha256."""
-    by_field: dict[str, list[dict[str, Any]]] = {}
+    by_field: dict[str, list[CellResult]] = {}
     for row in cell_results(session, sample):
-        if row["field_sha256"] is not None:
-            by_field.setdefault(row["field_sha256"], []).append(row)
+        if row.field_sha256 is not None:
+            by_field.setdefault(row.field_sha256, []).append(row)
     return by_field
 
 
-def get_fields(session: Session, *, accession_id: str) -> list[dict[str, Any]]:
+def get_fields(session: Session, *, accession_id: str) -> list[SampleFieldInfo]:
     """Each field of a sample with its cells' boxes and labels (a technologist's label over the model's)."""
     sample = find_sample(session, accession_id)
     by_field = _cells_by_field(session, sample)
     return [
-        summary.model_dump()
-        | {
-            "width": field.width,
-            "height": field.height,
-            "locator": field.locator,
-            "cells": [
-                {key: row[key] for key in ("name", "image_sha256", "status", "box", "label", "confidence", "needs_review")}
-                for row in by_field.get(field.image_sha256, [])
-            ],
-        }
+        SampleFieldInfo(
+            **dict(summary),
+            width=field.width,
+            height=field.height,
+            locator=field.locator,
+            cells=[FieldCell.model_validate(row, from_attributes=True) for row in by_field.get(field.image_sha256, [])],
+        )
         for field, summary in zip(sample.fields, field_summaries(sample))
     ]
 
@@ -138,8 +135,9 @@ def field_overlay(session: Session, *, settings: Settings, accession_id: str, fi
         raise NotFound(f"sample {accession_id!r} has no field {field_sha256[:80]!r}")
     data = image_store(settings).get(session, field_sha256)
     boxes = [
-        (CellBox(**row["box"], stained_area=0), row["label"] or row["status"], row["needs_review"])
+        (LocatedBox(**dict(row.box), stained_area=0), row.label or row.status, row.needs_review)
         for row in _cells_by_field(session, sample).get(field_sha256, [])
+        if row.box is not None  # always, for a field's cell: narrows the type
     ]
     try:
         return draw_overlay(data, boxes)

@@ -1,4 +1,5 @@
-"""What the service returns, typed once: the sample report, model versions and training runs.
+"""What the service returns, typed once: the sample report, its cells and fields, the review queue, the worklist,
+webhook deliveries, audit events, model versions and training runs.
 
 The API's response models derive from these, the console's pages, the CLI and the exporters render them, and the
 HTTP client reads the API's answers back into them; light enough (pydantic and the states) for the HTTP client.
@@ -6,9 +7,19 @@ HTTP client reads the API's answers back into them; light enough (pydantic and t
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
-from bloodcell_core.service.states import FieldStatus, ModelStatus, ReportStatus, SampleFlag, SampleStatus, TrainingRunStatus
+from bloodcell_core.service.states import (
+    DeliveryStatus,
+    FieldStatus,
+    ModelStatus,
+    ReportStatus,
+    SampleFlag,
+    SampleStatus,
+    TrainingRunStatus,
+)
 
 
 class CellForReview(BaseModel):
@@ -45,6 +56,111 @@ class SignOffRecord(BaseModel):
     percent: dict[str, float]
     flags: list[SampleFlag]
     withdrawn_at: str | None = Field(description="When the report changed after this sign-off")
+
+
+class CellBox(BaseModel):
+    x: int
+    y: int
+    width: int
+    height: int
+    touches_edge: bool = Field(description="The field's edge cuts the cell")
+
+
+class LabelProbability(BaseModel):
+    label: str
+    probability: float
+
+
+class CellResult(BaseModel):
+    """One cell of a sample: the model's label and confidence, a reviewer's label, the label that counts."""
+
+    name: str
+    image_sha256: str
+    status: str
+    error: str | None
+    model_label: str | None
+    confidence: float | None
+    top3: list[LabelProbability]
+    reviewed_label: str | None
+    reviewed_by: str | None
+    reviewed_reason: str | None = Field(description="Why the technologist gave their label")
+    label: str | None = Field(description="The label that counts: the technologist's, else the model's")
+    ood_score: float | None
+    needs_review: bool
+    review_reasons: list[str]
+    field_sha256: str | None = Field(description="The whole field the cell was found in; null for a cell image")
+    box: CellBox | None = Field(description="Where the cell sat in its field (pixels)")
+
+
+class FieldCell(BaseModel):
+    name: str
+    image_sha256: str = Field(description="The cell's crop, served at /v1/images/{sha256}")
+    status: str
+    box: CellBox
+    label: str | None = Field(description="The label that counts: the technologist's, else the model's")
+    confidence: float | None
+    needs_review: bool
+
+
+class SampleFieldInfo(FieldSummary):
+    """A whole field of a sample with its cells' boxes and labels."""
+
+    width: int | None
+    height: int | None
+    locator: str | None = Field(description="The cell-locator plugin that found the cells")
+    cells: list[FieldCell]
+
+
+class ReviewFailedCell(BaseModel):
+    name: str
+    error: str | None
+
+
+class SampleForReview(BaseModel):
+    """A sample in the review queue: the cells a technologist should check, what failed, and why."""
+
+    sample_id: str
+    status: str = Field(description="needs_review, or failed when no image of the sample could be classified")
+    error: str | None = Field(description="Why the sample failed; null otherwise")
+    flags: list[str] = Field(description="The report's flags (blasts, immature_cells, unfamiliar_images)")
+    cells: list[CellResult]
+    failed: list[ReviewFailedCell]
+    failed_fields: list[ReviewFailedCell] = Field(description="Whole fields that could not be located, with the error")
+
+
+class WorklistRow(BaseModel):
+    """A sample as the console's worklist shows it."""
+
+    sample_id: str
+    status: SampleStatus
+    report_status: ReportStatus
+    blast_flag: bool
+    flags: list[str]
+    n_cells: int | None
+    n_to_review: int
+    unfamiliar: bool
+    created_at: str
+    signed_off_by: str | None
+
+
+class WebhookDeliveryInfo(BaseModel):
+    id: int
+    event: str
+    url: str
+    status: DeliveryStatus
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: str
+    delivered_at: str | None
+
+
+class AuditEventInfo(BaseModel):
+    at: str
+    actor: str
+    action: str
+    subject: str
+    details: dict[str, Any]
 
 
 class Report(BaseModel):

@@ -6,7 +6,6 @@ import io
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import PIL.Image
 from sqlalchemy import or_, select
@@ -20,7 +19,7 @@ from bloodcell_core.service.counters import count_relabel
 from bloodcell_core.service.db import get_row, session_scope
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
 from bloodcell_core.service.image_store import image_store
-from bloodcell_core.service.results import Report
+from bloodcell_core.service.results import CellBox, CellResult, LabelProbability, Report, ReviewFailedCell, SampleForReview
 from bloodcell_core.service.samples import (
     build_report,
     cell_review_reasons,
@@ -40,14 +39,16 @@ def _report_version(session: Session, sample: Sample) -> ModelVersion:
     return get_row(session, ModelVersion, report.model_version_id)
 
 
-def cell_box(cell: SampleImage) -> dict[str, Any] | None:
+def cell_box(cell: SampleImage) -> CellBox | None:
     """Where a cell found in a whole field sat in it (pixels); None for a cell submitted as its own image."""
     if cell.field_sha256 is None:
         return None
-    return {"x": cell.box_x, "y": cell.box_y, "width": cell.box_width, "height": cell.box_height, "touches_edge": cell.touches_edge}
+    # the box columns are nullable (a cell image has none): validation fails loudly should a field's cell lack one
+    box = {"x": cell.box_x, "y": cell.box_y, "width": cell.box_width, "height": cell.box_height, "touches_edge": cell.touches_edge}
+    return CellBox.model_validate(box)
 
 
-def cell_results(session: Session, sample: Sample, cells: list[SampleImage] | None = None) -> list[dict[str, Any]]:
+def cell_results(session: Session, sample: Sample, cells: list[SampleImage] | None = None) -> list[CellResult]:
     """Every cell of a sample (or these CELLS of it): the model's label and confidence, a reviewer's label,
     the label that counts."""
     cells = sample.cells if cells is None else cells
@@ -62,34 +63,34 @@ def cell_results(session: Session, sample: Sample, cells: list[SampleImage] | No
         top = sorted(prediction.probabilities.items(), key=lambda kv: -kv[1])[:3] if prediction else []
         reasons = cell_review_reasons(prediction, threshold, unfamiliar_above, review is not None) if prediction else []
         rows.append(
-            {
-                "name": cell.name,
-                "image_sha256": cell.image_sha256,
-                "status": cell.status,
-                "error": cell.error,
-                "model_label": prediction.label if prediction else None,
-                "confidence": round(prediction.confidence, 4) if prediction else None,
-                "top3": [{"label": label, "probability": round(p, 4)} for label, p in top],
-                "reviewed_label": review.label if review else None,
-                "reviewed_by": review.reviewer if review else None,
-                "reviewed_reason": review.reason if review else None,
-                "label": review.label if review else (prediction.label if prediction else None),
-                "ood_score": round(prediction.ood_score, 2) if prediction and prediction.ood_score is not None else None,
-                "needs_review": bool(reasons),
-                "review_reasons": reasons,
-                "field_sha256": cell.field_sha256,
-                "box": cell_box(cell),
-            }
+            CellResult(
+                name=cell.name,
+                image_sha256=cell.image_sha256,
+                status=cell.status,
+                error=cell.error,
+                model_label=prediction.label if prediction else None,
+                confidence=round(prediction.confidence, 4) if prediction else None,
+                top3=[LabelProbability(label=label, probability=round(p, 4)) for label, p in top],
+                reviewed_label=review.label if review else None,
+                reviewed_by=review.reviewer if review else None,
+                reviewed_reason=review.reason if review else None,
+                label=review.label if review else (prediction.label if prediction else None),
+                ood_score=round(prediction.ood_score, 2) if prediction and prediction.ood_score is not None else None,
+                needs_review=bool(reasons),
+                review_reasons=reasons,
+                field_sha256=cell.field_sha256,
+                box=cell_box(cell),
+            )
         )
     return rows
 
 
-def get_cells(session: Session, *, accession_id: str, needs_review: bool = False) -> list[dict[str, Any]]:
+def get_cells(session: Session, *, accession_id: str, needs_review: bool = False) -> list[CellResult]:
     rows = cell_results(session, find_sample(session, accession_id))
-    return [row for row in rows if row["needs_review"]] if needs_review else rows
+    return [row for row in rows if row.needs_review] if needs_review else rows
 
 
-def review_queue(session: Session, *, limit: int = 100) -> list[dict[str, Any]]:
+def review_queue(session: Session, *, limit: int = 100) -> list[SampleForReview]:
     """Samples waiting for a technologist, oldest first, until someone signs their report off: with the cells to
     review, the failed images and fields, the report's flags, and why (``error``) when no image could be classified."""
     samples = session.scalars(
@@ -118,19 +119,19 @@ def review_queue(session: Session, *, limit: int = 100) -> list[dict[str, Any]]:
     ):
         shown.setdefault(cell.sample_id, []).append(cell)
     return [
-        {
-            "sample_id": s.accession_id,
-            "status": s.status,
-            "error": s.error,
-            "flags": list(reports[s.id].flags) if s.id in reports else [],
-            "cells": [
+        SampleForReview(
+            sample_id=s.accession_id,
+            status=s.status,
+            error=s.error,
+            flags=list(reports[s.id].flags) if s.id in reports else [],
+            cells=[
                 c
                 for c in cell_results(session, s, [c for c in shown.get(s.id, []) if (s.id, c.image_sha256) in listed])
-                if c["needs_review"]
+                if c.needs_review
             ],
-            "failed": [{"name": c.name, "error": c.error} for c in shown.get(s.id, []) if c.status == CellStatus.FAILED],
-            "failed_fields": [{"name": f.name, "error": f.error} for f in s.fields if f.status == FieldStatus.FAILED],
-        }
+            failed=[ReviewFailedCell(name=c.name, error=c.error) for c in shown.get(s.id, []) if c.status == CellStatus.FAILED],
+            failed_fields=[ReviewFailedCell(name=f.name, error=f.error) for f in s.fields if f.status == FieldStatus.FAILED],
+        )
         for s in samples
     ]
 

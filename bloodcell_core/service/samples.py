@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -16,7 +14,7 @@ from bloodcell_core.service.audit_log import record_event
 from bloodcell_core.service.db import get_row
 from bloodcell_core.service.errors import NotFound
 from bloodcell_core.service.image_store import image_store
-from bloodcell_core.service.results import CellForReview, FailedCell, FieldSummary, Report
+from bloodcell_core.service.results import CellForReview, FailedCell, FieldSummary, Report, WorklistRow
 from bloodcell_core.service.states import CellStatus, FieldStatus, ReportStatus, SampleFlag, SampleStatus
 from bloodcell_core.service.submission import valid_accession_id
 from bloodcell_core.service.tables import CellReview, ModelVersion, Prediction, Sample, SampleReport
@@ -259,7 +257,7 @@ def mark_sample_failed(session: Session, *, sample_pk: int, error: str, actor: s
         record_event(session, actor, "sample.failed", sample.accession_id, error=error)
 
 
-def list_samples(session: Session, *, status: str | None = None, flag: str | None = None, limit: int = 200) -> list[dict[str, Any]]:
+def list_samples(session: Session, *, status: str | None = None, flag: str | None = None, limit: int = 200) -> list[WorklistRow]:
     """Samples newest first, with what a worklist shows: status, blast flag, cells to review, flags, time.
 
     ``status`` keeps one sample status; ``flag`` one report flag (``blasts``, ``immature_cells``,
@@ -275,18 +273,18 @@ def list_samples(session: Session, *, status: str | None = None, flag: str | Non
         if flag == "needs_review" and not to_review or flag not in (None, "", "needs_review") and flag not in flags:
             continue
         rows.append(
-            {
-                "sample_id": sample.accession_id,
-                "status": sample.status,
-                "report_status": sample.report_status,
-                "blast_flag": bool(report is not None and report.blast_flag),
-                "flags": flags,
-                "n_cells": report.n_cells if report is not None else None,
-                "n_to_review": to_review,
-                "unfamiliar": SampleFlag.UNFAMILIAR_IMAGES in flags,
-                "created_at": sample.created_at.isoformat(timespec="seconds"),
-                "signed_off_by": sample.signed_off_by,
-            }
+            WorklistRow(
+                sample_id=sample.accession_id,
+                status=SampleStatus(sample.status),
+                report_status=ReportStatus(sample.report_status),
+                blast_flag=bool(report is not None and report.blast_flag),
+                flags=flags,
+                n_cells=report.n_cells if report is not None else None,
+                n_to_review=to_review,
+                unfamiliar=SampleFlag.UNFAMILIAR_IMAGES in flags,
+                created_at=sample.created_at.isoformat(timespec="seconds"),
+                signed_off_by=sample.signed_off_by,
+            )
         )
         if len(rows) == limit:
             break

@@ -19,7 +19,6 @@ import json
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 import httpx
 from sqlalchemy import ColumnElement, func, select, update
@@ -27,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from bloodcell_core.config import WEBHOOK_TIMEOUT_S, Settings
 from bloodcell_core.service.db import get_row, session_scope
+from bloodcell_core.service.results import WebhookDeliveryInfo
 from bloodcell_core.service.samples import find_sample
 from bloodcell_core.service.states import DeliveryStatus
 from bloodcell_core.service.tables import ApiClient, Sample, WebhookDelivery
@@ -200,20 +200,20 @@ def attempt_delivery(settings: Settings, delivery_id: int) -> bool:
     return error is None
 
 
-def get_deliveries(session: Session, *, accession_id: str) -> list[dict[str, Any]]:
+def get_deliveries(session: Session, *, accession_id: str) -> list[WebhookDeliveryInfo]:
     sample = find_sample(session, accession_id)
     rows = session.scalars(select(WebhookDelivery).where(WebhookDelivery.sample_id == sample.id).order_by(WebhookDelivery.id))
     return [
-        {
-            "id": d.id,
-            "event": d.event,
-            "url": d.url,
-            "status": d.status,
-            "attempts": d.attempts,
-            "last_status_code": d.last_status_code,
-            "last_error": d.last_error,
-            "created_at": d.created_at.isoformat(),
-            "delivered_at": d.delivered_at.isoformat() if d.delivered_at else None,
-        }
+        WebhookDeliveryInfo(
+            id=d.id,
+            event=d.event,
+            url=d.url,
+            status=DeliveryStatus(d.status),
+            attempts=d.attempts,
+            last_status_code=d.last_status_code,
+            last_error=d.last_error,
+            created_at=d.created_at.isoformat(),
+            delivered_at=d.delivered_at.isoformat() if d.delivered_at else None,
+        )
         for d in rows
     ]

@@ -88,8 +88,8 @@ def test_fields_from_the_cli_are_located_classified_and_kept_with_their_place(st
     located = [f for f in report["fields"] if f["status"] == "located"]
     assert sum(f["n_cells"] for f in located) == report["n_cells"] == report["n_classified"] == 4  # 2 + 1 + 1
     assert report["status"] == "needs_review"  # a field failed: a person looks
-    queued = next(s for s in stack.client().review_queue() if s["sample_id"] == "F-CLI-1")
-    assert [Path(f["name"]).name for f in queued["failed_fields"]] == ["not_a_field.jpg"]
+    queued = next(s for s in stack.client().review_queue() if s.sample_id == "F-CLI-1")
+    assert [Path(f.name).name for f in queued.failed_fields] == ["not_a_field.jpg"]
     cells = json.loads(run_cli("cells", "F-CLI-1", "--json", env=stack.env).stdout)
     assert all(c["field_sha256"] and set(c["box"]) == {"x", "y", "width", "height", "touches_edge"} for c in cells)
 
@@ -122,7 +122,8 @@ def test_fields_over_http_and_their_overlay(stack: Stack, field_dir: Path):
     report = api.wait("F-HTTP-1", timeout=180)
     assert report.n_classified == 4 and len(report.fields) == 3
     listed = api.fields("F-HTTP-1")
-    sha = listed[0]["image_sha256"]
+    assert all(cell.box.width > 0 for field in listed for cell in field.cells)  # read back typed
+    sha = listed[0].image_sha256
     png = api.field_overlay("F-HTTP-1", sha)
     assert png.startswith(b"\x89PNG") and decode_image(png).shape == (480, 640, 3)
     with pytest.raises(HttpApiError) as missing:

@@ -490,8 +490,9 @@ def wait_for(hostile: Hostile, accession: str, path: str) -> tuple[dict, list[di
     if path == "api":
         report = hostile.api.wait_for(accession)
         return report, hostile.api.call("GET", f"/v1/samples/{accession}/cells").json()
-    # the API's JSON and the in-process client's typed report, checked alike
-    return hostile.client.wait(accession, timeout=120).model_dump(mode="json"), hostile.client.cells(accession)
+    # the API's JSON and the in-process client's typed report and cells, checked alike
+    cells = [cell.model_dump(mode="json") for cell in hostile.client.cells(accession)]
+    return hostile.client.wait(accession, timeout=120).model_dump(mode="json"), cells
 
 
 def predicted(hostile: Hostile, sha256: str) -> bool:

@@ -23,7 +23,7 @@ from sqlalchemy import select
 
 from bloodcell_core.service import db, sweepers, tables, users, webhooks
 from bloodcell_core.service.image_store import FileImageStore, file_store_root, journal_hour
-from bloodcell_core.service.results import Report
+from bloodcell_core.service.results import Report, WebhookDeliveryInfo
 
 pytestmark = pytest.mark.real_data
 
@@ -86,14 +86,14 @@ def submit(stack: SweepStack, sample_id: str) -> Report:
     return client.wait(sample_id, timeout=180)
 
 
-def deliveries(stack: SweepStack, sample_id: str, event: str) -> list[dict]:
+def deliveries(stack: SweepStack, sample_id: str, event: str) -> list[WebhookDeliveryInfo]:
     with db.session_scope(stack.settings.database_url) as session:
-        return [d for d in webhooks.get_deliveries(session, accession_id=sample_id) if d["event"] == event]
+        return [d for d in webhooks.get_deliveries(session, accession_id=sample_id) if d.event == event]
 
 
-def wait_delivered(stack: SweepStack, sample_id: str, event: str, timeout: float = 60) -> dict:
+def wait_delivered(stack: SweepStack, sample_id: str, event: str, timeout: float = 60) -> WebhookDeliveryInfo:
     deadline = time.monotonic() + timeout
-    while not (found := deliveries(stack, sample_id, event)) or found[0]["status"] != "delivered":
+    while not (found := deliveries(stack, sample_id, event)) or found[0].status != "delivered":
         assert time.monotonic() < deadline, found
         time.sleep(0.5)
     return found[0]
@@ -113,9 +113,9 @@ def test_a_delivery_left_pending_while_redis_was_down_is_delivered_after_the_swe
     submit(stack, sample_id)
     client = stack.client()
     for cell in client.cells(sample_id, needs_review=True):  # unlike the training images: confirmed, so sign-off may go
-        client.relabel(sample_id, cell["image_sha256"], cell["model_label"], "A. Tech", "confirmed on screen")
+        client.relabel(sample_id, cell.image_sha256, cell.model_label, "A. Tech", "confirmed on screen")
     classified = wait_delivered(stack, sample_id, "sample.classified")  # 500 first, then delivered on the retry
-    assert classified["attempts"] == 2 and len(requests_for(stack, classified["id"])) == 2
+    assert classified.attempts == 2 and len(requests_for(stack, classified.id)) == 2
 
     redis.stop()
     handed_over = time.monotonic()  # the delivery is due from about now
@@ -127,13 +127,13 @@ def test_a_delivery_left_pending_while_redis_was_down_is_delivered_after_the_swe
     stack.wait_for_workers(1)
     time.sleep(3)
     [pending] = deliveries(stack, sample_id, "sample.signed_off")
-    assert pending["status"] == "pending" and pending["attempts"] == 0  # no message carries it
+    assert pending.status == "pending" and pending.attempts == 0  # no message carries it
     time.sleep(max(0.0, handed_over + WEBHOOK_AGE_S + 1 - time.monotonic()))
     counts = sweep_cli(stack)
     assert counts["webhooks_requeued"] == 1 and counts["webhooks_not_sent"] == 0, counts
     delivered = wait_delivered(stack, sample_id, "sample.signed_off")
-    events = [body["event"] for body in requests_for(stack, delivered["id"])]
-    assert delivered["attempts"] == 2 and events == ["sample.signed_off"] * 2  # the receiver's 500, then 204: sent once
+    events = [body["event"] for body in requests_for(stack, delivered.id)]
+    assert delivered.attempts == 2 and events == ["sample.signed_off"] * 2  # the receiver's 500, then 204: sent once
     assert sweep_cli(stack)["webhooks_requeued"] == 0
 
 

@@ -22,6 +22,7 @@ from bloodcell_core.config import ROLES
 from bloodcell_core.service import db, signoff, users
 from bloodcell_core.service.audit_log import audit_events
 from bloodcell_core.service.errors import Conflict, NotFound, ServiceError
+from bloodcell_core.service.results import AuditEventInfo
 from bloodcell_core.service.states import ROLE_RANK, Role
 from bloodcell_core.service.tables import LoginAttempt, User, WebSession
 
@@ -29,7 +30,7 @@ PASSWORD = "correct horse battery"
 ADDRESS = "192.0.2.10"
 
 
-def audit(settings, subject: str | None = None) -> list[dict]:
+def audit(settings, subject: str | None = None) -> list[AuditEventInfo]:
     with db.session_scope(settings.database_url) as session:
         return audit_events(session, subject=subject)
 
@@ -111,7 +112,7 @@ def test_create_list_disable_and_set_password(settings, client):
         client.disable_user("nobody", "cli:test")
     with pytest.raises(NotFound):
         client.set_user_password("nobody", PASSWORD, "cli:test")
-    actions = [e["action"] for e in audit(settings) if e["subject"] == "alice"]
+    actions = [e.action for e in audit(settings) if e.subject == "alice"]
     assert actions.count("user.disabled") == 1 and "user.password_set" in actions and "user.created" in actions
 
 
@@ -240,8 +241,8 @@ def test_sessions_start_identify_and_end(settings, client):
     assert client.session_user(other) is not None
     with pytest.raises(NotFound):
         client.start_session("nobody")
-    logouts = [e for e in audit(settings) if e["action"] == "user.logout"]
-    assert [(e["actor"], e["subject"]) for e in logouts] == [("user:alice", "alice")]
+    logouts = [e for e in audit(settings) if e.action == "user.logout"]
+    assert [(e.actor, e.subject) for e in logouts] == [("user:alice", "alice")]
 
 
 def test_expired_sessions_are_refused_and_deleted(env):
@@ -310,7 +311,7 @@ def test_a_user_is_re_enabled_and_changes_role_with_audit_events_and_the_last_ad
         client.set_user_role("alice", "root", "cli:root")
     with pytest.raises(Conflict, match="last active admin"):
         client.set_user_role("root", "supervisor", "cli:root")
-    events = [(e["action"], e["details"]) for e in reversed(audit(settings, subject="alice"))]
+    events = [(e.action, e.details) for e in reversed(audit(settings, subject="alice"))]
     assert ("user.enabled", {}) in events and ("user.role_changed", {"old": "technologist", "new": "supervisor"}) in events
     assert [action for action, _ in events].count("user.enabled") == 1
 
@@ -329,7 +330,7 @@ def test_the_audit_log_records_accounts_and_logins_never_passwords(settings, cli
     client.end_session(token)
     client.disable_user("alice", "cli:root")
     events = list(reversed(audit(settings)))
-    assert [(e["actor"], e["action"], e["subject"]) for e in events] == [
+    assert [(e.actor, e.action, e.subject) for e in events] == [
         ("cli:root", "user.created", "alice"),
         ("cli:root", "user.password_set", "alice"),
         ("user:alice", "user.login", "alice"),
@@ -337,8 +338,8 @@ def test_the_audit_log_records_accounts_and_logins_never_passwords(settings, cli
         ("user:alice", "user.logout", "alice"),
         ("cli:root", "user.disabled", "alice"),
     ]
-    assert events[0]["details"] == {"role": "supervisor"} and events[2]["details"] == {"address": ADDRESS}
-    dumped = json.dumps(events)
+    assert events[0].details == {"role": "supervisor"} and events[2].details == {"address": ADDRESS}
+    dumped = json.dumps([e.model_dump(mode="json") for e in events])
     assert PASSWORD not in dumped and "second password!" not in dumped and "$argon2" not in dumped and token not in dumped
 
 
@@ -364,7 +365,7 @@ def test_the_users_command(env, settings):
     assert created.returncode == 0 and "created user alice (supervisor)" in created.stdout, created.stderr
     assert PASSWORD not in created.stdout + created.stderr
     assert users.authenticate(settings, "alice", PASSWORD, ADDRESS) == {"name": "alice", "role": "supervisor"}
-    assert [e["actor"] for e in audit(settings, subject="alice") if e["action"] == "user.created"][0].startswith("cli:")
+    assert [e.actor for e in audit(settings, subject="alice") if e.action == "user.created"][0].startswith("cli:")
 
     again = bloodcell("users", "create", "alice", "--role", "admin", "--password-stdin", env=env, input=PASSWORD + "\n")
     assert again.returncode == 1 and "exists already" in again.stderr and "Traceback" not in again.stderr

@@ -82,9 +82,9 @@ def reviewed_sample(settings, accession_id: str, cells: list[tuple[str, Path]], 
     model_label = {}
     with db.session_scope(settings.database_url) as session:
         for cell in review.get_cells(session, accession_id=accession_id):
-            sha = cell["image_sha256"]
-            model_label[sha] = cell["model_label"]
-            if cell["model_label"] != truth[sha] or cell["needs_review"]:
+            sha = cell.image_sha256
+            model_label[sha] = cell.model_label
+            if cell.model_label != truth[sha] or cell.needs_review:
                 relabel(session, settings, accession_id, sha, truth[sha], "checked on the smear")
         if sign:
             # 20-cell samples: fewer leukocytes than BLOODCELL_SIGNOFF_MIN_LEUKOCYTES, confirmed as the rule asks
@@ -116,7 +116,7 @@ def relabel(session, settings, accession_id: str, sha256: str, label: str, reaso
 
 def relabel_after_sign_off(settings, accession_id: str) -> None:
     with db.session_scope(settings.database_url) as session:
-        first = review.get_cells(session, accession_id=accession_id)[0]["image_sha256"]
+        first = review.get_cells(session, accession_id=accession_id)[0].image_sha256
         relabel(session, settings, accession_id, first, "basophil", "second look after sign-off")
 
 
