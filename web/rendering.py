@@ -10,6 +10,8 @@ from typing import Any
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from bloodcell_core.service.states import CellStatus, FieldStatus, ReportStatus, SampleFlag
+
 HERE = Path(__file__).parent
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
@@ -35,6 +37,10 @@ def _templates() -> Environment:
     environment.filters["pct"] = lambda value: f"{value:.1f}"
     environment.filters["when"] = _readable_time
     environment.filters["tojson_attr"] = lambda value: json.dumps(value)  # autoescaped again as an attribute value
+    # the states' enums, so that pages compare states as the service does, never as spelled strings
+    environment.globals.update(
+        CellStatus=CellStatus, FieldStatus=FieldStatus, SampleFlag=SampleFlag, SIGNED_OFF=(ReportStatus.FINAL, ReportStatus.AMENDED)
+    )
     return environment
 
 
