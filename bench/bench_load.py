@@ -85,7 +85,7 @@ def main() -> None:
     ):
         settings = local.settings
         with db.session_scope(settings.database_url) as session:
-            token = create_client(session, "load", ["submit", "read"], None, "bench").token
+            token = create_client(session, name="load", scopes=["submit", "read"], webhook_url=None, actor="bench").token
         client = HttpClient(f"http://{settings.api_host}:{settings.api_port}", token, timeout=600)
 
         def send(k: int) -> None:

@@ -420,7 +420,9 @@ def measure(settings: Settings, history: History, repeat: int, images: list[tupl
 
     with db.session_scope(settings.database_url) as session:
         create_user(session, name="bench", role="admin", password=PASSWORD, actor="bench")
-        token = create_client(session, "bench-metrics", ["metrics", "read", "submit"], None, "bench").token
+        token = create_client(
+            session, name="bench-metrics", scopes=["metrics", "read", "submit"], webhook_url=None, actor="bench"
+        ).token
     app = create_app(settings)
     api = TestClient(app, headers={"Authorization": f"Bearer {token}"})
     browser = TestClient(app, follow_redirects=False)
@@ -545,7 +547,7 @@ def run_size(
     ensure_production_model(settings)
     with db.session_scope(url) as session:
         version = session.scalars(select(ModelVersion)).one()
-        create_client(session, "lims", ["submit", "read"], "http://lims.example/hook", "bench")
+        create_client(session, name="lims", scopes=["submit", "read"], webhook_url="http://lims.example/hook", actor="bench")
         client_id = session.scalars(select(ApiClient.id).where(ApiClient.name == "lims")).one()
         calibration = version.metrics.get("calibration") or {}
         history = History(n, version.id, list(version.classes), calibration["review_threshold"], calibration["ood"]["threshold"])

@@ -111,7 +111,7 @@ def run(workers: int, url: str, args: argparse.Namespace, images: list[tuple[str
             }
             if args.submit_seconds > 0 and workers == 1:
                 with db.session_scope(url) as session:
-                    token = create_client(session, "bench", ["submit"], None, "bench").token
+                    token = create_client(session, name="bench", scopes=["submit"], webhook_url=None, actor="bench").token
                 base = f"http://{stack.settings.api_host}:{stack.settings.api_port}"
                 result["api"] = {
                     f"{threads}_client{'s' if threads > 1 else ''}": submissions(

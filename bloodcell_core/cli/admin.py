@@ -166,7 +166,7 @@ def tokens_create(name: str, scopes: tuple[str, ...], webhook_url: str | None) -
     from bloodcell_core.service.api_clients import create_client
 
     with context.transaction() as session:
-        created = create_client(session, name, list(scopes), webhook_url, context.actor())
+        created = create_client(session, name=name, scopes=list(scopes), webhook_url=webhook_url, actor=context.actor())
     shown = {
         "name": created.name,
         "token": created.token,
@@ -200,7 +200,7 @@ def tokens_revoke(name: str) -> None:
     from bloodcell_core.service.api_clients import revoke_client
 
     with context.transaction() as session:
-        revoke_client(session, name, context.actor())
+        revoke_client(session, name=name, actor=context.actor())
     click.echo(f"revoked {name}")
 
 

@@ -244,7 +244,7 @@ class Client:
     def register(self, model_dir: str, actor: str = "client") -> str:
         """Register a model directory as a candidate version (a new version if its weights or calibration changed)."""
         with self._session() as session:
-            return register_model_version(session, Path(model_dir), ModelStatus.CANDIDATE, actor).version
+            return register_model_version(session, artifact_dir=Path(model_dir), status=ModelStatus.CANDIDATE, actor=actor).version
 
     def register_evaluation_set(self, name: str, data_dir: str, actor: str = "client") -> dict[str, Any]:
         return promotion.register_evaluation_set(self.settings, name, data_dir, actor)
@@ -275,7 +275,7 @@ class Client:
     def promote(self, version: str, actor: str = "client", force: bool = False, reason: str = "") -> str:
         """Make VERSION production if it passes the promotion gate (or ``force`` with a reason, audited)."""
         with self._session() as session:
-            return promotion.promote(session, self.settings, version, actor, force, reason).version
+            return promotion.promote(session, settings=self.settings, version=version, actor=actor, force=force, reason=reason).version
 
     # Console users and browser sessions: the console's login and administration pages.
 

@@ -40,7 +40,7 @@ class NewClient:
     webhook_secret: str | None  # shown once; the receiver verifies signatures with it
 
 
-def create_client(session: Session, name: str, scopes: list[str], webhook_url: str | None, actor: str) -> NewClient:
+def create_client(session: Session, *, name: str, scopes: list[str], webhook_url: str | None, actor: str) -> NewClient:
     if not NAME_PATTERN.match(name):
         raise ServiceError(f"invalid client name {name!r}: letters, digits and . _ - (up to 128)")
     unknown = sorted(set(scopes) - set(Scope))
@@ -67,7 +67,7 @@ def create_client(session: Session, name: str, scopes: list[str], webhook_url: s
     return NewClient(name, token, scopes, webhook_url, secret)
 
 
-def revoke_client(session: Session, name: str, actor: str) -> None:
+def revoke_client(session: Session, *, name: str, actor: str) -> None:
     client = session.scalar(select(ApiClient).where(ApiClient.name == name))
     if client is None:
         raise NotFound(f"no API client named {name!r}")

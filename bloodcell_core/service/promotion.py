@@ -134,7 +134,7 @@ def gate(session: Session, settings: Settings, candidate: ModelVersion, producti
     ]
 
 
-def promote(session: Session, settings: Settings, version: str, actor: str, force: bool = False, reason: str = "") -> ModelVersion:
+def promote(session: Session, *, settings: Settings, version: str, actor: str, force: bool = False, reason: str = "") -> ModelVersion:
     """Make VERSION production if it passes the gate; ``force`` (with a reason) overrides it, audited."""
     row = find_version(session, version)
     previous = current_production(session)

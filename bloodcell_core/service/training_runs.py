@@ -71,7 +71,7 @@ def run_training(settings: Settings, run_id: int, actor: str) -> str:
             )
         raise
     with session_scope(settings.database_url) as session:
-        version = register_model_version(session, out_dir, ModelStatus.CANDIDATE, actor)
+        version = register_model_version(session, artifact_dir=out_dir, status=ModelStatus.CANDIDATE, actor=actor)
         run = get_row(session, TrainingRun, run_id)
         run.status, run.model_version_id, run.finished_at = TrainingRunStatus.DONE, version.id, datetime.now(timezone.utc)
         return version.version

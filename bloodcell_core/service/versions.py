@@ -22,7 +22,7 @@ from bloodcell_core.service.states import ModelStatus
 from bloodcell_core.service.tables import ModelFile, ModelVersion
 
 
-def register_model_version(session: Session, artifact_dir: Path, status: str, actor: str) -> ModelVersion:
+def register_model_version(session: Session, *, artifact_dir: Path, status: str, actor: str) -> ModelVersion:
     """Register a model directory; the same model file registered twice is the same version."""
     metadata = read_metadata(artifact_dir)
     served_views(metadata, artifact_dir)
@@ -141,7 +141,9 @@ def ensure_production_model(settings: Settings) -> str:
             with session_scope(settings.database_url) as session:
                 current = current_production(session)
                 if current is None:
-                    current = register_model_version(session, settings.default_model, ModelStatus.PRODUCTION, "system")
+                    current = register_model_version(
+                        session, artifact_dir=settings.default_model, status=ModelStatus.PRODUCTION, actor="system"
+                    )
                 return current.version
         except IntegrityError:
             continue

@@ -293,7 +293,7 @@ def test_bad_input_gives_clear_messages(lab, tmp_path: Path):
     with pytest.raises(ServiceError, match="unknown keys \\['min_sample'\\]"):
         verification.read_criteria(bad)
     with db.session_scope(settings.database_url) as session:
-        candidate = register_model_version(session, KAGGLE5_MODEL, ModelStatus.CANDIDATE, "test").version
+        candidate = register_model_version(session, artifact_dir=KAGGLE5_MODEL, status=ModelStatus.CANDIDATE, actor="test").version
     cells = 20 * len(SAMPLES)
     with pytest.raises(Conflict, match=f"model {candidate} has no predictions on {cells} of the {cells} verified cells"):
         verification.build_dossier(settings, model=candidate)
@@ -309,7 +309,7 @@ def test_bad_input_gives_clear_messages(lab, tmp_path: Path):
 def test_a_candidate_beside_production_on_the_same_cells_and_from_the_cli(lab, tmp_path: Path):
     settings = lab["settings"]
     with db.session_scope(settings.database_url) as session:
-        candidate = register_model_version(session, KAGGLE5_MODEL, ModelStatus.CANDIDATE, "test").version
+        candidate = register_model_version(session, artifact_dir=KAGGLE5_MODEL, status=ModelStatus.CANDIDATE, actor="test").version
     dossier = verification.build_dossier(settings, model=candidate, classify=True, classifier_for=lab["classifier_for"])
     production, challenger = dossier["models"]
     assert (production["role"], challenger["role"], challenger["version"]) == ("production", "candidate", candidate)
@@ -323,7 +323,7 @@ def test_a_candidate_beside_production_on_the_same_cells_and_from_the_cli(lab, t
     assert expected in verification.verified_refusals(gated, candidate)
     for checked, refused in ((gated, True), (settings, False)):
         with db.session_scope(settings.database_url) as session, pytest.raises(Conflict) as refusal:
-            promote(session, checked, candidate, "cli:test")
+            promote(session, settings=checked, version=candidate, actor="cli:test")
         assert (expected in str(refusal.value)) is refused
     samples = tmp_path / "samples.txt"
     samples.write_text("N-00\nN-01\nB-00\nB-01\n")

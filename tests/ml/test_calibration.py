@@ -91,7 +91,7 @@ def test_a_model_recalibrated_after_registration_serves_as_registered(tiny_model
     settings = settings_for({"BLOODCELL_DATABASE_URL": url, "BLOODCELL_MODELS_DIR": str(tmp_path / "models")})
     db.upgrade(url)
     with db.session_scope(url) as session:
-        row = register_model_version(session, model_dir, ModelStatus.CANDIDATE, "test")
+        row = register_model_version(session, artifact_dir=model_dir, status=ModelStatus.CANDIDATE, actor="test")
         session.expunge(row)
     registered = load_classifier(settings, row).artifact
     assert registered.directory == model_dir and registered.temperature > 0
@@ -101,5 +101,5 @@ def test_a_model_recalibrated_after_registration_serves_as_registered(tiny_model
     assert served.directory == tmp_path / "models" / "cache" / row.version
     assert served.temperature == registered.temperature != 1.5 and version_id(served.directory) == row.version
     with db.session_scope(url) as session:
-        again = register_model_version(session, model_dir, ModelStatus.CANDIDATE, "test")
+        again = register_model_version(session, artifact_dir=model_dir, status=ModelStatus.CANDIDATE, actor="test")
         assert again.version == version_id(model_dir) != row.version
