@@ -242,5 +242,8 @@ def load_artifact(directory: Path | str) -> ModelArtifact:
         raise ArtifactError(f"{model_path} does not match the sha256 recorded in {METADATA_FILE}")
     import keras
 
+    from bloodcell_core.plugin_manager import get_plugin_manager
+
+    get_plugin_manager()  # imports every plugin, so that the custom layers a model plugin registers can be read back
     model = keras.saving.load_model(model_path, compile=False)
     return ModelArtifact(directory=directory, metadata=metadata, model=model)

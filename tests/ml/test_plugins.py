@@ -116,6 +116,25 @@ def test_every_model_plugin_keeps_the_contract(name: str, tmp_path: Path):
     assert np.asarray(reloaded(images, training=False)) == pytest.approx(probabilities, abs=1e-5)
 
 
+def test_a_model_with_a_plugins_custom_layers_is_served_by_a_fresh_process(tiny_model: Path, tmp_path: Path):
+    """compact_cnn_gn_ws saves weight-standardised convolutions, a layer its plugin registers: a process that only
+    serves (no training, no plugin looked up by name) must still read it back."""
+    import shutil
+
+    from bloodcell_core.ml.artifacts import file_sha256
+
+    model_dir = tmp_path / "gn_ws"
+    shutil.copytree(tiny_model, model_dir)
+    metadata = json.loads((model_dir / "metadata.json").read_text())
+    spec = plugin_manager.get_model_spec("compact_cnn_gn_ws")
+    spec.build((*spec.input_size, 3), len(metadata["classes"])).save(model_dir / "model.keras")
+    metadata["files"]["model.keras"]["sha256"] = file_sha256(model_dir / "model.keras")
+    (model_dir / "metadata.json").write_text(json.dumps(metadata))
+    image = next((KAGGLE5 / metadata["classes"][0]).iterdir())
+    predictions = json.loads(run_cli("predict", str(model_dir), str(image), "--json").stdout)
+    assert predictions[0]["label"] in metadata["classes"]
+
+
 @pytest.mark.parametrize("name", sorted(plugin_manager.preprocessing_steps()))
 def test_every_preprocessing_step_maps_rgb_uint8_to_rgb_uint8(name: str):
     import numpy as np
