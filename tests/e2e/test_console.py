@@ -66,10 +66,17 @@ def console(redis_server, postgres_server, tmp_path_factory):
     stack.stop_workers()
 
 
-def log_in(page, url: str, name: str, password: str = PASSWORD) -> None:
+def submit_login(page, url: str, name: str, password: str = PASSWORD) -> None:
     page.get(f"{url}/ui/login")
     page.find_element(By.ID, "name").send_keys(name)
     page.find_element(By.ID, "password").send_keys(password + Keys.ENTER)
+
+
+def log_in(page, url: str, name: str, password: str = PASSWORD) -> None:
+    """Log in and wait for the page that follows: a `page.get` sent before the login's answer has set the session
+    cookie lands on the login page instead (it failed CI once)."""
+    submit_login(page, url, name, password)
+    wait_text(page, "#who", f"{name} (")
 
 
 def log_out(page) -> None:
@@ -182,9 +189,9 @@ def test_what_the_console_refuses(page, console, tmp_path):
 
     # throttling: after 3 failed logins even the right password waits
     for _ in range(3):
-        log_in(page, url, "sup", "wrong password!")
+        submit_login(page, url, "sup", "wrong password!")
         wait_text(page, "#error", "unknown user name or wrong password")
-    log_in(page, url, "sup")
+    submit_login(page, url, "sup")
     wait_text(page, "#error", "too many failed logins")  # counted by name and by address: everyone here waits
     time.sleep(6.5)
 
