@@ -48,6 +48,8 @@ def training_curves_png(history: dict[str, list[float]], path: Path) -> None:
     loss_ax.set_title("loss")
     acc_ax.plot(epochs, history["accuracy"], label="train")
     acc_ax.plot(epochs, history["val_accuracy"], label="validation")
+    if "source_accuracy" in history:  # a source adversary's head: near chance when the features hide the source
+        acc_ax.plot(epochs, history["source_accuracy"], label="source head (train)", linestyle=":")
     acc_ax.set_title("accuracy")
     for ax in (loss_ax, acc_ax):
         ax.set_xlabel("epoch")

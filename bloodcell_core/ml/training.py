@@ -43,6 +43,7 @@ from bloodcell_core.ml.metrics import classification_metrics, format_classificat
 from bloodcell_core.ml.ood import feature_model, fit_scorer, write_scorer
 from bloodcell_core.ml.preprocessing import PreprocessingConfig, Preprocessor, augment, scale
 from bloodcell_core.ml.shortcuts import colour_only_baseline
+from bloodcell_core.ml.source_adversary import AdversaryRamp, SourceTargets, source_targets, with_source_head
 from bloodcell_core.ml.splits import Split, SplitItem, load_split_images, make_split
 from bloodcell_core.ml.training_plan import TrainingPlan
 from bloodcell_core.plugin_manager import get_model_spec
@@ -50,21 +51,37 @@ from bloodcell_core.plugin_types import ACQUISITION_AUGMENTATION, Augmentation, 
 
 
 class AugmentedBatches(keras.utils.PyDataset):
-    """Shuffled, augmented training batches, freshly drawn every epoch from a seeded generator."""
+    """Shuffled, augmented training batches, freshly drawn every epoch from a seeded generator.
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, batch_size: int, augmentation, seed: int) -> None:
+    With SOURCES (a source adversary), each batch carries the class and source targets and their sample weights
+    (the class weights: Keras takes ``class_weight`` for one output only)."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        targets: np.ndarray,
+        batch_size: int,
+        augmentation,
+        seed: int,
+        sources: SourceTargets | None = None,
+        class_weights: np.ndarray | None = None,
+    ) -> None:
         super().__init__()
         self.images, self.targets, self.batch_size, self.augmentation = images, targets, batch_size, augmentation
+        self.sources, self.class_weights = sources, class_weights
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(len(images))
 
     def __len__(self) -> int:
         return math.ceil(len(self.images) / self.batch_size)
 
-    def __getitem__(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, batch: int) -> tuple:
         chosen = self.order[batch * self.batch_size : (batch + 1) * self.batch_size]
-        augmented = np.stack([augment(self.images[i], self.augmentation, self.rng) for i in chosen])
-        return scale(augmented), self.targets[chosen]
+        augmented = scale(np.stack([augment(self.images[i], self.augmentation, self.rng) for i in chosen]))
+        if self.sources is None or self.class_weights is None:
+            return augmented, self.targets[chosen]
+        targets = {"class": self.targets[chosen], "source": self.sources.onehot[chosen]}
+        return augmented, targets, {"class": self.class_weights[chosen], "source": self.sources.weights[chosen]}
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(len(self.images))
@@ -100,13 +117,16 @@ class PreciseValidation(keras.callbacks.Callback):
     come after it in the callback list) and the training curves.
     """
 
-    def __init__(self, calibration_images: np.ndarray, val_images: np.ndarray, val_targets: np.ndarray) -> None:
+    def __init__(
+        self, classifier: keras.Model, calibration_images: np.ndarray, val_images: np.ndarray, val_targets: np.ndarray
+    ) -> None:
         super().__init__()
+        self.classifier = classifier  # not ``self.model``, which may be the classifier with a source head
         self.calibration_images, self.val_images, self.val_targets = calibration_images, val_images, val_targets
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        recalibrate_batch_norm(self.model, self.calibration_images)
-        probabilities = predict_in_batches(self.model, self.val_images)
+        recalibrate_batch_norm(self.classifier, self.calibration_images)
+        probabilities = predict_in_batches(self.classifier, self.val_images)
         picked = np.clip((probabilities * self.val_targets).sum(axis=1), 1e-7, 1.0)
         if logs is not None:
             logs["val_loss"] = float(-np.log(picked).mean())
@@ -159,6 +179,7 @@ def train(plan: TrainingPlan, *, progress: bool = True, log: Callable[[str], Non
         views=views,
         view_gate=view_gate,
         start_from=start_from,
+        source_adversary=plan.source_adversary,
     )
     data = Prepared(split, arrays, labels, classes, config, dataset_record(plan, index, data_audit))
     return fit_and_write(fit_plan, data, Path(plan.out_dir), started=started, progress=progress, log=log)
@@ -239,6 +260,7 @@ class FitPlan:
     view_gate: float | None
     start_from: ModelArtifact | None = None  # its weights, instead of random ones
     early_stopping: bool = True  # without: every epoch runs and the last one is kept
+    source_adversary: float = 0.0  # peak weight of the source head's reversed gradient (0: no head)
     adaptation: dict[str, Any] | None = None  # from ``adapt``: joins the metadata
 
 
@@ -291,29 +313,48 @@ def fit_and_write(
 
 
 def fit(plan: FitPlan, data: Prepared, progress: bool, log: Callable[[str], None]) -> Fitted:
-    """Fit the plan's plugin on the augmented training split, validating each epoch with precise batch-norm statistics."""
+    """Fit the plan's plugin on the augmented training split, validating each epoch with precise batch-norm statistics;
+    with the plan's source adversary (``source_adversary``) when it has one."""
     n_classes = len(data.classes)
     onehot = {name: keras.utils.to_categorical(y, n_classes) for name, y in data.labels.items()}
     class_weight = balanced_class_weights(data.labels["train"], n_classes)
-    train_batches = AugmentedBatches(data.arrays["train"], onehot["train"], plan.batch_size, plan.augmentation, plan.seed)
+    sources = source_targets(data.split.parts["train"]) if plan.source_adversary else None
+    train_batches = AugmentedBatches(
+        data.arrays["train"],
+        onehot["train"],
+        plan.batch_size,
+        plan.augmentation,
+        plan.seed,
+        sources=sources,
+        class_weights=np.array([class_weight[k] for k in data.labels["train"]], dtype=np.float32),
+    )
     warmup_epochs = min(plan.spec.defaults.warmup_epochs, plan.epochs - 1)
-    model, initialised_from = compiled_model(plan, n_classes, warmup_epochs * len(train_batches), len(train_batches), log)
+    model, initialised_from = built_model(plan, n_classes, log)
+    trainer, callbacks = model, []
+    if sources is not None:
+        trainer, reversal = with_source_head(model, len(sources.folders))
+        callbacks.append(AdversaryRamp(reversal, plan.source_adversary, plan.epochs))
+        judged = ", ".join(sources.judged_classes) or "no class"
+        log(f"source adversary (peak weight {plan.source_adversary}) on {judged}: {' / '.join(sources.folders)}")
+    compile_for_training(trainer, plan, warmup_epochs * len(train_batches), len(train_batches))
     patience = plan.spec.defaults.early_stopping_patience
     shuffled = np.random.default_rng(plan.seed).permutation(len(data.arrays["train"]))
     batch_norm_images = scale(data.arrays["train"][shuffled[:CALIBRATION_IMAGES]])
-    callbacks = [PreciseValidation(batch_norm_images, scale(data.arrays["val"]), onehot["val"])]
+    callbacks.append(PreciseValidation(model, batch_norm_images, scale(data.arrays["val"]), onehot["val"]))
     if plan.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True))
     n_train, n_val = len(data.arrays["train"]), len(data.arrays["val"])
     log(f"training {plan.spec.name} on {n_train} images, validating on {n_val}, up to {plan.epochs} epochs")
-    history = model.fit(
+    history = trainer.fit(
         train_batches,
         epochs=plan.epochs,
-        class_weight=class_weight,
+        class_weight=None if sources else class_weight,  # with a source head the batches carry them
         callbacks=callbacks,
         verbose=(1 if sys.stdout.isatty() else 2) if progress else 0,
     )
     losses = {key: [float(v) for v in values] for key, values in history.history.items()}
+    if sources is not None:  # the curves show the classifier's loss and accuracy, beside the head's
+        losses = {key.removeprefix("class_"): values for key, values in losses.items() if key != "loss"}
     normalisation = sorted({type(layer).__name__ for layer in model._flatten_layers() if "Normalization" in type(layer).__name__})
     training = {
         "epochs_requested": plan.epochs,
@@ -335,20 +376,25 @@ def fit(plan: FitPlan, data: Prepared, progress: bool, log: Callable[[str], None
         else None,
         "normalisation": normalisation,
         "augmentation": plan.augmentation.to_json(),
+        "source_adversary": None if sources is None else sources.record(plan.source_adversary),
     }
     return Fitted(model, losses, training)
 
 
-def compiled_model(
-    plan: FitPlan, n_classes: int, warmup_steps: int, steps_per_epoch: int, log: Callable[[str], None]
-) -> tuple[keras.Model, dict[str, str] | None]:
-    """The plan's plugin built (from the start model's weights, if any) and compiled; with where its weights came from."""
+def built_model(plan: FitPlan, n_classes: int, log: Callable[[str], None]) -> tuple[keras.Model, dict[str, str] | None]:
+    """The plan's plugin built (from the start model's weights, if any); with where its weights came from."""
     model = plan.spec.build((*plan.spec.input_size, 3), n_classes)
     initialised_from = None
     if plan.start_from is not None:
         model.set_weights(plan.start_from.model.get_weights())
         initialised_from = {"directory": str(plan.start_from.directory.resolve()), "version": version_id(plan.start_from.directory)}
         log(f"starting from the weights of {plan.start_from.directory} ({initialised_from['version']})")
+    return model, initialised_from
+
+
+def compile_for_training(model: keras.Model, plan: FitPlan, warmup_steps: int, steps_per_epoch: int) -> None:
+    """Compile MODEL (the classifier, or the classifier with a source head: outputs ``class`` and ``source``) with
+    Adam on the plan's learning-rate schedule."""
     # Cosine decay to zero: the last epochs take small steps, so weights and batch-norm
     # statistics settle instead of ending on a noisy, high-learning-rate epoch.
     # A warm-up (plugins whose normalisation has no running statistics to lean on early, e.g. group norm)
@@ -359,8 +405,12 @@ def compiled_model(
         warmup_target=plan.learning_rate if warmup_steps else None,
         warmup_steps=warmup_steps,
     )
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule), loss="categorical_crossentropy", metrics=["accuracy"])
-    return model, initialised_from
+    optimizer = keras.optimizers.Adam(learning_rate=schedule)
+    if isinstance(model.output, dict):
+        losses = {"class": "categorical_crossentropy", "source": "categorical_crossentropy"}
+        model.compile(optimizer=optimizer, loss=losses, metrics={"class": ["accuracy"], "source": ["accuracy"]})
+    else:
+        model.compile(optimizer=optimizer, loss="categorical_crossentropy", metrics=["accuracy"])
 
 
 def calibrate_fitted(plan: FitPlan, data: Prepared, model: keras.Model) -> Calibrated:

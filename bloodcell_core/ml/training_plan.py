@@ -20,7 +20,8 @@ class TrainingPlan:
     model directory's weights instead of random ones (a warm restart with a fresh learning-rate schedule); it
     must have the same plugin, classes, preprocessing and split. ``views`` replaces the plugin's test-time
     views, which the model is calibrated and served with, and ``view_gate`` its view gate ("default": the
-    plugin's; None: every view for every cell; see ``inference.predict_views``).
+    plugin's; None: every view for every cell; see ``inference.predict_views``). ``source_adversary`` > 0 trains
+    with a source head behind a gradient reversal of that peak weight (``source_adversary`` module).
     """
 
     model_name: str
@@ -38,3 +39,4 @@ class TrainingPlan:
     init_from: Path | str | None = None
     views: tuple[str, ...] | None = None
     view_gate: float | None | Literal["default"] = "default"
+    source_adversary: float = 0.0

@@ -2,7 +2,7 @@
 
 Every trial trains the same data (kaggle5 + pbc8 as the 9-class differential, at most PER_CLASS images per class,
 the same hash-ordered subset, seed 0) for EPOCHS epochs with stain and acquisition augmentation, and differs from
-``today`` (the shipped default's recipe) in one factor only: normalisation, scale, colour or width. Each is then
+``today`` (the shipped default's recipe) in one factor only: normalisation, scale, colour, width or objective. Each is then
 scored by the generalisation table, per cell and per sample (``generalisation.model_rows``). Trials are resumable:
 a trial whose model directory exists is not trained again, and a scored one is not scored again.
 """
@@ -28,6 +28,7 @@ class Trial:
     model: str
     steps: tuple[str, ...]
     learning_rate: float | None = None  # peak rate where the model's default does not converge in EPOCHS
+    source_adversary: float = 0.0  # peak weight of a gradient-reversed source head (``source_adversary`` module)
 
 
 TRIALS = (
@@ -71,6 +72,22 @@ TRIALS = (
     Trial("ruler", "scale", "red-cell ruler: 3 red-cell diameters", "compact_cnn", ("red_cell_scale", "reinhard")),
     Trial("colour", "colour", "referenced to red cells and background", "compact_cnn", ("red_cell_colour", "locate_cell")),
     Trial("wide", "width", "2x filters (~3 M parameters)", "compact_cnn_wide", ("locate_cell", "reinhard")),
+    Trial(
+        "adv",
+        "objective",
+        "source adversary on neutrophils (Munich / PBC), gradient reversal peak weight 1.0",
+        "compact_cnn",
+        ("locate_cell", "reinhard"),
+        source_adversary=1.0,
+    ),
+    Trial(
+        "adv_03",
+        "objective",
+        "source adversary on neutrophils (Munich / PBC), gradient reversal peak weight 0.3",
+        "compact_cnn",
+        ("locate_cell", "reinhard"),
+        source_adversary=0.3,
+    ),
 )
 
 
@@ -98,6 +115,7 @@ def run_trial(trial: Trial, data_root: Path, out: Path, log: Callable[[str], Non
             renames=RENAMES,
             acquisition_augmentation=True,
             views=("identity",),
+            source_adversary=trial.source_adversary,
         )
         train(plan, log=log)
     result = {"trial": trial.__dict__ | {"steps": list(trial.steps)}, "rows": model_rows(model_dir, data_root, log)}
