@@ -95,11 +95,16 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class PreprocessingStep:
-    """A deterministic image transform: RGB uint8 (H, W, 3) -> RGB uint8 (H', W', 3)."""
+    """A deterministic image transform: RGB uint8 (H, W, 3) -> RGB uint8 (H', W', 3).
+
+    ``colour_only``: the step maps colours and leaves the geometry as it is (statistics over the whole image
+    allowed, as Reinhard's). Such a step placed after the last geometric step runs after the resize to the
+    model's input, on a fraction of the pixels (``preprocessing.Preprocessor``)."""
 
     name: str
     description: str
     apply: Callable[[np.ndarray], np.ndarray]
+    colour_only: bool = False
 
 
 @dataclass(frozen=True)

@@ -53,10 +53,14 @@ def nucleus_score(image: np.ndarray) -> np.ndarray:
 
 
 def _scaled(image: np.ndarray, factor: float) -> np.ndarray:
+    """IMAGE scaled by FACTOR. Down to half size bilinear: the score is smoothed after it anyway, and area
+    averaging at an analyser image's factor (about 0.64) cost five times as much (1.7 core-ms of a 5 ms pipeline).
+    Further down bilinear would skip pixels (a thin lobe could vanish), so area averaging."""
     if factor == 1.0:
         return image
     height, width = image.shape[:2]
-    return cv2.resize(image, (max(1, round(width * factor)), max(1, round(height * factor))), interpolation=cv2.INTER_AREA)
+    interpolation = cv2.INTER_LINEAR if factor >= 0.5 else cv2.INTER_AREA
+    return cv2.resize(image, (max(1, round(width * factor)), max(1, round(height * factor))), interpolation=interpolation)
 
 
 def stain_pieces(small: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -65,9 +69,12 @@ def stain_pieces(small: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     if int(score.max()) < MIN_SCORE:
         return None
     otsu, _ = cv2.threshold(score, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    mask: np.ndarray = (score > max(otsu, MIN_SCORE)).astype(np.uint8)
+    _, mask = cv2.threshold(score, max(otsu, MIN_SCORE), 1, cv2.THRESH_BINARY)  # score > threshold: 1
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    # 16-bit labels (a third of the cost) wherever they cannot overflow: after the opening, at most one piece per
+    # four pixels
+    label_type = cv2.CV_16U if mask.size <= 4 * np.iinfo(np.uint16).max else cv2.CV_32S
+    n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(mask, 8, label_type, cv2.CCL_DEFAULT)
     return (labels, stats) if n > 1 else None
 
 
@@ -80,6 +87,8 @@ def _join(labels: np.ndarray, stats: np.ndarray, keep: np.ndarray, radius: int) 
     """
     left, top = stats[keep, cv2.CC_STAT_LEFT], stats[keep, cv2.CC_STAT_TOP]
     right, bottom = left + stats[keep, cv2.CC_STAT_WIDTH], top + stats[keep, cv2.CC_STAT_HEIGHT]
+    if len(keep) == 1:  # one piece is one cell (most single-cell images): the dilation would only cost time
+        return [(int(left[0]), int(top[0]), int(right[0]), int(bottom[0]), int(stats[keep[0], cv2.CC_STAT_AREA]))]
     height, width = labels.shape
     x0, y0 = max(0, int(left.min()) - radius), max(0, int(top.min()) - radius)
     x1, y1 = min(width, int(right.max()) + radius), min(height, int(bottom.max()) + radius)

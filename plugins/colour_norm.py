@@ -38,5 +38,6 @@ def register_preprocessing_steps(register: Callable[[PreprocessingStep], None]) 
             name="reinhard",
             description="Reinhard colour normalisation: LAB mean and spread matched to a fixed reference.",
             apply=reinhard,
+            colour_only=True,
         )
     )

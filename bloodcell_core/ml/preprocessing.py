@@ -1,6 +1,7 @@
 """The one preprocessing path, shared by training, evaluation, the CLI and the workers.
 
-bytes -> OpenCV decode -> RGB uint8 -> plugin steps -> resize to the model input -> float32 in [0, 1].
+bytes -> OpenCV decode -> RGB uint8 -> plugin steps -> resize to the model input -> the plugin's colour-only steps
+at the end of its list -> float32 in [0, 1].
 Training additionally applies ``augment`` to the resized uint8 image, never in serving.
 """
 
@@ -16,7 +17,11 @@ from bloodcell_core.ml.image_header import ImageDecodeError, ImageTooLarge, imag
 from bloodcell_core.plugin_manager import get_preprocessing_step
 from bloodcell_core.plugin_types import Augmentation
 
-PREPROCESSING_VERSION = 1
+# 2: colour-only steps after the last geometric one run after the resize. Version 1 ran them before it; its models
+# are served the version 2 way: models/default's test split scored 0.9669 the first way, 0.9677 the second, with 99.5 %
+# of its cells called alike.
+PREPROCESSING_VERSION = 2
+SERVED_VERSIONS = (1, 2)
 # Refuse to decode more pixels than this anywhere (the HTTP API's own limit, BLOODCELL_MAX_IMAGE_PIXELS, is lower):
 # a small compressed file can claim dimensions whose decoded array would exhaust memory.
 MAX_DECODE_PIXELS = 100_000_000
@@ -74,14 +79,17 @@ class PreprocessingConfig:
             "decode": "opencv IMREAD_UNCHANGED; 16-bit >> 8; gray -> RGB; alpha dropped; BGR -> RGB",
             "steps": list(self.steps),
             "input_size": list(self.input_size),
-            "resize": "cv2.INTER_AREA when shrinking, cv2.INTER_LINEAR when enlarging",
+            "resize": "cv2.INTER_AREA when shrinking, cv2.INTER_LINEAR when enlarging; after the last step that is "
+            "not colour-only (the colour-only steps after it run on the resized image)",
             "scale": "uint8 / 255 -> float32 in [0, 1]",
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "PreprocessingConfig":
-        if data.get("version") != PREPROCESSING_VERSION:
-            raise ValueError(f"model needs preprocessing version {data.get('version')}, this bloodcell has {PREPROCESSING_VERSION}")
+        if data.get("version") not in SERVED_VERSIONS:
+            raise ValueError(
+                f"model needs preprocessing version {data.get('version')}, this bloodcell serves versions {SERVED_VERSIONS}"
+            )
         return cls(input_size=tuple(data["input_size"]), steps=tuple(data["steps"]))
 
 
@@ -90,7 +98,12 @@ class Preprocessor:
 
     def __init__(self, config: PreprocessingConfig) -> None:
         self.config = config
-        self._steps = [get_preprocessing_step(name).apply for name in config.steps]
+        steps = [get_preprocessing_step(name) for name in config.steps]
+        # the colour-only steps at the end run after the resize: same colours, a fraction of the pixels
+        before = len(steps)
+        while before and steps[before - 1].colour_only:
+            before -= 1
+        self.before_resize, self.after_resize = steps[:before], steps[before:]
 
     def to_uint8(self, data: bytes) -> np.ndarray:
         """Decode, apply the steps and resize: (height, width, 3) uint8, ready to augment or scale."""
@@ -98,16 +111,23 @@ class Preprocessor:
 
     def from_decoded(self, image: np.ndarray) -> np.ndarray:
         """Apply the steps to a decoded RGB uint8 image and resize it (the second half of ``to_uint8``)."""
-        for step in self._steps:
-            image = step(image)
-        height, width = self.config.input_size
-        shrinking = image.shape[0] * image.shape[1] > height * width
-        interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
-        return cv2.resize(image, (width, height), interpolation=interpolation)
+        for step in self.before_resize:
+            image = step.apply(image)
+        image = resize(image, self.config.input_size)
+        for step in self.after_resize:
+            image = step.apply(image)
+        return image
 
     def __call__(self, data: bytes) -> np.ndarray:
         """The model input for one image: (height, width, 3) float32 in [0, 1]."""
         return scale(self.to_uint8(data))
+
+
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """IMAGE resized to SIZE (height, width): area-averaged when shrinking, bilinear when enlarging."""
+    height, width = size
+    shrinking = image.shape[0] * image.shape[1] > height * width
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
 def square_crop(image: np.ndarray, cx: float, cy: float, side: int) -> np.ndarray:

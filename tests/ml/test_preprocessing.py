@@ -103,3 +103,31 @@ def test_acquisition_augmentation_changes_colour_and_sharpness_and_is_seeded():
     mean_shift = [np.abs(o.reshape(-1, 3).mean(axis=0) - image.reshape(-1, 3).mean(axis=0)).max() for o in outputs]
     assert max(mean_shift) > 5 and np.mean(mean_shift) < 60  # colour moves, the cell stays a cell
     assert acquisition_jitter(image, Augmentation(), np.random.default_rng(0)) is image
+
+
+def test_colour_only_steps_at_the_end_run_after_the_resize():
+    from plugins.cell_locator import locate_cell
+    from plugins.colour_norm import reinhard
+
+    def names(steps):
+        return [step.name for step in steps]
+
+    located = Preprocessor(PreprocessingConfig(input_size=(128, 128), steps=("locate_cell", "reinhard")))
+    assert names(located.before_resize) == ["locate_cell"] and names(located.after_resize) == ["reinhard"]
+    first = Preprocessor(PreprocessingConfig(input_size=(128, 128), steps=("reinhard", "locate_cell")))
+    assert names(first.before_resize) == ["reinhard", "locate_cell"] and first.after_resize == []  # a colour step keeps its place
+
+    image = decode_image(read_image_file(sorted((KAGGLE5 / "monocyte").iterdir())[0]))
+    crop = locate_cell(image)
+    expected = reinhard(cv2.resize(crop, (128, 128), interpolation=cv2.INTER_AREA))
+    assert np.array_equal(located.from_decoded(image), expected)
+
+
+@pytest.mark.parametrize(("version", "served"), [(1, True), (2, True), (3, False), (None, False)])
+def test_models_of_the_earlier_preprocessing_version_are_still_served(version, served):
+    recorded = PreprocessingConfig(input_size=(128, 128), steps=("locate_cell", "reinhard")).to_json() | {"version": version}
+    if served:
+        assert PreprocessingConfig.from_json(recorded).steps == ("locate_cell", "reinhard")
+    else:
+        with pytest.raises(ValueError, match="serves versions"):
+            PreprocessingConfig.from_json(recorded)
