@@ -13,6 +13,8 @@ Two variants of the same network for the cross-laboratory trials (docs/trials.md
   normalisation layer at all: nothing in the network depends on the training data's statistics.
 - ``compact_cnn_ln``: one group per layer (LayerNorm over each image's whole feature map), same schedule.
 - ``compact_cnn_wide``: twice the filters of every stage (about 4x the parameters).
+- ``compact_cnn_mixstyle``: MixStyle after the first stages (``MixStyle``): training mixes each image's feature
+  statistics with another image's of the batch, so a source's style marks no class.
 """
 
 from __future__ import annotations
@@ -54,6 +56,42 @@ class ScaledStandardisedConv2D(StandardisedConv2D):
         return super().convolution_op(inputs, kernel) * (2.0 / fan_in) ** 0.5
 
 
+MIXSTYLE_STAGES = 3  # the first stages' statistics are the image's style (stain, optics, camera): mix after each
+MIXSTYLE_PROBABILITY, MIXSTYLE_ALPHA = 0.5, 0.1  # the paper's
+
+
+@keras.saving.register_keras_serializable(package="compact_cnn")
+class MixStyle(keras.layers.Layer):
+    """MixStyle (Zhou et al. 2021), in training only: with probability ``probability`` an image's per-channel
+    feature mean and spread are replaced by a mix, weight ~ Beta(alpha, alpha), of its own and another image's of
+    the batch. Early feature statistics carry the laboratory's stain and camera; mixed across the batch's sources,
+    they stop marking one source's cells, so no class can lean on them. The identity at inference."""
+
+    def __init__(
+        self, probability: float = MIXSTYLE_PROBABILITY, alpha: float = MIXSTYLE_ALPHA, seed: int | None = None, **kwargs: Any
+    ):
+        super().__init__(**kwargs)
+        self.probability, self.alpha, self.seed = probability, alpha, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs: Any, training: bool = False) -> Any:
+        if not training:
+            return inputs
+        ops = keras.ops
+        n = ops.shape(inputs)[0]
+        mean = ops.stop_gradient(ops.mean(inputs, axis=(1, 2), keepdims=True))
+        spread = ops.stop_gradient(ops.sqrt(ops.var(inputs, axis=(1, 2), keepdims=True) + 1e-6))
+        weight = keras.random.beta((n, 1, 1, 1), self.alpha, self.alpha, seed=self.seed_generator)
+        other = keras.random.shuffle(ops.arange(n), seed=self.seed_generator)
+        mixed_mean = weight * mean + (1.0 - weight) * ops.take(mean, other, axis=0)
+        mixed_spread = weight * spread + (1.0 - weight) * ops.take(spread, other, axis=0)
+        chosen = keras.random.uniform((n, 1, 1, 1), seed=self.seed_generator) < self.probability
+        return ops.where(chosen, (inputs - mean) / spread * mixed_spread + mixed_mean, inputs)
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"probability": self.probability, "alpha": self.alpha, "seed": self.seed}
+
+
 def _normalisation(kind: str) -> keras.layers.Layer:
     if kind == "none":
         return keras.layers.Identity()
@@ -68,7 +106,7 @@ def _normalisation(kind: str) -> keras.layers.Layer:
 
 
 def _builder(
-    name: str, normalisation: str = "batch", width: int = 1, standardise: bool = False
+    name: str, normalisation: str = "batch", width: int = 1, standardise: bool = False, mixstyle: bool = False
 ) -> Callable[[tuple[int, int, int], int], keras.Model]:
     conv = keras.layers.Conv2D
     if standardise:
@@ -77,11 +115,13 @@ def _builder(
     def build(input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
         inputs = keras.Input(shape=input_shape)
         x = inputs
-        for filters, stride in STAGES:
+        for stage, (filters, stride) in enumerate(STAGES):
             # without any normalisation layer the convolution's bias is the only per-channel shift
             x = conv(filters * width, 3, strides=stride, padding="same", use_bias=normalisation == "none")(x)
             x = _normalisation(normalisation)(x)
             x = keras.layers.ReLU()(x)
+            if mixstyle and stage < MIXSTYLE_STAGES:
+                x = MixStyle(seed=stage)(x)
         x = keras.layers.GlobalAveragePooling2D()(x)
         x = keras.layers.Dropout(0.3)(x)
         outputs = keras.layers.Dense(num_classes, activation="softmax")(x)
@@ -127,6 +167,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], TrainingDefaults]] = {
         "compact_cnn with one-group GroupNormalization (LayerNorm per feature map) instead of BatchNorm.",
         {"normalisation": "layer"},
         NO_BATCH_STATISTICS,
+    ),
+    "compact_cnn_mixstyle": (
+        f"compact_cnn mixing feature style (MixStyle) across the batch's images after its first {MIXSTYLE_STAGES} stages.",
+        {"mixstyle": True},
+        DEFAULTS,
     ),
     "compact_cnn_wide": ("compact_cnn with twice the filters per stage (~3 M parameters).", {"width": 2}, DEFAULTS),
 }

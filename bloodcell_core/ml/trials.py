@@ -73,6 +73,13 @@ TRIALS = (
     Trial("colour", "colour", "referenced to red cells and background", "compact_cnn", ("red_cell_colour", "locate_cell")),
     Trial("wide", "width", "2x filters (~3 M parameters)", "compact_cnn_wide", ("locate_cell", "reinhard")),
     Trial(
+        "mixstyle",
+        "objective",
+        "MixStyle after the first 3 stages (p 0.5, Beta(0.1, 0.1)): feature style mixed across the batch",
+        "compact_cnn_mixstyle",
+        ("locate_cell", "reinhard"),
+    ),
+    Trial(
         "adv",
         "objective",
         "source adversary on neutrophils (Munich / PBC), gradient reversal peak weight 1.0",
