@@ -48,6 +48,7 @@ def test_builtin_plugins_come_from_entry_points():
         "compact_cnn_gn_ws",
         "compact_cnn_ws",
         "compact_cnn_ln",
+        "compact_cnn_mixstyle",
         "compact_cnn_wide",
     ]
     assert infos["center_crop"].preprocessing_steps == ["center_crop"]
@@ -188,3 +189,25 @@ def test_reinhard_matches_a_float64_reference_at_any_image_size():
         assert np.abs(got.astype(int) - expected).max() <= 2
     blank = np.full((40, 40, 3), 200, np.uint8)  # a flat image is shifted, not stretched by a zero spread
     assert (reinhard(blank) == reinhard(blank)[0, 0]).all()
+
+
+def test_mixstyle_mixes_feature_statistics_in_training_only():
+    import numpy as np
+
+    from plugins.compact_cnn import MixStyle
+
+    rng = np.random.default_rng(0)
+    # four "images" of one channel, each with its own mean and spread: their style
+    features = np.stack([rng.normal(mean, spread, (6, 6, 1)) for mean, spread in ((0, 1), (5, 2), (-3, 0.5), (10, 3))]).astype(
+        np.float32
+    )
+    always = MixStyle(probability=1.0, alpha=0.1, seed=0)
+    assert np.array_equal(np.asarray(always(features, training=False)), features)
+    mixed = np.asarray(always(features, training=True))
+    assert mixed.shape == features.shape and not np.allclose(mixed, features, atol=1e-3)
+    # each image keeps its own pattern (its normalised values): only the style moves
+    normalised = (features - features.mean(axis=(1, 2), keepdims=True)) / features.std(axis=(1, 2), keepdims=True)
+    restyled = (mixed - mixed.mean(axis=(1, 2), keepdims=True)) / mixed.std(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(restyled, normalised, atol=1e-3)
+    never = MixStyle(probability=0.0, seed=0)
+    np.testing.assert_allclose(np.asarray(never(features, training=True)), features, atol=1e-5)
