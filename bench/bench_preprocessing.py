@@ -27,7 +27,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bloodcell_core.ml.artifacts import read_metadata  # noqa: E402
-from bloodcell_core.ml.preprocessing import PreprocessingConfig, Preprocessor, decode_image, resize  # noqa: E402
+from bloodcell_core.ml.preprocessing import PreprocessingConfig, Preprocessor, apply_step, decode_image, resize  # noqa: E402
 
 DATA = Path(os.environ.get("BLOODCELL_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 FOLDERS = ("kaggle5/myeloblast", "kaggle5/seg_neutrophil", "pbc8/lymphocyte", "pbc8/eosinophil")
@@ -62,10 +62,10 @@ def main() -> None:
     stages: dict[str, float] = {}
     stages["decode"], images = best_ms(decode_image, blobs, args.repeats)
     for step in preprocessor.before_resize:
-        stages[step.name], images = best_ms(step.apply, images, args.repeats)
+        stages[step.name], images = best_ms(lambda image, step=step: apply_step(step, image)[0], images, args.repeats)
     stages["resize"], images = best_ms(lambda image: resize(image, config.input_size), images, args.repeats)
     for step in preprocessor.after_resize:
-        stages[step.name], images = best_ms(step.apply, images, args.repeats)
+        stages[step.name], images = best_ms(lambda image, step=step: apply_step(step, image)[0], images, args.repeats)
     total, _ = best_ms(preprocessor.to_uint8, blobs, args.repeats)
     print(
         json.dumps(

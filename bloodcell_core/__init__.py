@@ -1,7 +1,16 @@
 """bloodcell core: data audit, preprocessing, plugin system, training, evaluation and inference."""
 
 from bloodcell_core.hookspecs import hookimpl
-from bloodcell_core.plugin_types import Augmentation, CellBox, CellLocator, ModelSpec, PreprocessingStep, Runtime, TrainingDefaults
+from bloodcell_core.plugin_types import (
+    Augmentation,
+    CellBox,
+    CellLocator,
+    ModelSpec,
+    PreprocessingStep,
+    Runtime,
+    StepResult,
+    TrainingDefaults,
+)
 
 __version__ = "0.1.0"
 __all__ = [
@@ -11,6 +20,7 @@ __all__ = [
     "ModelSpec",
     "PreprocessingStep",
     "Runtime",
+    "StepResult",
     "TrainingDefaults",
     "hookimpl",
     "__version__",

@@ -94,8 +94,18 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class StepResult:
+    """What a step returns when it fell back from its own method on this image: the image, and notes saying so
+    ("scale not measured"). They are recorded on the cell's prediction and counted in its sample's report."""
+
+    image: np.ndarray
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class PreprocessingStep:
-    """A deterministic image transform: RGB uint8 (H, W, 3) -> RGB uint8 (H', W', 3).
+    """A deterministic image transform: RGB uint8 (H, W, 3) -> RGB uint8 (H', W', 3), or a ``StepResult`` holding
+    it with notes on a fallback.
 
     ``colour_only``: the step maps colours and leaves the geometry as it is (statistics over the whole image
     allowed, as Reinhard's). Such a step placed after the last geometric step runs after the resize to the
@@ -103,7 +113,7 @@ class PreprocessingStep:
 
     name: str
     description: str
-    apply: Callable[[np.ndarray], np.ndarray]
+    apply: Callable[[np.ndarray], np.ndarray | StepResult]
     colour_only: bool = False
 
 

@@ -27,7 +27,7 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from bloodcell_core import PreprocessingStep, hookimpl
+from bloodcell_core import PreprocessingStep, StepResult, hookimpl
 from bloodcell_core.ml.preprocessing import square_crop
 from plugins.cell_locator import central_cell, locate_cell, locate_white_cells, stain_pieces
 from plugins.colour_norm import reinhard
@@ -135,12 +135,16 @@ def measure_red_cells(image: np.ndarray) -> RedCells:
     )
 
 
-def red_cell_scale(image: np.ndarray) -> np.ndarray:
+SCALE_NOT_MEASURED = "scale not measured"  # no red cell measured: the crop is sized by the nucleus instead
+COLOUR_NOT_REFERENCED = "colour not referenced to red cells"  # too few red-cell or background pixels: Reinhard instead
+
+
+def red_cell_scale(image: np.ndarray) -> np.ndarray | StepResult:
     """The central white cell in a square of FIELD_DIAMETERS red-cell diameters; ``locate_cell``'s crop where no
-    red cell can be measured."""
+    red cell can be measured, noted SCALE_NOT_MEASURED."""
     diameter = measure_red_cells(image).diameter
     if diameter is None:
-        return locate_cell(image)
+        return StepResult(locate_cell(image), (SCALE_NOT_MEASURED,))
     height, width = image.shape[:2]
     cell = central_cell(locate_white_cells(image), height, width)
     cx, cy = cell.centre if cell is not None else (width / 2, height / 2)
@@ -163,11 +167,12 @@ def colour_table(red_cell: np.ndarray, background: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(table), 0, 255).astype(np.uint8).reshape(256, 1, 3)
 
 
-def red_cell_colour(image: np.ndarray) -> np.ndarray:
-    """Colour referenced to the red cells and the background; ``reinhard`` where they cannot be read."""
+def red_cell_colour(image: np.ndarray) -> np.ndarray | StepResult:
+    """Colour referenced to the red cells and the background; ``reinhard`` where they cannot be read, noted
+    COLOUR_NOT_REFERENCED."""
     measured = measure_red_cells(image)
     if measured.red_cell_lab is None or measured.background_lab is None:
-        return reinhard(image)
+        return StepResult(reinhard(image), (COLOUR_NOT_REFERENCED,))
     lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
     return cv2.cvtColor(cv2.LUT(lab, colour_table(measured.red_cell_lab, measured.background_lab)), cv2.COLOR_LAB2RGB)
 

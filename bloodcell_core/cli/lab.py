@@ -92,6 +92,8 @@ def _print_report(report: Report, as_json: bool) -> None:
         )
         for warning in report.warnings:
             click.echo(f"  WARNING: {warning}")
+        for note, n in report.preprocessing_notes.items():
+            click.echo(f"  note: {note} for {n} of {report.n_classified} cells (preprocessing fell back)")
     for item in report.failed:
         click.echo(f"  FAILED {item.name}: {item.error}")
     for field in report.fields:

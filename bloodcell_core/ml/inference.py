@@ -181,6 +181,7 @@ class CellPrediction:
     error: str | None = None
     ood_score: float | None = None  # distance from the training images (ood.py); None for a model without one
     review_reasons: list[str] = field(default_factory=list)  # empty: accepted at the model's own thresholds
+    preprocessing_notes: list[str] = field(default_factory=list)  # a step's fallback on this image ("scale not measured")
     preprocess_ms: float = 0.0  # this image's decode + preprocessing time
     predict_ms: float = 0.0  # its share of the batch's model time
 
@@ -200,6 +201,7 @@ class CellPrediction:
             "ood_score": self.ood_score,
             "needs_review": self.needs_review,
             "review_reasons": self.review_reasons,
+            "preprocessing_notes": self.preprocessing_notes,
         }
 
 
@@ -291,20 +293,25 @@ class Classifier:
         temperature = self.artifact.temperature
         return (probabilities if temperature == 1.0 else apply_temperature(probabilities, temperature)), scores
 
-    def _preprocess(self, data: bytes) -> tuple[np.ndarray | str, float]:
+    def _preprocess(self, data: bytes) -> tuple[np.ndarray | str, float, tuple[str, ...]]:
+        """The model input (or the image's error), its preprocessing time in ms, and the steps' notes."""
         start = time.perf_counter()
+        notes: tuple[str, ...] = ()
         try:
             result: np.ndarray | str | None = too_small_error(data)  # from the header, before any decoding
             if result is None:
                 # judged on the image as sent: colour normalisation (reinhard) would colour a grayscale image
                 image = decode_image(data)
-                result = colourless_error(image) or scale(self.preprocessor.from_decoded(image))
+                result = colourless_error(image)
+                if result is None:
+                    prepared, notes = self.preprocessor.from_decoded_with_notes(image)
+                    result = scale(prepared)
         except ImageDecodeError as exc:
             result = str(exc)
         except Exception as exc:  # a bug in a preprocessing step fails this image, not its whole sample
             log.exception("preprocessing failed")
             result = f"preprocessing failed: {type(exc).__name__}: {exc}"
-        return result, (time.perf_counter() - start) * 1000
+        return result, (time.perf_counter() - start) * 1000, notes
 
     def _result(self, name: str, probabilities: np.ndarray, ood_score: float | None) -> CellPrediction:
         order = np.argsort(probabilities)[::-1]
@@ -332,11 +339,11 @@ class Classifier:
         """
         items = list(images)
         chunks = [items[start : start + BATCH_SIZE] for start in range(0, len(items), BATCH_SIZE)]
-        pending: Iterator[tuple[np.ndarray | str, float]] = iter(())
+        pending: Iterator[tuple[np.ndarray | str, float, tuple[str, ...]]] = iter(())
         if chunks:
             pending = self._pool.map(self._preprocess, [data for _, data in chunks[0]])
         for k, chunk in enumerate(chunks):
-            prepared, preprocess_ms = zip(*pending)
+            prepared, preprocess_ms, notes = zip(*pending)
             if k + 1 < len(chunks):
                 pending = self._pool.map(self._preprocess, [data for _, data in chunks[k + 1]])
             good = [i for i, p in enumerate(prepared) if not isinstance(p, str)]
@@ -354,16 +361,17 @@ class Classifier:
                     result.predict_ms = predict_ms
                 else:
                     result = CellPrediction(name=name, error=prepared[i])
-                result.preprocess_ms = preprocess_ms[i]
+                result.preprocess_ms, result.preprocessing_notes = preprocess_ms[i], list(notes[i])
                 results.append(result)
             yield results
 
     def classify_one(self, data: bytes, name: str = "image") -> CellPrediction:
-        prepared, preprocess_ms = self._preprocess(data)
+        prepared, preprocess_ms, notes = self._preprocess(data)
         if isinstance(prepared, str):
             return CellPrediction(name=name, error=prepared, preprocess_ms=preprocess_ms)
         start = time.perf_counter()
         probabilities, scores = self.predict_with_scores(prepared[None])
         result = self._result(name, probabilities[0], None if scores is None else float(scores[0]))
         result.preprocess_ms, result.predict_ms = preprocess_ms, (time.perf_counter() - start) * 1000
+        result.preprocessing_notes = list(notes)
         return result

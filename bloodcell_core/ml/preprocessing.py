@@ -15,7 +15,7 @@ import numpy as np
 
 from bloodcell_core.ml.image_header import ImageDecodeError, ImageTooLarge, image_dimensions
 from bloodcell_core.plugin_manager import get_preprocessing_step
-from bloodcell_core.plugin_types import Augmentation
+from bloodcell_core.plugin_types import Augmentation, PreprocessingStep, StepResult
 
 # 2: colour-only steps after the last geometric one run after the resize. Version 1 ran them before it; its models
 # are served the version 2 way: models/default's test split scored 0.9669 the first way, 0.9677 the second, with 99.5 %
@@ -111,16 +111,29 @@ class Preprocessor:
 
     def from_decoded(self, image: np.ndarray) -> np.ndarray:
         """Apply the steps to a decoded RGB uint8 image and resize it (the second half of ``to_uint8``)."""
+        return self.from_decoded_with_notes(image)[0]
+
+    def from_decoded_with_notes(self, image: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+        """``from_decoded``, and the notes of the steps that fell back on this image (``StepResult``)."""
+        notes: tuple[str, ...] = ()
         for step in self.before_resize:
-            image = step.apply(image)
+            image, step_notes = apply_step(step, image)
+            notes += step_notes
         image = resize(image, self.config.input_size)
         for step in self.after_resize:
-            image = step.apply(image)
-        return image
+            image, step_notes = apply_step(step, image)
+            notes += step_notes
+        return image, notes
 
     def __call__(self, data: bytes) -> np.ndarray:
         """The model input for one image: (height, width, 3) float32 in [0, 1]."""
         return scale(self.to_uint8(data))
+
+
+def apply_step(step: PreprocessingStep, image: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """STEP applied to IMAGE: the image, and its notes if it fell back."""
+    result = step.apply(image)
+    return (result.image, result.notes) if isinstance(result, StepResult) else (result, ())
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -36,6 +36,7 @@ def prediction_row(image_sha256: str, version_id: int, result: Any, worker: str)
         "preprocess_ms": result.preprocess_ms,
         "predict_ms": result.predict_ms,
         "ood_score": result.ood_score,
+        "preprocessing_notes": result.preprocessing_notes,
         "worker": worker,
     }
 

@@ -199,6 +199,11 @@ class Report(BaseModel):
     blast_count: int | None = None
     blast_percent: float | None = None
     n_unfamiliar: int | None = Field(default=None, description="Unreviewed cells unlike the training images")
+    preprocessing_notes: dict[str, int] = Field(
+        default_factory=dict,
+        description='Classified cells per preprocessing fallback, e.g. {"scale not measured": 3}: no red cell could be '
+        "measured in those images, so their crop was sized by the nucleus",
+    )
     review_threshold: float | None = None
     ood_threshold: float | None = None
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -131,6 +133,7 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
     ]
     # a cell a technologist labelled is familiar now: the warning is about what nobody has looked at
     n_unfamiliar = sum(UNFAMILIAR_REASON in reasons[c.image_sha256] for c, _ in classified)
+    notes = Counter(note for _, p in classified for note in p.preprocessing_notes)
     flags = sample_flags(settings, counts, n, n_unfamiliar)
     failed = [{"name": c.name, "image_sha256": c.image_sha256, "error": c.error} for c in cells if c.status == CellStatus.FAILED]
     failed_fields = any(f.status == FieldStatus.FAILED for f in sample.fields)
@@ -165,6 +168,7 @@ def build_report(session: Session, settings: Settings, sample: Sample, version_i
         review_threshold=threshold,
         ood_threshold=unfamiliar_above,
         n_unfamiliar=n_unfamiliar,
+        preprocessing_notes=dict(sorted(notes.items())),
         flags=flags,
         needs_review=review,
         failed=failed,
@@ -234,6 +238,7 @@ def report_of(session: Session, settings: Settings, sample: Sample) -> Report:
             flags=[SampleFlag(flag) for flag in report.flags],
             warnings=flag_warnings(settings, report.flags, report.percent),
             n_unfamiliar=report.n_unfamiliar,
+            preprocessing_notes=report.preprocessing_notes or {},
             review_threshold=report.review_threshold,
             ood_threshold=report.ood_threshold,
             needs_review=[CellForReview(**cell) for cell in report.needs_review],

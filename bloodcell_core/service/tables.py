@@ -183,6 +183,8 @@ class Prediction(Base):
     preprocess_ms: Mapped[float] = mapped_column(Float)
     predict_ms: Mapped[float] = mapped_column(Float)
     ood_score: Mapped[float | None] = mapped_column(Float)  # distance from the training images; None: no scorer
+    # a preprocessing step's fallback on this image, e.g. "scale not measured" (StepResult)
+    preprocessing_notes: Mapped[list[Any]] = mapped_column(JSON, default=list, server_default="[]")
     worker: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -205,6 +207,8 @@ class SampleReport(Base):
     n_unfamiliar: Mapped[int] = mapped_column(Integer, default=0)
     flags: Mapped[list[Any]] = mapped_column(JSON, default=list)  # blasts, immature_cells, unfamiliar_images
     needs_review: Mapped[list[Any]]  # cells under the review threshold or unfamiliar, each with its reasons
+    # classified cells per preprocessing note ({"scale not measured": 3}): made the fallback way
+    preprocessing_notes: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     failed: Mapped[list[Any]]  # {"name", "error"} of cells that could not be classified
     # Goes up by one whenever what the report says changes (counts, failed images, flags): a sign-off approves one version.
     version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")

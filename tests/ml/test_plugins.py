@@ -8,6 +8,7 @@ import pytest
 from helpers import KAGGLE5, install_fake_distribution, run_cli
 
 from bloodcell_core import plugin_manager
+from bloodcell_core.ml.preprocessing import apply_step
 
 pytestmark = pytest.mark.real_data
 
@@ -141,7 +142,7 @@ def test_every_preprocessing_step_maps_rgb_uint8_to_rgb_uint8(name: str):
     import numpy as np
 
     image = np.random.default_rng(0).integers(0, 256, size=(50, 70, 3), dtype=np.uint8)
-    result = plugin_manager.get_preprocessing_step(name).apply(image)
+    result, _notes = apply_step(plugin_manager.get_preprocessing_step(name), image)
     assert result.dtype == np.uint8 and result.ndim == 3 and result.shape[2] == 3
 
 

@@ -6,6 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
+from bloodcell_core import StepResult
+from bloodcell_core.ml.preprocessing import PreprocessingConfig, Preprocessor
 from plugins.cell_locator import locate_cell
 from plugins.colour_norm import reinhard
 from plugins.red_cells import (
@@ -70,7 +72,13 @@ def test_few_red_cells_in_a_tight_crop_still_give_the_scale():
 def test_without_red_cells_the_scale_is_not_measured_and_the_crop_falls_back_to_the_nucleus():
     image = smear(80, red_cells=False)
     assert measure_red_cells(image).diameter is None
-    np.testing.assert_array_equal(red_cell_scale(image), locate_cell(image))
+    result = red_cell_scale(image)
+    assert isinstance(result, StepResult) and result.notes == ("scale not measured",)
+    np.testing.assert_array_equal(result.image, locate_cell(image))
+    # and the note reaches the cell's prediction through the one preprocessing path
+    preprocessor = Preprocessor(PreprocessingConfig(input_size=(64, 64), steps=("red_cell_scale", "reinhard")))
+    assert preprocessor.from_decoded_with_notes(image)[1] == ("scale not measured",)
+    assert preprocessor.from_decoded_with_notes(smear(80))[1] == ()
 
 
 def test_one_physical_scale_at_any_magnification():
@@ -130,4 +138,6 @@ def test_a_cells_own_colour_does_not_move_the_reference():
 def test_without_red_cells_colour_falls_back_to_reinhard():
     image = np.full((200, 200, 3), PEACH, np.uint8)
     cv2.circle(image, (100, 100), 60, VIOLET, -1)
-    np.testing.assert_array_equal(red_cell_colour(image), reinhard(image))
+    result = red_cell_colour(image)
+    assert isinstance(result, StepResult) and result.notes == ("colour not referenced to red cells",)
+    np.testing.assert_array_equal(result.image, reinhard(image))

@@ -15,7 +15,9 @@ def test_every_trial_names_installed_plugins_and_varies_one_factor_of_today():
         get_model_spec(trial.model)
         for step in trial.steps:
             get_preprocessing_step(step)
-        changed = (trial.model != today.model) + (set(trial.steps) != set(today.steps))
+        changed = (
+            (trial.model != today.model) + (set(trial.steps) != set(today.steps)) + (trial.source_adversary != today.source_adversary)
+        )
         assert changed == (0 if trial is today else 1), trial.name
 
 
