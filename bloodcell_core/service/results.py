@@ -88,6 +88,9 @@ class CellResult(BaseModel):
     ood_score: float | None
     needs_review: bool
     review_reasons: list[str]
+    preprocessing_notes: list[str] = Field(
+        default_factory=list, description='A preprocessing step\'s fallback on this image, e.g. "scale not measured"'
+    )
     field_sha256: str | None = Field(description="The whole field the cell was found in; null for a cell image")
     box: CellBox | None = Field(description="Where the cell sat in its field (pixels)")
 

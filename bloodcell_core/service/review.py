@@ -78,6 +78,7 @@ def cell_results(session: Session, sample: Sample, cells: list[SampleImage] | No
                 ood_score=round(prediction.ood_score, 2) if prediction and prediction.ood_score is not None else None,
                 needs_review=bool(reasons),
                 review_reasons=reasons,
+                preprocessing_notes=list(prediction.preprocessing_notes) if prediction else [],
                 field_sha256=cell.field_sha256,
                 box=cell_box(cell),
             )

@@ -18,6 +18,7 @@ from bloodcell_core.ml.dataset import read_image_file
 from bloodcell_core.ml.preprocessing import ImageDecodeError, decode_image
 from bloodcell_core.service import db, tables
 from bloodcell_core.service.classification import classify_sample
+from bloodcell_core.service.review import get_cells
 from bloodcell_core.service.samples import get_report
 from bloodcell_core.service.submission import submit_sample
 from bloodcell_core.service.versions import ensure_production_model, load_classifier
@@ -66,5 +67,8 @@ def test_a_cell_without_red_cells_in_view_is_noted_and_counted_in_its_report(tmp
         )
     assert report.n_classified == 2 and report.preprocessing_notes == {SCALE_NOT_MEASURED: 1}
     assert notes == {"alone.png": [SCALE_NOT_MEASURED], measured.name: []}
+    with db.session_scope(settings.database_url) as session:
+        cells = {cell.name: cell.preprocessing_notes for cell in get_cells(session, accession_id="S-NOTES-1")}
+    assert cells == notes  # what the API's cells and the console's gallery read
     printed = run_cli("report", "S-NOTES-1", env=env)
     assert "note: scale not measured for 1 of 2 cells" in printed.stdout, printed.stdout + printed.stderr
