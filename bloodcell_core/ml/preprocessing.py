@@ -18,8 +18,8 @@ from bloodcell_core.plugin_manager import get_preprocessing_step
 from bloodcell_core.plugin_types import Augmentation, PreprocessingStep, StepResult
 
 # 2: colour-only steps after the last geometric one run after the resize. Version 1 ran them before it; its models
-# are served the version 2 way: models/default's test split scored 0.9669 the first way, 0.9677 the second, with 99.5 %
-# of its cells called alike.
+# are served the version 2 way: `bloodcell evaluate models/default` scored the same both ways (kaggle5 0.9824, pbc8
+# 0.9620; docs/benchmarks.md).
 PREPROCESSING_VERSION = 2
 SERVED_VERSIONS = (1, 2)
 # Refuse to decode more pixels than this anywhere (the HTTP API's own limit, BLOODCELL_MAX_IMAGE_PIXELS, is lower):
@@ -115,15 +115,9 @@ class Preprocessor:
 
     def from_decoded_with_notes(self, image: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
         """``from_decoded``, and the notes of the steps that fell back on this image (``StepResult``)."""
-        notes: tuple[str, ...] = ()
-        for step in self.before_resize:
-            image, step_notes = apply_step(step, image)
-            notes += step_notes
-        image = resize(image, self.config.input_size)
-        for step in self.after_resize:
-            image, step_notes = apply_step(step, image)
-            notes += step_notes
-        return image, notes
+        image, before = apply_steps(self.before_resize, image)
+        image, after = apply_steps(self.after_resize, resize(image, self.config.input_size))
+        return image, before + after
 
     def __call__(self, data: bytes) -> np.ndarray:
         """The model input for one image: (height, width, 3) float32 in [0, 1]."""
@@ -134,6 +128,15 @@ def apply_step(step: PreprocessingStep, image: np.ndarray) -> tuple[np.ndarray, 
     """STEP applied to IMAGE: the image, and its notes if it fell back."""
     result = step.apply(image)
     return (result.image, result.notes) if isinstance(result, StepResult) else (result, ())
+
+
+def apply_steps(steps: list[PreprocessingStep], image: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """STEPS applied in turn to IMAGE: the image, and the notes of those that fell back."""
+    notes: tuple[str, ...] = ()
+    for step in steps:
+        image, step_notes = apply_step(step, image)
+        notes += step_notes
+    return image, notes
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
